@@ -1,0 +1,303 @@
+"""Throughput and memory of `zstag tag`, against the floor of decoding + resampling the same files.
+
+    python benchmarks/tag_throughput.py                 # 200 synthetic 30 s mp3 files in a temp folder
+    python benchmarks/tag_throughput.py --n 50 --folder ~/bench --model default
+
+Prints, in one run:
+- floor: decode + resample of the files alone (the same process pool and worker count as tag);
+- cold tag (fresh embedding cache) and warm re-tag with new labels, in-process (imports and Python
+  start-up excluded, model and word-vector loading included) and as the CLI end to end;
+- their ratios, files/s, and peak memory of the whole process tree (main + fork server + workers);
+- peak memory of tagging one 10-minute file with the CLI.
+Targets on 2 cores: cold ≤ 1.3× floor; warm ≥ 20× faster than cold; ≤ 1 GB on the 10-minute file.
+
+The files are music-like synthetic signals (chords with harmonics, bass, kick/snare/hi-hat, noise),
+44.1 kHz stereo mp3 written by soundfile, each with its own seed, tempo and key. The default model is
+a randomly initialised paper CNN1D (speed does not depend on training); pass --model for another.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+SAMPLE_RATE = 44100
+LABELS_COLD = ["rock", "jazz", "classical", "drum and bass", "ambient"]
+LABELS_WARM = ["techno", "blues", "piano", "hip hop", "reggae", "metal"]
+SAMPLE_EVERY_S = 0.02  # memory sampler period
+
+
+# --- synthetic music ------------------------------------------------------------------------------
+
+
+def _midi_hz(note: float) -> float:
+    return 440.0 * 2 ** ((note - 69) / 12)
+
+
+def _place(out: np.ndarray, sound: np.ndarray, starts: np.ndarray) -> None:
+    for s in starts:
+        end = min(len(out), s + len(sound))
+        if end > s:
+            out[s:end] += sound[: end - s]
+
+
+def synth_music(seconds: float, seed: int, sr: int = SAMPLE_RATE) -> np.ndarray:
+    """float32 [n, 2]: a loop of chords, bass line and drums at a random tempo and key, plus noise."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * sr)
+    beat = int(sr * 60 / rng.uniform(80, 160))
+    root = int(rng.integers(45, 57))
+    quality = (0, 4, 7) if rng.random() < 0.5 else (0, 3, 7)
+    progression = rng.choice([0, 2, 3, 5, 7, 8, 10], size=4)
+    t_beat = np.arange(beat) / sr
+    mix = np.zeros(n, np.float32)
+
+    bar = 4 * beat
+    for i, start in enumerate(range(0, n, bar)):
+        length = min(bar, n - start)
+        t = np.arange(length) / sr
+        env = np.minimum(1.0, t / 0.05) * np.exp(-t * rng.uniform(0.3, 1.5))
+        chord_root = root + int(progression[i % 4])
+        pad = np.zeros(length)
+        for interval in quality:
+            f = _midi_hz(chord_root + 12 + interval)
+            for h in range(1, 5):
+                pad += np.sin(2 * np.pi * f * h * t + rng.uniform(0, 6.28)) / (h * 3)
+        bass = np.sin(2 * np.pi * _midi_hz(chord_root - 12) * t) * np.exp(-(t % (beat / sr)) * 6)
+        mix[start : start + length] += (0.25 * env * pad + 0.3 * bass).astype(np.float32)
+
+    kick = np.sin(2 * np.pi * (50 + 70 * np.exp(-t_beat * 30)) * t_beat) * np.exp(-t_beat * 12)
+    noise = rng.standard_normal(beat)
+    snare = noise * np.exp(-t_beat * 25) * 0.4
+    hat = np.diff(noise, prepend=0.0)[: beat // 2] * np.exp(-t_beat[: beat // 2] * 80) * 0.15
+    beats = np.arange(0, n, beat)
+    _place(mix, (0.8 * kick).astype(np.float32), beats)
+    _place(mix, snare.astype(np.float32), beats[1::2])
+    _place(mix, hat.astype(np.float32), np.arange(0, n, beat // 2))
+    mix += 0.01 * rng.standard_normal(n).astype(np.float32)
+
+    mix /= np.abs(mix).max() / 0.8
+    pan = rng.uniform(0.85, 1.0)
+    return np.stack([mix, pan * mix + 0.02 * rng.standard_normal(n).astype(np.float32)], axis=1)
+
+
+def write_mp3(path: Path, seconds: float, seed: int, piece_s: float = 30.0) -> None:
+    """Write in pieces of `piece_s` seconds, so a 10-minute file never sits in memory whole."""
+    import soundfile as sf
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    with sf.SoundFile(tmp, "w", SAMPLE_RATE, 2, format="MP3") as f:
+        done = 0.0
+        while done < seconds:
+            piece = min(piece_s, seconds - done)
+            f.write(synth_music(piece, seed * 1000 + int(done)))
+            done += piece
+    os.replace(tmp, path)
+
+
+def _write_job(job) -> None:
+    write_mp3(*job)
+
+
+def make_folder(folder: Path, n: int, seconds: float, workers: int) -> list[Path]:
+    from concurrent.futures import ProcessPoolExecutor
+
+    folder.mkdir(parents=True, exist_ok=True)
+    files = [folder / f"track_{i:04d}.mp3" for i in range(n)]
+    jobs = [(p, seconds, i) for i, p in enumerate(files) if not p.exists()]
+    if jobs:
+        print(f"writing {len(jobs)} synthetic {seconds:g} s mp3 files to {folder} ...", flush=True)
+        with ProcessPoolExecutor(workers) as pool:
+            list(pool.map(_write_job, jobs))
+    return files
+
+
+# --- memory ---------------------------------------------------------------------------------------
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            kids += [int(k) for k in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return kids
+
+
+def _tree(pid: int) -> list[int]:
+    pids, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        pids.append(p)
+        todo += _children(p)
+    return pids
+
+
+def _kib(pid: int, field: str, name: str) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/{name}").read_text().splitlines():
+            if line.startswith(field):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+class TreeMemory:
+    """Samples the process tree under `pid`: peak sum of RSS, peak sum of PSS (shared pages counted
+    once across the tree), and the largest single-process RSS."""
+
+    def __init__(self, pid: int):
+        self.pid, self.rss, self.pss, self.largest = pid, 0, 0, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            pids = _tree(self.pid)
+            rss = [_kib(p, "VmRSS:", "status") for p in pids]
+            self.rss = max(self.rss, sum(rss))
+            self.largest = max(self.largest, max(rss, default=0))
+            self.pss = max(self.pss, sum(_kib(p, "Pss:", "smaps_rollup") for p in pids))
+            self._stop.wait(SAMPLE_EVERY_S)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def text(self) -> str:
+        return f"tree RSS {self.rss / 1024:.0f} MiB, tree PSS {self.pss / 1024:.0f} MiB, largest process {self.largest / 1024:.0f} MiB"
+
+
+# --- measurements ---------------------------------------------------------------------------------
+
+
+def _decode_only(path: str) -> int:
+    from zstag import audio
+
+    return len(audio.load_audio(path, audio.PAPER.sample_rate))
+
+
+def floor_seconds(files: list[Path], workers: int) -> float:
+    """Decode + resample every file in the same kind of pool tag uses (its start-up included)."""
+    from zstag.embeddings import _pool
+
+    start = time.perf_counter()
+    pool = _pool(workers)
+    try:
+        list(pool.map(_decode_only, [str(f) for f in files], chunksize=1))
+    finally:
+        pool.shutdown()
+    return time.perf_counter() - start
+
+
+def tag_in_process(folder: Path, model: str, labels: list[str], workers: int, out: Path) -> float:
+    from zstag import tagger
+
+    start = time.perf_counter()
+    code = tagger.run([str(folder)], labels=[",".join(labels)], model=model, fmt="jsonl", output=str(out),
+                      workers=workers, progress=False)
+    elapsed = time.perf_counter() - start
+    if code != 0:
+        raise SystemExit(f"tag exited with {code}")
+    return elapsed
+
+
+def tag_cli(inputs: list[str], model: str, labels: list[str], workers: int, cache: Path, out: Path):
+    """(seconds, TreeMemory) of `zstag tag` as a subprocess."""
+    cmd = [sys.executable, "-m", "zstag", "tag", *inputs, "--labels", ",".join(labels), "--model", model,
+           "--format", "jsonl", "--output", str(out), "--workers", str(workers)]
+    env = {**os.environ, "ZSTAG_CACHE_DIR": str(cache)}
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
+    with TreeMemory(proc.pid) as memory:
+        _, err = proc.communicate()
+    elapsed = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"zstag tag exited with {proc.returncode}: {err.strip()}")
+    return elapsed, memory
+
+
+def tiny_model(folder: Path) -> str:
+    import torch
+
+    from zstag.audio import PAPER
+    from zstag.model import ZeroShotModel, cnn1d_config, save_model
+
+    torch.manual_seed(0)
+    save_model(ZeroShotModel(cnn1d_config(PAPER, word_dim=50, words="glove-6B-50d")), folder)
+    return str(folder)
+
+
+def main() -> None:
+    from zstag.embeddings import default_workers
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=200, help="number of 30 s files (default 200)")
+    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--folder", type=Path, help="folder of audio files to use (made if missing)")
+    parser.add_argument("--long-minutes", type=float, default=10.0, help="length of the long file (0: skip)")
+    parser.add_argument("--model", help="model folder or name (default: a random paper CNN1D)")
+    parser.add_argument("--workers", type=int, default=default_workers())
+    args = parser.parse_args()
+
+    scratch = Path(tempfile.mkdtemp(prefix="zstag-bench-"))
+    folder = args.folder or Path(tempfile.gettempdir()) / f"zstag-bench-{args.n}x{args.seconds:g}s"
+    files = sorted(make_folder(folder, args.n, args.seconds, args.workers))
+    files = files[: args.n] if args.folder is None else files
+    model = args.model or tiny_model(scratch / "model")
+    for f in files:  # the page cache: every measurement reads from memory, not disk
+        f.read_bytes()
+    audio_s = args.n * args.seconds
+    print(f"{len(files)} files × {args.seconds:g} s ({audio_s / 60:.0f} min of audio) in {folder}; "
+          f"workers {args.workers}; cores {default_workers()}; model {args.model or 'random paper CNN1D'}")
+
+    import torch  # noqa: F401  (imported before timing, as the CLI imports it before tagging)
+
+    floor = floor_seconds(files, args.workers)
+    print(f"floor: decode + resample only       {floor:7.2f} s  {len(files) / floor:6.1f} files/s")
+
+    os.environ["ZSTAG_CACHE_DIR"] = str(scratch / "cache-in-process")
+    cold = tag_in_process(folder, model, LABELS_COLD, args.workers, scratch / "cold.jsonl")
+    warm = tag_in_process(folder, model, LABELS_WARM, args.workers, scratch / "warm.jsonl")
+    print(f"cold tag (in-process, fresh cache)  {cold:7.2f} s  {len(files) / cold:6.1f} files/s  "
+          f"{cold / floor:.2f}× the floor (target ≤ 1.3)")
+    print(f"warm re-tag, new labels (in-process) {warm:6.3f} s  {len(files) / warm:6.0f} files/s  "
+          f"cold/warm {cold / warm:.0f}× (target ≥ 20)")
+    print(f"  main process peak RSS so far: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+
+    cache = scratch / "cache-cli"
+    cold_cli, cold_mem = tag_cli([str(folder)], model, LABELS_COLD, args.workers, cache, scratch / "c.jsonl")
+    warm_cli, warm_mem = tag_cli([str(folder)], model, LABELS_WARM, args.workers, cache, scratch / "w.jsonl")
+    print(f"cold tag (CLI end to end)           {cold_cli:7.2f} s  {len(files) / cold_cli:6.1f} files/s  "
+          f"{cold_cli / floor:.2f}× the floor; {cold_mem.text()}")
+    print(f"warm re-tag (CLI end to end)        {warm_cli:7.2f} s  cold/warm {cold_cli / warm_cli:.1f}×; "
+          f"{warm_mem.text()}")
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import torch, zstag.tagger, zstag.embeddings"], check=True)
+    print(f"  (of which Python start-up + imports: {time.perf_counter() - start:.2f} s)")
+
+    if args.long_minutes > 0:
+        long_file = scratch / "long.mp3"
+        write_mp3(long_file, args.long_minutes * 60, seed=999)
+        seconds, memory = tag_cli([str(long_file)], model, LABELS_COLD, args.workers, scratch / "cache-long",
+                                  scratch / "long.jsonl")
+        print(f"{args.long_minutes:g}-minute file (CLI, cold)        {seconds:7.2f} s  {memory.text()} (target ≤ 1 GB)")
+
+
+if __name__ == "__main__":
+    main()

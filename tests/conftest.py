@@ -1,0 +1,48 @@
+"""Shared fixtures: a private cache folder for the whole run and a synthetic-audio writer."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache_dir(tmp_path_factory):
+    """Point ZSTAG_CACHE_DIR at a temporary folder so tests never touch the user's cache."""
+    old = os.environ.get("ZSTAG_CACHE_DIR")
+    os.environ["ZSTAG_CACHE_DIR"] = str(tmp_path_factory.mktemp("zstag-cache"))
+    yield
+    if old is None:
+        os.environ.pop("ZSTAG_CACHE_DIR", None)
+    else:
+        os.environ["ZSTAG_CACHE_DIR"] = old
+
+
+def _tone(seconds: float, sample_rate: int, freqs=(440.0,), amplitude: float = 0.3, noise: float = 0.0,
+         seed: int = 0) -> np.ndarray:
+    """float32 mono: a sum of sines (each `amplitude`) plus optional white noise, deterministic."""
+    t = np.arange(round(seconds * sample_rate)) / sample_rate
+    x = sum(amplitude * np.sin(2 * np.pi * f * t) for f in freqs)
+    x = x + noise * np.random.default_rng(seed).standard_normal(len(t))
+    return np.asarray(x, dtype=np.float32)
+
+
+@pytest.fixture
+def tone():
+    """tone(seconds, sample_rate, freqs=(440.0,), amplitude=0.3, noise=0.0, seed=0) -> float32 mono."""
+    return _tone
+
+
+@pytest.fixture
+def write_audio(tmp_path):
+    """write_audio(name, samples [n] or [n, channels], sample_rate, **soundfile_kwargs) -> Path in tmp_path."""
+    import soundfile as sf
+
+    def write(name: str, samples: np.ndarray, sample_rate: int, **kwargs):
+        path = tmp_path / name
+        sf.write(str(path), samples, sample_rate, **kwargs)
+        return path
+
+    return write

@@ -1,0 +1,289 @@
+"""zstag.audio: decoding, resampling, log-mel front ends, segmentation, errors (synthetic audio only)."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from zstag.audio import (
+    MUSICNN,
+    PAPER,
+    AudioError,
+    FrontEnd,
+    load_audio,
+    log_mel,
+    segment,
+    track_segments,
+)
+
+FRONT_ENDS = [PAPER, MUSICNN]
+
+
+def one_line_error(excinfo, path) -> str:
+    message = str(excinfo.value)
+    assert "\n" not in message
+    assert message.startswith(f"{path}: ")
+    return message
+
+
+# --- front end config ---------------------------------------------------------------------------
+
+
+def test_front_end_constants():
+    assert (PAPER.sample_rate, PAPER.n_fft, PAPER.hop_length, PAPER.n_mels, PAPER.power) == (22050, 1024, 512, 128, 1.0)
+    assert (PAPER.log_gain, PAPER.mean, PAPER.std, PAPER.segment_frames) == (10.0, 0.2262, 0.2579, 130)
+    assert (MUSICNN.sample_rate, MUSICNN.n_fft, MUSICNN.hop_length, MUSICNN.n_mels, MUSICNN.power) == (16000, 512, 256, 96, 2.0)
+    assert (MUSICNN.log_gain, MUSICNN.mean, MUSICNN.std, MUSICNN.segment_frames) == (10000.0, 0.0, 1.0, 187)
+
+
+@pytest.mark.parametrize("fe", FRONT_ENDS, ids=lambda fe: fe.name)
+def test_front_end_dict_round_trip(fe):
+    import json
+
+    assert FrontEnd.from_dict(json.loads(json.dumps(fe.to_dict()))) == fe
+    with pytest.raises(ValueError, match="bogus"):
+        FrontEnd.from_dict({**fe.to_dict(), "bogus": 1})
+
+
+# --- features -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fe", FRONT_ENDS, ids=lambda fe: fe.name)
+def test_log_mel_matches_librosa(fe, tone):
+    import librosa
+
+    audio = tone(4.3, fe.sample_rate, freqs=(220.0, 1500.0), noise=0.05)
+    mel = librosa.feature.melspectrogram(
+        y=audio, sr=fe.sample_rate, n_fft=fe.n_fft, hop_length=fe.hop_length, n_mels=fe.n_mels, power=fe.power)
+    expected = (np.log10(1 + fe.log_gain * mel) - fe.mean) / fe.std
+    ours = log_mel(audio, fe)
+    assert ours.dtype == np.float32
+    assert ours.shape == expected.shape == (fe.n_mels, 1 + len(audio) // fe.hop_length)
+    np.testing.assert_allclose(ours, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("fe", FRONT_ENDS, ids=lambda fe: fe.name)
+@pytest.mark.parametrize("freq", [500.0, 1000.0, 4000.0])
+def test_sine_lands_in_its_mel_band(fe, freq, tone):
+    import librosa
+
+    centres = librosa.mel_frequencies(fe.n_mels + 2, fmax=fe.sample_rate / 2)[1:-1]  # Slaney triangle peaks
+    energy = log_mel(tone(2.0, fe.sample_rate, freqs=(freq,)), fe)[:, 5:-5].mean(axis=1)
+    loudest = int(np.argmax(energy))
+    assert abs(loudest - int(np.argmin(np.abs(centres - freq)))) <= 1
+    assert energy[loudest] > energy.mean() + 3 * energy.std()
+
+
+def test_log_mel_of_empty_audio_raises():
+    with pytest.raises(AudioError, match="0 samples"):
+        log_mel(np.zeros(0, np.float32), PAPER)
+
+
+# --- decoding -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fe", FRONT_ENDS, ids=lambda fe: fe.name)
+def test_formats_give_the_same_features(fe, tone, write_audio):
+    left = tone(5.0, 44100, freqs=(330.0, 2500.0), noise=0.02)
+    stereo = np.stack([left, 0.5 * left], axis=1)
+    reference = log_mel(load_audio(write_audio("a.wav", stereo, 44100), fe.sample_rate), fe)
+    lossless = log_mel(load_audio(write_audio("a.flac", stereo, 44100), fe.sample_rate), fe)
+    np.testing.assert_allclose(lossless, reference, atol=0.05)
+    for name in ["a.ogg", "a.mp3"]:
+        features = log_mel(load_audio(write_audio(name, stereo, 44100), fe.sample_rate), fe)
+        assert features.shape == reference.shape, name
+        # lossy codecs: close on average (log10(1 + 10000 x) magnifies the codec's noise floor)
+        assert np.abs(features - reference).mean() < 0.15 * reference.std(), name
+
+
+def test_downmix_averages_channels(tone, write_audio):
+    left = tone(1.0, 22050)
+    path = write_audio("lr.wav", np.stack([left, np.zeros_like(left)], axis=1), 22050, subtype="FLOAT")
+    np.testing.assert_allclose(load_audio(path, 22050), 0.5 * left, atol=1e-7)
+
+
+@pytest.mark.parametrize("rate", [44100, 48000, 16000])
+def test_resampling(rate, tone, write_audio):
+    import soxr
+
+    source = tone(3.0, rate, freqs=(1000.0,))
+    audio = load_audio(write_audio(f"r{rate}.wav", source, rate, subtype="FLOAT"), 22050)
+    assert audio.dtype == np.float32
+    assert abs(len(audio) - 3 * 22050) <= 1
+    np.testing.assert_allclose(audio, soxr.resample(source, rate, 22050, "HQ"), atol=1e-5)
+    middle = audio[2000:-2000]
+    spectrum = np.abs(np.fft.rfft(middle))
+    assert abs(np.argmax(spectrum) * 22050 / len(middle) - 1000.0) < 2.0
+    assert abs(np.sqrt(np.mean(middle**2)) - 0.3 / np.sqrt(2)) < 0.003
+
+
+@pytest.mark.parametrize("name", ["span.wav", "span.mp3"])
+def test_offset_and_duration_read_that_span(name, tone, write_audio):
+    path = write_audio(name, tone(12.0, 22050, freqs=(300.0,), noise=0.1), 22050)
+    full = load_audio(path, 22050)
+    span = load_audio(path, 22050, offset=4.5, duration=2.0)
+    start = round(4.5 * 22050)
+    assert len(span) == 2 * 22050
+    # mp3 frames after a seek need the bit reservoir: without the pre-roll the start would differ
+    np.testing.assert_allclose(span, full[start : start + len(span)], atol=1e-6)
+    tail = load_audio(path, 22050, offset=11.0, duration=5.0)
+    assert abs(len(tail) - 22050) < 2300  # mp3 may add up to a frame of padding
+
+
+def test_offset_past_the_end(tone, write_audio):
+    path = write_audio("short.wav", tone(1.0, 22050), 22050)
+    with pytest.raises(AudioError, match="past the end") as excinfo:
+        load_audio(path, 22050, offset=5.0)
+    one_line_error(excinfo, path)
+
+
+def test_track_segments(tone, write_audio):
+    path = write_audio("t.ogg", tone(7.0, 44100, noise=0.05), 44100)
+    segments = track_segments(path, PAPER)
+    assert segments.shape == (2, 128, 130) and segments.dtype == np.float32
+    assert track_segments(path, MUSICNN, offset=1.0, duration=3.5).shape == (1, 96, 187)
+
+
+# --- segmentation -------------------------------------------------------------------------------
+
+SEGMENT_COUNTS = {  # seconds: (paper, musicnn); frames = 1 + samples // hop
+    0.5: (1, 1),  # shorter than a segment: one wrap-padded segment
+    3.0: (1, 1),  # paper 130 frames exactly; musicnn 188 frames, 1-frame tail dropped
+    30.0: (10, 10),  # paper 1292 = 9 * 130 + 122 (tail kept); musicnn 1876 = 10 * 187 + 6 (dropped)
+    600.0: (199, 201),  # paper 25840 = 198 * 130 + 100 (kept); musicnn 37501 = 200 * 187 + 101 (kept)
+}
+
+
+@pytest.mark.parametrize("seconds", SEGMENT_COUNTS)
+@pytest.mark.parametrize("fe", FRONT_ENDS, ids=lambda fe: fe.name)
+def test_segment_counts(seconds, fe, tone):
+    mel = log_mel(tone(seconds, fe.sample_rate, noise=0.01), fe)
+    segments = segment(mel, fe)
+    expected = SEGMENT_COUNTS[seconds][FRONT_ENDS.index(fe)]
+    assert segments.shape == (expected, fe.n_mels, fe.segment_frames)
+    assert segments.dtype == np.float32
+
+
+def test_segment_layout():
+    fe, size = PAPER, PAPER.segment_frames
+    mel = np.arange(128 * 300, dtype=np.float32).reshape(128, 300)  # 2 * 130 + 40: tail < half, dropped
+    segments = segment(mel, fe)
+    assert len(segments) == 2
+    np.testing.assert_array_equal(segments[1], mel[:, size : 2 * size])
+    mel = np.arange(128 * 330, dtype=np.float32).reshape(128, 330)  # 2 * 130 + 70: tail kept, end-aligned
+    segments = segment(mel, fe)
+    assert len(segments) == 3
+    np.testing.assert_array_equal(segments[2], mel[:, -size:])
+    short = np.arange(128 * 50, dtype=np.float32).reshape(128, 50)  # wrap-padded to one segment
+    (padded,) = segment(short, fe)
+    np.testing.assert_array_equal(padded[:, :50], short)
+    np.testing.assert_array_equal(padded[:, 50:100], short)
+    np.testing.assert_array_equal(padded[:, 100:], short[:, :30])
+    with pytest.raises(AudioError):
+        segment(np.zeros((128, 0), np.float32), fe)
+
+
+# --- bad files ----------------------------------------------------------------------------------
+
+
+def test_missing_file(tmp_path):
+    path = tmp_path / "nope.wav"
+    with pytest.raises(AudioError, match="no such file") as excinfo:
+        load_audio(path, 22050)
+    one_line_error(excinfo, path)
+
+
+def test_zero_byte_file(tmp_path):
+    path = tmp_path / "empty.mp3"
+    path.write_bytes(b"")
+    with pytest.raises(AudioError, match="empty file") as excinfo:
+        load_audio(path, 22050)
+    one_line_error(excinfo, path)
+
+
+def test_wav_without_samples(write_audio):
+    path = write_audio("silent.wav", np.zeros((0, 1), np.float32), 22050)
+    with pytest.raises(AudioError, match="no audio samples") as excinfo:
+        track_segments(path, PAPER)
+    one_line_error(excinfo, path)
+
+
+@pytest.mark.parametrize("with_ffmpeg", [False, True])
+def test_text_file_named_mp3(with_ffmpeg, tmp_path, monkeypatch):
+    if with_ffmpeg and shutil.which("ffmpeg") is None:
+        pytest.skip("ffmpeg is not installed")
+    if not with_ffmpeg:
+        monkeypatch.setattr("zstag.audio.shutil.which", lambda name: None)
+    path = tmp_path / "notes.mp3"
+    path.write_text("these are not the droids you are looking for\n" * 20)
+    with pytest.raises(AudioError, match="cannot decode") as excinfo:
+        load_audio(path, 22050)
+    one_line_error(excinfo, path)
+
+
+def test_truncated_mp3(tone, write_audio):
+    path = write_audio("cut.mp3", tone(20.0, 44100, noise=0.1), 44100)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(AudioError, match="truncated") as excinfo:
+        load_audio(path, 22050)
+    one_line_error(excinfo, path)
+
+
+def test_truncated_flac(tone, write_audio):
+    path = write_audio("cut.flac", tone(10.0, 44100, noise=0.1), 44100)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(AudioError) as excinfo:
+        load_audio(path, 22050)
+    one_line_error(excinfo, path)
+
+
+def test_m4a_without_ffmpeg_says_ffmpeg_is_needed(tmp_path, monkeypatch):
+    monkeypatch.setattr("zstag.audio.shutil.which", lambda name: None)
+    path = tmp_path / "song.m4a"
+    path.write_bytes(b"\x00\x00\x00\x20ftypM4A " + bytes(100))
+    with pytest.raises(AudioError, match="ffmpeg") as excinfo:
+        load_audio(path, 22050)
+    one_line_error(excinfo, path)
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg is not installed")
+def test_m4a_through_ffmpeg_matches_wav(tone, write_audio, tmp_path):
+    import subprocess
+
+    left = tone(4.0, 44100, freqs=(330.0, 2500.0), noise=0.02)
+    wav = write_audio("a.wav", np.stack([left, 0.5 * left], axis=1), 44100)
+    m4a = tmp_path / "a.m4a"
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-i", str(wav), "-c:a", "aac", "-b:a", "192k", str(m4a)],
+                   check=True)
+    reference = load_audio(wav, 22050)
+    audio = load_audio(m4a, 22050)
+    assert abs(len(audio) - len(reference)) < 2048  # AAC pads its last frame
+    n = len(reference)
+    assert abs(np.dot(audio[:n], reference) / np.dot(reference, reference) - 1) < 0.02  # same downmix gain
+    a, b = log_mel(audio[:n], PAPER), log_mel(reference, PAPER)
+    assert np.abs(a - b).mean() < 0.15 * b.std()
+    span = load_audio(m4a, 22050, offset=1.0, duration=2.0)
+    assert abs(len(span) - 2 * 22050) <= 1
+
+
+def test_mel_filterbank_cache(tmp_path, monkeypatch):
+    from librosa.filters import mel
+
+    from zstag import audio
+
+    monkeypatch.setenv("ZSTAG_CACHE_DIR", str(tmp_path))
+    expected = mel(sr=16000, n_fft=512, n_mels=96, dtype=np.float32)
+    audio._mel_basis.cache_clear()
+    np.testing.assert_array_equal(audio._mel_basis(16000, 512, 96), expected)
+    (cached,) = (tmp_path / "mel").glob("mel-16000-512-96-librosa*.npy")
+    audio._mel_basis.cache_clear()
+    np.testing.assert_array_equal(audio._mel_basis(16000, 512, 96), expected)  # read back from the file
+    cached.write_bytes(b"garbage")  # a damaged cache file is recomputed, not trusted
+    audio._mel_basis.cache_clear()
+    np.testing.assert_array_equal(audio._mel_basis(16000, 512, 96), expected)
+    audio._mel_basis.cache_clear()

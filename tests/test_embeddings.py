@@ -1,0 +1,251 @@
+"""Track embeddings and their cache (zstag.embeddings) and acoustic statistics (zstag.acoustics)."""
+
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+import crashing_decoder  # tests/crashing_decoder.py
+from zstag import acoustics, audio, embeddings
+from zstag.audio import PAPER
+from zstag.embeddings import CACHE_FILE, CRASH_MESSAGE, EmbeddingCache, content_digest, decode_files, embed_files
+from zstag.model import ZeroShotModel, cnn1d_config, load_model, save_model
+
+SR = 22050
+
+
+def write_tone(path, seconds=3.0, freq=440.0, amplitude=0.5, sr=SR, noise=0.01):
+    t = np.arange(int(seconds * sr)) / sr
+    noise = noise * np.random.default_rng(int(freq)).standard_normal(len(t))
+    sf.write(path, (amplitude * np.sin(2 * np.pi * freq * t) + noise).astype(np.float32), sr)
+    return str(path)
+
+
+@pytest.fixture()
+def cache_dir(tmp_path, monkeypatch):
+    folder = tmp_path / "cache"
+    monkeypatch.setenv("ZSTAG_CACHE_DIR", str(folder))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("model")
+    save_model(ZeroShotModel(cnn1d_config(PAPER, word_dim=50, words="glove-6B-50d")), folder)
+    return load_model(folder)
+
+
+@pytest.fixture()
+def tracks(tmp_path):
+    folder = tmp_path / "audio"
+    folder.mkdir()
+    return [write_tone(folder / f"t{i}.wav", seconds=2.0 + 2 * i, freq=300.0 * (i + 1)) for i in range(3)]
+
+
+def direct_embedding(model, path, offset=0.0, duration=None):
+    """model.embed_track over every segment of the file, single-threaded as embed_files runs it."""
+    from threadpoolctl import threadpool_limits
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(1):
+            return model.embed_track(audio.track_segments(path, model.front_end, offset, duration))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def no_decoding(monkeypatch):
+    """Fail the test if any file is decoded (cache hits only)."""
+    real = embeddings.decode_files
+
+    def guarded(jobs, *args, **kwargs):
+        assert not jobs, f"decoded {[p for _, p in jobs]}"
+        return real(jobs, *args, **kwargs)
+
+    monkeypatch.setattr(embeddings, "decode_files", guarded)
+
+
+def test_content_digest_follows_content_not_path(tmp_path):
+    a = write_tone(tmp_path / "a.wav")
+    b = tmp_path / "b.wav"
+    shutil.copy(a, b)
+    assert content_digest(a) == content_digest(b)
+    data = bytearray(b.read_bytes())
+    data[len(data) // 2] ^= 1  # one bit in the middle of the file
+    b.write_bytes(bytes(data))
+    assert content_digest(a) != content_digest(b)
+
+
+def test_embedding_is_the_whole_track_in_input_order(model, tracks, cache_dir):
+    results = embed_files(model, tracks, workers=2, progress=False)
+    assert [r.path for r in results] == tracks
+    for r in results:
+        assert r.ok and r.error is None and not r.cached
+        assert r.embedding.dtype == np.float32 and r.embedding.shape == (100,)
+        np.testing.assert_array_equal(r.embedding, direct_embedding(model, r.path))
+    assert not np.allclose(results[0].embedding, results[1].embedding)
+    # the worker pool and in-process decoding give the same numbers
+    direct = embed_files(model, tracks, workers=0, use_cache=False, progress=False)
+    for a, b in zip(results, direct):
+        np.testing.assert_array_equal(a.embedding, b.embedding)
+
+
+def test_stats_describe_the_file(model, tmp_path, cache_dir):
+    path = write_tone(tmp_path / "tone.wav", seconds=4.0, freq=1000.0, amplitude=0.5, sr=44100, noise=0.0)
+    (result,) = embed_files(model, [path], workers=0, progress=False)
+    stats = result.stats
+    assert stats["native_sample_rate"] == 44100
+    assert stats["duration_s"] == pytest.approx(4.0, abs=0.01)
+    assert stats["loudness_dbfs"] == pytest.approx(20 * np.log10(0.5 / np.sqrt(2)), abs=0.2)  # sine RMS
+    assert stats["spectral_centroid_hz"] == pytest.approx(1000.0, rel=0.1)
+
+
+def test_cache_hit_with_no_decoding(model, tracks, cache_dir, monkeypatch):
+    first = embed_files(model, tracks, workers=2, progress=False)
+    assert (cache_dir / CACHE_FILE).is_file()
+    no_decoding(monkeypatch)
+    second = embed_files(model, tracks, workers=2, progress=False)
+    assert all(r.cached for r in second)
+    for a, b in zip(first, second):
+        np.testing.assert_array_equal(a.embedding, b.embedding)
+        assert a.stats == b.stats
+
+
+def test_cache_keys_on_content(model, tracks, cache_dir, monkeypatch, tmp_path):
+    first = embed_files(model, tracks, workers=0, progress=False)
+    copy = tmp_path / "copy.wav"
+    shutil.copy(tracks[0], copy)
+    os.utime(tracks[1], ns=(1_000_000_000, 1_000_000_000))  # touched: same content, new mtime
+    with monkeypatch.context() as m:
+        no_decoding(m)
+        again = embed_files(model, [str(copy), tracks[1]], workers=0, progress=False)
+    assert all(r.cached for r in again)
+    np.testing.assert_array_equal(again[0].embedding, first[0].embedding)
+
+    write_tone(tracks[2], seconds=3.0, freq=2000.0)  # rewritten in place: new content
+    changed = embed_files(model, tracks, workers=0, progress=False)
+    assert [r.cached for r in changed] == [True, True, False]
+    assert not np.allclose(changed[2].embedding, first[2].embedding)
+
+
+def test_cache_keys_on_span_and_model(model, tracks, cache_dir, tmp_path):
+    embed_files(model, tracks[2:], workers=0, progress=False)
+    (short,) = embed_files(model, tracks[2:], workers=0, max_seconds=2.0, progress=False)
+    assert not short.cached
+    np.testing.assert_array_equal(short.embedding, direct_embedding(model, tracks[2], 0.0, 2.0))
+    (shifted,) = embed_files(model, tracks[2:], workers=0, offset=1.0, progress=False)
+    assert not shifted.cached
+    torch.manual_seed(1)
+    save_model(ZeroShotModel(cnn1d_config(PAPER, word_dim=50, words="glove-6B-50d")), tmp_path / "other")
+    (other,) = embed_files(load_model(tmp_path / "other"), tracks[2:], workers=0, progress=False)
+    assert not other.cached
+
+
+def test_no_cache_neither_reads_nor_writes(model, tracks, cache_dir):
+    results = embed_files(model, tracks, workers=0, use_cache=False, progress=False)
+    assert all(r.ok and not r.cached for r in results)
+    assert not (cache_dir / CACHE_FILE).exists()
+
+
+def test_bad_files_fail_alone(model, tracks, cache_dir, tmp_path):
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    corrupt = tmp_path / "corrupt.flac"
+    corrupt.write_bytes(np.random.default_rng(0).bytes(5000))
+    missing = str(tmp_path / "missing.wav")
+    paths = [tracks[0], str(empty), str(corrupt), missing, tracks[1]]
+    for workers in (0, 2):
+        results = embed_files(model, paths, workers=workers, use_cache=False, progress=False)
+        assert [r.ok for r in results] == [True, False, False, False, True]
+        for r in results[1:4]:
+            assert r.embedding is None and r.path in r.error and "\n" not in r.error
+
+
+def test_corrupt_cache_file_is_skipped_with_a_warning(model, tracks, cache_dir, capsys):
+    cache_dir.mkdir()
+    (cache_dir / CACHE_FILE).write_bytes(b"this is not a database" * 100)
+    results = embed_files(model, tracks[:1], workers=0, progress=False)
+    assert results[0].ok
+    assert "embedding cache" in capsys.readouterr().err
+
+
+def test_a_dying_worker_fails_only_its_file(tracks, tmp_path):
+    crash = write_tone(tmp_path / "crash.wav")
+    jobs = list(enumerate([tracks[0], crash, tracks[1], tracks[2]]))
+    outcomes = dict(decode_files(jobs, PAPER.to_dict(), 0.0, None, workers=2, decode=crashing_decoder.decode))
+    assert sorted(outcomes) == [0, 1, 2, 3]
+    assert outcomes[1] == f"{crash}: {CRASH_MESSAGE}"
+    for i in (0, 2, 3):
+        segments, stats = outcomes[i]
+        assert segments.ndim == 3 and stats["native_sample_rate"] == SR
+
+
+KILLED_RUN = """
+import sys, time
+from zstag.embeddings import embed_files
+from zstag.model import load_model
+model = load_model(sys.argv[1])
+embed_track = model.embed_track
+model.embed_track = lambda segments: (time.sleep(0.3), embed_track(segments))[1]  # rows arrive slowly
+embed_files(model, sys.argv[2:], workers=1, progress=False)
+"""
+
+
+def test_a_killed_run_leaves_the_cache_usable(model, tmp_path, cache_dir):
+    paths = [write_tone(tmp_path / f"t{i}.wav", seconds=3.0, freq=200.0 + 50 * i) for i in range(8)]
+    env = {**os.environ, "ZSTAG_CACHE_DIR": str(cache_dir)}
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_RUN, str(model.folder), *paths], env=env)
+    db = cache_dir / CACHE_FILE
+    deadline = time.monotonic() + 60
+    rows = 0
+    while time.monotonic() < deadline and proc.poll() is None:
+        if db.exists():
+            try:
+                rows = sqlite3.connect(db).execute("SELECT COUNT(*) FROM embeddings").fetchone()[0]
+            except sqlite3.Error:
+                rows = 0
+            if rows:
+                break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert rows >= 1, "the run stored nothing before it was killed"
+
+    cache = EmbeddingCache(db)
+    assert cache.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    stored = cache.count(model.model_id)
+    cache.close()
+    assert 1 <= stored < len(paths)
+    results = embed_files(model, paths, workers=0, progress=False)
+    assert all(r.ok for r in results)
+    assert sum(r.cached for r in results) == stored
+    for r in results:
+        np.testing.assert_array_equal(r.embedding, direct_embedding(model, r.path))
+
+
+def test_acoustics_summaries():
+    stats = [{"native_sample_rate": 44100, "duration_s": d, "loudness_dbfs": -20.0 + d, "spectral_centroid_hz": None}
+             for d in (10.0, 20.0, 30.0, 40.0, 50.0)]
+    summary = acoustics.summarise(stats)
+    assert summary["duration_s"] == {"n": 5, "median": 30.0, "q25": 20.0, "q75": 40.0}
+    assert summary["spectral_centroid_hz"]["n"] == 0 and summary["spectral_centroid_hz"]["median"] is None
+    silent = acoustics.file_stats(np.zeros(SR, np.float32), SR, SR, 1.0)
+    assert silent["loudness_dbfs"] == acoustics.SILENCE_DBFS and silent["spectral_centroid_hz"] is None
+
+    results = [embeddings.TrackResult("a", np.array([1.0, 0.0], np.float32), None, stats[0]),
+               embeddings.TrackResult("b", None, "b: broken"),
+               embeddings.TrackResult("c", np.array([0.0, 1.0], np.float32), None, stats[1])]
+    corpus = acoustics.corpus_summary("mine", results)
+    assert corpus["corpus"] == "mine" and corpus["n_tracks"] == 2
+    assert corpus["mean_embedding"] == [0.5, 0.5]
+    assert corpus["acoustics"]["duration_s"]["median"] == 15.0

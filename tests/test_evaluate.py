@@ -1,0 +1,294 @@
+"""`zstag eval` end to end on fixtures in the real GTZAN and MTAT layouts, with a tiny random model whose
+training vocabulary the test sets. Expected figures are recomputed here from independently embedded
+tracks, so the wiring (track order, label columns, seen/unseen sets, split partitions) is checked."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from rich.console import Console
+from typer.testing import CliRunner
+
+from zstag import evaluate, metrics
+from zstag.audio import PAPER, track_segments
+from zstag.cli import app
+from zstag.corpora import open_corpus
+from zstag.model import ZeroShotModel, cnn1d_config, load_model, save_model
+from zstag.splits import make_split, save_split
+from zstag.words import WordVectors
+
+SHARED_DANCE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "dance"
+SR = 22050
+SECONDS = 1.5  # under one 3 s segment: wrap-padded to one, so a file embeds in milliseconds
+GENRES = ("blues", "country", "jazz", "rock")
+TRAIN_LABELS = ["Blues", "ROCK", "metal", "guitar", "Piano"]  # spelled unlike the corpora: compared normalised
+MTAT_TAGS = ("classical", "female vocal", "guitar", "piano", "techno")
+MTAT_CLIPS = {  # clip_id: (mp3_path, tags)
+    "2": ("f/american_bach_soloists-j_s__bach-01-bwv_1-0-29.mp3", ("classical", "piano")),
+    "6": ("f/american_bach_soloists-j_s__bach-01-bwv_1-30-59.mp3", ("classical",)),
+    "10": ("0/ambient_teknology-the_all_seeing_eye-02-the_all_seeing_eye-0-29.mp3", ("techno",)),
+    "11": ("0/ambient_teknology-the_all_seeing_eye-02-the_all_seeing_eye-30-59.mp3", ("techno", "guitar")),
+    "12": ("c/jacob_heringman-josquin-01-praeter_rerum-0-29.mp3", ("guitar",)),
+    "15": ("c/jacob_heringman-josquin-01-praeter_rerum-30-59.mp3", ("guitar", "female vocal")),
+    "20": ("c/jacob_heringman-josquin-02-mille_regretz-0-29.mp3", ("piano", "female vocal")),
+    "21": ("c/jacob_heringman-josquin-02-mille_regretz-30-59.mp3", ("piano",)),
+}
+TRAIN_STATS = {
+    "corpus": "trainset",
+    "n_tracks": 10,
+    "acoustics": {
+        "native_sample_rate": {"n": 10, "median": 44100.0, "q25": 44100.0, "q75": 44100.0},
+        "duration_s": {"n": 10, "median": 30.0, "q25": 29.0, "q75": 30.0},
+        "loudness_dbfs": {"n": 10, "median": -14.0, "q25": -16.0, "q75": -12.0},
+        "spectral_centroid_hz": {"n": 10, "median": 2000.0, "q25": 1500.0, "q75": 2500.0},
+    },
+    "mean_embedding": [1.0] * 100,
+}
+
+
+def tone(seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(SECONDS * SR)) / SR
+    return (0.3 * np.sin(2 * np.pi * (110 + 60 * seed) * t) + 0.05 * rng.standard_normal(len(t))).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def gtzan(tmp_path_factory):
+    root = tmp_path_factory.mktemp("gtzan")
+    seed = 0
+    for genre in GENRES:
+        (root / "genres" / genre).mkdir(parents=True)
+        for i in range(2):
+            sf.write(root / "genres" / genre / f"{genre}.{i:05d}.wav", tone(seed), SR)
+            seed += 1
+    (root / "genres" / "rock" / "rock.00009.wav").write_bytes(b"RIFF garbage, not audio")
+    return root
+
+
+@pytest.fixture(scope="module")
+def mtat(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mtat")
+    with open(root / "annotations_final.csv", "w", newline="") as f:
+        writer = csv.writer(f, delimiter="\t", quoting=csv.QUOTE_ALL)
+        writer.writerow(["clip_id", *MTAT_TAGS, "mp3_path"])
+        for seed, (clip, (rel, tags)) in enumerate(MTAT_CLIPS.items()):
+            writer.writerow([clip, *("1" if t in tags else "0" for t in MTAT_TAGS), rel])
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            sf.write(root / rel, tone(seed), SR)
+    return root
+
+
+def make_model(folder, stats: bool = True, **config):
+    torch.manual_seed(0)
+    net = ZeroShotModel({**cnn1d_config(PAPER, word_dim=50, words="glove-6B-50d", train_labels=TRAIN_LABELS), **config})
+    save_model(net, folder, extra_files={evaluate.STATS_FILE: TRAIN_STATS} if stats else None)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return make_model(tmp_path_factory.mktemp("model"))
+
+
+@pytest.fixture(scope="module")
+def words():
+    return WordVectors.load()
+
+
+def expected_scores(model_dir, paths, labels, words):
+    """Cosine scores computed without evaluate.py or the embedding cache."""
+    net = load_model(model_dir)
+    tracks = np.stack([net.embed_track(track_segments(p, net.front_end)) for p in paths])
+    return net.scores(tracks, net.embed_label_vectors(words.vectors(labels)))
+
+
+def run(kind, root, model_dir, **options):
+    return evaluate.evaluate(kind, root, model=str(model_dir), workers=0, progress=False, **options)
+
+
+# --- single-label (GTZAN layout) ---------------------------------------------------------------------
+
+
+def test_gtzan_seen_unseen_and_figures(gtzan, model_dir, words):
+    result = run("gtzan", gtzan, model_dir)
+    report = result.report
+    assert report["task"] == "classification" and report["seen_from"] == "model.train_labels"
+    assert report["labels"]["seen"] == ["blues", "rock"]  # "Blues" and "ROCK" after normalisation
+    assert report["labels"]["unseen"] == ["country", "jazz"]
+    assert report["labels"]["all"] == list(GENRES)
+    assert report["tracks"]["selected"] == 9 and report["tracks"]["evaluated"] == 8
+    [failure] = report["tracks"]["failed"]
+    assert failure["id"] == "rock.00009" and "rock.00009.wav" in failure["error"] and "\n" not in failure["error"]
+
+    corpus = open_corpus("gtzan", gtzan)
+    good = [t for t in corpus.tracks if t.id != "rock.00009"]
+    scores = expected_scores(model_dir, [t.path for t in good], list(GENRES), words)
+    true = np.array([GENRES.index(t.labels[0]) for t in good])
+    for name, subset in (("all", [0, 1, 2, 3]), ("seen", [0, 3]), ("unseen", [1, 2])):
+        rows = np.isin(true, subset)
+        predicted = np.array(subset)[scores[rows][:, subset].argmax(axis=1)]
+        figures = report["metrics"][name]
+        assert figures["n_tracks"] == rows.sum() == (8 if name == "all" else 4)
+        assert figures["accuracy"] == pytest.approx(np.mean(predicted == true[rows]))
+        matrix = np.zeros((len(subset), len(subset)), dtype=int)
+        for t, p in zip(true[rows], predicted):
+            matrix[subset.index(t), subset.index(p)] += 1
+        assert figures["confusion"]["matrix"] == matrix.tolist()
+        assert figures["confusion"]["labels"] == [GENRES[i] for i in subset]
+
+
+def test_gtzan_transfer_report(gtzan, model_dir, words):
+    report = run("gtzan", gtzan, model_dir).report
+    overlap = report["transfer"]["label_overlap"]
+    assert overlap["exact"] == ["blues", "rock"] and overlap["n_train_labels"] == len(TRAIN_LABELS)
+    assert overlap["nearest"]["blues"]["train_label"] == "Blues"
+    assert overlap["nearest"]["blues"]["cosine"] == pytest.approx(1.0, abs=1e-6)
+    jazz = words.phrase("jazz").vector
+    train = np.stack([words.phrase(t).vector for t in TRAIN_LABELS])
+    cos = train @ jazz / (np.linalg.norm(train, axis=1) * np.linalg.norm(jazz))
+    assert overlap["nearest"]["jazz"] == {"train_label": TRAIN_LABELS[int(cos.argmax())], "cosine": pytest.approx(cos.max())}
+
+    acoustics = report["transfer"]["acoustics"]
+    assert acoustics["train_corpus"] == "trainset" and acoustics["note"] is None
+    assert acoustics["fields"]["loudness_dbfs"]["train"] == TRAIN_STATS["acoustics"]["loudness_dbfs"]
+    assert acoustics["fields"]["duration_s"]["eval"]["median"] == pytest.approx(SECONDS, abs=0.01)
+    assert acoustics["fields"]["native_sample_rate"]["eval"]["median"] == SR
+    net = load_model(model_dir)
+    paths = sorted(gtzan.glob("genres/*/*.0000[01].wav"))
+    mean = np.mean([net.embed_track(track_segments(p, net.front_end)) for p in paths], axis=0)
+    assert acoustics["mean_embedding_cosine"] == pytest.approx(mean.sum() / (np.linalg.norm(mean) * 10), abs=1e-4)
+
+
+def test_model_without_stats_says_so(gtzan, tmp_path):
+    report = run("gtzan", gtzan, make_model(tmp_path / "m", stats=False)).report
+    acoustics = report["transfer"]["acoustics"]
+    assert acoustics["note"] == evaluate.NO_STATS_NOTE and acoustics["mean_embedding_cosine"] is None
+    assert acoustics["fields"]["loudness_dbfs"]["train"] is None
+    assert acoustics["fields"]["loudness_dbfs"]["eval"]["n"] == 8
+
+
+def test_labels_option_restricts_labels_and_tracks(gtzan, model_dir):
+    report = run("gtzan", gtzan, model_dir, labels=["Jazz", "rock"]).report
+    assert report["labels"]["all"] == ["jazz", "rock"]
+    assert report["labels"]["seen"] == ["rock"] and report["labels"]["unseen"] == ["jazz"]
+    assert report["tracks"]["selected"] == 5  # 2 jazz + 2 rock + the broken rock file
+    with pytest.raises(evaluate.EvalError, match="not evaluation labels of this corpus: polka"):
+        run("gtzan", gtzan, model_dir, labels=["polka"])
+
+
+def test_label_without_word_vector_is_left_out(tmp_path, model_dir):
+    for i, label in enumerate(("jazz", "rock", "qxzvbnmw")):
+        (tmp_path / "corpus" / label).mkdir(parents=True)
+        sf.write(tmp_path / "corpus" / label / "a.wav", tone(i), SR)
+    report = run("folder", tmp_path / "corpus", model_dir).report
+    assert list(report["labels"]["without_vector"]) == ["qxzvbnmw"]
+    assert report["labels"]["all"] == ["jazz", "rock"] and report["tracks"]["selected"] == 2
+
+
+def test_second_run_is_cached_and_identical(gtzan, model_dir):
+    first = run("gtzan", gtzan, model_dir)
+    second = run("gtzan", gtzan, model_dir)
+    assert second.cached == 8
+    assert json.dumps(first.report) == json.dumps(second.report)
+    assert run("gtzan", gtzan, model_dir, use_cache=False).cached == 0
+
+
+# --- multi-label (MTAT layout) -----------------------------------------------------------------------
+
+
+def test_mtat_tagging_figures(mtat, model_dir, words):
+    report = run("mtat", mtat, model_dir).report
+    assert report["task"] == "tagging"
+    assert report["labels"]["seen"] == ["guitar", "piano"]
+    assert report["labels"]["unseen"] == ["classical", "female vocal", "techno"]
+    corpus = open_corpus("mtat", mtat)
+    scores = expected_scores(model_dir, [t.path for t in corpus.tracks], list(MTAT_TAGS), words)
+    truth = np.array([[tag in t.labels for tag in MTAT_TAGS] for t in corpus.tracks])
+    for name in ("seen", "unseen", "all"):
+        cols = [MTAT_TAGS.index(label) for label in report["labels"][name]]
+        figures = report["metrics"][name]
+        retrieval = metrics.retrieval(truth[:, cols], scores[:, cols])
+        annotation = metrics.annotation(truth[:, cols], scores[:, cols])
+        top = metrics.top_k(truth[:, cols], scores[:, cols])
+        assert figures["n_tracks"] == 8 and figures["n_labels"] == len(cols)
+        assert figures["retrieval"]["roc_auc"] == pytest.approx(retrieval["roc_auc"])
+        assert figures["retrieval"]["pr_auc"] == pytest.approx(retrieval["pr_auc"])
+        assert figures["annotation"]["roc_auc"] == pytest.approx(annotation["roc_auc"])
+        assert figures["annotation"]["average_precision"] == pytest.approx(annotation["pr_auc"])
+        assert figures["annotation"]["skipped_no_positive"] == (truth[:, cols].sum(axis=1) == 0).sum()
+        assert figures["top_k"] == pytest.approx(top)
+    assert report["metrics"]["seen"]["annotation"]["skipped_no_positive"] == 2  # clips 6 and 10: neither guitar nor piano
+    assert report["metrics"]["all"]["per_label"]["techno"]["n_positive"] == 2
+
+
+def test_mtat_with_split(mtat, tmp_path, words):
+    corpus = open_corpus("mtat", mtat)
+    split = make_split(corpus, unseen=["female vocal", "techno"], seed=0)
+    split_path = save_split(split, tmp_path / "split.json")
+    model_dir = make_model(tmp_path / "m", split_sha256=split.sha256)
+    report = run("mtat", mtat, model_dir, split=split_path).report
+    assert report["seen_from"] == "split" and report["split"]["matches_model"] is True
+    assert report["split"]["sha256"] == split.sha256 and report["split"]["partition"] == "test"
+    # The split's seen labels win over the model's vocabulary (which has no "classical").
+    assert report["labels"]["seen"] == ["classical", "guitar", "piano"]
+    assert report["labels"]["unseen"] == ["female vocal", "techno"]
+    test_ids = split.tracks("test")
+    assert sorted(test_ids) == ["10", "11", "15", "20"]  # every clip with an unseen tag (groups B, C)
+    assert report["tracks"]["evaluated"] == len(test_ids)
+    assert report["split"]["groups"] == {"A": 0, "B": 3, "C": 1}
+    tracks = [corpus.track(i) for i in test_ids]
+    scores = expected_scores(model_dir, [t.path for t in tracks], ["female vocal", "techno"], words)
+    truth = np.array([[tag in t.labels for tag in ("female vocal", "techno")] for t in tracks])
+    assert report["metrics"]["unseen"]["retrieval"]["roc_auc"] == pytest.approx(metrics.retrieval(truth, scores)["roc_auc"])
+    console = Console(file=io.StringIO(), width=150)
+    evaluate.render(report, console)
+    assert "the model's split" in console.file.getvalue() and "groups A 0, B 3, C 1" in console.file.getvalue()
+
+
+@pytest.mark.skipif(not SHARED_DANCE.is_dir(), reason="needs the real dance corpus in ../shared/data/dance")
+def test_real_dance_corpus_end_to_end(model_dir):
+    # The first 3 s of each of the 138 real songs: the CSV reader, decoding and bookkeeping on real files.
+    report = run("csv", SHARED_DANCE, model_dir, max_seconds=3.0).report
+    assert report["task"] == "classification" and report["tracks"]["failed"] == []
+    assert report["tracks"]["evaluated"] == report["corpus"]["n_tracks"] == 138
+    assert len(report["labels"]["all"]) == 23 and report["labels"]["seen"] == []  # no dance in TRAIN_LABELS
+    assert sum(map(sum, report["metrics"]["all"]["confusion"]["matrix"])) == 138
+    assert report["transfer"]["acoustics"]["fields"]["native_sample_rate"]["eval"]["median"] == 22050
+
+
+# --- command line ------------------------------------------------------------------------------------
+
+
+def test_cli_writes_report_and_plot(gtzan, model_dir, tmp_path):
+    out, png = tmp_path / "report.json", tmp_path / "confusion.png"
+    result = CliRunner().invoke(app, ["eval", "--corpus", "gtzan", "--root", str(gtzan), "--model", str(model_dir),
+                                      "--workers", "0", "--out", str(out), "--plot", str(png)])
+    assert result.exit_code == 0, result.output
+    assert "accuracy" in result.stdout and "confusion matrix" in result.stdout
+    report = json.loads(out.read_text())
+    assert report["model"]["id"] == load_model(model_dir).model_id
+    assert report["corpus"]["kind"] == "gtzan" and report["labels"]["unseen"] == ["country", "jazz"]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "rock.00009.wav" in result.stderr
+
+
+def test_cli_wrong_layout_is_one_line(tmp_path, model_dir):
+    (tmp_path / "jazz").mkdir()
+    result = CliRunner().invoke(app, ["eval", "--corpus", "gtzan", "--root", str(tmp_path), "--model", str(model_dir)])
+    assert result.exit_code == 1
+    assert result.stderr.count("\n") == 1 and "expected genres/<genre>/<genre>.NNNNN.wav" in result.stderr
+
+
+def test_cli_mtat_plot_is_a_warning(mtat, model_dir, tmp_path):
+    result = CliRunner().invoke(app, ["eval", "-c", "mtat", "-r", str(mtat), "-m", str(model_dir), "--workers", "0",
+                                      "--plot", str(tmp_path / "x.png")])
+    assert result.exit_code == 0, result.output
+    assert "retr ROC-AUC" in result.stdout and "nothing drawn" in result.stderr
+    assert not (tmp_path / "x.png").exists()

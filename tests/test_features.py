@@ -1,0 +1,223 @@
+"""`zstag preprocess`: the sharded feature cache, resuming after kill -9, --shard K/N, bad files."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from zstag.audio import PAPER, load_audio, log_mel
+from zstag.corpora import Track
+from zstag.features import (CACHE_FILE, FAILURES_FILE, INDEX_FILE, FeatureCache, FeatureCacheError, parse_shard,
+                            preprocess)
+
+SR = 22050
+
+
+def write_corpus(folder: Path, n: int = 9, seconds: float = 2.0, bad: bool = True) -> list[Track]:
+    """n short tone files (+ a corrupt and an empty file) as Tracks with labels and artists."""
+    import soundfile as sf
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tracks = []
+    for i in range(n):
+        t = np.arange(int(seconds * SR * (1 + 0.25 * (i % 3)))) / SR
+        path = folder / f"{i:02d}.wav"
+        sf.write(path, (0.3 * np.sin(2 * np.pi * (220 + 60 * i) * t)).astype(np.float32), SR)
+        tracks.append(Track(f"{i:02d}", path, (("rock", "jazz", "pop")[i % 3],), f"artist {i % 4}"))
+    if bad:
+        (folder / "corrupt.wav").write_bytes(b"RIFF not really a wave file" * 20)
+        (folder / "empty.wav").write_bytes(b"")
+        tracks.insert(3, Track("corrupt", folder / "corrupt.wav", ("rock",), None))
+        tracks.append(Track("empty", folder / "empty.wav", ("jazz",), None))
+    return tracks
+
+
+def cache_files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+@pytest.fixture
+def tracks(tmp_path):
+    return write_corpus(tmp_path / "audio")
+
+
+def test_cache_holds_the_log_mel_frames_of_each_track(tmp_path, tracks):
+    report = preprocess(tracks, tmp_path / "cache", PAPER, shard_size=4, progress=False)
+    assert report.complete and report.n_shards == 3 and report.shards_done == 3
+    cache = FeatureCache.open(tmp_path / "cache")
+    assert [e.id for e in cache.tracks] == [t.id for t in tracks if t.id not in ("corrupt", "empty")]
+    assert cache.front_end == PAPER
+    for track in tracks[:3]:
+        expected = log_mel(load_audio(track.path, PAPER.sample_rate), PAPER)
+        entry = cache.by_id[track.id]
+        assert entry.labels == track.labels and entry.artist == track.artist
+        assert entry.n_frames == expected.shape[1]
+        np.testing.assert_allclose(cache.mel(track.id), expected, rtol=1e-3, atol=2e-3)  # float16
+        assert entry.stats["native_sample_rate"] == SR
+    frames = cache.frames(tracks[0].id)
+    assert frames.dtype == np.float16 and not frames.flags.writeable  # a view of the read-only memory map
+
+
+def test_crop_is_a_window_and_short_tracks_are_zero_padded(tmp_path, tracks):
+    preprocess(tracks, tmp_path / "cache", PAPER, progress=False)
+    cache = FeatureCache.open(tmp_path / "cache")
+    mel = cache.mel("00")  # 2 s ≈ 87 frames: shorter than a 130-frame segment
+    crop = cache.crop("00", 10, 130)
+    assert crop.shape == (128, 130) and crop.dtype == np.float32
+    np.testing.assert_array_equal(crop[:, : mel.shape[1]], mel)
+    assert not crop[:, mel.shape[1] :].any()
+    long = cache.mel("02")  # 3 s ≈ 130 frames
+    np.testing.assert_array_equal(cache.crop("02", 5, 100), long[:, 5:105])
+
+
+def test_bad_files_are_reported_and_skipped(tmp_path, tracks):
+    report = preprocess(tracks, tmp_path / "cache", PAPER, shard_size=4, progress=False)
+    failed = {f["id"]: f["error"] for f in report.failures}
+    assert set(failed) == {"corrupt", "empty"}
+    assert str(tracks[3].path) in failed["corrupt"] and "\n" not in failed["corrupt"]
+    assert "empty" in failed["empty"]
+    with open(tmp_path / "cache" / FAILURES_FILE) as f:
+        rows = list(csv.DictReader(f))
+    assert {r["id"] for r in rows} == {"corrupt", "empty"}
+    assert len(FeatureCache.open(tmp_path / "cache")) == 9
+
+
+def test_index_and_shard_tables_agree(tmp_path, tracks):
+    preprocess(tracks, tmp_path / "cache", PAPER, shard_size=4, progress=False)
+    from_index = FeatureCache.open(tmp_path / "cache").tracks
+    (tmp_path / "cache" / INDEX_FILE).unlink()
+    assert FeatureCache.open(tmp_path / "cache").tracks == from_index
+
+
+def test_shards_are_disjoint_and_together_make_the_whole_cache(tmp_path, tracks):
+    preprocess(tracks, tmp_path / "whole", PAPER, shard_size=2, progress=False)
+    merged = tmp_path / "merged"
+    merged.mkdir()
+    seen: set[str] = set()
+    for k in (1, 2, 3):
+        part = tmp_path / f"part{k}"
+        report = preprocess(tracks, part, PAPER, shard=(k, 3), shard_size=2, progress=False)
+        assert not report.complete
+        with pytest.raises(FeatureCacheError, match="shards missing"):
+            FeatureCache.open(part)
+        shards = {p.name for p in part.glob("shard-*")}
+        assert shards and not shards & seen
+        seen |= shards
+        for name in shards | {CACHE_FILE}:
+            (merged / name).write_bytes((part / name).read_bytes())
+    whole = cache_files(tmp_path / "whole")
+    assert seen == {name for name in whole if name.startswith("shard-")}
+    report = preprocess(tracks, merged, PAPER, shard_size=2, progress=False)  # nothing to do: writes the index
+    assert report.complete and report.shards_done == 0
+    assert cache_files(merged) == whole
+
+
+def test_a_cache_made_for_other_features_is_not_reused(tmp_path, tracks):
+    preprocess(tracks[:3], tmp_path / "cache", PAPER, progress=False)
+    other = PAPER.__class__(**{**PAPER.to_dict(), "n_mels": 96})
+    with pytest.raises(FeatureCacheError, match="front end"):
+        preprocess(tracks[:3], tmp_path / "cache", other, progress=False)
+    with pytest.raises(FeatureCacheError, match="plan"):
+        preprocess(tracks[:4], tmp_path / "cache", PAPER, progress=False)
+
+
+def test_worker_processes_give_the_same_cache(tmp_path, tracks):
+    preprocess(tracks, tmp_path / "one", PAPER, shard_size=4, progress=False)
+    preprocess(tracks, tmp_path / "two", PAPER, shard_size=4, workers=2, progress=False)
+    assert cache_files(tmp_path / "one") == cache_files(tmp_path / "two")
+
+
+# The child runs preprocess in a real process and blocks inside track BLOCK_ID, so the test can
+# SIGKILL it at a known point: the shards before that track are written, the one holding it is not.
+CHILD = textwrap.dedent(
+    """
+    import json, sys, time
+    from pathlib import Path
+    import zstag.features as features
+    from zstag.audio import PAPER
+    from zstag.corpora import Track
+
+    spec = json.loads(Path(sys.argv[1]).read_text())
+    tracks = [Track(t["id"], Path(t["path"]), tuple(t["labels"]), t["artist"]) for t in spec["tracks"]]
+    compute = features._compute_task
+
+    def slow(task):
+        if task[0] == spec["block_path"]:
+            Path(spec["ready"]).write_text("blocked")
+            time.sleep(600)
+        return compute(task)
+
+    features._compute_task = slow
+    features.preprocess(tracks, spec["out"], PAPER, shard_size=spec["shard_size"], progress=False)
+    """
+)
+
+
+def test_resume_after_kill_9_gives_the_same_cache(tmp_path, tracks):
+    preprocess(tracks, tmp_path / "whole", PAPER, shard_size=2, progress=False)
+    out, ready = tmp_path / "killed", tmp_path / "ready"
+    spec = {
+        "tracks": [{"id": t.id, "path": str(t.path), "labels": list(t.labels), "artist": t.artist} for t in tracks],
+        "out": str(out), "shard_size": 2, "block_path": str(tracks[6].path), "ready": str(ready),
+    }
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    (tmp_path / "child.py").write_text(CHILD)
+    child = subprocess.Popen([sys.executable, str(tmp_path / "child.py"), str(tmp_path / "spec.json")])
+    try:
+        deadline = time.monotonic() + 120
+        while not ready.exists():
+            assert child.poll() is None, "the child exited before reaching the blocking track"
+            assert time.monotonic() < deadline, "the child never reached the blocking track"
+            time.sleep(0.05)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    assert child.returncode == -signal.SIGKILL
+    done = sorted(p.name for p in out.glob("shard-*.json"))
+    assert done == ["shard-00000.json", "shard-00001.json", "shard-00002.json"]  # tracks 0-5; 6 is in shard 3
+    # What a kill during a write would leave: a temp file, and frames whose table never got written.
+    (out / ".shard-00003.npy.abc123.tmp").write_bytes(b"half a shard")
+    (out / "shard-00004.npy").write_bytes((tmp_path / "whole" / "shard-00001.npy").read_bytes())
+    os.utime(out / "shard-00000.json", (0, 0))  # a skipped shard is not rewritten
+    report = preprocess(tracks, out, PAPER, shard_size=2, progress=False)
+    assert report.shards_skipped == 3 and report.shards_done == 3 and report.complete
+    assert (out / "shard-00000.json").stat().st_mtime == 0
+    assert cache_files(out) == cache_files(tmp_path / "whole")
+
+
+def test_parse_shard():
+    assert parse_shard("2/5") == (2, 5)
+    for bad in ("0/3", "4/3", "x", "1/2/3"):
+        with pytest.raises(ValueError):
+            parse_shard(bad)
+
+
+def test_cli_preprocess_from_a_csv_manifest(tmp_path):
+    from typer.testing import CliRunner
+
+    from zstag.cli import app
+
+    tracks = write_corpus(tmp_path / "data" / "audio", n=4)
+    with open(tmp_path / "data" / "manifest.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "labels", "artist"])
+        for t in tracks:
+            writer.writerow([f"audio/{t.path.name}", ";".join(t.labels), t.artist or ""])
+    args = ["preprocess", "--corpus", "csv", "--root", str(tmp_path / "data"), "--out", str(tmp_path / "cache"),
+            "--shard-size", "2", "--no-progress"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "2 failed" in result.output and "cache complete" in result.output
+    cache = FeatureCache.open(tmp_path / "cache")
+    assert sorted(e.id for e in cache.tracks) == [f"audio/{i:02d}.wav" for i in range(4)]
+    assert json.loads((tmp_path / "cache" / CACHE_FILE).read_text())["source"]["kind"] == "csv"
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0 and "0 tracks decoded" in again.output and "already done" in again.output

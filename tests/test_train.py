@@ -1,0 +1,232 @@
+"""`zstag train`: sampling, loss going down, checkpoints and resume, the saved model, the CLI."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import zstag.train as train_module
+from zstag.audio import PAPER
+from zstag.corpora import Track
+from zstag.features import FeatureCache, preprocess
+from zstag.model import load_model
+from zstag.train import (TrackSet, TrainError, TrainOptions, label_vectors, random_vectors, ranking_metrics,
+                         sample_plan, train)
+
+SR = 22050
+LABELS = ["rock", "jazz", "piano", "guitar"]
+FREQS = {"rock": 150.0, "jazz": 400.0, "piano": 1100.0, "guitar": 2600.0}
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    """32 four-second tracks: each label is a tone band, so a few epochs can learn it."""
+    import soundfile as sf
+
+    root = tmp_path_factory.mktemp("train-corpus")
+    rng = np.random.default_rng(0)
+    tracks = []
+    for i in range(32):
+        label = LABELS[i % 4]
+        t = np.arange(4 * SR) / SR
+        f = FREQS[label] * (1 + 0.05 * rng.standard_normal())
+        x = 0.3 * np.sin(2 * np.pi * f * t) * (1 + 0.5 * np.sin(2 * np.pi * (1 + i % 3) * t))
+        x += 0.01 * rng.standard_normal(len(t))
+        path = root / f"{i:02d}.wav"
+        sf.write(path, x.astype(np.float32), SR)
+        tracks.append(Track(f"{i:02d}", path, (label,), f"artist {i % 8}"))
+    preprocess(tracks, root / "cache", PAPER, shard_size=8, progress=False, source={"name": "tones", "kind": "csv"})
+    return root / "cache"
+
+
+@pytest.fixture(autouse=True)
+def small_validation(monkeypatch):
+    monkeypatch.setattr(train_module, "VALIDATION_MIN_SAMPLES", 64)
+    torch.set_num_threads(1)
+
+
+def ids(cache, part):
+    all_ids = sorted(e.id for e in cache.tracks)
+    return all_ids[:24] if part == "train" else all_ids[24:]
+
+
+def run(cache_dir, out, **options):
+    cache = FeatureCache.open(cache_dir)
+    defaults = dict(epochs=4, batch_size=8, optimizer="adam", seed=0, threads=1)
+    resume = options.pop("resume", False)
+    return train(cache, ids(cache, "train"), ids(cache, "val"), LABELS, out, TrainOptions(**{**defaults, **options}),
+                 split_sha256="f" * 64, corpus_name="tones", progress=False, log=lambda _: None, resume=resume)
+
+
+def weights(folder: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(folder / "weights.safetensors")
+
+
+def test_training_lowers_the_loss_and_saves_a_loadable_model(cache_dir, tmp_path):
+    result = run(cache_dir, tmp_path / "m", epochs=8)
+    history = result["history"]
+    assert len(history) == 8
+    assert history[-1]["loss"] < 0.6 * history[0]["loss"]
+    assert min(h["val_loss"] for h in history) < 0.6 * history[0]["val_loss"]
+    model = load_model(tmp_path / "m")
+    assert model.model_id == result["model_id"]
+    assert model.train_labels == LABELS
+    assert model.front_end == PAPER
+    assert model.config["words"] == "glove-6B-50d" and model.config["word_dim"] == 50
+    assert model.config["split_sha256"] == "f" * 64
+    assert model.config["training"]["epoch"] == result["best_epoch"]
+    stats = json.loads((tmp_path / "m" / "corpus_stats.json").read_text())
+    assert stats["corpus"] == "tones" and stats["n_tracks"] == 24 and len(stats["mean_embedding"]) == 100
+    assert json.loads((tmp_path / "m" / "history.json").read_text()) == history
+
+
+def test_resume_continues_exactly_as_an_uninterrupted_run(cache_dir, tmp_path):
+    straight = run(cache_dir, tmp_path / "straight", epochs=4)
+    run(cache_dir, tmp_path / "stopped", epochs=2)
+    resumed = run(cache_dir, tmp_path / "stopped", epochs=4, resume=True)
+    drop = lambda hist: [{k: v for k, v in h.items() if k != "seconds"} for h in hist]  # noqa: E731
+    assert drop(resumed["history"]) == drop(straight["history"])
+    last = tmp_path / "straight" / "checkpoints" / "epoch-0004", tmp_path / "stopped" / "checkpoints" / "epoch-0004"
+    a, b = weights(last[0]), weights(last[1])
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert weights(tmp_path / "straight").keys() == a.keys()
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_checkpoint_restores_optimizer_state(cache_dir, tmp_path, optimizer):
+    run(cache_dir, tmp_path / "m", epochs=1, optimizer=optimizer, lr=0.01)
+    _, tensors, meta = train_module.load_checkpoint(tmp_path / "m")
+    state = train_module._optimizer_join(tensors, meta["optimizer"])
+    key = "momentum_buffer" if optimizer == "sgd" else "exp_avg"
+    assert state["state"] and all(torch.is_tensor(s[key]) for s in state["state"].values())
+    names = {p.name for p in (tmp_path / "m" / "checkpoints" / "epoch-0001").iterdir()}
+    assert names == {"weights.safetensors", "state.safetensors", "state.json"}  # nothing that needs pickle
+
+
+def test_seed_makes_runs_repeatable(cache_dir, tmp_path):
+    run(cache_dir, tmp_path / "a", epochs=2)
+    run(cache_dir, tmp_path / "b", epochs=2)
+    run(cache_dir, tmp_path / "c", epochs=2, seed=1)
+    a, b, c = (weights(tmp_path / x / "checkpoints" / "epoch-0002") for x in "abc")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_a_finished_run_is_not_overwritten_without_resume(cache_dir, tmp_path):
+    run(cache_dir, tmp_path / "m", epochs=1)
+    with pytest.raises(TrainError, match="--resume"):
+        run(cache_dir, tmp_path / "m", epochs=1)
+
+
+def test_early_stopping_and_lr_reduction(cache_dir, tmp_path):
+    # lr so small nothing improves: the lr drops after lr_patience bad epochs, training stops after early_stop.
+    result = run(cache_dir, tmp_path / "m", epochs=50, optimizer="sgd", lr=1e-7, lr_patience=1, early_stop=3)
+    assert result["stopped_early"] and result["epochs"] == 4  # epoch 1 sets the best; 2, 3, 4 do not beat it
+    assert [h["lr"] for h in result["history"]] == pytest.approx([1e-7, 1e-7, 2e-8, 2e-8])
+
+
+def test_sample_plan_draws_positives_from_the_track_and_negatives_from_the_rest(cache_dir):
+    cache = FeatureCache.open(cache_dir)
+    tracks = TrackSet(cache, ids(cache, "train"), LABELS)
+    plan = sample_plan(tracks, np.random.default_rng(5), 100, 3, 130)
+    again = sample_plan(tracks, np.random.default_rng(5), 100, 3, 130)
+    assert all(np.array_equal(plan[k], again[k]) for k in plan)
+    assert sorted(np.bincount(plan["track"][:24])) == [1] * 24  # the first pass visits every track once
+    for t, pos, negs, start in zip(plan["track"], plan["positive"], plan["negatives"], plan["start"]):
+        labels = set(cache.by_id[tracks.ids[t]].labels)
+        assert LABELS[pos] in labels and not {LABELS[n] for n in negs} & labels
+        assert 0 <= start <= max(0, tracks.n_frames[t] - 130)
+
+
+def test_tracks_without_a_seen_label_are_not_trained_on(cache_dir):
+    cache = FeatureCache.open(cache_dir)
+    tracks = TrackSet(cache, ids(cache, "train") + ["not-in-cache"], ["rock", "jazz"])
+    assert len(tracks) == 12 and all(cache.by_id[i].labels[0] in ("rock", "jazz") for i in tracks.ids)
+
+
+def test_random_vectors_are_fixed_per_label():
+    a = random_vectors(["Rock", "jazz"], 16, seed=3)
+    b = random_vectors(["jazz", "rock", "polka"], 16, seed=3)
+    np.testing.assert_array_equal(a[0], b[1])  # the same label (after normalisation) → the same vector
+    np.testing.assert_array_equal(a[1], b[0])
+    assert not np.allclose(random_vectors(["rock"], 16, seed=4), a[:1])
+    vectors, name = label_vectors(["rock", "jazz"], "random:16:3")
+    np.testing.assert_array_equal(vectors, a)
+    assert name == "random:16:3"
+    with pytest.raises(TrainError):
+        label_vectors(["rock"], "random:x")
+
+
+def test_ranking_metrics():
+    scores = np.array([[0.9, 0.1, 0.5], [0.2, 0.3, 0.1], [0.1, 0.2, 0.3]])
+    metrics = ranking_metrics(scores, [np.array([0]), np.array([0, 2]), np.array([0])])
+    assert metrics["accuracy"] == pytest.approx(1 / 3)
+    assert metrics["mean_rank"] == pytest.approx((1 + 2 + 3) / 3)
+
+
+def test_cli_split_then_train(cache_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from zstag.cli import app
+    from zstag.splits import load_split
+
+    runner = CliRunner()
+    split_file = tmp_path / "split.json"
+    result = runner.invoke(app, ["split", "--features", str(cache_dir), "--out", str(split_file), "--unseen", "guitar",
+                                 "--split-by", "artist", "--test-fraction", "0"])
+    assert result.exit_code == 0, result.output
+    split = load_split(split_file)
+    assert split.unseen == ["guitar"] and split.corpus == "tones"
+    args = ["train", "--features", str(cache_dir), "--out", str(tmp_path / "m"), "--split", str(split_file),
+            "--epochs", "2", "--batch-size", "8", "--threads", "1", "--no-progress"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    model = load_model(tmp_path / "m")
+    assert model.train_labels == split.seen and model.config["split_sha256"] == split.sha256
+    result = runner.invoke(app, args[:-5] + ["--epochs", "3", "--batch-size", "8", "--resume", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "resuming after epoch 2" in result.output
+    result = runner.invoke(app, ["train", "--features", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")])
+    assert result.exit_code == 1 and "not a feature cache" in result.output
+
+
+def test_cli_train_makes_and_keeps_its_split(cache_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from zstag.cli import app
+    from zstag.splits import load_split
+
+    result = CliRunner().invoke(app, ["train", "--features", str(cache_dir), "--out", str(tmp_path / "m"), "--unseen",
+                                      "piano", "--epochs", "1", "--batch-size", "8", "--vectors", "random:20:1",
+                                      "--no-progress"])
+    assert result.exit_code == 0, result.output
+    split = load_split(tmp_path / "m" / "split.json")
+    model = load_model(tmp_path / "m")
+    assert split.unseen == ["piano"] and model.config["split_sha256"] == split.sha256
+    assert model.config["words"] == "random:20:1" and model.config["word_dim"] == 20
+
+
+def test_torchrun_with_two_processes_matches_one_process(cache_dir, tmp_path):
+    """DDP on CPU (gloo): two processes of half batches average to the one-process gradient."""
+    pytest.importorskip("torch.distributed.run")
+    common = ["--features", str(cache_dir), "--unseen", "piano", "--test-fraction", "0", "--epochs", "2",
+              "--batch-size", "8", "--epoch-size", "24", "--optimizer", "adam", "--threads", "1", "--no-progress"]
+    one = subprocess.run([sys.executable, "-m", "zstag", "train", "--out", str(tmp_path / "one"), *common],
+                         capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                          "-m", "zstag", "train", "--out", str(tmp_path / "two"), *common],
+                         capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-2000:]
+    a = weights(tmp_path / "one" / "checkpoints" / "epoch-0002")
+    b = weights(tmp_path / "two" / "checkpoints" / "epoch-0002")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
+    shutil.rmtree(tmp_path / "one")

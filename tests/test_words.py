@@ -1,0 +1,243 @@
+"""zstag.words, zstag.paths and `zstag labels`: label phrases, unknown labels, user vector files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from zstag.words import LabelPhrase, UnknownLabelError, VectorsError, WordVectors, normalise_label
+
+
+@pytest.fixture(scope="module")
+def glove() -> WordVectors:
+    return WordVectors.load()
+
+
+def unit(v):
+    return v / np.linalg.norm(v)
+
+
+# --- normalisation ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("label, expected", [
+    ("Hip-Hop", "hip-hop"),
+    ("  hip   hop ", "hip hop"),
+    ("hip_hop", "hip hop"),
+    ("Hip - Hop", "hip-hop"),
+    ("Drum & Bass", "drum and bass"),
+    ("drum n bass", "drum and bass"),
+    ("drum-n-bass", "drum-and-bass"),
+    ("Drum'n'Bass", "drum and bass"),
+    ("Rock \u2019n\u2019 Roll", "rock and roll"),
+    ("R&B", "r&b"),
+    ("1980s", "80s"),
+    ("1980's", "80s"),
+    ("'80s", "80s"),
+    ("80's pop", "80s pop"),
+    ("2000s", "2000s"),
+    ("ＪＡＺＺ", "jazz"),  # full-width letters (NFKC)
+])
+def test_normalise_label(label, expected):
+    assert normalise_label(label) == expected
+
+
+# --- phrases with the default GloVe vectors -----------------------------------------------------
+
+
+def test_default_vectors(glove):
+    assert glove.source == "glove-6B-50d" and glove.dim == 50 and len(glove) == 400_000
+    assert glove.words[0] == "the"  # frequency order: spelling suggestions rely on it
+
+
+def test_spellings_of_one_token_agree(glove):
+    reference = glove.phrase("hip-hop")
+    assert reference.in_vocab and reference.words == ("hip-hop",)
+    for label in ["Hip-Hop", "hip hop", "HIP_HOP", "Hip - Hop"]:
+        phrase = glove.phrase(label)
+        assert phrase.words == ("hip-hop",), label
+        np.testing.assert_array_equal(phrase.vector, reference.vector)
+
+
+def test_oov_word_finds_its_hyphenated_form(glove):
+    assert "lofi" not in glove and "lo-fi" in glove
+    phrase = glove.phrase("lofi")
+    assert phrase.words == ("lo-fi",) and phrase.in_vocab
+    np.testing.assert_array_equal(phrase.vector, glove.matrix[glove.index["lo-fi"]])
+    assert glove.phrase("triphop").words == ("trip-hop",)
+
+
+def test_composed_phrase_is_the_mean_of_content_words(glove):
+    phrase = glove.phrase("drum and bass")
+    assert isinstance(phrase, LabelPhrase)
+    assert phrase.words == ("drum", "bass") and not phrase.in_vocab  # "and" is a function word
+    expected = (glove.matrix[glove.index["drum"]] + glove.matrix[glove.index["bass"]]) / 2
+    np.testing.assert_allclose(phrase.vector, expected, rtol=1e-6)
+    assert phrase.vector.dtype == np.float32 and phrase.vector.shape == (50,)
+    for variant in ["Drum & Bass", "drum n bass", "drum'n'bass"]:
+        np.testing.assert_array_equal(glove.phrase(variant).vector, phrase.vector)
+    assert glove.phrase("female vocalist").words == ("female", "vocalist")
+
+
+def test_decades_and_abbreviations(glove):
+    for label in ["80s", "1980s", "'80s", "80's"]:
+        assert glove.phrase(label).words == ("80s",), label
+    assert glove.phrase("R&B").words == ("r&b",)
+    assert glove.phrase("rock and roll").words == ("rock-and-roll",)
+
+
+def test_vectors_stack_rows(glove):
+    matrix = glove.vectors(["jazz", "drum and bass", "lofi"])
+    assert matrix.shape == (3, 50) and matrix.dtype == np.float32
+    np.testing.assert_array_equal(matrix[2], glove.phrase("lofi").vector)
+
+
+def test_nearest(glove):
+    near = glove.nearest("80s", k=3)
+    assert [w for w, _ in near] == ["90s", "70s", "60s"]
+    assert all(-1 <= s <= 1 for _, s in near) and near[0][1] >= near[1][1] >= near[2][1]
+    by_vector = glove.nearest(glove.phrase("jazz").vector, k=2)
+    assert by_vector[0][0] == "jazz" and by_vector[0][1] == pytest.approx(1.0, abs=1e-5)
+    assert "jazz" not in [w for w, _ in glove.nearest("jazz", k=10)]  # a label's own words are left out
+
+
+# --- unknown labels -----------------------------------------------------------------------------
+
+
+def test_unknown_label_names_label_and_spellings(glove):
+    with pytest.raises(UnknownLabelError) as excinfo:
+        glove.phrase("jazzz")
+    message = str(excinfo.value)
+    assert "\n" not in message and '"jazzz"' in message and "jazz" in message.split("spellings")[1]
+
+
+def test_unknown_word_in_phrase_is_not_dropped(glove):
+    with pytest.raises(UnknownLabelError, match='"bazz" in label "drum and bazz"'):
+        glove.phrase("drum and bazz")
+
+
+@pytest.mark.parametrize("label", ["", "   ", "qwxzvbk"])
+def test_labels_without_usable_words(glove, label):
+    with pytest.raises(UnknownLabelError):
+        glove.phrase(label)
+
+
+def test_vectors_reports_every_unknown_label(glove):
+    with pytest.raises(UnknownLabelError) as excinfo:
+        glove.vectors(["jazz", "jazzz", "qwxzvbk"])
+    assert "jazzz" in str(excinfo.value) and "qwxzvbk" in str(excinfo.value) and "\n" not in str(excinfo.value)
+
+
+# --- user vector files --------------------------------------------------------------------------
+
+USER_WORDS = ["jazz", "rock", "hip-hop", "drum", "bass", "and", "lo-fi", "80s"]
+
+
+@pytest.fixture
+def user_matrix():
+    return np.random.default_rng(7).standard_normal((len(USER_WORDS), 6)).astype(np.float32)
+
+
+@pytest.fixture
+def glove_text(tmp_path, user_matrix):
+    path = tmp_path / "mine.glove.txt"
+    path.write_text("".join(f"{w} {' '.join(f'{x:.6f}' for x in v)}\n" for w, v in zip(USER_WORDS, user_matrix)))
+    return path
+
+
+def test_glove_text_file(glove_text, user_matrix):
+    wv = WordVectors.load(glove_text)
+    assert wv.source == str(glove_text) and wv.dim == 6 and wv.words == USER_WORDS
+    np.testing.assert_allclose(wv.phrase("Hip Hop").vector, user_matrix[2], atol=1e-6)
+    np.testing.assert_allclose(wv.phrase("drum & bass").vector, user_matrix[3:5].mean(0), atol=1e-6)
+    assert wv.phrase("lofi").words == ("lo-fi",)
+    with pytest.raises(UnknownLabelError, match="polka"):
+        wv.phrase("polka")
+
+
+def test_user_file_is_cached_and_invalidated(glove_text, user_matrix, tmp_path, monkeypatch):
+    monkeypatch.setenv("ZSTAG_CACHE_DIR", str(tmp_path / "cache"))
+    first = WordVectors.load(glove_text)
+    cached = sorted(p.suffix for p in (tmp_path / "cache" / "vectors").iterdir())
+    assert cached == [".json", ".npy"]
+    again = WordVectors.load(glove_text)
+    assert isinstance(again.matrix, np.memmap)  # served from the cache
+    np.testing.assert_array_equal(np.asarray(again.matrix), first.matrix)
+    glove_text.write_text("jazz 1 2 3\nrock 4 5 6\n")  # a changed file is parsed again
+    changed = WordVectors.load(glove_text)
+    assert changed.dim == 3 and changed.words == ["jazz", "rock"]
+
+
+@pytest.mark.parametrize("kind", ["word2vec-text", "word2vec-binary", "gensim-kv"])
+def test_other_vector_formats(kind, tmp_path, user_matrix):
+    from gensim.models import KeyedVectors
+
+    kv = KeyedVectors(6)
+    kv.add_vectors(USER_WORDS, user_matrix)
+    path = tmp_path / f"vectors.{kind}"
+    if kind == "gensim-kv":
+        kv.save(str(path))
+    else:
+        kv.save_word2vec_format(str(path), binary=kind == "word2vec-binary")
+    wv = WordVectors.load(path)
+    assert wv.dim == 6 and list(wv.words) == USER_WORDS
+    np.testing.assert_allclose(wv.phrase("jazz").vector, user_matrix[0], atol=1e-6)
+
+
+@pytest.mark.parametrize("content, cause", [
+    ("", "empty file"),
+    ("hello world\nfoo 1 2\n", "not a readable"),
+])
+def test_bad_vector_file(tmp_path, content, cause):
+    path = tmp_path / "bad.txt"
+    path.write_text(content)
+    with pytest.raises(VectorsError, match=cause) as excinfo:
+        WordVectors.load(path)
+    assert str(excinfo.value).startswith(f"{path}: ") and "\n" not in str(excinfo.value)
+    with pytest.raises(VectorsError, match="no such file"):
+        WordVectors.load(tmp_path / "missing.txt")
+
+
+# --- paths --------------------------------------------------------------------------------------
+
+
+def test_paths(tmp_path, monkeypatch):
+    from zstag import paths
+
+    monkeypatch.setenv("ZSTAG_CACHE_DIR", str(tmp_path / "c"))
+    assert paths.cache_dir() == tmp_path / "c"
+    monkeypatch.delenv("ZSTAG_CACHE_DIR")
+    assert "zstag" in str(paths.cache_dir())
+    assert paths.models_dir().name == "models" and (paths.models_dir().parent / "zstag").is_dir()
+
+
+# --- CLI ----------------------------------------------------------------------------------------
+
+
+def run_cli(*args):
+    from typer.testing import CliRunner
+
+    from zstag.cli import app
+
+    return CliRunner().invoke(app, list(args), env={"COLUMNS": "200"})  # wide enough that rows don't wrap
+
+
+def test_cli_labels():
+    result = run_cli("labels", "Hip-Hop", "lofi", "drum and bass")
+    assert result.exit_code == 0, result.output
+    rows = {line.split("│")[1].strip(): line for line in result.stdout.splitlines() if line.count("│") >= 5}
+    assert set(rows) == {"Hip-Hop", "lofi", "drum and bass"}
+    assert "hip-hop" in rows["Hip-Hop"] and "lo-fi" in rows["lofi"]
+    assert "drum + bass" in rows["drum and bass"] and "composed" in rows["drum and bass"]
+
+
+def test_cli_labels_with_user_vectors(glove_text):
+    result = run_cli("labels", "--vectors", str(glove_text), "jazz")
+    assert result.exit_code == 0, result.output
+    assert str(glove_text.name) in result.stdout
+
+
+def test_cli_unknown_label_exits_1():
+    result = run_cli("labels", "jazz", "qwxzvbk")
+    assert result.exit_code == 1
+    assert result.stderr.count("\n") == 1 and "qwxzvbk" in result.stderr

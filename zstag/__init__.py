@@ -1,0 +1,3 @@
+"""zstag: zero-shot music classification and tagging."""
+
+__version__ = "0.1.0"

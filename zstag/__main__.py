@@ -1,0 +1,3 @@
+from zstag.cli import main
+
+main()

@@ -1,0 +1,384 @@
+"""Audio in, log-mel segments out.
+
+Decoding: soundfile (libsndfile: wav, flac, ogg/vorbis, opus, mp3, au, aiff, ...) reads the file in
+blocks, each block is downmixed to mono and fed to a streaming soxr resampler (HQ), so memory stays
+near the size of the mono output even for long stereo files. m4a/aac/mp4/wma/webm, and anything
+libsndfile refuses, go through the `ffmpeg` program when it is on PATH (decoded to float32 at the
+native rate and channels on a pipe, then downmixed and resampled here the same way); without ffmpeg
+those files give an AudioError saying so.
+
+Front ends (`FrontEnd` configs, one code path for all):
+    PAPER    Choi et al. 2019: 22,050 Hz, n_fft 1024, hop 512, Hann, magnitude STFT, 128 Slaney mel
+             bands, log10(1 + 10 x), then (x - 0.2262) / 0.2579 (MSD constants). 130 frames ~ 3 s.
+    MUSICNN  Pons & Serra's musicnn extractor: 16 kHz, n_fft 512, hop 256, power STFT, 96 mel bands,
+             log10(1 + 10000 x) in float32 (the original casts to float16 first, which overflows in
+             numpy 2, so we don't). 187 frames ~ 3 s.
+Both equal librosa.feature.melspectrogram (center=True, zero padding, periodic Hann, Slaney mel
+filterbank from librosa.filters.mel) followed by the compression; the STFT is numpy's rfft so the
+slow librosa import is paid only once, for the filterbank.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+READ_BLOCK_FRAMES = 1 << 18  # frames decoded per soundfile read (~6 s at 44.1 kHz)
+STFT_BLOCK_FRAMES = 1024  # STFT frames transformed at once; bounds the complex spectrogram in memory
+SEEK_PREROLL_FRAMES = 8192  # decoded and dropped before `offset`: mp3 frames after a seek need the bit reservoir
+TRUNCATION_TOLERANCE = 0.01  # missing fraction of the declared length tolerated before calling a file truncated
+TRUNCATION_TOLERANCE_S = 0.1  # ... and missing seconds (mp3 encoder delay/padding is ~50 ms)
+AU_MAGIC, AU_FLOAT32 = 0x2E736E64, 6  # ffmpeg writes Sun AU to the pipe: a 24-byte header, then samples
+RESAMPLE_QUALITY = "HQ"  # soxr quality; librosa's default res_type "soxr_hq" is the same
+
+# Extensions libsndfile cannot read; they go straight to ffmpeg.
+FFMPEG_EXTENSIONS = {
+    ".aac", ".m4a", ".m4b", ".mp4", ".alac", ".wma", ".webm", ".mka", ".mkv", ".mov",
+    ".ape", ".wv", ".ac3", ".amr", ".3gp", ".ra",
+}
+
+
+@dataclass(frozen=True)
+class FrontEnd:
+    """Everything that defines the features a model expects; stored with the model."""
+
+    name: str  # "paper" | "musicnn"
+    sample_rate: int  # Hz
+    n_fft: int  # STFT window and FFT length (periodic Hann)
+    hop_length: int  # samples between frames
+    n_mels: int  # Slaney mel bands from 0 Hz to sample_rate / 2
+    power: float  # 1.0 magnitude | 2.0 power spectrogram
+    log_gain: float  # features = log10(1 + log_gain * mel)
+    segment_frames: int  # frames per model input segment
+    mean: float = 0.0  # normalisation after compression: (x - mean) / std
+    std: float = 1.0
+
+    @property
+    def segment_seconds(self) -> float:
+        return self.segment_frames * self.hop_length / self.sample_rate
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> FrontEnd:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown front-end fields: {', '.join(sorted(unknown))}")
+        return cls(**d)
+
+
+PAPER = FrontEnd(
+    name="paper", sample_rate=22050, n_fft=1024, hop_length=512, n_mels=128,
+    power=1.0, log_gain=10.0, segment_frames=130, mean=0.2262, std=0.2579,
+)
+MUSICNN = FrontEnd(
+    name="musicnn", sample_rate=16000, n_fft=512, hop_length=256, n_mels=96,
+    power=2.0, log_gain=10000.0, segment_frames=187,
+)
+FRONT_ENDS = {fe.name: fe for fe in (PAPER, MUSICNN)}
+
+
+class AudioError(Exception):
+    """A file that cannot be turned into audio; str(e) is one line, "PATH: cause"."""
+
+
+def _error(path, cause) -> AudioError:
+    cause = " ".join(str(cause).split())  # one line, whatever the library said
+    return AudioError(f"{path}: {cause}")
+
+
+# --- decoding ---------------------------------------------------------------------------------
+
+
+def load_audio(path, sample_rate: int, offset: float = 0.0, duration: float | None = None) -> np.ndarray:
+    """Decode `path` to float32 mono at `sample_rate`; `offset`/`duration` in seconds select a span.
+
+    Raises AudioError (one line naming the file) for a missing, empty, unreadable or truncated
+    file, a file without samples, and a span that starts past the end. Truncation is caught for
+    soundfile formats whose header declares the length (wav, flac, mp3 with a Xing/Info header);
+    ffmpeg decodes what it can of a damaged file.
+    """
+    if offset < 0 or (duration is not None and duration <= 0):
+        raise ValueError(f"bad span: offset {offset} s, duration {duration} s")
+    path = Path(path)
+    if not path.exists():
+        raise _error(path, "no such file")
+    if not path.is_file():
+        raise _error(path, "not a regular file")
+    if path.stat().st_size == 0:
+        raise _error(path, "empty file (0 bytes)")
+
+    if path.suffix.lower() in FFMPEG_EXTENSIONS:
+        audio = _load_ffmpeg(path, sample_rate, offset, duration)
+    else:
+        import soundfile as sf
+
+        try:
+            audio = _load_soundfile(path, sample_rate, offset, duration)
+        except sf.LibsndfileError as e:
+            cause = _soundfile_cause(e)
+            if shutil.which("ffmpeg") is None:
+                raise _error(path, f"cannot decode: {cause}") from None
+            audio = _load_ffmpeg(path, sample_rate, offset, duration, soundfile_cause=cause)
+
+    if audio.size == 0:
+        raise _error(path, "no audio samples" + (f" after offset {offset:g} s" if offset else ""))
+    return audio
+
+
+def _soundfile_cause(e) -> str:
+    # libsndfile says "File does not exist or is not a regular file" for data it cannot parse;
+    # we checked the file exists, so say what it means.
+    if e.code in (1, 7, 18):
+        return "unrecognised audio format or corrupt data"
+    return f"decoding failed ({e.error_string})"
+
+
+def _load_soundfile(path: Path, sample_rate: int, offset: float, duration: float | None) -> np.ndarray:
+    import soundfile as sf
+    import soxr
+
+    with sf.SoundFile(str(path)) as f:
+        rate, declared = f.samplerate, f.frames
+        start = round(offset * rate)
+        if declared > 0 and start >= declared:
+            raise _error(path, f"offset {offset:g} s is past the end ({declared / rate:.1f} s)")
+        end = declared if declared > 0 else sys.maxsize  # 0: length unknown, read to the end
+        stop = end if duration is None else min(end, start + round(duration * rate))
+
+        skip = min(start, SEEK_PREROLL_FRAMES)
+        if start:
+            if f.seekable():
+                f.seek(start - skip)
+            else:
+                skip = start
+        resampler = None if rate == sample_rate else soxr.ResampleStream(
+            rate, sample_rate, 1, dtype="float32", quality=RESAMPLE_QUALITY)
+
+        out = _Output(round((stop - start) * sample_rate / rate) + 64 if declared > 0 else 0)
+        decoded, remaining = 0, stop - start + skip
+        while remaining > 0:
+            try:
+                block = f.read(min(READ_BLOCK_FRAMES, remaining), dtype="float32", always_2d=True)
+            except sf.LibsndfileError as e:  # opened fine, broke midway: corrupt or truncated, no fallback
+                raise _error(path, f"corrupt or truncated data ({e.error_string})") from None
+            if len(block) == 0:
+                break
+            remaining -= len(block)
+            mono = block.mean(axis=1, dtype=np.float32)
+            if skip:
+                dropped = min(skip, len(mono))
+                mono, skip = mono[dropped:], skip - dropped
+            decoded += len(mono)
+            out.append(resampler.resample_chunk(mono) if resampler else mono)
+        if resampler:
+            out.append(resampler.resample_chunk(np.zeros(0, np.float32), last=True))
+
+    missing = (stop - start) - decoded
+    if declared > 0 and missing > max(TRUNCATION_TOLERANCE * (stop - start), TRUNCATION_TOLERANCE_S * rate):
+        raise _error(path, f"truncated or corrupt: decoded {(start + decoded) / rate:.1f} s "
+                           f"of the {declared / rate:.1f} s its header declares")
+    return out.array()
+
+
+class _Output:
+    """A float32 buffer filled chunk by chunk; sized up front when the length is known, so a long
+    track is held once instead of as chunks plus their concatenation."""
+
+    def __init__(self, expected: int):
+        self.buffer, self.size = np.empty(expected, np.float32), 0
+
+    def append(self, chunk: np.ndarray) -> None:
+        end = self.size + len(chunk)
+        if end > len(self.buffer):
+            grown = np.empty(max(end, 2 * len(self.buffer), READ_BLOCK_FRAMES), np.float32)
+            grown[: self.size] = self.buffer[: self.size]
+            self.buffer = grown
+        self.buffer[self.size : end] = chunk
+        self.size = end
+
+    def array(self) -> np.ndarray:
+        if self.size < len(self.buffer) // 2:  # much smaller than reserved: don't keep the slack
+            return self.buffer[: self.size].copy()
+        return self.buffer[: self.size]
+
+
+def _load_ffmpeg(path: Path, sample_rate: int, offset: float, duration: float | None,
+                 soundfile_cause: str | None = None) -> np.ndarray:
+    """Decode with the ffmpeg program to float32 AU on a pipe (native rate and channels), then
+    downmix and resample here exactly as for soundfile, so both paths give the same features."""
+    import soxr
+
+    ffmpeg = shutil.which("ffmpeg")
+    if ffmpeg is None:
+        raise _error(path, f"cannot decode {path.suffix.lower()} files without ffmpeg, which is not installed")
+    cmd = [ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error"]
+    if offset:
+        cmd += ["-ss", f"{offset:.6f}"]
+    cmd += ["-i", str(path.resolve())]  # absolute, so a name starting with "-" is not an option
+    if duration is not None:
+        cmd += ["-t", f"{duration:.6f}"]
+    cmd += ["-map", "0:a:0", "-vn", "-c:a", "pcm_f32be", "-f", "au", "pipe:1"]
+
+    out = _Output(0)
+    with tempfile.TemporaryFile() as errors:  # a file, not a pipe: ffmpeg never blocks on stderr
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=errors)
+        try:
+            header = proc.stdout.read(24)
+            if len(header) == 24:
+                magic, data_offset, _, encoding, rate, channels = struct.unpack(">6I", header)
+                if magic != AU_MAGIC or encoding != AU_FLOAT32 or channels == 0 or data_offset < 24:
+                    raise _error(path, "cannot decode: unexpected output from ffmpeg")
+                proc.stdout.read(data_offset - 24)  # annotation
+                resampler = None if rate == sample_rate else soxr.ResampleStream(
+                    rate, sample_rate, 1, dtype="float32", quality=RESAMPLE_QUALITY)
+                frame_bytes, pending = 4 * channels, b""
+                while block := proc.stdout.read(READ_BLOCK_FRAMES * frame_bytes):
+                    block, pending = pending + block, b""
+                    usable = len(block) - len(block) % frame_bytes
+                    block, pending = block[:usable], block[usable:]
+                    frames = np.frombuffer(block, dtype=">f4").reshape(-1, channels)
+                    mono = frames.mean(axis=1, dtype=np.float32)
+                    out.append(resampler.resample_chunk(mono) if resampler else mono)
+                if resampler:
+                    out.append(resampler.resample_chunk(np.zeros(0, np.float32), last=True))
+        finally:
+            proc.stdout.close()
+            returncode = proc.wait()
+        if returncode != 0:
+            errors.seek(0)
+            lines = errors.read().decode("utf-8", "replace").strip().splitlines()
+            said = lines[-1].removeprefix(f"{path.resolve()}: ") if lines else f"exit status {returncode}"
+            if soundfile_cause:
+                raise _error(path, f"cannot decode: {soundfile_cause} (ffmpeg: {said})")
+            raise _error(path, f"cannot decode: ffmpeg: {said}")
+    return out.array()
+
+
+# --- features ---------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=8)
+def _mel_basis(sample_rate: int, n_fft: int, n_mels: int) -> np.ndarray:
+    """librosa.filters.mel with its defaults (fmin 0, fmax sr/2, Slaney scale and norm), float32.
+
+    Importing librosa takes about a second (numba), so the matrix is also kept as .npy in the
+    cache folder, keyed by the librosa version; later processes load it without importing librosa.
+    """
+    from importlib.metadata import version
+
+    from zstag.paths import cache_dir
+
+    cached = cache_dir() / "mel" / f"mel-{sample_rate}-{n_fft}-{n_mels}-librosa{version('librosa')}.npy"
+    try:
+        basis = np.load(cached, allow_pickle=False)
+        if basis.shape == (n_mels, n_fft // 2 + 1) and basis.dtype == np.float32:
+            return basis
+    except (OSError, ValueError):
+        pass
+    from librosa.filters import mel
+
+    basis = mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, dtype=np.float32)
+    try:
+        _save_npy_atomic(cached, basis)
+    except OSError:
+        pass  # a read-only cache only costs speed
+    return basis
+
+
+def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, array, allow_pickle=False)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+@functools.lru_cache(maxsize=8)
+def _hann(n_fft: int) -> np.ndarray:
+    # Periodic Hann, as scipy.signal.get_window("hann", n_fft) used by librosa.stft.
+    return (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)).astype(np.float32)
+
+
+def mel_spectrogram(audio: np.ndarray, fe: FrontEnd) -> np.ndarray:
+    """float32 [n_mels, 1 + len(audio) // hop]: librosa.feature.melspectrogram with fe's settings.
+
+    Frames are centred (librosa's center=True with zero padding); the STFT runs in blocks of
+    STFT_BLOCK_FRAMES, each padded on its own, so no padded copy of the whole track is made.
+    """
+    audio = np.asarray(audio, dtype=np.float32)
+    if audio.ndim != 1:
+        raise ValueError(f"expected mono audio (1-D), got shape {audio.shape}")
+    if audio.size == 0:
+        raise AudioError("empty audio (0 samples)")
+    n_fft, hop, half = fe.n_fft, fe.hop_length, fe.n_fft // 2
+    n_frames = 1 + len(audio) // hop
+    window, basis = _hann(n_fft), _mel_basis(fe.sample_rate, n_fft, fe.n_mels)
+    mel = np.empty((fe.n_mels, n_frames), np.float32)
+    for first in range(0, n_frames, STFT_BLOCK_FRAMES):
+        last = min(first + STFT_BLOCK_FRAMES, n_frames)
+        lo, hi = first * hop - half, (last - 1) * hop - half + n_fft  # samples this block's frames cover
+        chunk = audio[max(lo, 0) : min(hi, len(audio))]
+        if lo < 0 or hi > len(audio):
+            chunk = np.pad(chunk, (max(-lo, 0), max(hi - len(audio), 0)))
+        frames = np.lib.stride_tricks.sliding_window_view(chunk, n_fft)[::hop]
+        spec = np.abs(np.fft.rfft(frames * window, axis=1))
+        if fe.power != 1.0:
+            spec **= fe.power
+        mel[:, first:last] = basis @ spec.T
+    return mel
+
+
+def log_mel(audio: np.ndarray, fe: FrontEnd) -> np.ndarray:
+    """float32 [n_mels, n_frames]: (log10(1 + log_gain * mel) - mean) / std."""
+    x = mel_spectrogram(audio, fe)
+    x *= np.float32(fe.log_gain)  # in place: a 10-minute track makes no temporary copies
+    x += 1
+    np.log10(x, out=x)
+    if fe.mean != 0.0 or fe.std != 1.0:
+        x -= np.float32(fe.mean)
+        x /= np.float32(fe.std)
+    return x
+
+
+def segment(mel: np.ndarray, fe: FrontEnd) -> np.ndarray:
+    """Cut [n_mels, T] features into float32 [n_seg, n_mels, segment_frames], deterministically.
+
+    Segments are consecutive and non-overlapping from frame 0. The tail after the last whole
+    segment becomes one more segment, the last `segment_frames` frames of the track (so it overlaps
+    its neighbour), when it is at least half a segment long; a shorter tail is dropped. A track
+    shorter than one segment is repeated (wrap-padded) to exactly one segment: a loop of real audio
+    looks more like music to a CNN than a block of padding. Zero frames raise AudioError.
+    """
+    n_frames, size = mel.shape[1], fe.segment_frames
+    if n_frames == 0:
+        raise AudioError("empty features (0 frames)")
+    if n_frames < size:
+        return np.pad(mel, ((0, 0), (0, size - n_frames)), mode="wrap")[None].astype(np.float32, copy=False)
+    starts = list(range(0, n_frames - size + 1, size))
+    tail = n_frames - (starts[-1] + size)
+    if 2 * tail >= size:
+        starts.append(n_frames - size)
+    return np.stack([mel[:, s : s + size] for s in starts]).astype(np.float32, copy=False)
+
+
+def track_segments(path, fe: FrontEnd, offset: float = 0.0, duration: float | None = None) -> np.ndarray:
+    """load_audio → log_mel → segment: float32 [n_seg, n_mels, segment_frames]."""
+    audio = load_audio(path, fe.sample_rate, offset, duration)
+    return segment(log_mel(audio, fe), fe)

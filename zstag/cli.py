@@ -1,0 +1,388 @@
+"""The `zstag` command line: thin wrappers that parse options and call the modules.
+
+Heavy imports (torch, librosa, gensim) happen inside the commands, never at module level,
+so `zstag --help` and `zstag labels` start fast.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Zero-shot music classification and tagging (Choi et al., ISMIR 2019).",
+    pretty_exceptions_enable=False,
+)
+
+
+def fail(message: str, code: int = 1) -> None:
+    """Print a one-line error on stderr and exit."""
+    typer.echo(f"zstag: error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+# --- labels (words.py) -------------------------------------------------------
+
+
+@app.command()
+def labels(
+    names: List[str] = typer.Argument(..., metavar="LABEL...", help="Labels to look up, e.g. jazz \"drum and bass\"."),
+    vectors: Optional[Path] = typer.Option(
+        None, "--vectors", help="Word vectors: GloVe text, word2vec text/binary or gensim .kv (default: GloVe 6B 50-d)."),
+    nearest: int = typer.Option(5, "--nearest", "-k", min=0, help="How many nearest vocabulary words to show."),
+) -> None:
+    """Show how labels map to word vectors: normalised form, words used, nearest words."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from zstag.words import UnknownLabelError, VectorsError, WordVectors
+
+    try:
+        wv = WordVectors.load(vectors)
+    except VectorsError as e:
+        fail(str(e))
+    table = Table(title=f"labels in {wv.source} ({wv.dim}-d)")
+    for column in ("label", "normalised", "words used", "in vocabulary", "nearest words"):
+        table.add_column(column)
+    errors = []
+    for name in names:
+        try:
+            phrase = wv.phrase(name)
+        except UnknownLabelError as e:
+            errors.append(str(e))
+            continue
+        near = wv.nearest(phrase.vector, nearest + len(phrase.words)) if nearest else []
+        near = [f"{w} {s:.2f}" for w, s in near if w not in phrase.words][:nearest]
+        how = "yes" if phrase.in_vocab else f"composed ({len(phrase.words)} words)"
+        table.add_row(name, phrase.normalised, " + ".join(phrase.words), how, ", ".join(near))
+    if table.row_count:
+        Console().print(table)
+    if errors:
+        fail("; ".join(errors))
+
+
+# --- preprocess / train (features.py, train.py) ------------------------------
+
+CORPUS_HELP = "Corpus kind: msd, mtat, gtzan, folder, csv or auto."
+
+
+def _open_training_corpus(kind: str, root: Path, audio: Optional[Path], top_n: Optional[int],
+                          min_tracks: Optional[int], min_val: Optional[float]):
+    """open_corpus with only the reader options the user gave; one-line errors."""
+    from zstag.corpora import CorpusError, open_corpus
+
+    given = {"audio": audio, "top_n": top_n, "min_tracks": min_tracks, "min_val": min_val}
+    options = {k: v for k, v in given.items() if v is not None}
+    try:
+        return open_corpus(kind, root, **options)
+    except CorpusError as exc:
+        fail(str(exc))
+    except TypeError as exc:
+        if "unexpected keyword argument" not in str(exc):
+            raise
+        name = str(exc).rsplit("'", 2)[-2].replace("_", "-")
+        fail(f"--{name} does not apply to a {kind} corpus")
+
+
+def _split_for(corpus, split_file, seed, unseen, unseen_fraction, split_by, val_fraction, test_fraction):
+    from zstag.splits import SplitError, load_split, make_split
+
+    try:
+        if split_file is not None:
+            return load_split(split_file)
+        if split_by not in ("artist", "tracks"):
+            fail(f"--split-by {split_by!r}: expected artist or tracks")
+        names = [x.strip() for x in unseen.split(",") if x.strip()] if unseen else None
+        return make_split(corpus, seed=seed, unseen=names, unseen_fraction=unseen_fraction,
+                          by_artist=split_by == "artist", validation_fraction=val_fraction, test_fraction=test_fraction)
+    except SplitError as exc:
+        fail(str(exc))
+
+
+@app.command("preprocess")
+def preprocess_command(
+    corpus: str = typer.Option("auto", "--corpus", help=CORPUS_HELP),
+    root: Path = typer.Option(..., "--root", help="The corpus root (folder or manifest/tag file)."),
+    out: Path = typer.Option(..., "--out", help="Feature-cache folder to create or resume."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Decode processes."),
+    shard: str = typer.Option("1/1", "--shard", help="K/N: do only part K of N (one per machine)."),
+    shard_size: int = typer.Option(256, "--shard-size", min=1, help="Tracks per shard file."),
+    front_end: str = typer.Option("paper", "--front-end", help="Feature front end: paper or musicnn."),
+    audio: Optional[Path] = typer.Option(None, "--audio", help="Reader option: the audio folder (msd, mtat)."),
+    top_n: Optional[int] = typer.Option(None, "--top-n", help="Reader option: keep the N most frequent labels."),
+    min_tracks: Optional[int] = typer.Option(None, "--min-tracks", help="Reader option: drop rarer labels."),
+    min_val: Optional[float] = typer.Option(None, "--min-val", help="Reader option (msd): minimum Last.fm tag weight."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
+) -> None:
+    """Decode a corpus into log-mel features for training (resumable; bad files are listed, not fatal)."""
+    from zstag.audio import FRONT_ENDS
+    from zstag.features import FeatureCacheError, parse_shard, preprocess
+
+    if front_end not in FRONT_ENDS:
+        fail(f"--front-end {front_end!r}: expected one of {', '.join(FRONT_ENDS)}")
+    try:
+        part = parse_shard(shard)
+    except ValueError as exc:
+        fail(str(exc))
+    data = _open_training_corpus(corpus, root, audio, top_n, min_tracks, min_val)
+    source = {"name": data.name, "kind": data.kind, "root": str(root), "options": data.options}
+    try:
+        report = preprocess(data.tracks, out, FRONT_ENDS[front_end], workers=workers, shard=part,
+                            shard_size=shard_size, source=source, progress=not no_progress)
+    except FeatureCacheError as exc:
+        fail(str(exc))
+    typer.echo(
+        f"{report.tracks_done} tracks decoded into {report.shards_done} shards, {report.shards_skipped} shards "
+        f"already done, {len(report.failures)} failed ({report.seconds:.1f} s); "
+        + ("cache complete" if report.complete else "other parts still missing")
+    )
+    for failure in report.failures[:10]:
+        typer.echo(f"  failed: {failure['error']}", err=True)
+    if report.failures:
+        typer.echo(f"  all failures: {out / 'failures.csv'}", err=True)
+
+
+@app.command("split")
+def split_command(
+    out: Path = typer.Option(..., "--out", help="Split JSON file to write."),
+    features: Optional[Path] = typer.Option(None, "--features", help="Take the tracks from this feature cache ..."),
+    corpus: str = typer.Option("auto", "--corpus", help=CORPUS_HELP),
+    root: Optional[Path] = typer.Option(None, "--root", help="... or read this corpus."),
+    seed: int = typer.Option(0, "--seed"),
+    unseen: Optional[str] = typer.Option(None, "--unseen", help="Comma-separated unseen labels (default: random 20%)."),
+    unseen_fraction: float = typer.Option(0.2, "--unseen-fraction"),
+    split_by: str = typer.Option("tracks", "--split-by", help="artist or tracks."),
+    val_fraction: float = typer.Option(0.1, "--val-fraction"),
+    test_fraction: Optional[float] = typer.Option(None, "--test-fraction", help="Seen-label test share (artist split: 0.1)."),
+) -> None:
+    """Make the paper's seen/unseen label split and train/validation/test partitions; save it as JSON."""
+    from zstag.splits import save_split
+
+    if (features is None) == (root is None):
+        fail("give either --features or --root")
+    if features is not None:
+        data = _cache_corpus(features)
+    else:
+        data = _open_training_corpus(corpus, root, None, None, None, None)
+    split = _split_for(data, None, seed, unseen, unseen_fraction, split_by, val_fraction, test_fraction)
+    save_split(split, out)
+    counts = split.counts()
+    typer.echo(f"{out}: {counts['seen']} seen / {counts['unseen']} unseen labels; train {counts['train']}, "
+               f"validation {counts['validation']}, test {counts['test']} tracks; sha256 {split.sha256[:16]}")
+
+
+def _cache_corpus(features: Path):
+    from zstag.features import FeatureCacheError
+    from zstag.train import cache_corpus
+
+    try:
+        return cache_corpus(features)
+    except FeatureCacheError as exc:
+        fail(str(exc))
+
+
+@app.command("train")
+def train_command(
+    features: Path = typer.Option(..., "--features", help="Feature cache from `zstag preprocess`."),
+    out: Path = typer.Option(..., "--out", help="Model folder to write (checkpoints go inside)."),
+    split: Optional[Path] = typer.Option(None, "--split", help="Split file (default: make one, saved in --out)."),
+    unseen: Optional[str] = typer.Option(None, "--unseen", help="Without --split: comma-separated unseen labels."),
+    unseen_fraction: float = typer.Option(0.2, "--unseen-fraction", help="Without --split: random unseen share."),
+    split_by: str = typer.Option("tracks", "--split-by", help="Without --split: artist or tracks."),
+    val_fraction: float = typer.Option(0.1, "--val-fraction", help="Without --split: validation share."),
+    test_fraction: Optional[float] = typer.Option(None, "--test-fraction", help="Without --split: seen-label test share."),
+    seed: int = typer.Option(0, "--seed", help="Seeds the split, the initial weights and the sampling."),
+    epochs: int = typer.Option(200, "--epochs", min=1),
+    batch_size: int = typer.Option(64, "--batch-size", min=1),
+    lr: float = typer.Option(0.001, "--lr"),
+    optimizer: str = typer.Option("sgd", "--optimizer", help="sgd (Nesterov momentum 0.9) or adam."),
+    negatives: int = typer.Option(1, "--negatives", min=1, help="Negative labels per sample."),
+    epoch_size: Optional[int] = typer.Option(None, "--epoch-size", min=1, help="Samples per epoch (default: one per track)."),
+    early_stop: int = typer.Option(20, "--early-stop", min=1, help="Stop after this many epochs without improvement."),
+    lr_patience: int = typer.Option(5, "--lr-patience", min=0, help="Epochs without improvement before lr × 0.2."),
+    vectors: Optional[str] = typer.Option(None, "--vectors", help="Word vectors file, or random[:DIM[:SEED]] (baseline)."),
+    batch_norm: bool = typer.Option(False, "--batch-norm", help="Batch normalisation in the CNN (not in the paper)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    loader_workers: int = typer.Option(0, "--loader-workers", min=0, help="DataLoader processes."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Torch CPU threads."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in --out."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="One line per epoch instead of a progress bar."),
+) -> None:
+    """Train the paper's model (CNN1D audio branch, linear label branch) on a feature cache.
+
+    Several GPUs or machines: torchrun --nproc-per-node N -m zstag train ... (the batch is split between them).
+    """
+    import os
+
+    from zstag.features import FeatureCache, FeatureCacheError
+    from zstag.splits import SplitError, check_split, save_split
+    from zstag.train import SPLIT_FILE, TrainError, TrainOptions, train
+    from zstag.words import UnknownLabelError, VectorsError
+
+    try:
+        cache = FeatureCache.open(features)
+    except FeatureCacheError as exc:
+        fail(str(exc))
+    data = _cache_corpus(features)
+    saved_split = out / SPLIT_FILE
+    if split is None and resume and saved_split.is_file():
+        split = saved_split  # the resumed run keeps the split it was started with
+    the_split = _split_for(data, split, seed, unseen, unseen_fraction, split_by, val_fraction, test_fraction)
+    if split is None:
+        if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 writes
+            save_split(the_split, saved_split)
+    else:
+        try:
+            absent = check_split(the_split, data)
+        except SplitError as exc:
+            fail(str(exc))
+        if absent:
+            typer.echo(f"warning: {len(absent)} tracks of the split are not in the feature cache; skipped", err=True)
+    options = TrainOptions(
+        epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, negatives=negatives, lr_patience=lr_patience,
+        early_stop=early_stop, epoch_size=epoch_size, seed=seed, batch_norm=batch_norm, device=device,
+        loader_workers=loader_workers, threads=threads,
+    )
+    try:
+        result = train(
+            cache, the_split.tracks("train"), the_split.tracks("validation"), the_split.seen, out, options,
+            vectors_source=vectors, split_sha256=the_split.sha256, corpus_name=the_split.corpus, resume=resume,
+            progress=not no_progress,
+        )
+    except (TrainError, UnknownLabelError, VectorsError, FeatureCacheError) as exc:
+        fail(str(exc))
+    if "model_id" in result:
+        typer.echo(f"{out}: model {result['model_id']}, best epoch {result['best_epoch']} of {result['epochs']} "
+                   f"(validation loss {result['best_val_loss']:.4f})" + (", stopped early" if result["stopped_early"] else ""))
+
+# --- tag (tagger.py) ---------------------------------------------------------
+
+TAG_HELP = """Score audio files against free-text labels (zero-shot).
+
+Each file is embedded whole (the mean over all its ~3 s segments; deterministic) and compared with
+each label's embedding. Scores are cosine similarities in -1..1: higher is closer; they rank labels
+and files but are not probabilities. --single picks one label per file with a confidence =
+softmax(cosine / 0.1) over the given labels (relative to that label set). Track embeddings are
+cached by file content and model, so re-tagging with new labels decodes nothing. Per-file errors go
+to stderr, one line each; exit code 1 if any file failed, 2 for usage errors.
+"""
+
+
+@app.command("tag", help=TAG_HELP)
+def tag_command(
+    paths: List[str] = typer.Argument(..., help="Audio files and/or folders (searched recursively)."),
+    labels: Optional[List[str]] = typer.Option(
+        None, "--labels", "-l", help='Comma-separated labels, e.g. rock,jazz,"drum and bass" (repeatable).'
+    ),
+    labels_file: Optional[str] = typer.Option(None, "--labels-file", help="File with one label per line (# comments)."),
+    model: str = typer.Option("default", "--model", "-m", help="Model folder, or a name in models/."),
+    vectors: Optional[str] = typer.Option(None, "--vectors", help="Word-vector file (default: the model's)."),
+    extensions: Optional[str] = typer.Option(None, "--extensions", help="Extensions to pick up in folders, e.g. mp3,wav."),
+    single: bool = typer.Option(False, "--single", help="One label per file (argmax) with a softmax confidence."),
+    top_k: Optional[int] = typer.Option(None, "--top-k", min=1, help="Keep the k best labels per file."),
+    threshold: Optional[float] = typer.Option(None, "--threshold", help="Keep labels whose cosine score is >= this."),
+    fmt: str = typer.Option("table", "--format", "-f", help="table, json, jsonl or csv."),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="Write here (atomically) instead of stdout."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decode processes (default: all cores; 0: none)."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the embedding cache."),
+    offset: float = typer.Option(0.0, "--offset", min=0.0, help="Start this many seconds into each file."),
+    max_seconds: Optional[float] = typer.Option(None, "--max-seconds", min=0.001, help="Use at most this many seconds."),
+) -> None:
+    from zstag import tagger
+    from zstag.model import ModelError
+    from zstag.words import UnknownLabelError
+
+    try:
+        code = tagger.run(
+            paths, labels=labels, labels_file=labels_file, model=model, vectors=vectors, extensions=extensions,
+            single=single, top_k=top_k, threshold=threshold, fmt=fmt, output=output, workers=workers,
+            use_cache=not no_cache, offset=offset, max_seconds=max_seconds,
+        )
+    except (tagger.TagUsageError, ModelError, UnknownLabelError) as exc:
+        fail(str(exc), 2)
+    raise typer.Exit(code)
+
+
+# --- eval (evaluate.py) ------------------------------------------------------
+
+EVAL_HELP = """Evaluate a model on a labelled corpus: zero-shot figures for seen, unseen and all labels.
+
+Single-label corpora (gtzan, folder, a csv with one label per track): accuracy of the argmax over the
+label words, per-class recall, confusion matrix (--plot FILE.png draws it). Multi-label corpora (mtat,
+msd, csv): retrieval ROC-AUC / PR-AUC per label and annotation ROC-AUC / AP per track (both averaged),
+hit@k and P@k for k = 1, 5, 10. Seen labels are those in the model's training vocabulary; with --split
+they are the split's seen labels and only the split's test partition (groups B and C, plus any held-out
+group-A tracks) is evaluated. A transfer report compares the labels and the acoustic conditions with the
+model's training corpus. Track embeddings are cached, so a second run decodes nothing. Files that
+cannot be decoded are reported on stderr and left out. --out writes every figure as JSON.
+"""
+
+
+@app.command("eval", help=EVAL_HELP)
+def eval_command(
+    corpus: str = typer.Option(..., "--corpus", "-c", help="Corpus kind: gtzan, mtat, msd, folder or csv."),
+    root: Path = typer.Option(..., "--root", "-r", help="The corpus root folder (or manifest / annotations file)."),
+    model: str = typer.Option("default", "--model", "-m", help="Model folder, or a name in models/."),
+    split: Optional[Path] = typer.Option(None, "--split", help="Split JSON: seen/unseen labels and the test tracks."),
+    labels: Optional[List[str]] = typer.Option(
+        None, "--labels", "-l", help="Evaluate only these corpus labels (comma-separated, repeatable)."),
+    top_n: Optional[int] = typer.Option(None, "--top-n", min=1, help="mtat/msd/csv: only the N most frequent labels."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write every figure as JSON here (atomically)."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Single-label corpora: confusion matrix PNG here."),
+    vectors: Optional[str] = typer.Option(None, "--vectors", help="Word-vector file (default: the model's)."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decode processes (default: all cores; 0: none)."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the embedding cache."),
+    max_seconds: Optional[float] = typer.Option(None, "--max-seconds", min=0.001, help="Use at most this many seconds per track."),
+) -> None:
+    from rich.console import Console
+
+    from zstag import evaluate
+    from zstag.corpora import KINDS, CorpusError
+    from zstag.model import ModelError
+    from zstag.splits import SplitError
+    from zstag.tagger import TagUsageError, parse_labels
+    from zstag.words import VectorsError
+
+    if corpus not in KINDS:
+        fail(f"--corpus: unknown kind {corpus!r}: expected one of {', '.join(KINDS)}", 2)
+    for target, option in ((out, "--out"), (plot, "--plot")):
+        if target is not None and not target.parent.is_dir():
+            fail(f"{target}: the folder for {option} does not exist", 2)
+    try:
+        chosen = parse_labels(labels) if labels else None
+        result = evaluate.evaluate(
+            corpus, root, model=model, split=split, labels=chosen, top_n=top_n, vectors=vectors, workers=workers,
+            use_cache=not no_cache, max_seconds=max_seconds,
+        )
+    except TagUsageError as exc:  # an empty --labels
+        fail(str(exc), 2)
+    except (evaluate.EvalError, CorpusError, SplitError, ModelError, VectorsError) as exc:
+        fail(str(exc))
+    report = result.report
+    evaluate.render(report, Console())
+    for failure in report["tracks"]["failed"]:
+        typer.echo(f"zstag: {failure['error']}", err=True)
+    typer.echo(f"zstag: evaluated {report['tracks']['evaluated']} of {report['tracks']['selected']} tracks "
+               f"({result.cached} from the cache)", err=True)
+    if out is not None:
+        evaluate.write_report(report, out)
+        typer.echo(f"zstag: report written to {out}", err=True)
+    if plot is not None:
+        if report["task"] != "classification":
+            typer.echo("zstag: warning: --plot draws the confusion matrix of single-label corpora; nothing drawn", err=True)
+        else:
+            evaluate.plot_confusion(report, plot)
+            typer.echo(f"zstag: confusion matrix written to {plot}", err=True)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

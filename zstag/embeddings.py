@@ -1,0 +1,482 @@
+"""Whole-track embeddings of audio files, with an on-disk cache shared by `zstag tag` and `zstag eval`.
+
+    results = embed_files(model, ["a.mp3", "b.wav"])   # [TrackResult(path, embedding, error, stats, cached)]
+
+Pipeline: worker processes decode each file and cut it into log-mel segments (plus a few acoustic
+statistics); the main process embeds each track (the mean over *all* its segments, no random crop) and
+stores the result. Workers run in a forkserver pool so they never inherit torch's threads, and the
+main process runs inference while they decode the next files.
+
+Cache: one SQLite file, ``cache_dir()/embeddings.sqlite`` in WAL mode. A row is keyed by
+(model id, content digest, offset, max_seconds, pipeline version) and holds the float32 joint-space
+embedding and the statistics as JSON. Each file's row is committed on its own, so a killed run loses
+at most the files in flight and leaves the cache readable.
+
+The content digest is BLAKE2b over the whole file (and its size). Hashing costs ~1 ms per MB, far less
+than decoding; hashing only the first/last MiB would miss edits in the middle (retagged audio of equal
+size). A second table remembers (path, size, mtime_ns, ctime_ns, inode) → digest, so a warm run only
+stats its files; any change to the file changes its ctime and forces a rehash. Because rows are keyed
+by content, a copied, renamed or touched file still hits the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import os
+import signal
+import sqlite3
+import sys
+import threading
+import time
+import warnings
+from collections import deque
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool, ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from zstag import audio
+from zstag.acoustics import file_stats
+
+CACHE_FILE = "embeddings.sqlite"
+PIPELINE_VERSION = 1  # bump when decoding or features change, so that old rows stop matching
+HASH_CHUNK = 1 << 20
+IN_FLIGHT_PER_WORKER = 2  # decoded tracks waiting per worker: keeps workers busy, bounds memory
+INFERENCE_THREADS = 1  # see _single_threaded
+SQLITE_TIMEOUT_S = 30.0  # wait this long for another zstag process holding the write lock
+PARENT_POLL_S = 0.5  # how often a worker checks that the main process still runs
+CRASH_MESSAGE = "the decoder process died (crash or out of memory)"
+
+# torch warns once per process that padding="same" with an even kernel copies its input; the
+# tag command's stderr is for per-file errors.
+warnings.filterwarnings("ignore", message="Using padding='same' with even kernel", category=UserWarning)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS digests (
+    path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, ctime_ns INTEGER, inode INTEGER, digest TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS embeddings (
+    model_id TEXT, digest TEXT, start_s REAL, max_s REAL, version INTEGER,
+    dim INTEGER NOT NULL, vector BLOB NOT NULL, stats TEXT,
+    PRIMARY KEY (model_id, digest, start_s, max_s, version)
+) WITHOUT ROWID;
+"""
+
+
+@dataclass
+class TrackResult:
+    path: str
+    embedding: np.ndarray | None  # float32 [D] in the joint space; None when the file failed
+    error: str | None = None  # one line naming the file and the cause
+    stats: dict | None = None  # acoustics.file_stats of the file
+    cached: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.embedding is not None
+
+
+def default_workers() -> int:
+    """The cores this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def content_digest(path: str | os.PathLike) -> str:
+    """BLAKE2b-128 of the file's size and bytes, in hex."""
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as handle:
+        digest.update(os.fstat(handle.fileno()).st_size.to_bytes(8, "little"))
+        while chunk := handle.read(HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class EmbeddingCache:
+    """The SQLite store of track embeddings and file digests (see the module docstring)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(self.path, timeout=SQLITE_TIMEOUT_S, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a killed process never corrupts it
+        self.db.executescript(SCHEMA)
+
+    @classmethod
+    def open_default(cls) -> EmbeddingCache | None:
+        """The cache in ``cache_dir()``, or None (with a warning) when it cannot be used."""
+        from zstag.paths import cache_dir
+
+        path = cache_dir() / CACHE_FILE
+        try:
+            return cls(path)
+        except (OSError, sqlite3.Error) as exc:
+            print(f"zstag: warning: embedding cache {path} unusable ({exc}); continuing without it", file=sys.stderr)
+            return None
+
+    def close(self) -> None:
+        self.db.close()
+
+    def known_digest(self, path: str, st: os.stat_result) -> str | None:
+        row = self.db.execute(
+            "SELECT digest FROM digests WHERE path=? AND size=? AND mtime_ns=? AND ctime_ns=? AND inode=?",
+            (path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino),
+        ).fetchone()
+        return row[0] if row else None
+
+    def remember_digests(self, rows: list[tuple[str, os.stat_result, str]]) -> None:
+        with self.db:
+            self.db.execute("BEGIN")
+            self.db.executemany(
+                "INSERT OR REPLACE INTO digests VALUES (?, ?, ?, ?, ?, ?)",
+                [(p, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, d) for p, st, d in rows],
+            )
+
+    def get(self, model_id: str, digest: str, offset: float, max_seconds: float | None):
+        """(embedding, stats) or None."""
+        row = self.db.execute(
+            "SELECT dim, vector, stats FROM embeddings WHERE model_id=? AND digest=? AND start_s=? AND max_s=?"
+            " AND version=?",
+            (model_id, digest, float(offset), _max_key(max_seconds), PIPELINE_VERSION),
+        ).fetchone()
+        if row is None or len(row[1]) != 4 * row[0]:
+            return None
+        return np.frombuffer(row[1], dtype="<f4").copy(), (json.loads(row[2]) if row[2] else None)
+
+    def put(self, model_id, digest, offset, max_seconds, embedding: np.ndarray, stats: dict | None) -> None:
+        vector = np.ascontiguousarray(embedding, dtype="<f4")
+        self.db.execute(
+            "INSERT OR REPLACE INTO embeddings VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (model_id, digest, float(offset), _max_key(max_seconds), PIPELINE_VERSION, vector.size,
+             vector.tobytes(), json.dumps(stats) if stats is not None else None),
+        )
+
+    def count(self, model_id: str | None = None) -> int:
+        if model_id is None:
+            return self.db.execute("SELECT COUNT(*) FROM embeddings").fetchone()[0]
+        return self.db.execute("SELECT COUNT(*) FROM embeddings WHERE model_id=?", (model_id,)).fetchone()[0]
+
+
+def _max_key(max_seconds: float | None) -> float:
+    return -1.0 if max_seconds is None else float(max_seconds)  # NULLs never match in a key
+
+
+def embed_files(
+    model,
+    paths: list[str | os.PathLike],
+    *,
+    workers: int | None = None,
+    use_cache: bool = True,
+    offset: float = 0.0,
+    max_seconds: float | None = None,
+    progress: bool = True,
+    cache: EmbeddingCache | None = None,
+) -> list[TrackResult]:
+    """Embed each file as a whole track; results in input order. Never raises for a bad file.
+
+    workers: decode processes (None: all cores; 0: decode in this process). progress: a progress bar on
+    stderr when it is a terminal. cache: an open EmbeddingCache (default: the one in cache_dir()).
+    """
+    paths = [str(p) for p in paths]
+    workers = default_workers() if workers is None else max(0, int(workers))
+    model.eval()
+    results: list[TrackResult | None] = [None] * len(paths)
+    model_id = getattr(model, "model_id", "untrained")
+    own_cache = False
+    if use_cache and model_id != "untrained" and cache is None:  # an unsaved model has no stable id
+        cache, own_cache = EmbeddingCache.open_default(), True
+    if not use_cache or model_id == "untrained":
+        cache = None
+
+    with _Progress(len(paths), progress) as bar:
+        digests: dict[int, str] = {}
+        if cache is not None:
+            digests = _digests(cache, paths, results, workers)
+            for i, digest in digests.items():
+                hit = cache.get(model_id, digest, offset, max_seconds)
+                if hit is not None:
+                    results[i] = TrackResult(paths[i], hit[0], None, hit[1], cached=True)
+            bar.advance(sum(r is not None for r in results))
+
+        todo = [(i, paths[i]) for i, r in enumerate(results) if r is None]
+        fe = model.front_end.to_dict()
+        with _single_threaded():
+            for i, outcome in decode_files(todo, fe, offset, max_seconds, workers):
+                if isinstance(outcome, str):
+                    results[i] = TrackResult(paths[i], None, outcome)
+                else:
+                    segments, stats = outcome
+                    embedding = np.asarray(model.embed_track(segments), dtype=np.float32)
+                    results[i] = TrackResult(paths[i], embedding, None, stats)
+                    if cache is not None and i in digests:
+                        _store(cache, model_id, digests[i], offset, max_seconds, embedding, stats)
+                bar.advance(1)
+    if own_cache and cache is not None:
+        cache.close()
+    return results
+
+
+def _digests(cache: EmbeddingCache, paths: list[str], results: list, workers: int) -> dict[int, str]:
+    """Content digest per input index: remembered when the file is unchanged, else hashed (in threads)."""
+    digests, to_hash = {}, []
+    for i, path in enumerate(paths):
+        try:
+            real = os.path.realpath(path)
+            st = os.stat(real)
+        except OSError as exc:
+            results[i] = TrackResult(path, None, f"{path}: cannot read: {exc.strerror or exc}")
+            continue
+        known = cache.known_digest(real, st)
+        if known:
+            digests[i] = known
+        else:
+            to_hash.append((i, real, st))
+    if to_hash:
+        with ThreadPoolExecutor(max(1, workers)) as pool:  # hashlib releases the GIL on large buffers
+            hashed = list(pool.map(lambda job: _try_digest(job[1]), to_hash))
+        remember = []
+        for (i, real, st), digest in zip(to_hash, hashed):
+            if digest is None:
+                continue  # unreadable: the decoder will report why
+            digests[i] = digest
+            remember.append((real, st, digest))
+        try:
+            cache.remember_digests(remember)
+        except sqlite3.Error as exc:
+            print(f"zstag: warning: cannot write to the embedding cache: {exc}", file=sys.stderr)
+    return digests
+
+
+def _try_digest(path: str) -> str | None:
+    try:
+        return content_digest(path)
+    except OSError:
+        return None
+
+
+def _store(cache, model_id, digest, offset, max_seconds, embedding, stats) -> None:
+    try:
+        cache.put(model_id, digest, offset, max_seconds, embedding, stats)
+    except sqlite3.Error as exc:  # a full disk or a locked cache must not lose the run's results
+        print(f"zstag: warning: cannot write to the embedding cache: {exc}", file=sys.stderr)
+
+
+# --- decoding (runs in the worker processes) ----------------------------------------------------
+
+
+def decode_file(path: str, fe_dict: dict, offset: float = 0.0, max_seconds: float | None = None):
+    """(segments [n_seg, n_mels, T] float32, stats dict), or a one-line error string naming the file."""
+    try:
+        fe = audio.FrontEnd.from_dict(fe_dict)
+        signal_ = audio.load_audio(path, fe.sample_rate, offset=offset, duration=max_seconds)
+        segments = audio.segment(audio.log_mel(signal_, fe), fe)
+        native_rate, duration = _file_info(path, len(signal_) / fe.sample_rate + offset)
+        stats = file_stats(signal_, fe.sample_rate, native_rate, duration)
+        return np.ascontiguousarray(segments, dtype=np.float32), stats
+    except audio.AudioError as exc:
+        message = str(exc)  # feature errors do not know the path: add it
+        return _one_line(message if message.startswith(str(path)) else f"{path}: {message}")
+    except MemoryError:
+        return f"{path}: out of memory while decoding"
+    except Exception as exc:  # a worker must answer for every file, whatever the decoder throws
+        return _one_line(f"{path}: {type(exc).__name__}: {exc}")
+
+
+def _file_info(path: str, fallback_duration: float) -> tuple[int | None, float]:
+    """(native sample rate, duration in seconds) from the file header, where the header says."""
+    info = getattr(audio, "audio_info", None)
+    try:
+        if info is not None:
+            meta = info(path)
+            return int(meta.sample_rate), float(meta.duration)
+        import soundfile
+
+        meta = soundfile.info(path)
+        return int(meta.samplerate), float(meta.duration)
+    except Exception:
+        return None, fallback_duration
+
+
+def _one_line(message: str) -> str:
+    return " ".join(message.split()) or "unknown error"
+
+
+def _init_worker(main_pid: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
+    threading.Thread(target=_exit_with, args=(main_pid,), daemon=True).start()
+    # Decoders print notes straight to fd 2 (libmpg123: "Note: Illegal Audio-MPEG-Header ..."); the
+    # worker reports each failure as one line through its result instead.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+    _blas_limit()  # one BLAS thread per worker: the workers already fill the cores, and results stay put
+
+
+def _exit_with(main_pid: int) -> None:
+    """Exit when the main process is gone: a worker of a killed run would otherwise wait forever on
+    its task queue (its parent is the fork server, which in turn waits for its workers)."""
+    while True:
+        time.sleep(PARENT_POLL_S)
+        try:
+            os.kill(main_pid, 0)
+        except ProcessLookupError:
+            os._exit(1)
+        except PermissionError:
+            pass  # alive, owned by someone else: cannot happen for our parent, but is not death
+
+
+def _pool(n: int) -> ProcessPoolExecutor:
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+    if "forkserver" in methods:
+        # Imported once in the fork server, inherited by every worker: librosa.filters (the mel
+        # filterbank) alone takes ~0.8 s to import.
+        context.set_forkserver_preload(["zstag.embeddings", "soundfile", "soxr", "librosa.filters"])
+    return ProcessPoolExecutor(n, mp_context=context, initializer=_init_worker, initargs=(os.getpid(),))
+
+
+def decode_files(
+    jobs: list[tuple[int, str]], fe_dict: dict, offset: float, max_seconds: float | None, workers: int,
+    decode=decode_file,
+):
+    """Yield (index, decode(path, fe_dict, offset, max_seconds)) for each (index, path) job, in completion order.
+
+    At most IN_FLIGHT_PER_WORKER decoded tracks per worker wait for the consumer. If a worker dies
+    (a decoder crash, the OOM killer), the files it may have held are retried one at a time in a
+    fresh pool; the one that kills its worker again is reported as failed, and the rest go on.
+    """
+    if workers == 0 or not jobs:
+        for index, path in jobs:
+            yield index, decode(path, fe_dict, offset, max_seconds)
+        return
+    queue = deque(jobs)
+    suspects: deque = deque()
+    while queue or suspects:
+        n = max(1, min(workers, len(queue) + len(suspects)))
+        pool = _pool(n)
+        in_flight: dict = {}
+        isolating = False
+        try:
+            while queue or suspects or in_flight:
+                if suspects:
+                    if not in_flight:
+                        job = suspects[0]
+                        in_flight[pool.submit(decode, job[1], fe_dict, offset, max_seconds)] = job
+                        suspects.popleft()  # only once submitted: a broken pool must not lose it
+                        isolating = True
+                else:
+                    isolating = False
+                    while queue and len(in_flight) < n * IN_FLIGHT_PER_WORKER:
+                        job = queue[0]
+                        in_flight[pool.submit(decode, job[1], fe_dict, offset, max_seconds)] = job
+                        queue.popleft()
+                done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                for future in sorted(done, key=lambda f: in_flight[f][0]):
+                    outcome = future.result()  # raises BrokenProcessPool if its worker died
+                    index = in_flight.pop(future)[0]
+                    yield index, outcome
+        except BrokenProcessPool:
+            lost = list(in_flight.values())
+            pool.shutdown(wait=True, cancel_futures=True)
+            if not _pool_starts():
+                # Workers cannot even start (e.g. the parent's __main__ cannot be re-imported, as
+                # for `python - < script`): decode the rest here rather than fail every file.
+                print("zstag: warning: decoder processes cannot start; decoding in this process", file=sys.stderr)
+                for index, path in sorted(lost) + list(suspects) + list(queue):
+                    yield index, decode(path, fe_dict, offset, max_seconds)
+                return
+            if isolating and len(lost) == 1:
+                yield lost[0][0], f"{lost[0][1]}: {CRASH_MESSAGE}"
+            else:
+                suspects.extend(sorted(lost))
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _pool_starts() -> bool:
+    """Whether a fresh worker process can start and answer at all."""
+    pool = _pool(1)
+    try:
+        pool.submit(os.getpid).result()
+        return True
+    except BrokenProcessPool:
+        return False
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+class _single_threaded:
+    """One torch thread and one BLAS thread while embedding.
+
+    Float sums are split differently with more threads, so the last bits of an embedding would
+    depend on --workers and the core count; one thread makes a track's embedding (and the cache
+    entry) the same whatever the settings. The decode workers keep the other cores busy.
+    """
+
+    def __enter__(self):
+        import torch
+
+        self.saved = torch.get_num_threads()
+        torch.set_num_threads(INFERENCE_THREADS)
+        self.blas = _blas_limit()
+        return self
+
+    def __exit__(self, *exc):
+        import torch
+
+        torch.set_num_threads(self.saved)
+        if self.blas is not None:
+            self.blas.restore_original_limits()
+
+
+def _blas_limit():
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return None
+    return threadpool_limits(1)
+
+
+class _Progress:
+    """A rich progress bar (files, files/s, ETA) on stderr; silent when stderr is not a terminal."""
+
+    def __init__(self, total: int, enabled: bool):
+        self.total = total
+        self.enabled = enabled and sys.stderr.isatty() and total > 0
+        self.progress = None
+
+    def __enter__(self):
+        if self.enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.progress = Progress(
+                TextColumn("embedding"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]}"),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+                transient=True,
+            )
+            self.progress.start()
+            self.task = self.progress.add_task("embedding", total=self.total, rate="")
+        return self
+
+    def advance(self, n: int) -> None:
+        if self.progress is not None and n:
+            self.progress.advance(self.task, n)
+            speed = self.progress.tasks[0].speed
+            self.progress.update(self.task, rate=f"{speed:.1f} files/s" if speed else "")
+
+    def __exit__(self, *exc):
+        if self.progress is not None:
+            self.progress.stop()

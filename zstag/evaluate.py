@@ -1,0 +1,550 @@
+"""`zstag eval`: zero-shot classification and tagging figures on a labelled corpus, and a transfer report.
+
+Which tracks and labels
+-----------------------
+Without --split, every track of the corpus is evaluated over the corpus's labels (or the --labels
+subset). A label is *seen* when its normalised spelling (``words.normalise_label``) is in the model's
+training vocabulary (``model.train_labels``), *unseen* otherwise; *all* is both (generalised zero-shot).
+If the corpus is the one the model was trained on, the seen-label figures then include training tracks:
+use --split for held-out figures.
+
+With --split FILE (the JSON the training run used), the corpus is read with the split's labels, seen
+and unseen are the split's X and Y, and the evaluated tracks are the split's **test partition**: groups
+B (seen and unseen labels) and C (unseen labels only), the paper's zero-shot test tracks, plus any
+group-A tracks the split held out for testing (its test_fraction; the artist split holds some out).
+
+Figures (see zstag.metrics for the definitions)
+-----------------------------------------------
+Single-label corpora: for each label set, the tracks whose label is in the set, classified by the argmax
+over the set's labels: accuracy, per-class recall, confusion matrix. "unseen" is the zero-shot task
+among unseen labels only; "all" the generalised one, where seen labels compete.
+Multi-label corpora: for each label set, every evaluated track with the set's labels: retrieval ROC-AUC
+and PR-AUC per label (macro), annotation ROC-AUC and average precision per track, hit@k and P@k.
+Labels without a word vector cannot be scored: they are listed and left out (for single-label corpora
+with their tracks). A file that cannot be decoded is listed and left out; the run goes on.
+
+Transfer report: the evaluation labels against the model's training vocabulary (exact matches after
+normalisation; nearest training label by word-vector cosine), and the evaluation corpus's acoustic
+statistics beside those of the training corpus, when the model ships them (``corpus_stats.json``).
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from zstag import metrics
+
+REPORT_FORMAT = "zstag-eval/1"
+STATS_FILE = "corpus_stats.json"  # written beside a model by training: acoustics.corpus_summary
+SETS = ("seen", "unseen", "all")
+TOP_N_KINDS = ("mtat", "msd", "csv")  # readers with a top_n option
+NO_STATS_NOTE = f"the model ships no {STATS_FILE}: no training-corpus statistics to compare"
+
+
+class EvalError(Exception):
+    """Bad options or inputs for `zstag eval`; str(e) is one line."""
+
+
+@dataclass
+class Evaluation:
+    report: dict  # JSON-ready and deterministic: every figure, the model, corpus, split and label lists
+    cached: int  # tracks whose embedding came from the cache (run-dependent, so not in the report)
+
+
+# --- labels -------------------------------------------------------------------------------------
+
+
+def choose_labels(available: list[str], requested: list[str] | None) -> list[str]:
+    """The requested labels (matched after normalisation, in the order of `available`), or all of them."""
+    from zstag.words import normalise_label
+
+    if not requested:
+        return list(available)
+    by_norm = {}
+    for label in available:
+        by_norm.setdefault(normalise_label(label), label)
+    wanted = {normalise_label(label): label for label in requested}
+    unknown = [label for norm, label in wanted.items() if norm not in by_norm]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], available, n=3)
+        hint = f" (nearest: {', '.join(close)})" if close else ""
+        raise EvalError(f"--labels: not evaluation labels of this corpus: {', '.join(unknown)}{hint}")
+    chosen = {by_norm[norm] for norm in wanted}
+    return [label for label in available if label in chosen]
+
+
+def label_sets(labels: list[str], train_labels=(), split=None) -> dict[str, list[str]]:
+    """{"seen", "unseen", "all"}: from the split's X / Y when given, else from the training vocabulary."""
+    from zstag.words import normalise_label
+
+    if split is not None:
+        seen_set = set(split.seen)
+        seen = [label for label in labels if label in seen_set]
+    else:
+        known = {normalise_label(label) for label in train_labels}
+        seen = [label for label in labels if normalise_label(label) in known]
+    seen_set = set(seen)
+    unseen = [label for label in labels if label not in seen_set]
+    return {"seen": seen, "unseen": unseen, "all": list(labels)}
+
+
+# --- figures ------------------------------------------------------------------------------------
+
+
+def set_figures(truth: np.ndarray, scores: np.ndarray, labels: list[str], subset: list[str], single_label: bool) -> dict:
+    """The figures of one label set; truth bool [N, M] and scores [N, M] are over `labels`."""
+    columns = [labels.index(label) for label in subset]
+    t, s = truth[:, columns], scores[:, columns]
+    if single_label:
+        rows = t.any(axis=1)  # tracks whose (one) label is in the set
+        true_index = t[rows].argmax(axis=1) if subset else np.zeros(0, dtype=np.int64)
+        out = metrics.classification(true_index, s[rows])
+        counts = t[rows].sum(axis=0)
+        return {
+            "n_labels": len(subset),
+            "n_tracks": out["n_tracks"],
+            "accuracy": out["accuracy"],
+            "mean_recall": out["mean_recall"],
+            "per_label": {label: {"n_tracks": int(n), "recall": r} for label, n, r in zip(subset, counts, out["recall"])},
+            "confusion": {"labels": list(subset), "matrix": out["confusion"]},
+        }
+    if not subset:  # e.g. no unseen label: nothing to rank, rather than every track "skipped"
+        t = s = np.zeros((0, 0))
+    retrieval = metrics.retrieval(t, s)
+    annotation = metrics.annotation(t, s)
+    per_label = {
+        label: {"n_positive": int(n), "roc_auc": r[0] if r else None, "pr_auc": r[1] if r else None}
+        for label, n, r in zip(subset, t.sum(axis=0), retrieval["per_row"])
+    }
+    return {
+        "n_labels": len(subset),
+        "n_tracks": int(len(t)),
+        "retrieval": {
+            "roc_auc": retrieval["roc_auc"],
+            "pr_auc": retrieval["pr_auc"],
+            "n_labels_scored": retrieval["n_scored"],
+            "skipped_no_positive": retrieval["skipped_no_positive"],
+            "skipped_all_positive": retrieval["skipped_all_positive"],
+        },
+        "annotation": {
+            "roc_auc": annotation["roc_auc"],
+            "average_precision": annotation["pr_auc"],
+            "n_tracks_scored": annotation["n_scored"],
+            "skipped_no_positive": annotation["skipped_no_positive"],
+            "skipped_all_positive": annotation["skipped_all_positive"],
+        },
+        "top_k": metrics.top_k(t, s),
+        "per_label": per_label,
+    }
+
+
+def all_figures(truth, scores, labels, sets: dict[str, list[str]], single_label: bool) -> dict:
+    return {name: set_figures(truth, scores, labels, sets[name], single_label) for name in SETS}
+
+
+# --- transfer report ----------------------------------------------------------------------------
+
+
+def label_overlap(eval_labels: list[str], train_labels: list[str], words) -> dict:
+    """Exact matches after normalisation, and each evaluation label's nearest training label (word cosine)."""
+    from zstag.words import UnknownLabelError, normalise_label
+
+    known = {normalise_label(label) for label in train_labels}
+    exact = [label for label in eval_labels if normalise_label(label) in known]
+    usable, rows, no_vector = [], [], []
+    for label in train_labels:
+        try:
+            rows.append(words.phrase(label).vector)
+            usable.append(label)
+        except UnknownLabelError:
+            no_vector.append(label)
+    nearest: dict[str, dict | None] = {label: None for label in eval_labels}
+    if usable and eval_labels:
+        sims = _cosines(words.vectors(eval_labels), np.stack(rows))
+        for label, row in zip(eval_labels, sims):
+            best = int(np.argmax(row))  # ties: first in the training vocabulary
+            nearest[label] = {"train_label": usable[best], "cosine": float(row[best])}
+    return {
+        "n_train_labels": len(train_labels),
+        "n_eval_labels": len(eval_labels),
+        "n_exact": len(exact),
+        "exact": exact,
+        "train_labels_without_vector": no_vector,
+        "nearest": nearest,
+    }
+
+
+def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    a = a / np.maximum(np.linalg.norm(a, axis=-1, keepdims=True), 1e-12)
+    b = b / np.maximum(np.linalg.norm(b, axis=-1, keepdims=True), 1e-12)
+    return a @ b.T
+
+
+def acoustic_transfer(eval_summary: dict, train_summary: dict | None, note: str | None = None) -> dict:
+    """The two corpora's acoustic distributions side by side, and the cosine of their mean embeddings."""
+    from zstag.acoustics import STAT_FIELDS
+
+    train_acoustics = (train_summary or {}).get("acoustics") or {}
+    fields = {
+        field: {"train": train_acoustics.get(field), "eval": eval_summary["acoustics"].get(field)}
+        for field in STAT_FIELDS
+    }
+    cosine = None
+    train_mean = np.asarray((train_summary or {}).get("mean_embedding") or [], dtype=np.float64)
+    eval_mean = np.asarray(eval_summary.get("mean_embedding") or [], dtype=np.float64)
+    if train_mean.size and train_mean.shape == eval_mean.shape:
+        cosine = float(_cosines(eval_mean[None], train_mean[None])[0, 0])
+    elif train_mean.size:
+        note = note or f"mean embeddings differ in size ({train_mean.size} vs {eval_mean.size}): no cosine"
+    return {
+        "train_corpus": (train_summary or {}).get("corpus"),
+        "train_tracks": (train_summary or {}).get("n_tracks"),
+        "eval_corpus": eval_summary["corpus"],
+        "eval_tracks": eval_summary["n_tracks"],
+        "fields": fields,
+        "mean_embedding_cosine": cosine,
+        "note": note if train_summary is not None else (note or NO_STATS_NOTE),
+    }
+
+
+def training_stats(model) -> tuple[dict | None, str | None]:
+    """(corpus_stats.json of the model or None, a note saying why it is missing or unusable)."""
+    from zstag.model import read_model_file
+
+    try:
+        stats = read_model_file(model, STATS_FILE)
+    except (OSError, ValueError) as exc:
+        return None, f"{STATS_FILE} of the model is unreadable ({' '.join(str(exc).split())})"
+    if stats is None:
+        return None, NO_STATS_NOTE
+    if not isinstance(stats, dict) or not isinstance(stats.get("acoustics"), dict):
+        return None, f"{STATS_FILE} of the model has no acoustics: not compared"
+    return stats, None
+
+
+# --- the run ------------------------------------------------------------------------------------
+
+
+def evaluate(
+    kind: str,
+    root: str | os.PathLike,
+    *,
+    model: str = "default",
+    split: str | os.PathLike | None = None,
+    labels: list[str] | None = None,
+    top_n: int | None = None,
+    vectors: str | None = None,
+    workers: int | None = None,
+    use_cache: bool = True,
+    max_seconds: float | None = None,
+    progress: bool = True,
+) -> Evaluation:
+    """Evaluate a model on a corpus; see the module docstring.
+
+    Raises EvalError, CorpusError, SplitError, ModelError or VectorsError (all one line): bad options and
+    inputs before any audio is decoded, and EvalError when no track at all could be decoded.
+    """
+    from zstag.acoustics import corpus_summary
+    from zstag.corpora import open_corpus
+    from zstag.embeddings import embed_files
+    from zstag.model import load_model
+    from zstag.splits import check_split, load_split
+    from zstag.tagger import TagUsageError, load_words
+    from zstag.words import UnknownLabelError
+
+    net = load_model(model)
+    try:
+        words = load_words(net, vectors)
+    except TagUsageError as exc:
+        raise EvalError(str(exc)) from None
+    the_split = load_split(split) if split is not None else None
+
+    options: dict = {}
+    if the_split is not None:
+        if top_n is not None:
+            raise EvalError("--top-n does not apply with --split: the split names the labels")
+        options["vocabulary"] = the_split.labels
+    elif top_n is not None:
+        if kind not in TOP_N_KINDS:
+            raise EvalError(f"--top-n applies to {', '.join(TOP_N_KINDS)} corpora, not {kind}")
+        options["top_n"] = top_n
+    corpus = open_corpus(kind, root, **options)
+
+    if the_split is not None:
+        check_split(the_split, corpus)
+        have = {t.id for t in corpus.tracks}
+        test_ids = the_split.tracks("test")
+        tracks = [corpus.track(i) for i in test_ids if i in have]
+        split_info = {
+            "path": str(split),
+            "sha256": the_split.sha256,
+            "corpus": the_split.corpus,
+            "method": the_split.method,
+            "seed": the_split.seed,
+            "partition": "test",
+            "tracks_in_partition": len(test_ids),
+            "tracks_missing_from_corpus": len(test_ids) - len(tracks),
+            "groups": {g: sum(the_split.group_of(t.id) == g for t in tracks) for g in ("A", "B", "C")},
+            "matches_model": (the_split.sha256 == net.config["split_sha256"]) if net.config.get("split_sha256") else None,
+        }
+        base_labels = [label for label in corpus.labels if label in set(the_split.labels)]
+    else:
+        tracks, split_info, base_labels = list(corpus.tracks), None, list(corpus.labels)
+
+    candidates = choose_labels(base_labels, labels)
+    eval_labels, no_vector = [], {}
+    for label in candidates:
+        try:
+            words.phrase(label)
+            eval_labels.append(label)
+        except UnknownLabelError as exc:
+            no_vector[label] = str(exc)
+    if not eval_labels:
+        raise EvalError(f"{root}: none of the {len(candidates)} evaluation labels has a word vector in {words.source}")
+    if corpus.single_label:  # a track is scored only against candidates that include its label
+        keep = set(eval_labels)
+        tracks = [t for t in tracks if keep & set(t.labels)]
+    if not tracks:
+        raise EvalError(f"{root}: no track to evaluate" + (" in the split's test partition" if the_split else ""))
+
+    results = embed_files(net, [t.path for t in tracks], workers=workers, use_cache=use_cache,
+                          max_seconds=max_seconds, progress=progress)
+    good = [(t, r) for t, r in zip(tracks, results) if r.ok]
+    failed = [{"id": t.id, "error": r.error} for t, r in zip(tracks, results) if not r.ok]
+    if not good:
+        raise EvalError(f"none of the {len(tracks)} tracks could be decoded; first error: {failed[0]['error']}")
+
+    label_index = {label: j for j, label in enumerate(eval_labels)}
+    truth = np.zeros((len(good), len(eval_labels)), dtype=bool)
+    for i, (track, _) in enumerate(good):
+        for label in track.labels:
+            if label in label_index:
+                truth[i, label_index[label]] = True
+    scores = net.scores(np.stack([r.embedding for _, r in good]), net.embed_label_vectors(words.vectors(eval_labels)))
+    sets = label_sets(eval_labels, net.train_labels, the_split)
+
+    train_summary, note = training_stats(net)
+    eval_summary = corpus_summary(corpus.name, [r for _, r in good])
+    report = {
+        "format": REPORT_FORMAT,
+        "model": {
+            "id": net.model_id,
+            "name": net.config.get("name"),
+            "path": str(getattr(net, "folder", model)),
+            "words": words.source,
+            "split_sha256": net.config.get("split_sha256"),
+            "train_labels": net.train_labels,
+        },
+        "corpus": {
+            "kind": corpus.kind,
+            "name": corpus.name,
+            "root": str(root),
+            "n_tracks": len(corpus.tracks),
+            "single_label": corpus.single_label,
+            "options": options,
+        },
+        "split": split_info,
+        "task": "classification" if corpus.single_label else "tagging",
+        "seen_from": "split" if the_split is not None else "model.train_labels",
+        "options": {"labels": labels or None, "top_n": top_n, "max_seconds": max_seconds},
+        "labels": {**sets, "without_vector": no_vector},
+        "tracks": {"selected": len(tracks), "evaluated": len(good), "failed": failed},
+        "metrics": all_figures(truth, scores, eval_labels, sets, corpus.single_label),
+        "transfer": {
+            "label_overlap": label_overlap(eval_labels, net.train_labels, words),
+            "acoustics": acoustic_transfer(eval_summary, train_summary, note),
+        },
+    }
+    return Evaluation(report=_json_ready(report), cached=sum(r.cached for _, r in good))
+
+
+def _json_ready(value):
+    """NaN/inf → None and numpy scalars → Python, so the report is strict JSON."""
+    if isinstance(value, dict):
+        return {str(k): _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.bool_):
+        return bool(value)
+    return value
+
+
+# --- output -------------------------------------------------------------------------------------
+
+
+def _write_atomic(path: str | os.PathLike, data: bytes) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_report(report: dict, path: str | os.PathLike) -> None:
+    """The report as JSON (strict, 2-space indent), written atomically."""
+    text = json.dumps(report, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+    _write_atomic(path, text.encode("utf-8"))
+
+
+def plot_confusion(report: dict, path: str | os.PathLike, label_set: str = "all") -> None:
+    """The confusion matrix of a single-label report as a PNG (rows: true, colour: row share), atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    confusion = report["metrics"][label_set]["confusion"]
+    names, counts = confusion["labels"], np.asarray(confusion["matrix"], dtype=np.float64)
+    shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    size = 2.0 + 0.45 * len(names)
+    fig = Figure(figsize=(size + 1.5, size))  # no pyplot: no global state, no GUI backend
+    ax = fig.add_subplot()
+    image = ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
+    ax.set_xticks(range(len(names)), names, rotation=90)
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(len(names)):
+        for j in range(len(names)):
+            if counts[i, j]:
+                ax.text(j, i, str(int(counts[i, j])), ha="center", va="center",
+                        color="white" if shares[i, j] > 0.5 else "black", fontsize=8)
+    accuracy = report["metrics"][label_set]["accuracy"]
+    ax.set_title(f"{report['corpus']['name']} ({label_set} labels), accuracy {_fmt(accuracy)}")
+    fig.colorbar(image, ax=ax, label="share of the true label's tracks")
+    fig.tight_layout()
+    import io
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    _write_atomic(path, buffer.getvalue())
+
+
+def _fmt(value, digits: int = 3) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def render(report: dict, console) -> None:
+    """Rich tables: the figures per label set, per label, the confusion matrix, the transfer report."""
+    from rich.table import Table
+
+    model, corpus, tracks = report["model"], report["corpus"], report["tracks"]
+    console.print(
+        f"model [bold]{model['id']}[/] ({model['name'] or 'unnamed'}, {len(model['train_labels'])} training labels) "
+        f"on {corpus['kind']} corpus [bold]{corpus['name']}[/]: {tracks['evaluated']} of {tracks['selected']} tracks"
+        + (f", {len(tracks['failed'])} failed" if tracks["failed"] else "")
+    )
+    split = report["split"]
+    if split:
+        groups = ", ".join(f"{g} {n}" for g, n in split["groups"].items())
+        match = {True: "the model's split", False: "NOT the model's split", None: "model split unknown"}
+        console.print(f"split {split['path']} ({split['sha256'][:12]}, {match[split['matches_model']]}): "
+                      f"test partition, groups {groups}")
+    else:
+        console.print("seen = labels in the model's training vocabulary; all corpus tracks evaluated")
+    if report["labels"]["without_vector"]:
+        console.print(f"left out (no word vector): {', '.join(report['labels']['without_vector'])}")
+
+    figures = report["metrics"]
+    single = report["task"] == "classification"
+    table = Table(title=f"{report['task']}: seen / unseen / all labels")
+    if single:
+        columns = ["label set", "labels", "tracks", "accuracy", "mean recall"]
+    else:
+        columns = ["label set", "labels", "tracks", "retr ROC-AUC", "retr PR-AUC", "annot ROC-AUC", "annot AP",
+                   "hit@1", "hit@5", "hit@10", "P@1", "P@5", "P@10"]
+    for i, column in enumerate(columns):
+        table.add_column(column, justify="left" if i == 0 else "right")
+    for name in SETS:
+        f = figures[name]
+        row = [name, str(f["n_labels"]), str(f["n_tracks"])]
+        if single:
+            row += [_fmt(f["accuracy"]), _fmt(f["mean_recall"])]
+        else:
+            top = f["top_k"]
+            row += [_fmt(f["retrieval"]["roc_auc"]), _fmt(f["retrieval"]["pr_auc"]),
+                    _fmt(f["annotation"]["roc_auc"]), _fmt(f["annotation"]["average_precision"])]
+            row += [_fmt(top.get(k)) for k in ("hit@1", "hit@5", "hit@10", "P@1", "P@5", "P@10")]
+        table.add_row(*row)
+    console.print(table)
+    if not single:
+        notes = []
+        for name in SETS:
+            r, a = figures[name]["retrieval"], figures[name]["annotation"]
+            if r["skipped_no_positive"] or r["skipped_all_positive"] or a["skipped_no_positive"] or a["skipped_all_positive"]:
+                notes.append(f"{name}: {r['skipped_no_positive']} labels without a positive track and "
+                             f"{r['skipped_all_positive']} with only positives skipped; "
+                             f"{a['skipped_no_positive']} tracks without a true label skipped")
+        for line in notes:
+            console.print(f"  {line}")
+
+    overlap = report["transfer"]["label_overlap"]
+    seen = set(report["labels"]["seen"])
+    per_label = Table(title="per label")
+    per_label.add_column("label")
+    recall_columns = ["recall in its set", "recall among all"]  # seen (or unseen) labels only / every label
+    for column in ["seen", "tracks"] + (recall_columns if single else ["retr ROC-AUC", "retr PR-AUC"]):
+        per_label.add_column(column, justify="right")
+    per_label.add_column("nearest training label (word cosine)")
+    for label, f in figures["all"]["per_label"].items():
+        near = overlap["nearest"].get(label)
+        near_text = f"{near['train_label']} {near['cosine']:.2f}" if near else "—"
+        own = figures["seen" if label in seen else "unseen"]["per_label"][label]
+        if single:
+            values = [str(f["n_tracks"]), _fmt(own["recall"]), _fmt(f["recall"])]
+        else:
+            values = [str(f["n_positive"]), _fmt(f["roc_auc"]), _fmt(f["pr_auc"])]
+        per_label.add_row(label, "yes" if label in seen else "no", *values, near_text)
+    console.print(per_label)
+
+    if single and figures["all"]["n_tracks"]:
+        confusion = figures["all"]["confusion"]
+        matrix = Table(title="confusion matrix (all labels)")
+        matrix.add_column("true \\ predicted")
+        for j in range(len(confusion["labels"])):
+            matrix.add_column(str(j), justify="right")
+        for j, (label, row) in enumerate(zip(confusion["labels"], confusion["matrix"])):
+            matrix.add_row(f"{j} {label}", *[str(n) if n else "." for n in row])
+        console.print(matrix)
+
+    console.print(f"label overlap: {overlap['n_exact']} of {overlap['n_eval_labels']} evaluation labels are in the "
+                  f"model's training vocabulary ({overlap['n_train_labels']} labels)")
+    acoustics = report["transfer"]["acoustics"]
+    side = Table(title=f"acoustic conditions: median [IQR]: training corpus {acoustics['train_corpus'] or '—'} "
+                       f"vs {acoustics['eval_corpus']}")
+    for column in ("statistic", "training corpus", "evaluation corpus"):
+        side.add_column(column, justify="left" if column == "statistic" else "right")
+    for field, pair in acoustics["fields"].items():
+        side.add_row(field, _distribution(pair["train"]), _distribution(pair["eval"]))
+    console.print(side)
+    console.print(f"cosine of the two corpora's mean track embeddings: {_fmt(acoustics['mean_embedding_cosine'])}")
+    if acoustics["note"]:
+        console.print(f"note: {acoustics['note']}")
+
+
+def _distribution(summary: dict | None) -> str:
+    if not summary or summary.get("median") is None:
+        return "—"
+    return f"{_num(summary['median'])} [{_num(summary['q25'])}, {_num(summary['q75'])}]"
+
+
+def _num(value: float) -> str:
+    return f"{value:.0f}" if abs(value) >= 100 else f"{value:.1f}" if abs(value) >= 1 else f"{value:.3g}"

@@ -1,0 +1,525 @@
+"""On-disk feature cache for training (`zstag preprocess`): the log-mel frames of every track, in shards.
+
+A cache folder holds:
+
+- ``cache.json``: what was computed (front end incl. normalisation, shard size, the track plan's sha256);
+- ``shard-00000.npy``: float16 [total_frames, n_mels], the frames of up to ``shard_size`` tracks
+  concatenated in time (time-major, so a training crop is one contiguous read from a memory map);
+- ``shard-00000.json``: that shard's table (id, labels, artist, offset, n_frames per track) and the files
+  that failed. It is written last and marks the shard complete;
+- ``index.parquet``: every shard table in one, written once all shards are complete;
+- ``failures.csv``: the files that could not be decoded, with the reason.
+
+The plan is fixed by the corpus order: shard k holds tracks [k·S, (k+1)·S). A run skips complete shards
+and recomputes the rest, so it resumes after ``kill -9``; every file is written to a temporary name and
+renamed, so a killed run never leaves a half shard. ``--shard K/N`` does shards k with k % N == K − 1,
+so N machines can share one corpus and their shard files be copied into one folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import signal
+import tempfile
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from zstag.audio import FrontEnd
+
+SHARD_TRACKS = 256  # tracks per shard: ~80 MB of float16 frames for 256 × 30 s clips at 128 mels
+CACHE_FILE = "cache.json"
+INDEX_FILE = "index.parquet"
+FAILURES_FILE = "failures.csv"
+SHARD_PATTERN = "shard-{:05d}"
+FORMAT_VERSION = 1
+DTYPE = np.float16
+FILE_MODE = 0o644
+IN_FLIGHT_PER_WORKER = 4  # decoded tracks waiting per worker: bounds memory when the writer lags
+
+
+class FeatureCacheError(Exception):
+    """A cache folder that is missing, incomplete, or made for something else (one-line message)."""
+
+
+@dataclass(frozen=True)
+class CachedTrack:
+    id: str
+    labels: tuple[str, ...]
+    artist: str | None
+    shard: int
+    offset: int  # first frame of the track in its shard
+    n_frames: int
+    stats: dict | None = field(default=None, compare=False, hash=False)  # zstag.acoustics.file_stats
+
+
+@dataclass
+class PreprocessReport:
+    n_tracks: int  # tracks in the whole plan
+    n_shards: int  # shards in the whole plan
+    shards_done: int = 0  # shards computed by this run
+    shards_skipped: int = 0  # shards of this run's part found complete
+    tracks_done: int = 0  # tracks computed by this run
+    failures: list[dict] = field(default_factory=list)  # {id, path, error} of this run's part
+    complete: bool = False  # every shard of the plan is complete (and the index written)
+    seconds: float = 0.0
+
+
+# --- writing -------------------------------------------------------------------------------------------
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.chmod(tmp, FILE_MODE)  # mkstemp makes 0600; a cache is shared like any output file
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _atomic_write_json(path: Path, payload) -> None:
+    _atomic_write_bytes(path, (json.dumps(payload, indent=1, sort_keys=True) + "\n").encode())
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def plan_sha256(track_ids: Sequence[str]) -> str:
+    """The identity of a plan: the ordered track ids (paths may differ from machine to machine)."""
+    return hashlib.sha256(json.dumps(list(track_ids)).encode()).hexdigest()
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """'K/N' (1 ≤ K ≤ N) → (K, N)."""
+    try:
+        k, n = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard {text!r}: expected K/N, e.g. 1/4") from None
+    if not 1 <= k <= n:
+        raise ValueError(f"--shard {text!r}: need 1 ≤ K ≤ N")
+    return k, n
+
+
+def compute_frames(path: str, front_end: dict, offset: float = 0.0, duration: float | None = None):
+    """One file → (float16 [n_frames, n_mels], acoustic stats, None) or (None, None, one-line error).
+
+    Runs in the worker processes; never raises for a bad file.
+    """
+    from zstag.acoustics import file_stats
+    from zstag.audio import AudioError, load_audio, log_mel
+
+    fe = FrontEnd.from_dict(front_end)
+    try:
+        audio = load_audio(path, fe.sample_rate, offset=offset, duration=duration)
+        mel = log_mel(audio, fe)
+        if mel.shape[1] == 0 or not np.isfinite(mel).all():
+            raise AudioError(f"{path}: no usable log-mel frames")
+        native_rate, seconds = _file_info(path, len(audio) / fe.sample_rate + offset)
+        stats = file_stats(audio, fe.sample_rate, native_rate, seconds)
+    except AudioError as exc:
+        message = str(exc)  # feature errors do not know the path: add it
+        return None, None, _one_line(message if message.startswith(str(path)) else f"{path}: {message}")
+    except MemoryError:
+        return None, None, f"{path}: out of memory while decoding"
+    except Exception as exc:  # a run over many files never dies on one bad file
+        return None, None, _one_line(f"{path}: {type(exc).__name__}: {exc}")
+    return np.ascontiguousarray(mel.T, dtype=DTYPE), stats, None
+
+
+def _file_info(path: str, fallback_seconds: float) -> tuple[int | None, float]:
+    """(native sample rate, duration in seconds) from the header, where libsndfile can read it."""
+    try:
+        import soundfile
+
+        meta = soundfile.info(path)
+        return int(meta.samplerate), float(meta.duration)
+    except Exception:
+        return None, fallback_seconds
+
+
+def _one_line(message: str) -> str:
+    return " ".join(message.split()) or "unknown error"
+
+
+def _compute_task(task: tuple) -> tuple:
+    return compute_frames(*task)
+
+
+def _shard_complete(folder: Path, shard: int) -> bool:
+    name = SHARD_PATTERN.format(shard)
+    table, frames = folder / f"{name}.json", folder / f"{name}.npy"
+    if not (table.is_file() and frames.is_file()):
+        return False
+    try:
+        meta = json.loads(table.read_text())
+        array = np.load(frames, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError):
+        return False
+    return array.shape[0] == meta["total_frames"]
+
+
+def _write_shard(folder: Path, shard: int, front_end: FrontEnd, rows: list[tuple], failures: list[dict]) -> None:
+    """rows: (track, frames, stats) in plan order. Frames first, then the table that marks it complete."""
+    name = SHARD_PATTERN.format(shard)
+    arrays = [frames for _, frames, _ in rows]
+    data = np.concatenate(arrays) if arrays else np.zeros((0, front_end.n_mels), dtype=DTYPE)
+    tracks, offset = [], 0
+    for track, frames, stats in rows:
+        tracks.append(
+            {"id": str(track.id), "labels": list(track.labels), "artist": track.artist, "offset": offset,
+             "n_frames": int(len(frames)), "stats": stats}
+        )
+        offset += len(frames)
+    _atomic_write_bytes(folder / f"{name}.npy", _npy_bytes(data))
+    _atomic_write_json(
+        folder / f"{name}.json",
+        {"shard": shard, "total_frames": int(len(data)), "tracks": tracks, "failures": failures},
+    )
+
+
+def _remove_stale_temporaries(folder: Path) -> None:
+    for stale in folder.glob(".*.tmp"):
+        stale.unlink(missing_ok=True)
+
+
+def _check_or_write_manifest(folder: Path, manifest: dict) -> None:
+    path = folder / CACHE_FILE
+    if path.is_file():
+        try:
+            existing = json.loads(path.read_text())
+        except ValueError as exc:
+            raise FeatureCacheError(f"{path}: unreadable: {exc}") from None
+        for key in ("format", "front_end", "shard_size", "plan_sha256"):
+            if existing.get(key) != manifest.get(key):
+                raise FeatureCacheError(
+                    f"{folder}: holds a cache made with a different {key.replace('_', ' ')}; use another --out"
+                )
+        return
+    _atomic_write_json(path, manifest)
+
+
+def preprocess(
+    tracks: Sequence,
+    out: str | Path,
+    front_end: FrontEnd,
+    *,
+    workers: int = 1,
+    shard: tuple[int, int] = (1, 1),
+    shard_size: int = SHARD_TRACKS,
+    source: dict | None = None,
+    progress: bool = True,
+) -> PreprocessReport:
+    """Compute the log-mel frames of ``tracks`` (objects with id, path, labels, artist) into ``out``.
+
+    Resumable: complete shards are kept and skipped, partial ones redone. ``shard=(K, N)`` does only
+    the shards k with k % N == K − 1. ``source`` (e.g. corpus kind and root) is recorded in cache.json.
+    """
+    started = time.perf_counter()
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    ids = [str(t.id) for t in tracks]
+    if len(set(ids)) != len(ids):
+        raise FeatureCacheError("the corpus has duplicate track ids")
+    k, n = shard
+    n_shards = (len(tracks) + shard_size - 1) // shard_size
+    manifest = {
+        "format": FORMAT_VERSION,
+        "front_end": front_end.to_dict(),
+        "shard_size": shard_size,
+        "n_tracks": len(tracks),
+        "n_shards": n_shards,
+        "plan_sha256": plan_sha256(ids),
+        "dtype": np.dtype(DTYPE).name,
+        "source": source or {},
+    }
+    _check_or_write_manifest(folder, manifest)
+    _remove_stale_temporaries(folder)
+    report = PreprocessReport(n_tracks=len(tracks), n_shards=n_shards)
+    mine = [s for s in range(n_shards) if s % n == k - 1]
+    todo = [s for s in mine if not _shard_complete(folder, s)]
+    report.shards_skipped = len(mine) - len(todo)
+    tasks, owners = [], []
+    fe_dict = front_end.to_dict()
+    for s in todo:
+        for t in tracks[s * shard_size : (s + 1) * shard_size]:
+            tasks.append((str(t.path), fe_dict, float(getattr(t, "offset", 0.0) or 0.0), getattr(t, "duration", None)))
+            owners.append((s, t))
+
+    bar = _progress_bar(progress)
+    with bar:
+        task_id = bar.add_task("preprocess", total=len(tasks), failed=0)
+        pending: dict[int, tuple[list, list]] = {}
+        remaining = {s: len(tracks[s * shard_size : (s + 1) * shard_size]) for s in todo}
+        for (s, track), (frames, stats, error) in zip(owners, _map(tasks, workers)):
+            rows, failures = pending.setdefault(s, ([], []))
+            if error is None:
+                rows.append((track, frames, stats))
+            else:
+                failures.append({"id": str(track.id), "path": str(track.path), "error": error})
+            remaining[s] -= 1
+            if remaining[s] == 0:
+                _write_shard(folder, s, front_end, rows, failures)
+                report.shards_done += 1
+                report.failures += failures
+                del pending[s]
+            report.tracks_done += 1
+            bar.update(task_id, advance=1, failed=len(report.failures) + sum(len(f) for _, f in pending.values()))
+    # Failures of shards skipped by this run were reported by the run that wrote them; list them all.
+    report.complete = all(_shard_complete(folder, s) for s in range(n_shards))
+    _write_failures(folder, n_shards)
+    if report.complete:
+        write_index(folder)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _map(tasks: list[tuple], workers: int) -> Iterator[tuple]:
+    """Results in task order; in-process for one worker, else a bounded window over a process pool.
+
+    If a decoder crashes a worker, the tasks then in flight are retried one by one in a fresh
+    one-worker pool, so only the file that crashes it fails ("decoder crashed").
+    """
+    if workers <= 1 or len(tasks) <= 1:
+        yield from map(_compute_task, tasks)
+        return
+    from concurrent.futures.process import BrokenProcessPool
+
+    pool, in_flight, next_task = _pool(workers), deque(), 0
+    try:
+        while in_flight or next_task < len(tasks):
+            try:
+                while next_task < len(tasks) and len(in_flight) < workers * IN_FLIGHT_PER_WORKER:
+                    in_flight.append((next_task, pool.submit(_compute_task, tasks[next_task])))
+                    next_task += 1
+                result = in_flight[0][1].result()
+            except BrokenProcessPool:
+                pool.shutdown(cancel_futures=True)
+                for index, _ in in_flight:
+                    yield _isolated(tasks[index])
+                in_flight.clear()
+                pool = _pool(workers)
+                continue
+            in_flight.popleft()
+            yield result
+    finally:
+        pool.shutdown(cancel_futures=True)
+
+
+def _isolated(task: tuple) -> tuple:
+    """Run one task alone in a fresh worker: the file that kills it is the one to blame."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    with _pool(1) as pool:
+        try:
+            return pool.submit(_compute_task, task).result()
+        except BrokenProcessPool:
+            pass
+    with _pool(1) as pool:
+        try:
+            pool.submit(int).result()
+        except BrokenProcessPool:
+            raise FeatureCacheError("worker processes die on start; try --workers 1") from None
+    return None, None, f"{task[0]}: the decoder crashed"
+
+
+def _init_worker() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
+    try:  # one BLAS thread per worker: the workers already fill the cores
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1)
+    except ImportError:
+        pass
+
+
+def _pool(workers: int):
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+    if "forkserver" in methods:  # librosa.filters takes ~1 s to import: once, in the server
+        context.set_forkserver_preload(["zstag.features", "zstag.audio", "soundfile", "soxr", "librosa.filters"])
+    return ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker)
+
+
+def _progress_bar(enabled: bool):
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)
+    from rich.text import Text
+
+    class FilesPerSecond(ProgressColumn):
+        def render(self, task):
+            return Text(f"{task.speed:.1f} files/s" if task.speed else "– files/s")
+
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        FilesPerSecond(),
+        TextColumn("[red]{task.fields[failed]} failed"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        disable=not enabled,
+        transient=False,
+    )
+
+
+def _write_failures(folder: Path, n_shards: int) -> None:
+    rows = []
+    for s in range(n_shards):
+        table = folder / f"{SHARD_PATTERN.format(s)}.json"
+        if table.is_file():
+            rows += json.loads(table.read_text())["failures"]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=["id", "path", "error"], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    _atomic_write_bytes(folder / FAILURES_FILE, buffer.getvalue().encode())
+
+
+def write_index(folder: str | Path) -> Path:
+    """Gather every shard table into ``index.parquet`` (id, shard, offset, n_frames, labels, artist, stats)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = Path(folder)
+    entries = _entries_from_shard_tables(folder, _read_manifest(folder))
+    table = pa.table(
+        {
+            "id": [e.id for e in entries],
+            "shard": pa.array([e.shard for e in entries], pa.int32()),
+            "offset": pa.array([e.offset for e in entries], pa.int64()),
+            "n_frames": pa.array([e.n_frames for e in entries], pa.int32()),
+            "labels": pa.array([list(e.labels) for e in entries], pa.list_(pa.string())),
+            "artist": pa.array([e.artist for e in entries], pa.string()),
+            "stats": pa.array([json.dumps(e.stats) if e.stats is not None else None for e in entries], pa.string()),
+        }
+    )
+    buffer = pa.BufferOutputStream()
+    pq.write_table(table, buffer)
+    _atomic_write_bytes(folder / INDEX_FILE, buffer.getvalue().to_pybytes())
+    return folder / INDEX_FILE
+
+
+# --- reading -------------------------------------------------------------------------------------------
+
+
+def _read_manifest(folder: Path) -> dict:
+    path = folder / CACHE_FILE
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FeatureCacheError(f"{folder}: not a feature cache (no {CACHE_FILE}; run `zstag preprocess`)") from None
+    except (OSError, ValueError) as exc:
+        raise FeatureCacheError(f"{path}: unreadable: {exc}") from None
+    if manifest.get("format") != FORMAT_VERSION:
+        raise FeatureCacheError(f"{path}: cache format {manifest.get('format')}, expected {FORMAT_VERSION}")
+    return manifest
+
+
+def _entries_from_shard_tables(folder: Path, manifest: dict) -> list[CachedTrack]:
+    entries = []
+    for s in range(manifest["n_shards"]):
+        path = folder / f"{SHARD_PATTERN.format(s)}.json"
+        if not path.is_file():
+            continue
+        for t in json.loads(path.read_text())["tracks"]:
+            entries.append(
+                CachedTrack(t["id"], tuple(t["labels"]), t["artist"], s, t["offset"], t["n_frames"], t.get("stats"))
+            )
+    return entries
+
+
+class FeatureCache:
+    """Read side of a cache folder: track table + memory-mapped shards (no code is executed on load)."""
+
+    def __init__(self, folder: Path, manifest: dict, entries: list[CachedTrack]):
+        self.folder = folder
+        self.manifest = manifest
+        self.front_end = FrontEnd.from_dict(manifest["front_end"])
+        self.tracks = entries
+        self.by_id = {e.id: e for e in entries}
+        self._shards: dict[int, np.ndarray] = {}
+
+    @classmethod
+    def open(cls, folder: str | Path, allow_incomplete: bool = False) -> "FeatureCache":
+        folder = Path(folder)
+        manifest = _read_manifest(folder)
+        missing = [s for s in range(manifest["n_shards"]) if not (folder / f"{SHARD_PATTERN.format(s)}.json").is_file()]
+        if missing and not allow_incomplete:
+            raise FeatureCacheError(
+                f"{folder}: {len(missing)} of {manifest['n_shards']} shards missing (first: {missing[0]}); "
+                "finish `zstag preprocess` (or copy in the other machines' shards)"
+            )
+        if (folder / INDEX_FILE).is_file() and not missing:
+            entries = _entries_from_index(folder / INDEX_FILE)
+        else:
+            entries = _entries_from_shard_tables(folder, manifest)
+        return cls(folder, manifest, entries)
+
+    def __len__(self) -> int:
+        return len(self.tracks)
+
+    def __contains__(self, track_id: str) -> bool:
+        return track_id in self.by_id
+
+    def shard(self, index: int) -> np.ndarray:
+        if index not in self._shards:
+            path = self.folder / f"{SHARD_PATTERN.format(index)}.npy"
+            self._shards[index] = np.load(path, mmap_mode="r", allow_pickle=False)
+        return self._shards[index]
+
+    def frames(self, track_id: str) -> np.ndarray:
+        """float16 [n_frames, n_mels], a read-only view of the memory map."""
+        e = self.by_id[track_id]
+        return self.shard(e.shard)[e.offset : e.offset + e.n_frames]
+
+    def mel(self, track_id: str) -> np.ndarray:
+        """float32 [n_mels, n_frames], as zstag.audio.log_mel returned it (to float16 precision)."""
+        return np.ascontiguousarray(self.frames(track_id).T, dtype=np.float32)
+
+    def crop(self, track_id: str, start: int, length: int) -> np.ndarray:
+        """float32 [n_mels, length] from frame ``start``; a track shorter than ``length`` is zero-padded."""
+        e = self.by_id[track_id]
+        start = max(0, min(start, e.n_frames - length))
+        view = self.shard(e.shard)[e.offset + start : e.offset + min(start + length, e.n_frames)]
+        out = np.zeros((length, view.shape[1]), dtype=np.float32)
+        out[: len(view)] = view
+        return out.T
+
+    def __getstate__(self):  # memory maps are reopened in each DataLoader worker
+        state = dict(self.__dict__)
+        state["_shards"] = {}
+        return state
+
+
+def _entries_from_index(path: Path) -> list[CachedTrack]:
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path).to_pydict()
+    return [
+        CachedTrack(i, tuple(labels), artist, int(s), int(o), int(n), json.loads(stats) if stats else None)
+        for i, s, o, n, labels, artist, stats in zip(
+            table["id"], table["shard"], table["offset"], table["n_frames"], table["labels"], table["artist"],
+            table["stats"],
+        )
+    ]
+
+
+def open_cache(folder: str | Path) -> FeatureCache:
+    return FeatureCache.open(folder)

@@ -1,0 +1,331 @@
+"""The joint audio–word embedding of Choi et al. (ISMIR 2019), and its variants.
+
+A model maps audio segments and label word vectors into one space and scores a (track, label) pair
+by cosine similarity. Three audio branches share that interface (``config["audio_encoder"]["type"]``):
+
+- ``cnn1d``: the paper's 1-D CNN over time with mel bands as channels, trained from scratch;
+- ``musicnn``: frozen musicnn backbones (MSD / MTT) whose per-patch features are averaged over the
+  track, then a small trained projection;
+- ``conse``: training-free ConSE (Norouzi et al. 2014): the track is the probability-weighted average of
+  the word vectors of its top teacher tags, compared to the label's word vector directly.
+
+A track embedding is always ``project(mean over all segments of segment_features(segment))``; for
+``cnn1d`` the projection is the identity, so it is the mean of the segment embeddings, as in the paper.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from zstag.audio import FrontEnd
+
+MARGIN = 0.4  # the paper's hinge margin
+EMBED_DIM = 100  # the paper's joint-space size
+CNN1D_CHANNELS = 128
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "weights.safetensors"
+DEFAULT_MODEL = "default"
+TRACK_BATCH = 64  # segments per forward pass when embedding a whole track
+
+
+class ModelError(Exception):
+    """A model folder that is missing, incomplete or inconsistent (one-line message)."""
+
+
+class CNN1D(nn.Module):
+    """The paper's audio branch: 4 conv/pool blocks, a linear 1×1 conv, global average pooling.
+
+    Convolutions pad "same" so a 130-frame segment survives the 4·4·4·2 = 128× pooling.
+    With 128 mels and 100-d output it has 242,788 parameters.
+    """
+
+    def __init__(self, n_mels: int, embed_dim: int = EMBED_DIM, batch_norm: bool = False):
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = n_mels
+        for kernel, pool in ((4, 4), (4, 4), (4, 4), (2, 2)):
+            layers.append(nn.Conv1d(channels, CNN1D_CHANNELS, kernel, padding="same"))
+            if batch_norm:
+                layers.append(nn.BatchNorm1d(CNN1D_CHANNELS))
+            layers += [nn.ReLU(), nn.MaxPool1d(pool, ceil_mode=True)]
+            channels = CNN1D_CHANNELS
+        layers.append(nn.Conv1d(channels, embed_dim, 1))
+        self.layers = nn.Sequential(*layers)
+        for module in self.modules():
+            if isinstance(module, nn.Conv1d):
+                nn.init.kaiming_uniform_(module.weight, nonlinearity="relu")  # He-uniform, as the paper
+                nn.init.zeros_(module.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, n_mels, T] → [B, embed_dim]
+        return self.layers(x).mean(dim=-1)
+
+
+class MusicnnFeatures(nn.Module):
+    """Frozen musicnn backbones; per patch, the chosen outputs of each backbone concatenated."""
+
+    def __init__(self, backbones: list[str], outputs: list[str]):
+        super().__init__()
+        from zstag.backbones.musicnn import load_musicnn
+
+        self.backbone_names = list(backbones)
+        self.outputs = list(outputs)
+        # Kept out of the state dict: the weights ship once in models/musicnn/, not in every model.
+        self._backbones = [load_musicnn(name).eval() for name in backbones]
+        for net in self._backbones:
+            net.requires_grad_(False)
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        parts = []
+        for net in self._backbones:
+            out = net(x)
+            parts += [out[name] for name in self.outputs]
+        return torch.cat(parts, dim=-1)
+
+
+class ConseHead(nn.Module):
+    """ConSE: the probability-weighted mean of the word vectors of the top-T teacher tags."""
+
+    def __init__(self, n_tags: int, word_dim: int, top_t: int = 10):
+        super().__init__()
+        self.top_t = top_t
+        self.register_buffer("tag_vectors", torch.zeros(n_tags, word_dim))
+
+    def forward(self, probs: torch.Tensor) -> torch.Tensor:
+        top = probs.topk(min(self.top_t, probs.shape[-1]), dim=-1)
+        weights = top.values / top.values.sum(dim=-1, keepdim=True).clamp_min(1e-8)
+        return (weights.unsqueeze(-1) * self.tag_vectors[top.indices]).sum(dim=-2)
+
+
+def build_head(config: dict, in_dim: int, out_dim: int) -> nn.Module:
+    kind = config.get("type", "linear")
+    if kind == "identity":
+        return nn.Identity()
+    if kind == "linear":
+        return nn.Linear(in_dim, out_dim)
+    if kind == "mlp":
+        hidden = int(config.get("hidden", 256))
+        return nn.Sequential(
+            nn.Linear(in_dim, hidden), nn.ReLU(), nn.Dropout(float(config.get("dropout", 0.0))), nn.Linear(hidden, out_dim)
+        )
+    raise ModelError(f"unknown projection type {kind!r}")
+
+
+class ZeroShotModel(nn.Module):
+    """Audio and label branches into one joint space; cosine scores. Built from a JSON config.
+
+    config keys: ``front_end`` (FrontEnd.to_dict()), ``embed_dim``, ``word_dim``, ``words`` (word-vector
+    source), ``audio_encoder`` ({type: cnn1d|musicnn|conse, ...}), ``audio_projection`` and
+    ``label_projection`` ({type: identity|linear|mlp}), and bookkeeping that travels with the model:
+    ``train_labels`` (the training label vocabulary), ``split_sha256``, ``name``.
+    """
+
+    def __init__(self, config: dict):
+        super().__init__()
+        self.config = config
+        self.front_end = FrontEnd.from_dict(config["front_end"])
+        self.model_id = config.get("model_id", "untrained")
+        embed_dim = int(config.get("embed_dim", EMBED_DIM))
+        word_dim = int(config["word_dim"])
+        audio = config["audio_encoder"]
+        kind = audio["type"]
+        if kind == "cnn1d":
+            self.segment_encoder: nn.Module = CNN1D(
+                self.front_end.n_mels, embed_dim, batch_norm=bool(audio.get("batch_norm", False))
+            )
+            self.audio_projection: nn.Module = nn.Identity()
+        elif kind == "musicnn":
+            self.segment_encoder = MusicnnFeatures(audio["backbones"], audio.get("outputs", ["penultimate"]))
+            proj = config.get("audio_projection", {"type": "linear"})
+            self.audio_projection = build_head(proj, int(audio["feature_dim"]), embed_dim)
+        elif kind == "conse":
+            self.segment_encoder = MusicnnFeatures(audio["backbones"], ["taggram"])
+            self.audio_projection = ConseHead(int(audio["feature_dim"]), word_dim, int(audio.get("top_t", 10)))
+        else:
+            raise ModelError(f"unknown audio encoder type {kind!r}")
+        label = config.get("label_projection", {"type": "identity" if kind == "conse" else "linear"})
+        self.label_projection = build_head(label, word_dim, embed_dim)
+
+    @property
+    def train_labels(self) -> list[str]:
+        return list(self.config.get("train_labels", []))
+
+    def segment_features(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, n_mels, T] log-mel segments → [B, F] features before the audio projection."""
+        return self.segment_encoder(x)
+
+    def embed_segments(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, n_mels, T] → [B, D] joint-space embeddings (not normalised)."""
+        return self.audio_projection(self.segment_features(x))
+
+    def embed_labels(self, vectors: torch.Tensor) -> torch.Tensor:
+        """[n, word_dim] word vectors → [n, D] joint-space embeddings (not normalised)."""
+        return self.label_projection(vectors)
+
+    @torch.no_grad()
+    def track_features(self, segments: np.ndarray) -> np.ndarray:
+        """[n_seg, n_mels, T] → [F]: segment features averaged over every segment of the track."""
+        total = None
+        for start in range(0, len(segments), TRACK_BATCH):
+            batch = torch.from_numpy(np.ascontiguousarray(segments[start : start + TRACK_BATCH], dtype=np.float32))
+            part = self.segment_features(batch).double().sum(dim=0)
+            total = part if total is None else total + part
+        if total is None:
+            raise ValueError("a track needs at least one segment")
+        return (total / len(segments)).float().numpy()
+
+    @torch.no_grad()
+    def embed_track(self, segments: np.ndarray) -> np.ndarray:
+        """[n_seg, n_mels, T] → [D]: the whole track in the joint space (deterministic, no crop)."""
+        return self.project_features(self.track_features(segments)[None])[0]
+
+    @torch.no_grad()
+    def project_features(self, features: np.ndarray) -> np.ndarray:
+        """[N, F] pooled track features → [N, D] joint-space track embeddings."""
+        return self.audio_projection(torch.from_numpy(np.asarray(features, dtype=np.float32))).numpy()
+
+    @torch.no_grad()
+    def embed_label_vectors(self, vectors: np.ndarray) -> np.ndarray:
+        return self.embed_labels(torch.from_numpy(np.asarray(vectors, dtype=np.float32))).numpy()
+
+    @staticmethod
+    def scores(track_emb: np.ndarray, label_emb: np.ndarray) -> np.ndarray:
+        """Cosine similarity, [N, D] × [M, D] → [N, M] in [-1, 1]."""
+        a = np.asarray(track_emb, dtype=np.float64)
+        b = np.asarray(label_emb, dtype=np.float64)
+        a = a / np.maximum(np.linalg.norm(a, axis=-1, keepdims=True), 1e-12)
+        b = b / np.maximum(np.linalg.norm(b, axis=-1, keepdims=True), 1e-12)
+        return (a @ b.T).astype(np.float32)
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return F.cosine_similarity(a, b, dim=-1, eps=1e-8)
+
+
+def triplet_hinge_loss(
+    audio: torch.Tensor, positive: torch.Tensor, negatives: torch.Tensor, margin: float = MARGIN
+) -> torch.Tensor:
+    """Mean of max(0, margin − s(a, t⁺) + s(a, t⁻)) over the batch and its k negatives.
+
+    audio, positive: [B, D]; negatives: [B, k, D] (or [B, D] for k = 1); s is cosine similarity.
+    """
+    if negatives.dim() == 2:
+        negatives = negatives.unsqueeze(1)
+    pos = cosine(audio, positive).unsqueeze(1)  # [B, 1]
+    neg = cosine(audio.unsqueeze(1), negatives)  # [B, k]
+    return F.relu(margin - pos + neg).mean()
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; model files are meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _model_id(config_bytes: bytes, weights_bytes: bytes) -> str:
+    return hashlib.sha256(config_bytes + b"\0" + weights_bytes).hexdigest()[:16]
+
+
+def _trainable_state(model: ZeroShotModel) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+
+
+def save_model(model: ZeroShotModel, folder: str | Path, extra_files: dict[str, dict] | None = None) -> str:
+    """Write ``config.json`` + ``weights.safetensors`` (+ extra JSON files) into folder; returns the model id.
+
+    Each file is written to a temporary name and renamed, so a crash never leaves a half-written model.
+    """
+    from safetensors.torch import save
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    config = {k: v for k, v in model.config.items() if k != "model_id"}
+    config_bytes = json.dumps(config, indent=2, sort_keys=True).encode()
+    weights_bytes = save(_trainable_state(model))
+    for name, payload in (extra_files or {}).items():
+        _atomic_write(folder / name, json.dumps(payload, indent=2, sort_keys=True).encode())
+    _atomic_write(folder / WEIGHTS_FILE, weights_bytes)
+    _atomic_write(folder / CONFIG_FILE, config_bytes)
+    model.model_id = model.config["model_id"] = _model_id(config_bytes, weights_bytes)
+    return model.model_id
+
+
+def resolve_model_path(path_or_name: str | Path | None = None) -> Path:
+    """A folder path, or the name of a folder in the project's ``models/`` (default: ``default``)."""
+    from zstag.paths import models_dir
+
+    name = path_or_name or DEFAULT_MODEL
+    candidate = Path(name).expanduser()
+    if candidate.is_dir():
+        return candidate
+    shipped = models_dir() / str(name)
+    if shipped.is_dir():
+        return shipped
+    raise ModelError(f"{name}: no such model folder (expected {CONFIG_FILE} + {WEIGHTS_FILE})")
+
+
+def load_model(path_or_name: str | Path | None = None) -> ZeroShotModel:
+    """Load a model folder without executing code (JSON + safetensors). Eval mode."""
+    from safetensors.torch import load
+
+    folder = resolve_model_path(path_or_name)
+    try:
+        config_bytes = (folder / CONFIG_FILE).read_bytes()
+        weights_bytes = (folder / WEIGHTS_FILE).read_bytes()
+        config = json.loads(config_bytes)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{folder}: cannot read model: {exc}") from None
+    model = ZeroShotModel(config)
+    try:
+        model.load_state_dict(load(weights_bytes), strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise ModelError(f"{folder}: weights do not match the config: {first}") from None
+    model.model_id = model.config["model_id"] = _model_id(config_bytes, weights_bytes)
+    model.folder = folder
+    return model.eval()
+
+
+def read_model_file(model: ZeroShotModel, name: str) -> dict | None:
+    """An extra JSON file saved beside the model (e.g. training-corpus statistics), or None."""
+    folder = getattr(model, "folder", None)
+    if folder is None or not (Path(folder) / name).is_file():
+        return None
+    return json.loads((Path(folder) / name).read_text())
+
+
+def cnn1d_config(
+    front_end: FrontEnd,
+    word_dim: int,
+    words: str,
+    embed_dim: int = EMBED_DIM,
+    batch_norm: bool = False,
+    train_labels: list[str] | tuple[str, ...] = (),
+) -> dict:
+    """The config of the paper's model (CNN1D audio branch, linear label branch)."""
+    return {
+        "name": "cnn1d",
+        "front_end": front_end.to_dict(),
+        "embed_dim": embed_dim,
+        "word_dim": word_dim,
+        "words": words,
+        "audio_encoder": {"type": "cnn1d", "batch_norm": batch_norm},
+        "audio_projection": {"type": "identity"},
+        "label_projection": {"type": "linear"},
+        "train_labels": list(train_labels),
+    }

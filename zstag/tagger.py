@@ -1,0 +1,351 @@
+"""`zstag tag`: score audio files against free-text labels in the joint audio–word space.
+
+What the scores mean
+--------------------
+Each file is embedded as a whole track: the mean of the embeddings of *all* its ~3 s segments
+(optionally within --offset/--max-seconds), never a random crop, so two runs give identical scores.
+Each label goes through its word vector and the model's label branch. The score of (file, label) is
+the cosine similarity of the two embeddings, in [-1, 1]; higher means the track sits closer to the
+label. It is a similarity, not a probability: it ranks labels for a file (and files for a label),
+but its absolute level depends on the model and on the label, so 0.5 does not mean "50 %".
+
+Multi-label output lists every label with its cosine score, best first (--top-k keeps the best k,
+--threshold drops scores below it). --single picks one label per file, the argmax, with a confidence
+softmax(cosine / SOFTMAX_TEMPERATURE) over the given labels: a share among the candidates that sums
+to 1 over them, not a calibrated probability, and it changes when the label set changes. With
+--single, --threshold leaves a file unlabelled (label null) when its best cosine is below it.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+FORMATS = ("table", "json", "jsonl", "csv")
+SOFTMAX_TEMPERATURE = 0.1  # cosine gaps of ~0.1 between labels become ~e:1 odds in --single confidence
+SCORE_DIGITS = 6  # decimals written to json/jsonl/csv
+TABLE_DIGITS = 3
+SCORE_NOTE = "score: cosine similarity of track and label embeddings, -1..1 (higher = closer; not a probability)"
+SINGLE_NOTE = f"confidence: softmax over the given labels of cosine / {SOFTMAX_TEMPERATURE} (relative, not calibrated)"
+
+
+class TagUsageError(Exception):
+    """Bad options or inputs that stop the run before any audio is decoded (exit code 2)."""
+
+
+@dataclass
+class Found:
+    files: list[str]  # audio files, in discovery order, each real file once
+    missing: list[str]  # one-line errors for input paths that do not exist
+    duplicates: int  # paths skipped because they name a file already found
+
+
+# --- labels -------------------------------------------------------------------------------------
+
+
+def parse_labels(values: list[str] | None, labels_file: str | os.PathLike | None = None) -> list[str]:
+    """Labels from comma-separated --labels values (CSV quoting allowed) and a one-per-line file.
+
+    In the file, "#" starts a comment. Labels that normalise the same ("Hip Hop", "hip-hop ") are
+    kept once, first spelling wins.
+    """
+    from zstag.words import normalise_label
+
+    labels = []
+    for value in values or []:
+        for row in csv.reader([value], skipinitialspace=True):
+            labels += [field.strip() for field in row]
+    if labels_file is not None:
+        try:
+            text = Path(labels_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise TagUsageError(f"{labels_file}: cannot read labels file: {getattr(exc, 'strerror', None) or exc}")
+        labels += [line.split("#", 1)[0].strip() for line in text.splitlines()]
+    unique, seen = [], set()
+    for label in labels:
+        key = normalise_label(label) if label else ""
+        if key and key not in seen:
+            seen.add(key)
+            unique.append(label)
+    if not unique:
+        raise TagUsageError("no labels: give --labels a,b,... and/or --labels-file FILE")
+    return unique
+
+
+def load_words(model, vectors_path: str | os.PathLike | None = None):
+    """The word vectors the model was trained with: --vectors, else the config's ``words_path`` or
+    ``words`` (the default GloVe source needs no path)."""
+    from zstag.words import DEFAULT_SOURCE, VectorsError, WordVectors
+
+    config = model.config
+    source = config.get("words", DEFAULT_SOURCE)
+    path = vectors_path or config.get("words_path")
+    if path is None and source != DEFAULT_SOURCE:
+        if not Path(source).expanduser().is_file():
+            raise TagUsageError(f"the model was trained with word vectors {source!r}: pass --vectors PATH")
+        path = Path(source).expanduser()
+    try:
+        words = WordVectors.load(path)
+    except VectorsError as exc:
+        raise TagUsageError(str(exc)) from None
+    if words.dim != int(config["word_dim"]):
+        raise TagUsageError(f"{words.source}: {words.dim}-d word vectors, but the model expects {config['word_dim']}-d")
+    return words
+
+
+def label_embeddings(model, words, labels: list[str]) -> np.ndarray:
+    """[M, D] joint-space label embeddings; UnknownLabelError (one line) for labels without vectors."""
+    return model.embed_label_vectors(words.vectors(labels))
+
+
+# --- inputs -------------------------------------------------------------------------------------
+
+
+def parse_extensions(text: str | None) -> frozenset[str]:
+    """"mp3,.WAV" → {".mp3", ".wav"}; None → every audio extension zstag knows."""
+    from zstag.corpora import AUDIO_EXTENSIONS
+
+    if text is None:
+        return frozenset(AUDIO_EXTENSIONS)
+    extensions = frozenset("." + e.strip().lstrip(".").lower() for e in text.split(",") if e.strip().lstrip("."))
+    if not extensions:
+        raise TagUsageError(f"--extensions {text!r}: no extensions")
+    return extensions
+
+
+def find_audio_files(inputs: list[str], extensions: frozenset[str]) -> Found:
+    """Files named on the command line (any extension) and audio files under folders, recursively.
+
+    Folders are walked in sorted order, following symbolic links, but each real folder only once
+    (no loops); hidden files and folders (".name") inside them are skipped. A file reached twice
+    (listed twice, inside two given folders, through a link) is kept once, at its first position.
+    """
+    found = Found([], [], 0)
+    seen_files: set[tuple[int, int]] = set()
+    seen_dirs: set[tuple[int, int]] = set()
+
+    def add(path: str) -> None:
+        try:
+            st = os.stat(path)
+        except OSError as exc:
+            found.missing.append(f"{path}: cannot read: {exc.strerror or exc}")
+            return
+        key = (st.st_dev, st.st_ino)
+        if key in seen_files:
+            found.duplicates += 1
+        else:
+            seen_files.add(key)
+            found.files.append(path)
+
+    for item in inputs:
+        item = str(item)
+        if os.path.isdir(item):
+            for folder, dirs, names in os.walk(item, followlinks=True):
+                st = os.stat(folder)
+                if (st.st_dev, st.st_ino) in seen_dirs:
+                    dirs[:] = []
+                    continue
+                seen_dirs.add((st.st_dev, st.st_ino))
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                for name in sorted(names):
+                    if not name.startswith(".") and os.path.splitext(name)[1].lower() in extensions:
+                        add(os.path.join(folder, name))
+        elif os.path.lexists(item) or os.path.exists(item):
+            add(item)
+        else:
+            found.missing.append(f"{item}: no such file or folder")
+    return found
+
+
+# --- scores -------------------------------------------------------------------------------------
+
+
+def softmax(scores: np.ndarray, temperature: float = SOFTMAX_TEMPERATURE) -> np.ndarray:
+    z = np.asarray(scores, dtype=np.float64) / temperature
+    z = np.exp(z - z.max(axis=-1, keepdims=True))
+    return z / z.sum(axis=-1, keepdims=True)
+
+
+def file_records(
+    paths: list[str],
+    scores: np.ndarray,
+    labels: list[str],
+    *,
+    single: bool = False,
+    top_k: int | None = None,
+    threshold: float | None = None,
+) -> list[dict]:
+    """One dict per file. Multi: {path, tags: [{label, score}] best first}. Single: {path, label,
+    confidence, score}. Scores are rounded to SCORE_DIGITS decimals; ties keep the label order."""
+    records = []
+    for path, row in zip(paths, np.asarray(scores, dtype=np.float64)):
+        order = np.argsort(-row, kind="stable")
+        if single:
+            best = int(order[0])
+            keep = threshold is None or row[best] >= threshold
+            records.append({
+                "path": path,
+                "label": labels[best] if keep else None,
+                "confidence": round(float(softmax(row)[best]), SCORE_DIGITS),
+                "score": round(float(row[best]), SCORE_DIGITS),
+            })
+            continue
+        if threshold is not None:
+            order = [i for i in order if row[i] >= threshold]
+        if top_k is not None:
+            order = order[:top_k]
+        records.append({"path": path, "tags": [{"label": labels[i], "score": round(float(row[i]), SCORE_DIGITS)} for i in order]})
+    return records
+
+
+# --- output -------------------------------------------------------------------------------------
+
+
+def render(records: list[dict], fmt: str, *, single: bool, labels: list[str], model_id: str, width: int | None = None) -> str:
+    """The records as text in one of FORMATS."""
+    if fmt == "json":
+        return json.dumps({
+            "model": model_id,
+            "labels": labels,
+            "mode": "single" if single else "multi",
+            "score": SCORE_NOTE + ("; " + SINGLE_NOTE if single else ""),
+            "files": records,
+        }, indent=2, ensure_ascii=False) + "\n"
+    if fmt == "jsonl":
+        return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    if fmt == "csv":
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        if single:
+            writer.writerow(["path", "label", "confidence", "score"])
+            writer.writerows([r["path"], r["label"] or "", r["confidence"], r["score"]] for r in records)
+        else:
+            writer.writerow(["path", "rank", "label", "score"])
+            writer.writerows([r["path"], rank, t["label"], t["score"]] for r in records for rank, t in enumerate(r["tags"], 1))
+        return out.getvalue()
+    if fmt == "table":
+        return _table(records, single, width)
+    raise TagUsageError(f"unknown format {fmt!r} (choose from {', '.join(FORMATS)})")
+
+
+def _table(records: list[dict], single: bool, width: int | None) -> str:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(caption=SCORE_NOTE + ("\n" + SINGLE_NOTE if single else ""), caption_justify="left")
+    table.add_column("file", overflow="fold")
+    if single:
+        table.add_column("label")
+        table.add_column("confidence", justify="right")
+        table.add_column("score", justify="right")
+        for r in records:
+            table.add_row(r["path"], r["label"] or "—", f"{r['confidence']:.{TABLE_DIGITS}f}", f"{r['score']:.{TABLE_DIGITS}f}")
+    else:
+        table.add_column("labels (score)")
+        for r in records:
+            table.add_row(r["path"], "  ".join(f"{t['label']} {t['score']:.{TABLE_DIGITS}f}" for t in r["tags"]) or "—")
+    console = Console(file=io.StringIO(), width=width or 120, color_system=None, highlight=False, soft_wrap=False)
+    console.print(table)
+    return console.file.getvalue()
+
+
+def write_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write via a temporary file in the same folder and os.replace: never a half-written output."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# --- the command --------------------------------------------------------------------------------
+
+
+def run(
+    inputs: list[str],
+    *,
+    labels: list[str] | None = None,
+    labels_file: str | None = None,
+    model: str = "default",
+    vectors: str | None = None,
+    extensions: str | None = None,
+    single: bool = False,
+    top_k: int | None = None,
+    threshold: float | None = None,
+    fmt: str = "table",
+    output: str | None = None,
+    workers: int | None = None,
+    use_cache: bool = True,
+    offset: float = 0.0,
+    max_seconds: float | None = None,
+    progress: bool = True,
+) -> int:
+    """Tag the inputs and write the output; returns the exit code (0 ok, 1 some file failed).
+
+    Raises TagUsageError, ModelError or UnknownLabelError before any audio is decoded.
+    """
+    from zstag.embeddings import embed_files
+    from zstag.model import load_model
+
+    if fmt not in FORMATS:
+        raise TagUsageError(f"unknown format {fmt!r} (choose from {', '.join(FORMATS)})")
+    if single and top_k is not None:
+        raise TagUsageError("--top-k does not apply with --single (one label per file)")
+    if output is not None and not Path(output).parent.is_dir():
+        raise TagUsageError(f"{output}: the folder for --output does not exist")
+    label_list = parse_labels(labels, labels_file)
+    extension_set = parse_extensions(extensions)
+    net = load_model(model)
+    words = load_words(net, vectors)
+    label_emb = label_embeddings(net, words, label_list)  # unknown labels stop here, before any decoding
+
+    found = find_audio_files(inputs, extension_set)
+    failures = list(found.missing)
+    for line in found.missing:
+        print(f"zstag: {line}", file=sys.stderr)
+    results = embed_files(net, found.files, workers=workers, use_cache=use_cache, offset=offset,
+                          max_seconds=max_seconds, progress=progress)
+    good = [r for r in results if r.ok]
+    for r in results:
+        if not r.ok:
+            failures.append(r.error)
+            print(f"zstag: {r.error}", file=sys.stderr)
+
+    scores = net.scores(np.stack([r.embedding for r in good]), label_emb) if good else np.zeros((0, len(label_list)))
+    records = file_records([r.path for r in good], scores, label_list, single=single, top_k=top_k, threshold=threshold)
+    text = render(records, fmt, single=single, labels=label_list, model_id=net.model_id,
+                  width=None if output or not sys.stdout.isatty() else _terminal_width())
+    if output is None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    else:
+        write_atomic(output, text)
+
+    if not found.files and not found.missing:
+        print("zstag: no audio files found in the inputs", file=sys.stderr)
+        return 1
+    parts = [f"tagged {len(good)} of {len(good) + len(failures)} files ({sum(r.cached for r in good)} from the cache)"]
+    if failures:
+        parts.append(f"{len(failures)} failed")
+    if found.duplicates:
+        parts.append(f"{found.duplicates} duplicate path(s) skipped")
+    print("zstag: " + "; ".join(parts), file=sys.stderr)
+    return 1 if failures else 0
+
+
+def _terminal_width() -> int:
+    import shutil
+
+    return shutil.get_terminal_size().columns

@@ -1,0 +1,558 @@
+"""Training (`zstag train`): the paper's joint embedding, learned from a feature cache.
+
+Sampling as Choi et al. (ISMIR 2019): each epoch visits every training track once, in a seeded random
+order; a sample is a random 130-frame crop of the track, one of its seen labels drawn at random as the
+positive, and ``negatives`` seen labels it lacks as negatives. Loss: the triplet hinge loss (cosine,
+margin 0.4). SGD (lr 0.001, Nesterov momentum 0.9) or Adam, batch 64, ReduceLROnPlateau on the
+validation loss (factor 0.2, patience 5), early stopping (patience 20); the best model (lowest
+validation loss) is the one saved.
+
+Determinism: the model is initialised from ``seed``; epoch e's samples come from a generator seeded
+with (seed, e) and the validation samples from (seed, VALIDATION_STREAM), so an epoch does not depend on
+how the run got there. A checkpoint (every epoch, atomic) holds weights, optimizer and scheduler state
+and the torch RNG; ``resume`` continues exactly where the last complete epoch ended.
+
+Several GPUs or machines: run under ``torchrun``; each process takes every world_size-th sample of the
+epoch's plan (DistributedSampler), DistributedDataParallel averages the gradients, every process
+validates (so all take the same scheduler and stopping decisions) and only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from zstag.audio import segment
+from zstag.features import FeatureCache
+from zstag.model import MARGIN, ZeroShotModel, cnn1d_config, save_model, triplet_hinge_loss
+
+OPTIMIZERS = ("sgd", "adam")
+MIN_IMPROVEMENT = 1e-4  # relative: a validation loss must beat the best by this to count (LR schedule and stopping)
+VALIDATION_STREAM = 2**31 - 1  # second seed word of the fixed validation sample plan
+VALIDATION_MIN_SAMPLES = 1024  # small validation sets are sampled several times for a steadier loss
+VALIDATION_MAX_TRACKS = 2000  # whole-track validation metrics on at most this many tracks
+STATS_MAX_TRACKS = 2000  # training tracks embedded for corpus_stats.json
+TRACK_BATCH_SEGMENTS = 256  # segments per forward pass when embedding whole tracks
+CHECKPOINT_DIR = "checkpoints"
+LATEST_FILE = "latest.json"
+KEEP_CHECKPOINTS = 2
+HISTORY_FILE = "history.json"
+SPLIT_FILE = "split.json"
+RANDOM_VECTORS = "random"  # --vectors random[:DIM[:SEED]]: the fixed random-label baseline
+RANDOM_DIM = 50
+
+
+class TrainError(Exception):
+    """Inputs that cannot be trained on (one-line message)."""
+
+
+@dataclass
+class TrainOptions:
+    epochs: int = 200
+    batch_size: int = 64
+    lr: float = 0.001
+    optimizer: str = "sgd"  # sgd (Nesterov) | adam
+    momentum: float = 0.9
+    negatives: int = 1
+    margin: float = MARGIN
+    lr_factor: float = 0.2
+    lr_patience: int = 5
+    early_stop: int = 20  # epochs without a better validation loss
+    epoch_size: int | None = None  # samples per epoch; None: one per training track (the paper)
+    seed: int = 0
+    batch_norm: bool = False
+    device: str = "auto"
+    loader_workers: int = 0
+    threads: int | None = None  # torch CPU threads
+
+    def check(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise TrainError(f"--optimizer {self.optimizer!r}: expected one of {', '.join(OPTIMIZERS)}")
+        for name in ("epochs", "batch_size", "negatives"):
+            if getattr(self, name) < 1:
+                raise TrainError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.lr <= 0:
+            raise TrainError("--lr must be positive")
+
+
+# --- label vectors ------------------------------------------------------------------------------
+
+
+def random_vectors(labels: list[str], dim: int = RANDOM_DIM, seed: int = 0) -> np.ndarray:
+    """Fixed random label vectors: each label's own seeded normal draw, so any label set can be scored."""
+    from zstag.words import normalise_label
+
+    rows = []
+    for label in labels:
+        digest = hashlib.sha256(f"{seed}/{normalise_label(label)}".encode()).digest()
+        rows.append(np.random.default_rng(int.from_bytes(digest[:8], "little")).standard_normal(dim))
+    return np.asarray(rows, dtype=np.float32).reshape(len(labels), dim)
+
+
+def parse_random_source(source: str | None) -> tuple[int, int] | None:
+    """'random[:DIM[:SEED]]' → (dim, seed); anything else → None."""
+    if not source or not (source == RANDOM_VECTORS or source.startswith(RANDOM_VECTORS + ":")):
+        return None
+    parts = source.split(":")[1:]
+    try:
+        dim = int(parts[0]) if parts else RANDOM_DIM
+        seed = int(parts[1]) if len(parts) > 1 else 0
+    except ValueError:
+        raise TrainError(f"--vectors {source!r}: expected random[:DIM[:SEED]]") from None
+    return dim, seed
+
+
+def label_vectors(labels: list[str], source: str | None = None) -> tuple[np.ndarray, str]:
+    """(float32 [n, dim] vectors, canonical source name) from GloVe (None), a file, or random[:DIM[:SEED]]."""
+    random_source = parse_random_source(source)
+    if random_source is not None:
+        dim, seed = random_source
+        return random_vectors(labels, dim, seed), f"{RANDOM_VECTORS}:{dim}:{seed}"
+    from zstag.words import WordVectors
+
+    vectors = WordVectors.load(source)
+    return vectors.vectors(labels), vectors.source
+
+
+# --- tracks -------------------------------------------------------------------------------------
+
+
+def cache_corpus(folder: str | Path):
+    """A zstag.corpora.Corpus of the tracks in a feature cache (for making a split without the audio)."""
+    from zstag.corpora import Corpus, Track
+
+    cache = FeatureCache.open(folder)
+    source = cache.manifest.get("source") or {}
+    tracks = sorted((Track(e.id, Path(e.id), e.labels, e.artist) for e in cache.tracks), key=lambda t: t.id)
+    labels = sorted({label for t in tracks for label in t.labels})
+    return Corpus(
+        name=source.get("name") or Path(folder).name, kind=source.get("kind") or "cache", root=Path(folder),
+        tracks=tracks, labels=labels, single_label=all(len(t.labels) == 1 for t in tracks),
+        options=dict(source.get("options") or {}),
+    )
+
+
+# --- sampling -----------------------------------------------------------------------------------
+
+
+class TrackSet:
+    """Tracks of one partition with their positives among the training labels (index arrays)."""
+
+    def __init__(self, cache: FeatureCache, track_ids: list[str], labels: list[str]):
+        position = {label: i for i, label in enumerate(labels)}
+        self.ids, self.positives, self.negatives, self.n_frames = [], [], [], []
+        for track_id in track_ids:
+            entry = cache.by_id.get(track_id)
+            if entry is None:
+                continue  # failed in preprocess: listed in the cache's failures.csv
+            positive = sorted({position[l] for l in entry.labels if l in position})
+            negative = sorted(set(range(len(labels))) - set(positive))
+            if not positive or not negative:
+                continue
+            self.ids.append(track_id)
+            self.positives.append(np.asarray(positive))
+            self.negatives.append(np.asarray(negative))
+            self.n_frames.append(entry.n_frames)
+        self.n_frames = np.asarray(self.n_frames, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def sample_plan(tracks: TrackSet, rng: np.random.Generator, n_samples: int, negatives: int, frames: int) -> dict:
+    """n_samples (track, positive, k negatives, crop start); tracks in shuffled passes of the whole set."""
+    passes = math.ceil(n_samples / len(tracks))
+    order = np.concatenate([rng.permutation(len(tracks)) for _ in range(passes)])[:n_samples]
+    u_pos, u_neg, u_start = rng.random(n_samples), rng.random((n_samples, negatives)), rng.random(n_samples)
+    positive = np.empty(n_samples, dtype=np.int64)
+    negative = np.empty((n_samples, negatives), dtype=np.int64)
+    for i, t in enumerate(order):
+        pos, neg = tracks.positives[t], tracks.negatives[t]
+        positive[i] = pos[int(u_pos[i] * len(pos))]
+        negative[i] = neg[(u_neg[i] * len(neg)).astype(np.int64)]
+    room = np.maximum(tracks.n_frames[order] - frames + 1, 1)
+    start = (u_start * room).astype(np.int64)
+    return {"track": order, "positive": positive, "negatives": negative, "start": start}
+
+
+class CropDataset(torch.utils.data.Dataset):
+    """Sample i of a plan → (log-mel crop float32 [n_mels, frames], positive index, negative indices)."""
+
+    def __init__(self, cache: FeatureCache, tracks: TrackSet, plan: dict, frames: int):
+        self.cache, self.ids, self.plan, self.frames = cache, tracks.ids, plan, frames
+
+    def __len__(self) -> int:
+        return len(self.plan["track"])
+
+    def __getitem__(self, i: int):
+        crop = self.cache.crop(self.ids[self.plan["track"][i]], int(self.plan["start"][i]), self.frames)
+        return torch.from_numpy(crop), int(self.plan["positive"][i]), torch.from_numpy(self.plan["negatives"][i])
+
+
+class TripletObjective(nn.Module):
+    """The loss as one forward(), so DistributedDataParallel can wrap it."""
+
+    def __init__(self, model: ZeroShotModel, margin: float):
+        super().__init__()
+        self.model, self.margin = model, margin
+
+    def forward(self, x, positive, negatives, vectors):
+        audio = self.model.embed_segments(x)
+        labels = self.model.embed_labels(vectors)  # all training labels at once: [L, D]
+        return triplet_hinge_loss(audio, labels[positive], labels[negatives], self.margin)
+
+
+# --- whole tracks -------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def embed_cached_tracks(model: ZeroShotModel, cache: FeatureCache, track_ids: list[str], device="cpu") -> np.ndarray:
+    """[N, D] track embeddings: segment features averaged over the whole track, then projected (as tag)."""
+    fe = model.front_end
+    out = np.zeros((len(track_ids), int(model.config.get("embed_dim", 100))), dtype=np.float32)
+    pending: list[tuple[int, np.ndarray]] = []
+
+    def flush():
+        batch = torch.from_numpy(np.concatenate([s for _, s in pending])).to(device)
+        features = model.segment_features(batch).double()
+        offset = 0
+        for row, segs in pending:
+            pooled = features[offset : offset + len(segs)].mean(dim=0, keepdim=True).float()
+            out[row] = model.audio_projection(pooled)[0].cpu().numpy()
+            offset += len(segs)
+        pending.clear()
+
+    for row, track_id in enumerate(track_ids):
+        pending.append((row, segment(cache.mel(track_id), fe)))
+        if sum(len(s) for _, s in pending) >= TRACK_BATCH_SEGMENTS:
+            flush()
+    if pending:
+        flush()
+    return out
+
+
+def ranking_metrics(scores: np.ndarray, positives: list[np.ndarray]) -> dict:
+    """accuracy (argmax is a positive) and mean rank (1 = best) of each track's best-ranked positive."""
+    if len(scores) == 0:
+        return {"accuracy": None, "mean_rank": None}
+    order = np.argsort(-scores, axis=1, kind="stable")
+    ranks = np.empty_like(order)
+    ranks[np.arange(len(order))[:, None], order] = np.arange(1, scores.shape[1] + 1)
+    best = np.array([ranks[i, pos].min() for i, pos in enumerate(positives)])
+    return {"accuracy": float(np.mean(best == 1)), "mean_rank": float(np.mean(best))}
+
+
+# --- checkpoints --------------------------------------------------------------------------------
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _optimizer_split(optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+    """Optimizer state as (tensors for safetensors, JSON-able rest)."""
+    state = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for param, values in state["state"].items():
+        for key, value in values.items():
+            if torch.is_tensor(value):
+                tensors[f"optimizer.{param}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(param), {})[key] = value
+    return tensors, {"param_groups": state["param_groups"], "state": scalars}
+
+
+def _optimizer_join(tensors: dict, meta: dict) -> dict:
+    state: dict[int, dict] = {int(p): dict(v) for p, v in meta["state"].items()}
+    for name, value in tensors.items():
+        if name.startswith("optimizer."):
+            _, param, key = name.split(".", 2)
+            state.setdefault(int(param), {})[key] = value
+    groups = [dict(g, betas=tuple(g["betas"])) if "betas" in g else g for g in meta["param_groups"]]
+    return {"state": state, "param_groups": groups}
+
+
+def save_checkpoint(folder: Path, epoch: int, model, optimizer, scheduler, progress: dict) -> Path:
+    """checkpoints/epoch-NNNN/{weights,state}.safetensors + state.json, then latest.json points at it."""
+    from safetensors.torch import save
+
+    root = folder / CHECKPOINT_DIR
+    root.mkdir(parents=True, exist_ok=True)
+    name = f"epoch-{epoch:04d}"
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{name}.", suffix=".tmp"))
+    tensors, optimizer_meta = _optimizer_split(optimizer)
+    tensors["rng.torch"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        for i, rng in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = rng
+    (tmp / "weights.safetensors").write_bytes(save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}))
+    (tmp / "state.safetensors").write_bytes(save(tensors))
+    meta = {"epoch": epoch, "optimizer": optimizer_meta, "scheduler": scheduler.state_dict(), **progress}
+    (tmp / "state.json").write_text(json.dumps(meta, indent=1))
+    shutil.rmtree(root / name, ignore_errors=True)
+    os.replace(tmp, root / name)
+    _atomic_write(root / LATEST_FILE, json.dumps({"epoch": epoch, "checkpoint": name}).encode())
+    for old in sorted(root.glob("epoch-*"))[:-KEEP_CHECKPOINTS]:
+        shutil.rmtree(old, ignore_errors=True)
+    for stale in root.glob(".epoch-*.tmp"):
+        shutil.rmtree(stale, ignore_errors=True)
+    return root / name
+
+
+def load_checkpoint(folder: Path) -> tuple[dict, dict, dict]:
+    """(model state dict, state tensors, state.json) of the latest complete checkpoint."""
+    from safetensors.torch import load_file
+
+    root = folder / CHECKPOINT_DIR
+    try:
+        latest = json.loads((root / LATEST_FILE).read_text())
+        where = root / latest["checkpoint"]
+        weights = load_file(where / "weights.safetensors")
+        tensors = load_file(where / "state.safetensors")
+        meta = json.loads((where / "state.json").read_text())
+    except (OSError, ValueError, KeyError) as exc:
+        raise TrainError(f"{root}: no usable checkpoint to resume from ({exc})") from None
+    return weights, tensors, meta
+
+
+# --- the loop -----------------------------------------------------------------------------------
+
+
+def _distributed() -> tuple[int, int, int]:
+    """(rank, world size, local rank); joins the process group when started by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, 0
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def pick_device(name: str, local_rank: int = 0) -> torch.device:
+    if name == "auto":
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    if name == "cuda":
+        return torch.device(f"cuda:{local_rank}")
+    return torch.device(name)
+
+
+def _make_optimizer(params, options: TrainOptions) -> torch.optim.Optimizer:
+    if options.optimizer == "adam":
+        return torch.optim.Adam(params, lr=options.lr)
+    return torch.optim.SGD(params, lr=options.lr, momentum=options.momentum, nesterov=True)
+
+
+def _validate(model, cache, tracks: TrackSet, plan: dict, vectors, options, device) -> dict:
+    model.eval()
+    with torch.no_grad():
+        total, count = 0.0, 0
+        objective = TripletObjective(model, options.margin)
+        loader = torch.utils.data.DataLoader(
+            CropDataset(cache, tracks, plan, model.front_end.segment_frames), batch_size=options.batch_size
+        )
+        for x, pos, neg in loader:
+            loss = objective(x.to(device), pos.to(device), neg.to(device), vectors)
+            total += float(loss) * len(x)
+            count += len(x)
+        ids = tracks.ids[:VALIDATION_MAX_TRACKS]
+        emb = embed_cached_tracks(model, cache, ids, device)
+        label_emb = model.embed_labels(vectors).cpu().numpy()
+        metrics = ranking_metrics(ZeroShotModel.scores(emb, label_emb), tracks.positives[: len(ids)])
+    model.train()
+    return {"val_loss": total / max(count, 1), "val_accuracy": metrics["accuracy"], "val_mean_rank": metrics["mean_rank"]}
+
+
+def train(
+    cache: FeatureCache,
+    train_ids: list[str],
+    val_ids: list[str],
+    labels: list[str],
+    out: str | Path,
+    options: TrainOptions | None = None,
+    *,
+    vectors_source: str | None = None,
+    split_sha256: str | None = None,
+    corpus_name: str | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Train a CNN1D model on ``train_ids`` with the seen ``labels``; the best model is saved in ``out``.
+
+    Returns {"model_id", "epochs", "best_epoch", "best_val_loss", "stopped_early", "history"}.
+    """
+    options = options or TrainOptions()
+    options.check()
+    out = Path(out)
+    rank, world, local_rank = _distributed()
+    device = pick_device(options.device, local_rank)
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    if options.batch_size % world:
+        raise TrainError(f"--batch-size {options.batch_size} is not divisible by the {world} processes")
+
+    labels = list(labels)
+    vectors_np, vectors_name = label_vectors(labels, vectors_source)
+    vectors = torch.from_numpy(vectors_np).to(device)
+    train_set, val_set = TrackSet(cache, train_ids, labels), TrackSet(cache, val_ids, labels)
+    if not len(train_set):
+        raise TrainError("no training track has a seen label (and a seen label it lacks) in the feature cache")
+    frames = cache.front_end.segment_frames
+
+    torch.manual_seed(options.seed)
+    config = cnn1d_config(cache.front_end, vectors_np.shape[1], vectors_name, batch_norm=options.batch_norm,
+                          train_labels=labels)
+    config["split_sha256"] = split_sha256
+    config["training"] = {"corpus": corpus_name, "cache_plan_sha256": cache.manifest.get("plan_sha256"),
+                          "options": asdict(options)}
+    model = ZeroShotModel(config).to(device)
+    objective: nn.Module = TripletObjective(model, options.margin)
+    if world > 1:
+        objective = nn.parallel.DistributedDataParallel(objective, device_ids=[device.index] if device.type == "cuda" else None)
+    optimizer = _make_optimizer(model.parameters(), options)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, factor=options.lr_factor, patience=options.lr_patience, threshold=MIN_IMPROVEMENT
+    )
+
+    start_epoch, best_loss, best_epoch, bad_epochs, history = 1, math.inf, 0, 0, []
+    if resume:
+        weights, tensors, meta = load_checkpoint(out)
+        if meta.get("cache_plan_sha256") != cache.manifest.get("plan_sha256") or meta.get("split_sha256") != split_sha256:
+            raise TrainError(f"{out}: the checkpoint was made from another feature cache or split")
+        model.load_state_dict(weights)
+        optimizer.load_state_dict(_optimizer_join(tensors, meta["optimizer"]))
+        scheduler.load_state_dict(meta["scheduler"])
+        torch.set_rng_state(tensors["rng.torch"])
+        if torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([tensors[k] for k in sorted(t for t in tensors if t.startswith("rng.cuda."))])
+        start_epoch, best_loss, best_epoch = meta["epoch"] + 1, meta["best_val_loss"], meta["best_epoch"]
+        bad_epochs, history = meta["bad_epochs"], meta["history"]
+        if rank == 0:
+            log(f"resuming after epoch {meta['epoch']} (best validation loss {best_loss:.4f} at epoch {best_epoch})")
+    elif (out / CHECKPOINT_DIR / LATEST_FILE).exists():
+        raise TrainError(f"{out}: holds a training run already; pass --resume to continue it or choose another --out")
+
+    n_samples = options.epoch_size or len(train_set)
+    monitored = val_set if len(val_set) else train_set
+    if not len(val_set) and rank == 0:
+        log("warning: no validation tracks; monitoring the loss on training tracks instead")
+    val_rng = np.random.default_rng([options.seed, VALIDATION_STREAM])
+    val_plan = sample_plan(monitored, val_rng, max(len(monitored), VALIDATION_MIN_SAMPLES), options.negatives, frames)
+    per_process_batch = options.batch_size // world
+    stopped_early = False
+    bar = _progress_bar(progress and rank == 0)
+    with bar:
+        epoch_task = bar.add_task("epochs", total=options.epochs, completed=start_epoch - 1, info="")
+        step_task = bar.add_task("batches", total=None, info="")
+        for epoch in range(start_epoch, options.epochs + 1):
+            if bad_epochs >= options.early_stop:
+                stopped_early = True
+                break
+            started = time.perf_counter()
+            plan = sample_plan(train_set, np.random.default_rng([options.seed, epoch]), n_samples, options.negatives, frames)
+            dataset = CropDataset(cache, train_set, plan, frames)
+            sampler = None
+            if world > 1:
+                sampler = torch.utils.data.distributed.DistributedSampler(dataset, world, rank, shuffle=False)
+            loader = torch.utils.data.DataLoader(
+                dataset, batch_size=per_process_batch, sampler=sampler, num_workers=options.loader_workers,
+                pin_memory=device.type == "cuda",
+            )
+            bar.reset(step_task, total=len(loader), info="")
+            model.train()
+            total, count = 0.0, 0
+            for x, pos, neg in loader:
+                loss = objective(x.to(device, non_blocking=True), pos.to(device), neg.to(device), vectors)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total += float(loss.detach()) * len(x)
+                count += len(x)
+                bar.update(step_task, advance=1, info=f"loss {total / count:.4f}")
+            val = _validate(model, cache, monitored, val_plan, vectors, options, device)
+            scheduler.step(val["val_loss"])
+            record = {"epoch": epoch, "loss": total / count, **val, "lr": optimizer.param_groups[0]["lr"],
+                      "seconds": round(time.perf_counter() - started, 3)}
+            history.append(record)
+            improved = val["val_loss"] < best_loss * (1 - MIN_IMPROVEMENT)
+            if improved:
+                best_loss, best_epoch, bad_epochs = val["val_loss"], epoch, 0
+            else:
+                bad_epochs += 1
+            if rank == 0:
+                if improved:
+                    config["training"].update(epoch=epoch, val_loss=val["val_loss"])
+                    save_model(model, out)
+                state = {"best_val_loss": best_loss, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
+                         "history": history, "options": asdict(options), "split_sha256": split_sha256,
+                         "cache_plan_sha256": cache.manifest.get("plan_sha256")}
+                save_checkpoint(out, epoch, model, optimizer, scheduler, state)
+                _atomic_write(out / HISTORY_FILE, json.dumps(history, indent=1).encode())
+                bar.update(epoch_task, completed=epoch, info=_epoch_line(record))
+                if not progress:
+                    log(f"epoch {epoch}: {_epoch_line(record)}")
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+        dist.destroy_process_group()
+    result = {"epochs": len(history), "best_epoch": best_epoch, "best_val_loss": best_loss,
+              "stopped_early": stopped_early, "history": history}
+    if rank == 0 and best_epoch:
+        result["model_id"] = _finish(out, cache, train_set, corpus_name, device, log)
+    return result
+
+
+def _finish(out: Path, cache: FeatureCache, train_set: TrackSet, corpus_name: str | None, device, log) -> str:
+    """Reload the best model and add corpus_stats.json (training-corpus acoustics and mean embedding)."""
+    from zstag.model import load_model
+
+    model = load_model(out).to(device)
+    try:
+        from types import SimpleNamespace
+
+        from zstag.acoustics import corpus_summary
+
+        ids = train_set.ids[:: max(1, math.ceil(len(train_set) / STATS_MAX_TRACKS))]
+        emb = embed_cached_tracks(model, cache, ids, device)
+        results = [SimpleNamespace(embedding=e, stats=cache.by_id[i].stats) for i, e in zip(ids, emb)]
+        extra = {"corpus_stats.json": corpus_summary(corpus_name or "training", results)}
+    except ImportError:
+        extra = {}
+    return save_model(model.cpu(), out, extra_files=extra)
+
+
+def _epoch_line(r: dict) -> str:
+    acc = "–" if r["val_accuracy"] is None else f"{r['val_accuracy']:.3f}"
+    rank = "–" if r["val_mean_rank"] is None else f"{r['val_mean_rank']:.2f}"
+    return f"loss {r['loss']:.4f}  val loss {r['val_loss']:.4f}  val acc {acc}  val rank {rank}  lr {r['lr']:.2g}"
+
+
+def _progress_bar(enabled: bool):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TextColumn("{task.fields[info]}"), disable=not enabled,
+    )
