@@ -261,9 +261,8 @@ def write_msd_audio(folder: Path) -> None:
 def test_msd_sqlite(tmp_path):
     write_tags_db(tmp_path / "lastfm_tags.db")
     write_msd_audio(tmp_path / "audio")
-    (tmp_path / "unique_tracks.txt").write_text(
-        "".join(f"{tid}<SEP>SO{i:016d}<SEP>{artist}<SEP>Title {i}\n" for i, (tid, (_, artist)) in enumerate(MSD.items())),
-        encoding="utf-8")
+    lines = [f"{tid}<SEP>SO{i:016d}<SEP>{artist}<SEP>Title {i}\n" for i, (tid, (_, artist)) in enumerate(MSD.items())]
+    (tmp_path / "unique_tracks.txt").write_text("".join(lines), encoding="utf-8")
     corpus = open_corpus("msd", tmp_path)
     assert corpus.name == "msd" and not corpus.single_label
     assert [t.id for t in corpus.tracks] == ["TRAAAAW128F429D538", "TRAAABD128F429CF47",
@@ -288,14 +287,18 @@ def test_msd_sqlite(tmp_path):
     assert detect_kind(tmp_path) == "msd"
 
 
+def write_json_tree(folder: Path, tids) -> None:
+    for tid in tids:
+        tag_vals, artist = MSD[tid]
+        path = folder / tid[2] / tid[3] / tid[4] / f"{tid}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"track_id": tid, "artist": artist, "title": "t", "timestamp": "x",
+                                    "similars": [], "tags": [[t, f"{v:g}"] for t, v in tag_vals]}))
+
+
 def test_msd_json_tree(tmp_path):
-    for split, tids in (("lastfm_train", list(MSD)[:3]), ("lastfm_test", list(MSD)[3:])):
-        for tid in tids:
-            tag_vals, artist = MSD[tid]
-            path = tmp_path / split / tid[2] / tid[3] / tid[4] / f"{tid}.json"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps({"track_id": tid, "artist": artist, "title": "t", "timestamp": "x",
-                                        "similars": [], "tags": [[t, f"{v:g}"] for t, v in tag_vals]}))
+    write_json_tree(tmp_path / "lastfm_train", list(MSD)[:3])
+    write_json_tree(tmp_path / "lastfm_test", list(MSD)[3:])
     broken = tmp_path / "lastfm_test" / "B" / "B" / "B" / "TRBBBBB128F0000000.json"
     broken.parent.mkdir(parents=True)
     broken.write_text("{not json")
@@ -316,7 +319,7 @@ def test_msd_errors(tmp_path):
     with pytest.raises(CorpusError, match="not an MSD root: expected lastfm_tags.db or Last.fm JSON files"):
         open_corpus("msd", tmp_path)
     db = tmp_path / "x" / "lastfm_tags.db"
-    db.parent.mkdir()
+    write_msd_audio(db.parent)
     sqlite3.connect(db).execute("CREATE TABLE other (x)").connection.close()
     with pytest.raises(CorpusError, match="not a Last.fm tags database: expected tables tids, tags, tid_tag"):
         open_corpus("msd", db)
@@ -324,3 +327,21 @@ def test_msd_errors(tmp_path):
     write_tags_db(tmp_path / "y" / "lastfm_tags.db")
     with pytest.raises(CorpusError, match="no MSD audio found"):
         open_corpus("msd", tmp_path / "y")
+
+
+def test_msd_artist_sources(tmp_path):
+    write_tags_db(tmp_path / "lastfm_tags.db")
+    write_msd_audio(tmp_path / "audio")
+    # no unique_tracks.txt: the JSON files give the artists (tags still come from the database)
+    write_json_tree(tmp_path / "lastfm_train", ["TRAAAAW128F429D538"])
+    corpus = open_corpus("msd", tmp_path)
+    assert corpus.track("TRAAAAW128F429D538").artist == "Casual"
+    assert corpus.track("TRAAABD128F429CF47").artist is None
+    # track_metadata.db (table songs) takes precedence over the JSON files
+    con = sqlite3.connect(tmp_path / "track_metadata.db")
+    con.execute("CREATE TABLE songs (track_id TEXT, title TEXT, song_id TEXT, artist_name TEXT)")
+    con.executemany("INSERT INTO songs VALUES (?, 't', 's', ?)", [(t, f"{a} (db)") for t, (_, a) in MSD.items()])
+    con.commit()
+    con.close()
+    corpus = open_corpus("msd", tmp_path)
+    assert {t.artist for t in corpus.tracks} == {"Casual (db)", "The Box Tops (db)", "Sonora Santanera (db)", "Gob (db)"}

@@ -1,5 +1,6 @@
 """Track embeddings and their cache (zstag.embeddings) and acoustic statistics (zstag.acoustics)."""
 
+import glob
 import os
 import shutil
 import signal
@@ -201,6 +202,28 @@ embed_files(model, sys.argv[2:], workers=1, progress=False)
 """
 
 
+def descendants(pid):
+    """PIDs below pid (Linux /proc), [] elsewhere."""
+    found, todo = [], [pid]
+    while todo:
+        for task in glob.glob(f"/proc/{todo.pop()}/task/*/children"):
+            try:
+                kids = [int(k) for k in open(task).read().split()]
+            except OSError:
+                continue
+            found += kids
+            todo += kids
+    return found
+
+
+def alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().split(") ", 1)[1][0] != "Z"  # a zombie has exited
+    except OSError:
+        return False
+
+
 def test_a_killed_run_leaves_the_cache_usable(model, tmp_path, cache_dir):
     paths = [write_tone(tmp_path / f"t{i}.wav", seconds=3.0, freq=200.0 + 50 * i) for i in range(8)]
     env = {**os.environ, "ZSTAG_CACHE_DIR": str(cache_dir)}
@@ -217,9 +240,16 @@ def test_a_killed_run_leaves_the_cache_usable(model, tmp_path, cache_dir):
             if rows:
                 break
         time.sleep(0.01)
+    helpers = descendants(proc.pid)  # the fork server and the decode worker
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert rows >= 1, "the run stored nothing before it was killed"
+    if sys.platform.startswith("linux"):  # orphaned workers notice the main process is gone and exit
+        assert helpers, "no worker processes found"
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(alive(pid) for pid in helpers):
+            time.sleep(0.1)
+        assert not any(alive(pid) for pid in helpers)
 
     cache = EmbeddingCache(db)
     assert cache.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"

@@ -90,6 +90,19 @@ def test_bad_files_are_reported_and_skipped(tmp_path, tracks):
     assert len(FeatureCache.open(tmp_path / "cache")) == 9
 
 
+def test_reader_keeps_a_bounded_number_of_shards_open(tmp_path, tracks, monkeypatch):
+    import zstag.features
+
+    preprocess(tracks, tmp_path / "cache", PAPER, shard_size=2, progress=False)
+    full = FeatureCache.open(tmp_path / "cache")
+    everything = {e.id: full.mel(e.id) for e in full.tracks}
+    monkeypatch.setattr(zstag.features, "MAX_OPEN_SHARDS", 2)
+    cache = FeatureCache.open(tmp_path / "cache")
+    for track_id in list(everything) * 2:
+        np.testing.assert_array_equal(cache.mel(track_id), everything[track_id])
+        assert len(cache._shards) <= 2
+
+
 def test_index_and_shard_tables_agree(tmp_path, tracks):
     preprocess(tracks, tmp_path / "cache", PAPER, shard_size=4, progress=False)
     from_index = FeatureCache.open(tmp_path / "cache").tracks

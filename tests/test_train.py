@@ -45,8 +45,7 @@ def cache_dir(tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
-def small_validation(monkeypatch):
-    monkeypatch.setattr(train_module, "VALIDATION_MIN_SAMPLES", 64)
+def one_thread():
     torch.set_num_threads(1)
 
 
@@ -57,7 +56,7 @@ def ids(cache, part):
 
 def run(cache_dir, out, **options):
     cache = FeatureCache.open(cache_dir)
-    defaults = dict(epochs=4, batch_size=8, optimizer="adam", seed=0, threads=1)
+    defaults = dict(epochs=4, batch_size=8, optimizer="adam", seed=0, threads=1, val_samples=64)
     resume = options.pop("resume", False)
     return train(cache, ids(cache, "train"), ids(cache, "val"), LABELS, out, TrainOptions(**{**defaults, **options}),
                  split_sha256="f" * 64, corpus_name="tones", progress=False, log=lambda _: None, resume=resume)
@@ -185,12 +184,12 @@ def test_cli_split_then_train(cache_dir, tmp_path):
     split = load_split(split_file)
     assert split.unseen == ["guitar"] and split.corpus == "tones"
     args = ["train", "--features", str(cache_dir), "--out", str(tmp_path / "m"), "--split", str(split_file),
-            "--epochs", "2", "--batch-size", "8", "--threads", "1", "--no-progress"]
-    result = runner.invoke(app, args)
+            "--batch-size", "8", "--val-samples", "32", "--threads", "1", "--no-progress"]
+    result = runner.invoke(app, args + ["--epochs", "2"])
     assert result.exit_code == 0, result.output
     model = load_model(tmp_path / "m")
     assert model.train_labels == split.seen and model.config["split_sha256"] == split.sha256
-    result = runner.invoke(app, args[:-5] + ["--epochs", "3", "--batch-size", "8", "--resume", "--no-progress"])
+    result = runner.invoke(app, args + ["--epochs", "3", "--resume"])
     assert result.exit_code == 0, result.output
     assert "resuming after epoch 2" in result.output
     result = runner.invoke(app, ["train", "--features", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")])
@@ -204,7 +203,7 @@ def test_cli_train_makes_and_keeps_its_split(cache_dir, tmp_path):
     from zstag.splits import load_split
 
     result = CliRunner().invoke(app, ["train", "--features", str(cache_dir), "--out", str(tmp_path / "m"), "--unseen",
-                                      "piano", "--epochs", "1", "--batch-size", "8", "--vectors", "random:20:1",
+                                      "piano", "--epochs", "1", "--batch-size", "8", "--val-samples", "32", "--vectors", "random:20:1",
                                       "--no-progress"])
     assert result.exit_code == 0, result.output
     split = load_split(tmp_path / "m" / "split.json")
@@ -217,7 +216,8 @@ def test_torchrun_with_two_processes_matches_one_process(cache_dir, tmp_path):
     """DDP on CPU (gloo): two processes of half batches average to the one-process gradient."""
     pytest.importorskip("torch.distributed.run")
     common = ["--features", str(cache_dir), "--unseen", "piano", "--test-fraction", "0", "--epochs", "2",
-              "--batch-size", "8", "--epoch-size", "24", "--optimizer", "adam", "--threads", "1", "--no-progress"]
+              "--batch-size", "8", "--epoch-size", "24", "--val-samples", "32", "--optimizer", "adam", "--threads", "1",
+              "--vectors", "random:50:0", "--no-progress"]
     one = subprocess.run([sys.executable, "-m", "zstag", "train", "--out", str(tmp_path / "one"), *common],
                          capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, one.stderr[-2000:]
@@ -229,4 +229,6 @@ def test_torchrun_with_two_processes_matches_one_process(cache_dir, tmp_path):
     b = weights(tmp_path / "two" / "checkpoints" / "epoch-0002")
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
+    history = [json.loads((tmp_path / x / "history.json").read_text()) for x in ("one", "two")]
+    assert [h["loss"] for h in history[0]] == pytest.approx([h["loss"] for h in history[1]], rel=1e-4)
     shutil.rmtree(tmp_path / "one")

@@ -37,6 +37,8 @@ def unit(v):
     ("80's pop", "80s pop"),
     ("2000s", "2000s"),
     ("ＪＡＺＺ", "jazz"),  # full-width letters (NFKC)
+    ("rock + roll", "rock and roll"),
+    ("c++", "c++"),
 ])
 def test_normalise_label(label, expected):
     assert normalise_label(label) == expected
@@ -77,6 +79,7 @@ def test_composed_phrase_is_the_mean_of_content_words(glove):
     for variant in ["Drum & Bass", "drum n bass", "drum'n'bass"]:
         np.testing.assert_array_equal(glove.phrase(variant).vector, phrase.vector)
     assert glove.phrase("female vocalist").words == ("female", "vocalist")
+    assert glove.phrase("folk/jazz").words == ("folk", "jazz")
 
 
 def test_decades_and_abbreviations(glove):

@@ -14,8 +14,12 @@ Front ends (`FrontEnd` configs, one code path for all):
              log10(1 + 10000 x) in float32 (the original casts to float16 first, which overflows in
              numpy 2, so we don't). 187 frames ~ 3 s.
 Both equal librosa.feature.melspectrogram (center=True, zero padding, periodic Hann, Slaney mel
-filterbank from librosa.filters.mel) followed by the compression; the STFT is numpy's rfft so the
-slow librosa import is paid only once, for the filterbank.
+filterbank from librosa.filters.mel) followed by the compression. The STFT is numpy's rfft, and the
+filterbank is kept as .npy in the cache folder, so the slow librosa import (~1 s, numba) is paid
+once per machine rather than once per process.
+
+Known limit: libsndfile decodes an mp3 only up to the length it estimates from the header; a VBR
+mp3 *without* a Xing/VBRI header (rare: encoders write one) is therefore cut short, silently.
 """
 
 from __future__ import annotations

@@ -20,6 +20,21 @@ app = typer.Typer(
 )
 
 
+def _show_version(value: bool) -> None:
+    if value:
+        from zstag import __version__
+
+        typer.echo(f"zstag {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_show_version, is_eager=True, help="Show the version."),
+) -> None:
+    """Zero-shot music classification and tagging (Choi et al., ISMIR 2019)."""
+
+
 def fail(message: str, code: int = 1) -> None:
     """Print a one-line error on stderr and exit."""
     typer.echo(f"zstag: error: {message}", err=True)
@@ -205,6 +220,7 @@ def train_command(
     epoch_size: Optional[int] = typer.Option(None, "--epoch-size", min=1, help="Samples per epoch (default: one per track)."),
     early_stop: int = typer.Option(20, "--early-stop", min=1, help="Stop after this many epochs without improvement."),
     lr_patience: int = typer.Option(5, "--lr-patience", min=0, help="Epochs without improvement before lr × 0.2."),
+    val_samples: int = typer.Option(1024, "--val-samples", min=1, help="Fixed validation crops per epoch (≥ 1 per track)."),
     vectors: Optional[str] = typer.Option(None, "--vectors", help="Word vectors file, or random[:DIM[:SEED]] (baseline)."),
     batch_norm: bool = typer.Option(False, "--batch-norm", help="Batch normalisation in the CNN (not in the paper)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
@@ -245,7 +261,7 @@ def train_command(
             typer.echo(f"warning: {len(absent)} tracks of the split are not in the feature cache; skipped", err=True)
     options = TrainOptions(
         epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, negatives=negatives, lr_patience=lr_patience,
-        early_stop=early_stop, epoch_size=epoch_size, seed=seed, batch_norm=batch_norm, device=device,
+        early_stop=early_stop, epoch_size=epoch_size, val_samples=val_samples, seed=seed, batch_norm=batch_norm, device=device,
         loader_workers=loader_workers, threads=threads,
     )
     try:
@@ -275,7 +291,7 @@ to stderr, one line each; exit code 1 if any file failed, 2 for usage errors.
 
 @app.command("tag", help=TAG_HELP)
 def tag_command(
-    paths: List[str] = typer.Argument(..., help="Audio files and/or folders (searched recursively)."),
+    paths: List[str] = typer.Argument(..., metavar="PATH", help="Audio files and/or folders (searched recursively)."),
     labels: Optional[List[str]] = typer.Option(
         None, "--labels", "-l", help='Comma-separated labels, e.g. rock,jazz,"drum and bass" (repeatable).'
     ),
@@ -288,7 +304,7 @@ def tag_command(
     threshold: Optional[float] = typer.Option(None, "--threshold", help="Keep labels whose cosine score is >= this."),
     fmt: str = typer.Option("table", "--format", "-f", help="table, json, jsonl or csv."),
     output: Optional[str] = typer.Option(None, "--output", "-o", help="Write here (atomically) instead of stdout."),
-    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decode processes (default: all cores; 0: none)."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decode processes (default: all cores; 0: decode in this process)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the embedding cache."),
     offset: float = typer.Option(0.0, "--offset", min=0.0, help="Start this many seconds into each file."),
     max_seconds: Optional[float] = typer.Option(None, "--max-seconds", min=0.001, help="Use at most this many seconds."),
@@ -335,7 +351,7 @@ def eval_command(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write every figure as JSON here (atomically)."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Single-label corpora: confusion matrix PNG here."),
     vectors: Optional[str] = typer.Option(None, "--vectors", help="Word-vector file (default: the model's)."),
-    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decode processes (default: all cores; 0: none)."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decode processes (default: all cores; 0: decode in this process)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the embedding cache."),
     max_seconds: Optional[float] = typer.Option(None, "--max-seconds", min=0.001, help="Use at most this many seconds per track."),
 ) -> None:

@@ -118,26 +118,27 @@ class EmbeddingCache:
         try:
             return cls(path)
         except (OSError, sqlite3.Error) as exc:
-            print(f"zstag: warning: embedding cache {path} unusable ({exc}); continuing without it", file=sys.stderr)
+            print(f"zstag: warning: embedding cache {path} unusable ({' '.join(str(exc).split())}); "
+              "continuing without it", file=sys.stderr)
             return None
 
     def close(self) -> None:
         self.db.close()
 
-    def known_digest(self, path: str, st: os.stat_result) -> str | None:
+    def known_digest(self, path: str, stamp: tuple) -> str | None:
+        """The digest remembered for this path and stamp (size, mtime_ns, ctime_ns, inode), or None."""
         row = self.db.execute(
             "SELECT digest FROM digests WHERE path=? AND size=? AND mtime_ns=? AND ctime_ns=? AND inode=?",
-            (path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino),
+            (path, *stamp),
         ).fetchone()
         return row[0] if row else None
 
-    def remember_digests(self, rows: list[tuple[str, os.stat_result, str]]) -> None:
+    def remember_digests(self, rows: list[tuple[str, tuple, str]]) -> None:
+        """Store (path, stamp, digest) rows in one transaction."""
         with self.db:
             self.db.execute("BEGIN")
-            self.db.executemany(
-                "INSERT OR REPLACE INTO digests VALUES (?, ?, ?, ?, ?, ?)",
-                [(p, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, d) for p, st, d in rows],
-            )
+            self.db.executemany("INSERT OR REPLACE INTO digests VALUES (?, ?, ?, ?, ?, ?)",
+                                [(path, *stamp, digest) for path, stamp, digest in rows])
 
     def get(self, model_id: str, digest: str, offset: float, max_seconds: float | None):
         """(embedding, stats) or None."""
@@ -196,11 +197,11 @@ def embed_files(
         cache = None
 
     with _Progress(len(paths), progress) as bar:
-        digests: dict[int, str] = {}
+        digests: dict[int, tuple[str, tuple]] = {}  # index → (content digest, stat stamp when hashed)
         if cache is not None:
             digests = _digests(cache, paths, results, workers)
-            for i, digest in digests.items():
-                hit = cache.get(model_id, digest, offset, max_seconds)
+            for i, (digest, _) in digests.items():
+                hit = _lookup(cache, model_id, digest, offset, max_seconds)
                 if hit is not None:
                     results[i] = TrackResult(paths[i], hit[0], None, hit[1], cached=True)
             bar.advance(sum(r is not None for r in results))
@@ -215,57 +216,86 @@ def embed_files(
                     segments, stats = outcome
                     embedding = np.asarray(model.embed_track(segments), dtype=np.float32)
                     results[i] = TrackResult(paths[i], embedding, None, stats)
-                    if cache is not None and i in digests:
-                        _store(cache, model_id, digests[i], offset, max_seconds, embedding, stats)
+                    # Stored only if the file did not change between hashing and decoding.
+                    if cache is not None and i in digests and _stamp(paths[i]) == digests[i][1]:
+                        _store(cache, model_id, digests[i][0], offset, max_seconds, embedding, stats)
                 bar.advance(1)
     if own_cache and cache is not None:
         cache.close()
     return results
 
 
-def _digests(cache: EmbeddingCache, paths: list[str], results: list, workers: int) -> dict[int, str]:
-    """Content digest per input index: remembered when the file is unchanged, else hashed (in threads)."""
+def _stamp(path: str) -> tuple | None:
+    """What changes whenever a file's content may have: size, mtime, ctime, inode (None if gone)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
+
+
+def _digests(cache: EmbeddingCache, paths: list[str], results: list, workers: int) -> dict[int, tuple[str, tuple]]:
+    """(content digest, stamp) per input index: remembered when the file is unchanged, else hashed."""
     digests, to_hash = {}, []
     for i, path in enumerate(paths):
-        try:
-            real = os.path.realpath(path)
-            st = os.stat(real)
-        except OSError as exc:
-            results[i] = TrackResult(path, None, f"{path}: cannot read: {exc.strerror or exc}")
-            continue
-        known = cache.known_digest(real, st)
+        real = os.path.realpath(path)
+        stamp = _stamp(real)
+        if stamp is None:
+            continue  # unreadable: the decoder will say why
+        known = _lookup_digest(cache, real, stamp)
         if known:
-            digests[i] = known
+            digests[i] = (known, stamp)
         else:
-            to_hash.append((i, real, st))
+            to_hash.append((i, real, stamp))
     if to_hash:
         with ThreadPoolExecutor(max(1, workers)) as pool:  # hashlib releases the GIL on large buffers
-            hashed = list(pool.map(lambda job: _try_digest(job[1]), to_hash))
+            hashed = list(pool.map(lambda job: _try_digest(job[1], job[2]), to_hash))
         remember = []
-        for (i, real, st), digest in zip(to_hash, hashed):
-            if digest is None:
-                continue  # unreadable: the decoder will report why
-            digests[i] = digest
-            remember.append((real, st, digest))
+        for (i, real, stamp), digest in zip(to_hash, hashed):
+            if digest is not None:
+                digests[i] = (digest, stamp)
+                remember.append((real, stamp, digest))
         try:
             cache.remember_digests(remember)
         except sqlite3.Error as exc:
-            print(f"zstag: warning: cannot write to the embedding cache: {exc}", file=sys.stderr)
+            _warn_cache(exc)
     return digests
 
 
-def _try_digest(path: str) -> str | None:
+def _try_digest(path: str, stamp: tuple) -> str | None:
+    """The digest, or None if the file cannot be read or changed while it was hashed."""
     try:
-        return content_digest(path)
+        digest = content_digest(path)
     except OSError:
         return None
+    return digest if _stamp(path) == stamp else None
+
+
+def _lookup_digest(cache: EmbeddingCache, path: str, stamp: tuple) -> str | None:
+    try:
+        return cache.known_digest(path, stamp)
+    except sqlite3.Error as exc:
+        _warn_cache(exc)
+        return None
+
+
+def _lookup(cache: EmbeddingCache, model_id, digest, offset, max_seconds):
+    try:
+        return cache.get(model_id, digest, offset, max_seconds)
+    except (sqlite3.Error, ValueError) as exc:  # a damaged row or page is a miss, not a crash
+        _warn_cache(exc)
+        return None
+
+
+def _warn_cache(exc: Exception) -> None:
+    print(f"zstag: warning: embedding cache: {' '.join(str(exc).split())}", file=sys.stderr)
 
 
 def _store(cache, model_id, digest, offset, max_seconds, embedding, stats) -> None:
     try:
         cache.put(model_id, digest, offset, max_seconds, embedding, stats)
     except sqlite3.Error as exc:  # a full disk or a locked cache must not lose the run's results
-        print(f"zstag: warning: cannot write to the embedding cache: {exc}", file=sys.stderr)
+        _warn_cache(exc)
 
 
 # --- decoding (runs in the worker processes) ----------------------------------------------------

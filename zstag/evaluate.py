@@ -19,7 +19,8 @@ Single-label corpora: for each label set, the tracks whose label is in the set, 
 over the set's labels: accuracy, per-class recall, confusion matrix. "unseen" is the zero-shot task
 among unseen labels only; "all" the generalised one, where seen labels compete.
 Multi-label corpora: for each label set, every evaluated track with the set's labels: retrieval ROC-AUC
-and PR-AUC per label (macro), annotation ROC-AUC and average precision per track, hit@k and P@k.
+and PR-AUC per label (macro), annotation ROC-AUC and average precision per track, hit@k and P@k
+(None when k is not below the set's number of labels: every label would be in the top k).
 Labels without a word vector cannot be scored: they are listed and left out (for single-label corpora
 with their tracks). A file that cannot be decoded is listed and left out; the run goes on.
 

@@ -26,7 +26,7 @@ import os
 import signal
 import tempfile
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -43,6 +43,7 @@ SHARD_PATTERN = "shard-{:05d}"
 FORMAT_VERSION = 1
 DTYPE = np.float16
 FILE_MODE = 0o644
+MAX_OPEN_SHARDS = 256  # memory maps kept open by a reader: MSD has ~1,600 shards, ulimit -n is often 1,024
 IN_FLIGHT_PER_WORKER = 4  # decoded tracks waiting per worker: bounds memory when the writer lags
 
 
@@ -454,7 +455,7 @@ class FeatureCache:
         self.front_end = FrontEnd.from_dict(manifest["front_end"])
         self.tracks = entries
         self.by_id = {e.id: e for e in entries}
-        self._shards: dict[int, np.ndarray] = {}
+        self._shards: OrderedDict[int, np.ndarray] = OrderedDict()
 
     @classmethod
     def open(cls, folder: str | Path, allow_incomplete: bool = False) -> "FeatureCache":
@@ -479,10 +480,16 @@ class FeatureCache:
         return track_id in self.by_id
 
     def shard(self, index: int) -> np.ndarray:
-        if index not in self._shards:
+        """The shard's frames, memory-mapped; at most MAX_OPEN_SHARDS stay open (each map holds a file descriptor)."""
+        array = self._shards.get(index)
+        if array is None:
             path = self.folder / f"{SHARD_PATTERN.format(index)}.npy"
-            self._shards[index] = np.load(path, mmap_mode="r", allow_pickle=False)
-        return self._shards[index]
+            array = self._shards[index] = np.load(path, mmap_mode="r", allow_pickle=False)
+            if len(self._shards) > MAX_OPEN_SHARDS:
+                self._shards.popitem(last=False)
+        else:
+            self._shards.move_to_end(index)
+        return array
 
     def frames(self, track_id: str) -> np.ndarray:
         """float16 [n_frames, n_mels], a read-only view of the memory map."""
@@ -504,7 +511,7 @@ class FeatureCache:
 
     def __getstate__(self):  # memory maps are reopened in each DataLoader worker
         state = dict(self.__dict__)
-        state["_shards"] = {}
+        state["_shards"] = OrderedDict()
         return state
 
 

@@ -301,8 +301,9 @@ def make_split(corpus, *, seed: int = 0, unseen: Optional[Sequence[str]] = None,
 
 def _check_consistent(split: Split, where: str) -> None:
     """Invariants every split keeps: X and Y disjoint, partitions disjoint, train only from group A."""
-    if set(split.seen) & set(split.unseen):
-        raise SplitError(f"{where}: labels both seen and unseen: {', '.join(sorted(set(split.seen) & set(split.unseen))[:5])}")
+    both = sorted(set(split.seen) & set(split.unseen))
+    if both:
+        raise SplitError(f"{where}: labels both seen and unseen: {', '.join(both[:5])}")
     if split.method not in METHODS:
         raise SplitError(f"{where}: unknown split method {split.method!r}")
     owner: dict[str, str] = {}

@@ -186,7 +186,8 @@ def file_records(
     """One dict per file. Multi: {path, tags: [{label, score}] best first}. Single: {path, label,
     confidence, score}. Scores are rounded to SCORE_DIGITS decimals; ties keep the label order."""
     records = []
-    for path, row in zip(paths, np.asarray(scores, dtype=np.float64)):
+    # Rounded first, so that sorting and --threshold act on the very numbers written out.
+    for path, row in zip(paths, np.round(np.asarray(scores, dtype=np.float64), SCORE_DIGITS)):
         order = np.argsort(-row, kind="stable")
         if single:
             best = int(order[0])
@@ -195,14 +196,14 @@ def file_records(
                 "path": path,
                 "label": labels[best] if keep else None,
                 "confidence": round(float(softmax(row)[best]), SCORE_DIGITS),
-                "score": round(float(row[best]), SCORE_DIGITS),
+                "score": float(row[best]),
             })
             continue
         if threshold is not None:
             order = [i for i in order if row[i] >= threshold]
         if top_k is not None:
             order = order[:top_k]
-        records.append({"path": path, "tags": [{"label": labels[i], "score": round(float(row[i]), SCORE_DIGITS)} for i in order]})
+        records.append({"path": path, "tags": [{"label": labels[i], "score": float(row[i])} for i in order]})
     return records
 
 
@@ -240,20 +241,29 @@ def _table(records: list[dict], single: bool, width: int | None) -> str:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(caption=SCORE_NOTE + ("\n" + SINGLE_NOTE if single else ""), caption_justify="left")
+    # Paths relative to the folder they share, named in the title: long roots would fold every row.
+    folders = [os.path.dirname(r["path"]) for r in records]
+    root = os.path.commonpath(folders) if folders and len({os.path.isabs(f) for f in folders}) == 1 else ""
+    table = Table()
     table.add_column("file", overflow="fold")
     if single:
         table.add_column("label")
         table.add_column("confidence", justify="right")
         table.add_column("score", justify="right")
-        for r in records:
-            table.add_row(r["path"], r["label"] or "—", f"{r['confidence']:.{TABLE_DIGITS}f}", f"{r['score']:.{TABLE_DIGITS}f}")
     else:
         table.add_column("labels (score)")
-        for r in records:
-            table.add_row(r["path"], "  ".join(f"{t['label']} {t['score']:.{TABLE_DIGITS}f}" for t in r["tags"]) or "—")
-    console = Console(file=io.StringIO(), width=width or 120, color_system=None, highlight=False, soft_wrap=False)
+    for r in records:
+        name = os.path.relpath(r["path"], root) if root else r["path"]
+        if single:
+            table.add_row(name, r["label"] or "—", f"{r['confidence']:.{TABLE_DIGITS}f}", f"{r['score']:.{TABLE_DIGITS}f}")
+        else:  # no-break spaces inside a "label score" pair: lines wrap between pairs only
+            pairs = [f"{t['label']} {t['score']:.{TABLE_DIGITS}f}".replace(" ", "\u00a0") for t in r["tags"]]
+            table.add_row(name, "  ".join(pairs) or "—")
+    console = Console(file=io.StringIO(), width=width or 120, color_system=None, highlight=False)
+    if root:
+        console.print(f"files in {root}", soft_wrap=True)
     console.print(table)
+    console.print(SCORE_NOTE + ("\n" + SINGLE_NOTE if single else ""), soft_wrap=True)
     return console.file.getvalue()
 
 
@@ -303,8 +313,8 @@ def run(
         raise TagUsageError(f"unknown format {fmt!r} (choose from {', '.join(FORMATS)})")
     if single and top_k is not None:
         raise TagUsageError("--top-k does not apply with --single (one label per file)")
-    if output is not None and not Path(output).parent.is_dir():
-        raise TagUsageError(f"{output}: the folder for --output does not exist")
+    if output is not None and (Path(output).is_dir() or not Path(output).absolute().parent.is_dir()):
+        raise TagUsageError(f"{output}: --output must be a file in an existing folder")
     label_list = parse_labels(labels, labels_file)
     extension_set = parse_extensions(extensions)
     net = load_model(model)
@@ -331,7 +341,11 @@ def run(
         sys.stdout.write(text)
         sys.stdout.flush()
     else:
-        write_atomic(output, text)
+        try:
+            write_atomic(output, text)
+        except OSError as exc:
+            print(f"zstag: error: {output}: cannot write: {exc.strerror or exc}", file=sys.stderr)
+            return 1
 
     if not found.files and not found.missing:
         print("zstag: no audio files found in the inputs", file=sys.stderr)

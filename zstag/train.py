@@ -41,7 +41,7 @@ from zstag.model import MARGIN, ZeroShotModel, cnn1d_config, save_model, triplet
 OPTIMIZERS = ("sgd", "adam")
 MIN_IMPROVEMENT = 1e-4  # relative: a validation loss must beat the best by this to count (LR schedule and stopping)
 VALIDATION_STREAM = 2**31 - 1  # second seed word of the fixed validation sample plan
-VALIDATION_MIN_SAMPLES = 1024  # small validation sets are sampled several times for a steadier loss
+VALIDATION_SAMPLES = 1024  # small validation sets are sampled several times for a steadier loss
 VALIDATION_MAX_TRACKS = 2000  # whole-track validation metrics on at most this many tracks
 STATS_MAX_TRACKS = 2000  # training tracks embedded for corpus_stats.json
 TRACK_BATCH_SEGMENTS = 256  # segments per forward pass when embedding whole tracks
@@ -50,6 +50,7 @@ LATEST_FILE = "latest.json"
 KEEP_CHECKPOINTS = 2
 HISTORY_FILE = "history.json"
 SPLIT_FILE = "split.json"
+RESUME_MAY_CHANGE = ("epochs", "device", "loader_workers", "threads")  # options that do not change the results
 RANDOM_VECTORS = "random"  # --vectors random[:DIM[:SEED]]: the fixed random-label baseline
 RANDOM_DIM = 50
 
@@ -71,6 +72,7 @@ class TrainOptions:
     lr_patience: int = 5
     early_stop: int = 20  # epochs without a better validation loss
     epoch_size: int | None = None  # samples per epoch; None: one per training track (the paper)
+    val_samples: int = VALIDATION_SAMPLES  # fixed validation crops (at least one per validation track)
     seed: int = 0
     batch_norm: bool = False
     device: str = "auto"
@@ -120,9 +122,9 @@ def label_vectors(labels: list[str], source: str | None = None) -> tuple[np.ndar
     if random_source is not None:
         dim, seed = random_source
         return random_vectors(labels, dim, seed), f"{RANDOM_VECTORS}:{dim}:{seed}"
-    from zstag.words import WordVectors
+    from zstag.words import DEFAULT_SOURCE, WordVectors
 
-    vectors = WordVectors.load(source)
+    vectors = WordVectors.load(None if source == DEFAULT_SOURCE else source)
     return vectors.vectors(labels), vectors.source
 
 
@@ -262,6 +264,7 @@ def _atomic_write(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; history.json ships in the model folder
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -337,16 +340,19 @@ def load_checkpoint(folder: Path) -> tuple[dict, dict, dict]:
 # --- the loop -----------------------------------------------------------------------------------
 
 
-def _distributed() -> tuple[int, int, int]:
-    """(rank, world size, local rank); joins the process group when started by torchrun."""
+def _distributed(device_name: str) -> tuple[int, int, torch.device]:
+    """(rank, world size, this process's device); joins the process group when started by torchrun."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    device = pick_device(device_name, int(os.environ.get("LOCAL_RANK", "0")))
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # before the process group: NCCL and pin_memory use the current device
     if world <= 1:
-        return 0, 1, 0
+        return 0, 1, device
     import torch.distributed as dist
 
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0"))
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), world, device
 
 
 def pick_device(name: str, local_rank: int = 0) -> torch.device:
@@ -405,8 +411,7 @@ def train(
     options = options or TrainOptions()
     options.check()
     out = Path(out)
-    rank, world, local_rank = _distributed()
-    device = pick_device(options.device, local_rank)
+    rank, world, device = _distributed(options.device)
     if options.threads:
         torch.set_num_threads(options.threads)
     if options.batch_size % world:
@@ -440,6 +445,9 @@ def train(
         weights, tensors, meta = load_checkpoint(out)
         if meta.get("cache_plan_sha256") != cache.manifest.get("plan_sha256") or meta.get("split_sha256") != split_sha256:
             raise TrainError(f"{out}: the checkpoint was made from another feature cache or split")
+        changed = [k for k, v in asdict(options).items() if k not in RESUME_MAY_CHANGE and meta["options"].get(k) != v]
+        if changed and rank == 0:
+            log(f"warning: resuming with other {', '.join(changed)} than the run was started with")
         model.load_state_dict(weights)
         optimizer.load_state_dict(_optimizer_join(tensors, meta["optimizer"]))
         scheduler.load_state_dict(meta["scheduler"])
@@ -458,7 +466,7 @@ def train(
     if not len(val_set) and rank == 0:
         log("warning: no validation tracks; monitoring the loss on training tracks instead")
     val_rng = np.random.default_rng([options.seed, VALIDATION_STREAM])
-    val_plan = sample_plan(monitored, val_rng, max(len(monitored), VALIDATION_MIN_SAMPLES), options.negatives, frames)
+    val_plan = sample_plan(monitored, val_rng, max(len(monitored), options.val_samples), options.negatives, frames)
     per_process_batch = options.batch_size // world
     stopped_early = False
     bar = _progress_bar(progress and rank == 0)
@@ -490,6 +498,12 @@ def train(
                 total += float(loss.detach()) * len(x)
                 count += len(x)
                 bar.update(step_task, advance=1, info=f"loss {total / count:.4f}")
+            if world > 1:  # report the loss over every process's samples, not just this one's
+                import torch.distributed as dist
+
+                sums = torch.tensor([total, count], dtype=torch.float64, device=device)
+                dist.all_reduce(sums)
+                total, count = float(sums[0]), int(sums[1])
             val = _validate(model, cache, monitored, val_plan, vectors, options, device)
             scheduler.step(val["val_loss"])
             record = {"epoch": epoch, "loss": total / count, **val, "lr": optimizer.param_groups[0]["lr"],
@@ -509,8 +523,10 @@ def train(
                          "cache_plan_sha256": cache.manifest.get("plan_sha256")}
                 save_checkpoint(out, epoch, model, optimizer, scheduler, state)
                 _atomic_write(out / HISTORY_FILE, json.dumps(history, indent=1).encode())
-                bar.update(epoch_task, completed=epoch, info=_epoch_line(record))
-                if not progress:
+                bar.update(epoch_task, completed=epoch, info=f"best val loss {best_loss:.4f} (epoch {best_epoch})")
+                if progress:
+                    bar.console.print(f"epoch {epoch}: {_epoch_line(record)}")  # scrolls above the bars
+                else:
                     log(f"epoch {epoch}: {_epoch_line(record)}")
     if world > 1:
         import torch.distributed as dist
@@ -553,6 +569,6 @@ def _progress_bar(enabled: bool):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TextColumn("[bold]{task.description}"), BarColumn(bar_width=30), MofNCompleteColumn(), TimeElapsedColumn(),
         TextColumn("{task.fields[info]}"), disable=not enabled,
     )

@@ -20,8 +20,8 @@ How a label becomes a vector (`WordVectors.phrase`):
    "triphop" → "trip-hop"; the most frequent such form wins), then "r and b" → "r&b" and the
    words joined with "_" (word2vec phrase tokens). GloVe's tokenizer keeps hyphenated
    compounds, and these rare compound tokens sit among music genres, unlike averages of their parts.
-3. Otherwise the label is composed: the mean of the vectors of its words (split at spaces and
-   hyphens; each word resolved as in step 2). Function words (and, of, the, a, an, in, on, with,
+3. Otherwise the label is composed: the mean of the vectors of its words (split at spaces,
+   hyphens and slashes; each word resolved as in step 2). Function words (and, of, the, a, an, in, on, with,
    for, to, or) are left out of the mean, because their GloVe vectors are large and generic and
    would pull every phrase towards the same point ("drum and bass" = mean(drum, bass)); a label
    made only of function words keeps them. Every remaining word must be in the vocabulary: a
@@ -72,7 +72,7 @@ class LabelPhrase:
 # --- label text -------------------------------------------------------------------------------
 
 _DECADE = re.compile(r"^(?:19|')?([2-9]0)'?s$")
-_SPLIT = re.compile(r"[\s\-]+")
+_SPLIT = re.compile(r"[\s\-/]+")  # words of a composed label: "pop/rock" → pop, rock
 
 
 def normalise_label(label: str) -> str:
@@ -82,7 +82,7 @@ def normalise_label(label: str) -> str:
     s = re.sub(r"\s*-\s*", "-", s)
     s = re.sub(r"(?<=\w)\s*'n'?\s*(?=\w)", " and ", s)  # rock'n'roll, rock 'n' roll
     s = re.sub(r"(?<=\w)(\s+|-)n\1(?=\w)", r"\1and\1", s)  # drum n bass, drum-n-bass
-    s = re.sub(r"\s*\+\s*", " and ", s)
+    s = re.sub(r"(?<=\w)\s*\+\s*(?=\w)", " and ", s)  # rock + roll (but "c++" stays)
     s = _normalise_ampersand(s)
     tokens = []
     for token in s.split():

@@ -94,7 +94,8 @@ def detect_kind(root: Path) -> str:
             return "mtat"
         if root.suffix.lower() == ".db":
             return "msd"
-        raise CorpusError(f"{root}: cannot tell the corpus kind of this file: expected a .csv manifest or lastfm_tags.db")
+        raise CorpusError(f"{root}: cannot tell the corpus kind of this file: "
+                          "expected a .csv manifest, annotations_final.csv or lastfm_tags.db")
     names = {p.name for p in root.iterdir()}
     if "manifest.csv" in names:
         return "csv"

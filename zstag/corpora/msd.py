@@ -135,7 +135,8 @@ def _json_tags(paths: dict[str, str], min_val: float, skipped: list[str]):
             skipped.append(f"{path}: unreadable Last.fm JSON ({e})")
             continue
         artist = data.get("artist")
-        out[tid] = (unique(tag for tag, weight in tags if weight >= min_val), artist if isinstance(artist, str) else None)
+        labels = unique(tag for tag, weight in tags if weight >= min_val)
+        out[tid] = (labels, artist if isinstance(artist, str) else None)
     return out
 
 
@@ -190,12 +191,19 @@ def read(root: Path, *, audio: Optional[Path] = None, tags: Optional[Path] = Non
     if audio is not None:
         if not audio_root.is_dir():
             raise CorpusError(f"{audio_root}: no such audio folder")
-        found.audio = scan(audio_root, other=False).audio
+        audio_found = scan(audio_root, other=False)
+        found.audio, found.duplicates = audio_found.audio, audio_found.duplicates
     if tags is not None and Path(tags).is_dir():
         found.json = scan(Path(tags), audio=False).json
         tags = None
     elif tags is None:
         tags = found.named.get(TAGS_DB)
+
+    if tags is None and not found.json:
+        raise CorpusError(f"{root}: not an MSD root: {EXPECTED}")
+    if not found.audio:
+        raise CorpusError(f"{audio_root}: no MSD audio found: expected files named <track id>.<audio ext>, "
+                          "e.g. TRAAAAW128F429D538.mp3, at any depth")
 
     skipped: list[str] = []
     options = {"min_val": min_val, "vocabulary": vocabulary, "top_n": top_n, "min_tracks": min_tracks,
@@ -204,21 +212,16 @@ def read(root: Path, *, audio: Optional[Path] = None, tags: Optional[Path] = Non
         labels_by_id = _db_tags(Path(tags), min_val, vocabulary, top_n, min_tracks)
         artists = _artists(found, metadata, {t for t in found.audio if labels_by_id.get(t) or keep_untagged}, skipped)
         select = {}   # already applied in SQL
-    elif found.json:
+    else:
         from_json = _json_tags(found.json, min_val, skipped)
         labels_by_id = {tid: labels for tid, (labels, _) in from_json.items()}
         artists = {tid: artist for tid, (_, artist) in from_json.items() if artist}
         if metadata is not None:
             artists.update(_artists(found, metadata, set(found.audio), skipped))
         select = {"vocabulary": vocabulary, "top_n": top_n, "min_tracks": min_tracks}
-    else:
-        raise CorpusError(f"{root}: not an MSD root: {EXPECTED}")
-
-    if not found.audio:
-        raise CorpusError(f"{audio_root}: no MSD audio found: expected files named <track id>.<audio ext>, "
-                          "e.g. TRAAAAW128F429D538.mp3, at any depth")
     if found.duplicates:
-        skipped.append(f"{audio_root}: {found.duplicates} track ids have several files; the first path in sort order is used")
+        skipped.append(f"{audio_root}: {found.duplicates} track ids have several audio files; "
+                       "the first path in sort order is used")
     rows = [(tid, found.audio.get(tid), labels, artists.get(tid)) for tid, labels in labels_by_id.items()]
     return build_corpus("msd", "msd", root, rows, single_label=False, keep_untagged=keep_untagged, skipped=skipped,
                         options=options, check_files=False,

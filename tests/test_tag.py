@@ -1,0 +1,248 @@
+"""`zstag tag` end to end through the CLI (typer's runner, in process), on synthetic audio."""
+
+import csv
+import io
+import json
+import os
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from typer.testing import CliRunner
+
+from zstag import cli, embeddings, tagger
+from zstag.audio import PAPER
+from zstag.cli import app
+from zstag.model import ZeroShotModel, cnn1d_config, save_model
+
+SR = 22050
+LABELS = ["rock", "jazz", "drum and bass"]
+
+
+def write_music(path, seconds=3.0, seed=0, sr=SR):
+    """A chord with harmonics, a beat of noise bursts and a little noise: a few seconds of 'music'."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sr)) / sr
+    root = 110.0 * 2 ** (seed / 12)
+    x = sum(np.sin(2 * np.pi * root * r * h * t) / h for r in (1, 1.26, 1.5) for h in (1, 2, 3))
+    x += 2.0 * rng.standard_normal(len(t)) * np.exp(-((t * 2.0) % 1.0) * 20)  # a hit every half second
+    x = 0.8 * x / np.abs(x).max()
+    sf.write(path, x.astype(np.float32), sr)
+    return path
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("model")
+    save_model(ZeroShotModel(cnn1d_config(PAPER, word_dim=50, words="glove-6B-50d")), folder)
+    return str(folder)
+
+
+@pytest.fixture(autouse=True)
+def cache_dir(tmp_path, monkeypatch):
+    folder = tmp_path / "cache"
+    monkeypatch.setenv("ZSTAG_CACHE_DIR", str(folder))
+    return folder
+
+
+@pytest.fixture()
+def music(tmp_path):
+    folder = tmp_path / "music"
+    (folder / "sub").mkdir(parents=True)
+    write_music(folder / "a.wav", seed=0)
+    write_music(folder / "sub" / "b.flac", seed=5)
+    write_music(folder / "c.mp3", seed=9)
+    return folder
+
+
+def run(*args):
+    return CliRunner().invoke(app, ["tag", *map(str, args)])
+
+
+def tag_json(music, model_dir, *extra):
+    result = run(music, "--labels", ",".join(LABELS), "--model", model_dir, "--format", "json", *extra)
+    assert result.exit_code == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def no_decoding(monkeypatch):
+    real = embeddings.decode_files
+
+    def guarded(jobs, *args, **kwargs):
+        assert not jobs, f"decoded {[p for _, p in jobs]}"
+        return real(jobs, *args, **kwargs)
+
+    monkeypatch.setattr(embeddings, "decode_files", guarded)
+
+
+# --- output formats ---------------------------------------------------------------------------
+
+
+def test_json(music, model_dir):
+    out = tag_json(music, model_dir)
+    assert out["labels"] == LABELS and out["mode"] == "multi" and "cosine" in out["score"]
+    assert sorted(os.path.basename(f["path"]) for f in out["files"]) == ["a.wav", "b.flac", "c.mp3"]
+    for f in out["files"]:
+        scores = [t["score"] for t in f["tags"]]
+        assert sorted(t["label"] for t in f["tags"]) == sorted(LABELS)
+        assert scores == sorted(scores, reverse=True) and all(-1 <= s <= 1 for s in scores)
+
+
+def test_jsonl_csv_and_table_carry_the_same_scores(music, model_dir):
+    reference = {f["path"]: {t["label"]: t["score"] for t in f["tags"]} for f in tag_json(music, model_dir)["files"]}
+
+    result = run(music, "--labels", ",".join(LABELS), "--model", model_dir, "--format", "jsonl")
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert {r["path"]: {t["label"]: t["score"] for t in r["tags"]} for r in lines} == reference
+
+    result = run(music, "--labels", ",".join(LABELS), "--model", model_dir, "--format", "csv")
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert list(rows[0]) == ["path", "rank", "label", "score"] and len(rows) == 3 * len(LABELS)
+    for row in rows:
+        assert float(row["score"]) == reference[row["path"]][row["label"]]
+
+    result = run(music, "--labels", ",".join(LABELS), "--model", model_dir)
+    assert result.exit_code == 0
+    table = result.stdout.replace("\u00a0", " ")  # no-break spaces keep "label score" pairs together
+    assert f"files in {music}\n" in table
+    for path, scores in reference.items():
+        assert f" {os.path.relpath(path, music)} " in table
+        best = max(scores, key=scores.get)
+        assert f"{best} {scores[best]:.3f}" in table
+    assert "cosine similarity" in table
+
+
+def test_output_file_is_written_whole(music, model_dir, tmp_path):
+    target = tmp_path / "out" / "tags.csv"
+    target.parent.mkdir()
+    result = run(music, "--labels", "rock", "--model", model_dir, "--format", "csv", "--output", target)
+    assert result.exit_code == 0 and result.stdout == ""
+    assert target.read_text().startswith("path,rank,label,score\n")
+    assert os.listdir(target.parent) == ["tags.csv"]  # no temporary file left behind
+    result = run(music, "--labels", "rock", "--model", model_dir, "--output", tmp_path / "nowhere" / "x.csv")
+    assert result.exit_code == 2 and "existing folder" in result.stderr
+
+
+def test_single_top_k_and_threshold(music, model_dir):
+    multi = {f["path"]: {t["label"]: t["score"] for t in f["tags"]} for f in tag_json(music, model_dir)["files"]}
+    single = tag_json(music, model_dir, "--single")
+    assert single["mode"] == "single"
+    for f in single["files"]:
+        scores = multi[f["path"]]
+        assert f["label"] == max(scores, key=scores.get) and f["score"] == scores[f["label"]]
+        expected = tagger.softmax(np.array([scores[label] for label in LABELS]))[LABELS.index(f["label"])]
+        assert f["confidence"] == pytest.approx(expected, abs=1e-5)
+
+    top = tag_json(music, model_dir, "--top-k", "2")
+    assert all(len(f["tags"]) == 2 for f in top["files"])
+    cut = sorted(s for scores in multi.values() for s in scores.values())[4]  # keeps some, drops some
+    kept = tag_json(music, model_dir, "--threshold", str(cut))
+    assert sum(len(f["tags"]) for f in kept["files"]) == sum(s >= cut for v in multi.values() for s in v.values())
+    assert all(t["score"] >= cut for f in kept["files"] for t in f["tags"])
+    assert f"softmax(cosine / {tagger.SOFTMAX_TEMPERATURE})" in " ".join(cli.TAG_HELP.split())  # help tells the truth
+    assert run(music, "--labels", "rock,jazz", "--model", model_dir, "--single", "--top-k", "1").exit_code == 2
+    assert run(music, "--labels", "rock", "--model", model_dir, "--format", "xml").exit_code == 2
+
+
+# --- inputs -----------------------------------------------------------------------------------
+
+
+def test_bad_files_are_reported_one_line_each_and_the_rest_tagged(music, model_dir):
+    (music / "empty.wav").write_bytes(b"")
+    (music / "corrupt.mp3").write_bytes(np.random.default_rng(1).bytes(20000))
+    (music / "notaudio.flac").write_text("these are my notes, not audio\n" * 50)
+    write_music(music / "short.wav", seconds=0.5, seed=3)  # under one segment: looped to one, still tagged
+    (music / "readme.txt").write_text("not picked up: not an audio extension")
+    result = run(music, "--labels", "rock,jazz", "--model", model_dir, "--format", "jsonl")
+    assert result.exit_code == 1
+    tagged = sorted(os.path.basename(json.loads(line)["path"]) for line in result.stdout.splitlines())
+    assert tagged == ["a.wav", "b.flac", "c.mp3", "short.wav"]
+    lines = result.stderr.strip().splitlines()
+    for bad in ("empty.wav", "corrupt.mp3", "notaudio.flac"):
+        assert len([line for line in lines if bad in line]) == 1
+    assert len(lines) == 4 and "3 failed" in lines[-1]  # three errors and the summary, nothing else
+    assert "readme.txt" not in result.stderr
+
+
+def test_inputs_mix_files_and_folders_once_each(music, model_dir, tmp_path):
+    os.symlink(music, music / "sub" / "loop")  # a link back up: followed once, no infinite walk
+    os.symlink(music / "a.wav", tmp_path / "link.wav")
+    result = run(music, music / "a.wav", tmp_path / "link.wav", tmp_path / "missing.wav", "--labels", "rock",
+                 "--model", model_dir, "--format", "jsonl")
+    paths = [json.loads(line)["path"] for line in result.stdout.splitlines()]
+    assert sorted(os.path.basename(p) for p in paths) == ["a.wav", "b.flac", "c.mp3"]
+    assert result.exit_code == 1  # the missing input
+    assert "missing.wav" in result.stderr and "2 duplicate" in result.stderr
+
+    result = run(music, "--extensions", "FLAC,.mp3", "--labels", "rock", "--model", model_dir, "--format", "jsonl")
+    assert sorted(os.path.basename(json.loads(line)["path"]) for line in result.stdout.splitlines()) == ["b.flac", "c.mp3"]
+
+
+def test_labels_file_and_labels_combine(music, model_dir, tmp_path):
+    labels_file = tmp_path / "labels.txt"
+    labels_file.write_text("# genres to try\njazz\n\ndrum and bass   # with spaces\nRock\n")
+    result = run(music / "a.wav", "--labels", 'rock, "hip hop"', "--labels-file", labels_file, "--model", model_dir,
+                 "--format", "json")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["labels"] == ["rock", "hip hop", "jazz", "drum and bass"]  # Rock = rock
+    result = run(music, "--labels-file", tmp_path / "nope.txt", "--model", model_dir)
+    assert result.exit_code == 2 and "nope.txt" in result.stderr
+
+
+def test_unknown_label_stops_before_any_decoding(music, model_dir, cache_dir, monkeypatch):
+    def fail(*args, **kwargs):
+        raise AssertionError("audio was decoded")
+
+    monkeypatch.setattr(embeddings, "embed_files", fail)
+    monkeypatch.setattr(embeddings, "decode_file", fail)
+    result = run(music, "--labels", "rock,qwzxv jazz", "--model", model_dir)
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    (line,) = result.stderr.strip().splitlines()
+    assert "qwzxv" in line and "no word vector" in line
+    assert not (cache_dir / embeddings.CACHE_FILE).exists()
+    assert run(music, "--model", model_dir).exit_code == 2  # no labels at all
+
+
+# --- determinism and the cache ----------------------------------------------------------------
+
+
+def test_two_runs_give_identical_scores(music, model_dir):
+    first = run(music, "--labels", ",".join(LABELS), "--model", model_dir, "--format", "json", "--no-cache")
+    second = run(music, "--labels", ",".join(LABELS), "--model", model_dir, "--format", "json", "--no-cache",
+                 "--workers", "0")
+    cached = [run(music, "--labels", ",".join(LABELS), "--model", model_dir, "--format", "json") for _ in range(2)]
+    assert first.exit_code == 0 and first.stdout == second.stdout == cached[0].stdout == cached[1].stdout
+
+
+def test_retag_with_new_labels_reads_the_cache(music, model_dir, monkeypatch):
+    first = tag_json(music, model_dir)
+    with monkeypatch.context() as m:
+        no_decoding(m)
+        result = run(music, "--labels", "piano,techno", "--model", model_dir, "--format", "json")
+        assert result.exit_code == 0 and "3 from the cache" in result.stderr
+        again = tag_json(music, model_dir)
+    assert again == first
+
+    write_music(music / "a.wav", seed=11)  # the file changes: it is decoded again, the others are not
+    result = run(music, "--labels", ",".join(LABELS), "--model", model_dir, "--format", "json")
+    assert "2 from the cache" in result.stderr
+    changed = {f["path"]: f["tags"] for f in json.loads(result.stdout)["files"]}
+    before = {f["path"]: f["tags"] for f in first["files"]}
+    assert changed[str(music / "a.wav")] != before[str(music / "a.wav")]
+    assert changed[str(music / "c.mp3")] == before[str(music / "c.mp3")]
+
+
+def test_no_cache_option(music, model_dir, cache_dir):
+    assert run(music, "--labels", "rock", "--model", model_dir, "--no-cache").exit_code == 0
+    assert not (cache_dir / embeddings.CACHE_FILE).exists()
+
+
+def test_offset_and_max_seconds_change_what_is_scored(music, model_dir):
+    whole = tag_json(music / "a.wav", model_dir)["files"][0]["tags"]
+    part = tag_json(music / "a.wav", model_dir, "--offset", "1", "--max-seconds", "1.5")["files"][0]["tags"]
+    assert whole != part
+    result = run(music / "a.wav", "--labels", "rock", "--model", model_dir, "--offset", "60")
+    assert result.exit_code == 1 and "past the end" in result.stderr

@@ -1,0 +1,718 @@
+"""Rebuild models/default (and models/conse) from scratch: the recipe of the shipped zero-shot model.
+
+    python tools/build_default_model.py                 # every stage: extract, dev, final
+    python tools/build_default_model.py --stage extract # only cache the backbone outputs
+    python tools/build_default_model.py --stage dev     # development grid → runs/default-model/dev.json
+    python tools/build_default_model.py --stage final   # train the chosen config on all data → models/
+
+Stages
+------
+extract  Every track of every set (see SETS) is cut into ~3 s musicnn patches (all patches for tracks
+         up to MAX_WINDOWS patches long, else MAX_WINDOWS evenly spaced windows) and both backbones'
+         per-patch outputs (logits, penultimate, max_pool, mean_pool) are cached once as npz under
+         runs/default-model/features/<set>/<content digest>.npz.
+dev      The development protocol (zstag.teacher.dev_protocol): labels and songs held out, a small grid
+         of projection variants and ConSE's top-T, zero-shot accuracy per development set. The CNN1D
+         numbers come from `zstag train` / `zstag eval` on the same dance split (see MODEL_CARD.md).
+final    The configuration that won on the development sets is retrained on every training set with
+         every label, and saved with save_model as models/default (+ corpus_stats.json); ConSE is saved
+         as models/conse.
+
+Sets: ../shared/data/dance and ../shared/data/gcompris (team data, copyrighted / mixed licences: used for
+training and measurement, never shipped), and the game-music / sound sets that tools/build_music_sets.py
+builds from installed Debian packages. ../shared/data/cc-examples is the acceptance test: extracted for
+the report, never trained on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared" / "data"
+WORK = ROOT / "runs" / "default-model"
+FEATURES = WORK / "features"
+BACKBONES = ("MSD_musicnn", "MTT_musicnn")
+OUTPUTS = ("logits", "penultimate", "max_pool", "mean_pool")
+HALF_OUTPUTS = ("max_pool", "mean_pool")  # stored as float16: 753-d each, only ever averaged
+MAX_WINDOWS = 24  # patches per track at most: longer tracks get evenly spaced 3 s windows
+EXTRACT_VERSION = 1  # bump when the cached arrays change meaning
+SHARED_SETS = ("dance", "gcompris", "cc-examples")
+REQUIRED_SETS = SHARED_SETS
+STAT_KEYS = ("native_sample_rate", "duration_s", "loudness_dbfs", "spectral_centroid_hz")
+
+
+# --- sets ---------------------------------------------------------------------------------------
+
+
+def read_manifest(path: Path) -> list[dict]:
+    """Rows of a manifest.csv: path (absolute), labels (list), artist, title."""
+    rows = []
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        for row in csv.DictReader(handle):
+            labels = [x.strip() for x in (row.get("labels") or "").split(";") if x.strip()]
+            rows.append({
+                "id": row["path"],
+                "path": str((path.parent / row["path"]).resolve()),
+                "labels": labels,
+                "artist": (row.get("artist") or "").strip(),
+                "title": (row.get("title") or "").strip(),
+                "kind": (row.get("kind") or "").strip(),
+            })
+    return rows
+
+
+# --- extract ------------------------------------------------------------------------------------
+
+
+def _windows(path: str, fe) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(segments [n, 96, 187], offsets in s, decoded audio for statistics) of one file."""
+    import soundfile
+
+    from zstag import audio
+
+    seconds = fe.segment_seconds
+    try:
+        duration = soundfile.info(path).duration
+    except Exception:
+        duration = None
+    if duration is None or duration < (MAX_WINDOWS + 1) * seconds:
+        signal = audio.load_audio(path, fe.sample_rate)
+        segments = audio.segment(audio.log_mel(signal, fe), fe)
+        offsets = np.arange(len(segments), dtype=np.float32) * seconds
+        return segments, offsets, signal
+    offsets = np.linspace(0.0, duration - seconds - 0.1, MAX_WINDOWS).astype(np.float32)
+    segments, parts = [], []
+    for start in offsets:
+        piece = audio.load_audio(path, fe.sample_rate, offset=float(start), duration=seconds + 0.05)
+        mel = audio.log_mel(piece, fe)
+        segments.append(audio.segment(mel, fe)[0])
+        parts.append(piece)
+    return np.stack(segments), offsets, np.concatenate(parts)
+
+
+def extract_file(path: str, out: Path) -> None:
+    """Both backbones' per-patch outputs for one file → out (npz, written atomically)."""
+    import soundfile
+    import torch
+
+    from zstag.acoustics import file_stats
+    from zstag.audio import MUSICNN
+    from zstag.backbones.musicnn import load_musicnn
+
+    segments, offsets, signal = _windows(path, MUSICNN)
+    try:
+        info = soundfile.info(path)
+        native, duration = info.samplerate, info.duration
+    except Exception:
+        native, duration = None, len(signal) / MUSICNN.sample_rate
+    stats = file_stats(signal, MUSICNN.sample_rate, native, duration)
+    arrays = {
+        "offsets": offsets,
+        "stats": np.array([np.nan if stats[k] is None else stats[k] for k in STAT_KEYS], dtype=np.float64),
+    }
+    x = torch.from_numpy(np.ascontiguousarray(segments, dtype=np.float32))
+    with torch.no_grad():
+        for name in BACKBONES:
+            net = load_musicnn(name)
+            parts = [net(x[i : i + 32]) for i in range(0, len(x), 32)]
+            for key in OUTPUTS:
+                value = torch.cat([p[key] for p in parts]).numpy()
+                arrays[f"{name}.{key}"] = value.astype(np.float16 if key in HALF_OUTPUTS else np.float32)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            np.savez(handle, **arrays)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def feature_path(set_name: str, path: str) -> Path:
+    from zstag.embeddings import content_digest
+
+    return FEATURES / set_name / f"{content_digest(path)}-v{EXTRACT_VERSION}.npz"
+
+
+def extract_set(set_name: str, rows: list[dict], log=print) -> list[dict]:
+    """Cache every row's features; returns the rows that have them (each with 'features' set)."""
+    done, started = [], time.time()
+    for i, row in enumerate(rows):
+        try:
+            target = feature_path(set_name, row["path"])
+        except OSError as exc:
+            log(f"{set_name}: {row['path']}: cannot read: {exc.strerror or exc}")
+            continue
+        if not target.exists():
+            try:
+                extract_file(row["path"], target)
+            except Exception as exc:  # one bad file never stops the run
+                log(f"{set_name}: {' '.join(str(exc).split())}")
+                continue
+        done.append({**row, "features": str(target)})
+        if (i + 1) % 10 == 0 or i + 1 == len(rows):
+            log(f"{set_name}: {i + 1}/{len(rows)} files ({time.time() - started:.0f} s)")
+    return done
+
+
+def load_features(path: str | Path) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as data:
+        return {k: data[k] for k in data.files}
+
+
+# --- tracks in memory ---------------------------------------------------------------------------
+
+TEST_SETS = ("cc-examples",)  # the acceptance test: never trained on, never used to choose
+DEV_SETS = ("gcompris",)  # development only in the dev stage; trained on in the final model
+NON_MUSIC_SETS = ("gcompris-sounds", "klettres-speech")  # no teacher labels: the taggers know music only
+DANCE_UNSEEN = ("bachata", "cha cha", "two step", "waltz", "west coast swing")  # as the CNN1D run (zstag train)
+DANCE_SPLIT = {"seed": 0, "by_artist": True, "validation_fraction": 0.15, "test_fraction": 0.0}
+
+
+@dataclass
+class TrackData:
+    set: str
+    id: str
+    labels: list[str]  # normalised
+    artist: str
+    kind: str
+    patches: dict[str, np.ndarray]  # "<backbone>.<output>" → [n_patches, dim] float32
+    stats: dict
+
+
+def load_tracks(rows_by_set: dict[str, list[dict]]) -> list[TrackData]:
+    from zstag.words import normalise_label
+
+    out = []
+    for set_name, rows in rows_by_set.items():
+        for row in rows:
+            arrays = load_features(row["features"])
+            patches = {k: v.astype(np.float32) for k, v in arrays.items() if "." in k}
+            stats = {k: (None if np.isnan(v) else float(v)) for k, v in zip(STAT_KEYS, arrays["stats"])}
+            if stats["native_sample_rate"] is not None:
+                stats["native_sample_rate"] = int(stats["native_sample_rate"])
+            labels = list(dict.fromkeys(normalise_label(x) for x in row["labels"]))
+            out.append(TrackData(set_name, row["id"], labels, row["artist"], row["kind"], patches, stats))
+    return out
+
+
+def patch_inputs(track: TrackData, backbones, outputs) -> np.ndarray:
+    """[n_patches, F]: the model's per-patch features, in MusicnnFeatures order (backbone, then output)."""
+    parts = []
+    for b in backbones:
+        for o in outputs:
+            if o == "taggram":
+                parts.append(1.0 / (1.0 + np.exp(-track.patches[f"{b}.logits"])))
+            else:
+                parts.append(track.patches[f"{b}.{o}"])
+    return np.concatenate(parts, axis=1).astype(np.float32)
+
+
+def track_taggrams(tracks: list[TrackData]) -> dict[str, np.ndarray]:
+    """backbone → [N, 50]: each track's tag probabilities averaged over its patches (what ConSE sees)."""
+    return {b: np.stack([(1.0 / (1.0 + np.exp(-t.patches[f"{b}.logits"]))).mean(axis=0) for t in tracks])
+            for b in BACKBONES}
+
+
+# --- targets ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Targets:
+    vocab: list[str]
+    positives: list[np.ndarray]
+    negatives: list[np.ndarray]
+
+
+def make_targets(tracks: list[TrackData], vocab: list[str], top_k: int, pos_min: float) -> Targets:
+    """Per track: positive and negative word indices into vocab.
+
+    Positives: the track's ground-truth labels in vocab, and (music sets) its teacher words among the
+    top_k with probability >= pos_min. Negatives: every other word, except teacher words the taggers
+    are unsure about for this track (in their top 3·top_k or with probability >= pos_min / 2).
+    """
+    from zstag.backbones.musicnn import musicnn_tags
+    from zstag.teacher import word_probabilities
+
+    index = {w: i for i, w in enumerate(vocab)}
+    probs = word_probabilities(track_taggrams(tracks), {b: musicnn_tags(b) for b in BACKBONES}, vocab)
+    positives, negatives = [], []
+    for t, p in zip(tracks, probs):
+        pos = {index[w] for w in t.labels if w in index}
+        unsure = set()
+        if t.set not in NON_MUSIC_SETS:
+            have = np.where(np.isfinite(p))[0]
+            ranked = have[np.argsort(-p[have], kind="stable")]
+            pos |= {int(i) for i in ranked[:top_k] if p[i] >= pos_min}
+            unsure = {int(i) for i in ranked[: 3 * top_k]} | {int(i) for i in have if p[i] >= pos_min / 2}
+        neg = sorted(set(range(len(vocab))) - pos - unsure)
+        positives.append(np.array(sorted(pos), dtype=np.int64))
+        negatives.append(np.array(neg, dtype=np.int64))
+    return Targets(vocab, positives, negatives)
+
+
+# --- the projection -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProjectionConfig:
+    backbones: tuple[str, ...] = BACKBONES
+    outputs: tuple[str, ...] = ("penultimate",)
+    head: str = "linear"  # linear | mlp
+    hidden: int = 256
+    dropout: float = 0.2
+    negatives: int = 10
+    steps: int = 2000
+    batch: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    top_k: int = 3
+    pos_min: float = 0.1
+    embed_dim: int = 100
+    margin: float = 0.4
+
+    def name(self) -> str:
+        b = "+".join(x.split("_")[0] for x in self.backbones)
+        return (f"{b}:{'+'.join(self.outputs)}/{self.head}/k{self.negatives}/s{self.steps}/wd{self.weight_decay:g}"
+                f"/top{self.top_k}")
+
+
+class Projection:
+    """Trained heads + the feature standardisation, foldable into a ZeroShotModel's first layer."""
+
+    def __init__(self, config: ProjectionConfig, in_dim: int, word_dim: int, seed: int):
+        import torch
+
+        from zstag.model import build_head
+
+        torch.manual_seed(seed)
+        self.config = config
+        head = {"type": config.head, "hidden": config.hidden, "dropout": config.dropout}
+        self.audio = build_head(head, in_dim, config.embed_dim)
+        self.label = build_head({"type": "linear"}, word_dim, config.embed_dim)
+        self.mean = np.zeros(in_dim, np.float32)
+        self.std = np.ones(in_dim, np.float32)
+
+    def standardise(self, x: np.ndarray) -> np.ndarray:
+        return (x - self.mean) / self.std
+
+    def embed_audio(self, track_features: np.ndarray) -> np.ndarray:
+        import torch
+
+        self.audio.eval()
+        with torch.no_grad():
+            return self.audio(torch.from_numpy(self.standardise(track_features).astype(np.float32))).numpy()
+
+    def embed_words(self, vectors: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.no_grad():
+            return self.label(torch.from_numpy(np.asarray(vectors, np.float32))).numpy()
+
+    def folded_audio_state(self) -> dict:
+        """The audio head's state with the standardisation folded into its first linear layer."""
+        import torch
+
+        first = self.audio if isinstance(self.audio, torch.nn.Linear) else self.audio[0]
+        w = first.weight.detach().double()
+        std = torch.from_numpy(self.std).double()
+        mean = torch.from_numpy(self.mean).double()
+        w_folded = w / std
+        b_folded = first.bias.detach().double() - w_folded @ mean
+        state = {k: v.detach().clone() for k, v in self.audio.state_dict().items()}
+        prefix = "" if isinstance(self.audio, torch.nn.Linear) else "0."
+        state[prefix + "weight"] = w_folded.float()
+        state[prefix + "bias"] = b_folded.float()
+        return state
+
+
+def train_projection(patches: list[np.ndarray], targets: Targets, word_vectors: np.ndarray,
+                     config: ProjectionConfig, seed: int) -> Projection:
+    """The paper's objective on pooled backbone features: triplet hinge loss (cosine, margin 0.4),
+    one positive and config.negatives sampled negatives per track, Adam(W). Each sample's audio is the
+    mean of a random subset (half to all) of the track's patches, so that the head sees track means."""
+    import torch
+
+    from zstag.model import triplet_hinge_loss
+
+    keep = [i for i in range(len(patches)) if len(targets.positives[i]) and len(targets.negatives[i])]
+    model = Projection(config, patches[0].shape[1], word_vectors.shape[1], seed)
+    means = np.stack([patches[i].mean(axis=0) for i in keep])
+    model.mean = means.mean(axis=0).astype(np.float32)
+    std = means.std(axis=0)
+    model.std = np.where(std > 1e-6, std, 1.0).astype(np.float32)
+
+    longest = max(len(patches[i]) for i in keep)
+    padded = np.zeros((len(keep), longest, patches[0].shape[1]), np.float32)
+    lengths = np.zeros(len(keep), np.int64)
+    for row, i in enumerate(keep):
+        padded[row, : len(patches[i])] = model.standardise(patches[i])
+        lengths[row] = len(patches[i])
+    padded_t, lengths_t = torch.from_numpy(padded), torch.from_numpy(lengths)
+    words_t = torch.from_numpy(np.asarray(word_vectors, np.float32))
+    pos = [targets.positives[i] for i in keep]
+    neg = [targets.negatives[i] for i in keep]
+
+    rng = np.random.default_rng(seed)
+    params = list(model.audio.parameters()) + list(model.label.parameters())
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    model.audio.train()
+    for _ in range(config.steps):
+        rows = rng.integers(0, len(keep), config.batch)
+        share = rng.uniform(0.5, 1.0, config.batch)
+        mask = rng.random((config.batch, longest)) < share[:, None]
+        mask &= np.arange(longest)[None, :] < lengths[rows][:, None]
+        first = rng.integers(0, lengths[rows])  # never an empty subset
+        mask[np.arange(config.batch), first] = True
+        m = torch.from_numpy(mask.astype(np.float32))
+        audio_in = (padded_t[rows] * m[..., None]).sum(dim=1) / m.sum(dim=1, keepdim=True)
+        p_idx = np.array([pos[r][rng.integers(len(pos[r]))] for r in rows])
+        n_idx = np.stack([neg[r][rng.integers(0, len(neg[r]), config.negatives)] for r in rows])
+        audio = model.audio(audio_in)
+        labels = model.label(words_t)
+        loss = triplet_hinge_loss(audio, labels[p_idx], labels[n_idx], margin=config.margin)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.audio.eval()
+    return model
+
+
+# --- development protocol -----------------------------------------------------------------------
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+    b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
+    return a @ b.T
+
+
+def hit_at(scores: np.ndarray, truth: np.ndarray, k: int = 1) -> float:
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return float(np.mean(np.take_along_axis(truth, order, axis=1).any(axis=1)))
+
+
+def chance(truth: np.ndarray) -> float:
+    return float(np.mean(truth.sum(axis=1) / truth.shape[1]))
+
+
+def dance_split(tracks: list[TrackData]):
+    """zstag.splits.make_split on the dance manifest with the CNN1D run's settings (same held-out songs)."""
+    from zstag.corpora import open_corpus
+    from zstag.splits import make_split
+
+    corpus = open_corpus("csv", SHARED / "dance")
+    return make_split(corpus, unseen=list(DANCE_UNSEEN), **DANCE_SPLIT)
+
+
+def dev_sets(tracks: list[TrackData], split) -> dict[str, dict]:
+    """name → {tracks (indices), labels (candidates), truth bool [n, M]}: the held-out evaluations."""
+    sets = {}
+    test = set(split.tracks("test"))
+    unseen = [x for x in split.unseen]
+    idx = [i for i, t in enumerate(tracks) if t.set == "dance" and t.id in test]
+    sets["dance (5 unseen styles)"] = _dev_set(tracks, idx, unseen)
+    for kind, title in (("instrument", "gcompris instruments"), ("style", "gcompris styles")):
+        idx = [i for i, t in enumerate(tracks) if t.set == "gcompris" and t.kind == kind]
+        candidates = list(dict.fromkeys(tracks[i].labels[0] for i in idx))
+        sets[f"{title} ({len(candidates)} unseen labels)"] = _dev_set(tracks, idx, candidates)
+    return sets
+
+
+def _dev_set(tracks, idx, candidates) -> dict:
+    truth = np.array([[c in tracks[i].labels for c in candidates] for i in idx], dtype=bool)
+    keep = truth.any(axis=1)
+    return {"tracks": [i for i, k in zip(idx, keep) if k], "labels": list(candidates), "truth": truth[keep]}
+
+
+def heldout_words(sets: dict[str, dict]) -> set[str]:
+    return {label for s in sets.values() for label in s["labels"]}
+
+
+def training_vocab(tracks: list[TrackData], train_idx: list[int], exclude: set[str]) -> list[str]:
+    """Teacher words + ground-truth labels of the training tracks, minus the held-out words."""
+    from zstag.teacher import teacher_words
+
+    words = set(teacher_words()) | {w for i in train_idx for w in tracks[i].labels}
+    return sorted(words - exclude)
+
+
+def grid_configs(grid: str) -> list[ProjectionConfig]:
+    base = ProjectionConfig()
+    configs = [
+        base,
+        replace(base, outputs=("taggram",)),
+        replace(base, outputs=("penultimate", "taggram")),
+        replace(base, outputs=("mean_pool", "max_pool")),
+        replace(base, backbones=("MSD_musicnn",)),
+        replace(base, backbones=("MTT_musicnn",)),
+        replace(base, head="mlp"),
+        replace(base, negatives=1),
+        replace(base, weight_decay=1e-2),
+        replace(base, steps=500),
+        replace(base, steps=6000),
+        replace(base, top_k=5),
+        replace(base, top_k=1),
+    ]
+    return configs[:3] if grid == "small" else configs
+
+
+CONSE_T = (1, 2, 3, 5, 10, 20, 50, 100)
+
+
+def dev(rows_by_set: dict[str, list[dict]], seeds: int = 3, grid: str = "full", log=print) -> dict:
+    """(a) projection variants and (b) ConSE top-T, on labels and songs held out of training."""
+    from zstag.backbones.musicnn import musicnn_tags
+    from zstag.teacher import conse_scores, tag_words
+    from zstag.words import WordVectors
+
+    words = WordVectors.load()
+    tracks = load_tracks(rows_by_set)
+    split = dance_split(tracks)
+    sets = dev_sets(tracks, split)
+    exclude = heldout_words(sets)
+    dance_train = set(split.tracks("train")) | set(split.tracks("validation"))
+    train_idx = [i for i, t in enumerate(tracks)
+                 if t.set not in TEST_SETS + DEV_SETS and (t.set != "dance" or t.id in dance_train)]
+    vocab = training_vocab(tracks, train_idx, exclude)
+    overlap = sorted(exclude & set(vocab))
+    assert not overlap, overlap
+    log(f"dev: {len(train_idx)} training tracks, {len(vocab)} training words, held out: {sorted(exclude)}")
+    report = {
+        "split": {"sha256": split.sha256, "unseen": split.unseen, "test_tracks": len(split.tracks("test"))},
+        "train_tracks": len(train_idx),
+        "train_sets": sorted({tracks[i].set for i in train_idx}),
+        "train_vocab": vocab,
+        "heldout_words": sorted(exclude),
+        "sets": {name: {"n_tracks": len(s["tracks"]), "n_labels": len(s["labels"]), "chance": chance(s["truth"])}
+                 for name, s in sets.items()},
+        "conse": {}, "projection": {},
+    }
+
+    # (b) ConSE: tags whose word is a held-out label may not vote (else it is not zero-shot)
+    taggram = np.concatenate([track_taggrams(tracks)[b] for b in BACKBONES], axis=1)
+    tags = [w for b in BACKBONES for w in tag_words(b, musicnn_tags(b))]
+    tag_vectors = words.vectors(tags)
+    allowed = np.array([w not in exclude for w in tags])
+    for t in CONSE_T:
+        row = {}
+        for name, s in sets.items():
+            scores = conse_scores(taggram[s["tracks"]], tag_vectors, words.vectors(s["labels"]), t, keep=allowed)
+            row[name] = hit_at(scores, s["truth"])
+            scores_all = conse_scores(taggram[s["tracks"]], tag_vectors, words.vectors(s["labels"]), t)
+            row[name + " [all tags]"] = hit_at(scores_all, s["truth"])
+        row["mean"] = float(np.mean([row[n] for n in sets]))
+        report["conse"][str(t)] = row
+        log(f"ConSE T={t}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items()))
+
+    # (a) the trained projection
+    vocab_vectors = words.vectors(vocab)
+    label_vectors = {name: words.vectors(s["labels"]) for name, s in sets.items()}
+    for config in grid_configs(grid):
+        targets = make_targets([tracks[i] for i in train_idx], vocab, config.top_k, config.pos_min)
+        patches = [patch_inputs(tracks[i], config.backbones, config.outputs) for i in train_idx]
+        results = {name: [] for name in sets}
+        started = time.time()
+        for seed in range(seeds):
+            model = train_projection(patches, targets, vocab_vectors, config, seed)
+            for name, s in sets.items():
+                feats = np.stack([patch_inputs(tracks[i], config.backbones, config.outputs).mean(axis=0) for i in s["tracks"]])
+                scores = cosine(model.embed_audio(feats), model.embed_words(label_vectors[name]))
+                results[name].append(hit_at(scores, s["truth"]))
+        row = {name: float(np.mean(v)) for name, v in results.items()}
+        row.update({name + " [per seed]": v for name, v in results.items()})
+        row["mean"] = float(np.mean([row[n] for n in sets]))
+        row["config"] = asdict(config)
+        report["projection"][config.name()] = row
+        log(f"{config.name()}: " + ", ".join(f"{n} {row[n]:.3f}" for n in list(sets) + ["mean"])
+            + f" ({time.time() - started:.0f} s)")
+    best = max(report["projection"], key=lambda k: report["projection"][k]["mean"])
+    best_t = max(report["conse"], key=lambda k: report["conse"][k]["mean"])
+    report["chosen"] = {"projection": best, "config": report["projection"][best]["config"], "conse_top_t": int(best_t)}
+    return report
+
+
+def dev_table(report: dict) -> str:
+    names = list(report["sets"])
+    head = "| method | " + " | ".join(names) + " | mean |\n|---|" + "---|" * (len(names) + 1) + "\n"
+    lines = ["| chance | " + " | ".join(f"{report['sets'][n]['chance']:.3f}" for n in names)
+             + f" | {np.mean([report['sets'][n]['chance'] for n in names]):.3f} |"]
+    for t, row in report["conse"].items():
+        lines.append(f"| (b) ConSE T={t} | " + " | ".join(f"{row[n]:.3f}" for n in names) + f" | {row['mean']:.3f} |")
+    for name, row in report["projection"].items():
+        lines.append(f"| (a) {name} | " + " | ".join(f"{row[n]:.3f}" for n in names) + f" | {row['mean']:.3f} |")
+    sizes = ", ".join(f"{n}: {report['sets'][n]['n_tracks']} tracks" for n in names)
+    return head + "\n".join(lines) + f"\n\nhit@1 (accuracy of the argmax over the held-out labels); {sizes}.\n"
+
+
+# --- final models -------------------------------------------------------------------------------
+
+ACCEPTANCE_LABELS = ("jazz", "classical", "ragtime", "country", "electronic", "speech", "bird")
+
+
+def final(rows_by_set: dict[str, list[dict]], report: dict, models_dir: Path, log=print) -> dict:
+    """Retrain the chosen projection on every training set with every label; save default and conse."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from zstag.acoustics import corpus_summary
+    from zstag.audio import MUSICNN
+    from zstag.model import ZeroShotModel, save_model
+    from zstag.teacher import conse_model
+    from zstag.words import WordVectors
+
+    words = WordVectors.load()
+    tracks = load_tracks(rows_by_set)
+    train_idx = [i for i, t in enumerate(tracks) if t.set not in TEST_SETS]
+    vocab = training_vocab(tracks, train_idx, exclude=set())
+    chosen = report["chosen"]["config"]
+    config = ProjectionConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in chosen.items()})
+    targets = make_targets([tracks[i] for i in train_idx], vocab, config.top_k, config.pos_min)
+    patches = [patch_inputs(tracks[i], config.backbones, config.outputs) for i in train_idx]
+    log(f"final: {config.name()} on {len(train_idx)} tracks, {len(vocab)} words")
+    projection = train_projection(patches, targets, words.vectors(vocab), config, seed=0)
+
+    training_sets = sorted({tracks[i].set for i in train_idx})
+    model_config = {
+        "name": "default",
+        "front_end": MUSICNN.to_dict(),
+        "embed_dim": config.embed_dim,
+        "word_dim": words.dim,
+        "words": words.source,
+        "audio_encoder": {"type": "musicnn", "backbones": list(config.backbones), "outputs": list(config.outputs),
+                          "feature_dim": int(patches[0].shape[1])},
+        "audio_projection": {"type": config.head, "hidden": config.hidden, "dropout": config.dropout},
+        "label_projection": {"type": "linear"},
+        "train_labels": vocab,
+        "training": {"recipe": "python tools/build_default_model.py", "sets": training_sets,
+                     "tracks": len(train_idx), "projection": config.name(), "seed": 0},
+    }
+    model = ZeroShotModel(model_config)
+    model.audio_projection.load_state_dict(projection.folded_audio_state())
+    model.label_projection.load_state_dict(projection.label.state_dict())
+    model.eval()
+
+    # the folded model must equal the trained heads on the training tracks' pooled features
+    pooled = np.stack([p.mean(axis=0) for p in patches])
+    embeddings = model.project_features(pooled)
+    gap = float(np.abs(embeddings - projection.embed_audio(pooled)).max())
+    if gap > 1e-3 * float(np.abs(embeddings).max()):
+        raise RuntimeError(f"folding the standardisation changed the embeddings (max gap {gap:.2e})")
+
+    results = [SimpleNamespace(embedding=e, stats=tracks[i].stats) for e, i in zip(embeddings, train_idx)]
+    stats = corpus_summary("+".join(training_sets), results)
+    default_id = save_model(model, models_dir / "default", extra_files={"corpus_stats.json": stats})
+    log(f"models/default: model {default_id}")
+
+    top_t = int(report["chosen"]["conse_top_t"])
+    conse = conse_model(words, top_t=top_t)
+    conse.config["training"] = {"recipe": "python tools/build_default_model.py", "top_t_chosen_on": "dev.json"}
+    taggram = np.concatenate([track_taggrams([tracks[i] for i in train_idx])[b] for b in BACKBONES], axis=1)
+    with torch.no_grad():
+        conse_emb = conse.audio_projection(torch.from_numpy(taggram.astype(np.float32))).numpy()
+    conse_stats = corpus_summary("+".join(training_sets) + " (statistics only: ConSE is not trained)",
+                                 [SimpleNamespace(embedding=e, stats=tracks[i].stats) for e, i in zip(conse_emb, train_idx)])
+    conse_id = save_model(conse, models_dir / "conse", extra_files={"corpus_stats.json": conse_stats})
+    log(f"models/conse: model {conse_id} (top-T {top_t})")
+
+    # acceptance preview on the cached windows (the real check runs the CLI on whole files)
+    test = [t for t in tracks if t.set == "cc-examples"]
+    label_emb = model.embed_label_vectors(words.vectors(list(ACCEPTANCE_LABELS)))
+    test_emb = model.project_features(np.stack([patch_inputs(t, config.backbones, config.outputs).mean(axis=0) for t in test]))
+    table = []
+    for t, row in zip(test, cosine(test_emb, label_emb)):
+        order = [ACCEPTANCE_LABELS[j] for j in np.argsort(-row, kind="stable")]
+        table.append({"id": t.id, "labels": t.labels, "ranking": order})
+        log(f"  {Path(t.id).name[:48]:48s} {t.labels} → {order[:3]}")
+    summary = {"default": default_id, "conse": conse_id, "config": asdict(config), "vocab": vocab,
+               "training_sets": training_sets, "tracks": len(train_idx), "cc_examples_preview": table}
+    write_json(WORK / "final.json", summary)
+    return summary
+
+
+def main(argv=None) -> int:
+    import torch
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--stage", choices=("all", "extract", "dev", "final"), default="all")
+    parser.add_argument("--sets", default=None, help="comma-separated set names (default: all found)")
+    parser.add_argument("--music-sets", type=Path, default=None, help="tools/build_music_sets.py --out folder")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--seeds", type=int, default=3, help="dev: training seeds per configuration")
+    parser.add_argument("--grid", default="full", choices=("full", "small"), help="dev: which grid")
+    parser.add_argument("--out", type=Path, default=ROOT / "models", help="final: the models folder")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    sets = find_sets(args.music_sets)
+    if args.sets:
+        wanted = args.sets.split(",")
+        sets = {k: v for k, v in sets.items() if k in wanted}
+    missing = [name for name in REQUIRED_SETS if name not in sets]
+    if missing and args.stage != "extract" and not args.sets:
+        print(f"build_default_model: missing sets {', '.join(missing)}: run tools/build_music_sets.py "
+              "(it prints the apt-get command for absent packages) and check ../shared/data", file=sys.stderr)
+        return 2
+    tracks = {}
+    for name, manifest in sets.items():
+        tracks[name] = extract_set(name, read_manifest(manifest))
+    if args.stage in ("all", "dev"):
+        report = dev(tracks, seeds=args.seeds, grid=args.grid, log=print)
+        write_json(WORK / "dev.json", report)
+        write_text(WORK / "dev.md", dev_table(report))
+        print(dev_table(report))
+    if args.stage in ("all", "final"):
+        report = json.loads((WORK / "dev.json").read_text())
+        final(tracks, report, args.out, log=print)
+    return 0
+
+
+def write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, payload) -> None:
+    write_text(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
+
+
+def find_sets(music_sets: Path | None = None) -> dict[str, Path]:
+    """set name → manifest.csv: the team's sets in ../shared/data and those of tools/build_music_sets.py."""
+    from build_music_sets import SETS as MUSIC_SETS, default_out
+
+    found = {}
+    for name in SHARED_SETS:
+        manifest = SHARED / name / "manifest.csv"
+        if manifest.is_file():
+            found[name] = manifest
+    folder = music_sets or default_out()
+    for name in MUSIC_SETS:
+        manifest = folder / name / "manifest.csv"
+        if manifest.is_file():
+            found[name] = manifest
+    return found
+
+
+if __name__ == "__main__":
+    sys.path[:0] = [str(ROOT), str(ROOT / "tools")]
+    sys.exit(main())
