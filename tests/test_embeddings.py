@@ -53,16 +53,9 @@ def tracks(tmp_path):
 
 
 def direct_embedding(model, path, offset=0.0, duration=None):
-    """model.embed_track over every segment of the file, single-threaded as embed_files runs it."""
-    from threadpoolctl import threadpool_limits
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with threadpool_limits(1):
-            return model.embed_track(audio.track_segments(path, model.front_end, offset, duration))
-    finally:
-        torch.set_num_threads(threads)
+    """model.embed_track over every segment of the file, with the thread settings embed_files uses."""
+    with embeddings._inference_threads(model):
+        return model.embed_track(audio.track_segments(path, model.front_end, offset, duration))
 
 
 def no_decoding(monkeypatch):
@@ -99,6 +92,27 @@ def test_embedding_is_the_whole_track_in_input_order(model, tracks, cache_dir):
     direct = embed_files(model, tracks, workers=0, use_cache=False, progress=False)
     for a, b in zip(results, direct):
         np.testing.assert_array_equal(a.embedding, b.embedding)
+
+
+def test_musicnn_model_embeds_whole_tracks(tmp_path, cache_dir):
+    from zstag.audio import MUSICNN
+
+    config = {
+        "name": "musicnn-test", "front_end": MUSICNN.to_dict(), "embed_dim": 100, "word_dim": 50,
+        "words": "glove-6B-50d", "audio_projection": {"type": "linear"}, "label_projection": {"type": "linear"},
+        "audio_encoder": {
+            "type": "musicnn", "backbones": ["MSD_musicnn"], "outputs": ["penultimate"], "feature_dim": 200
+        },
+    }
+    torch.manual_seed(0)
+    save_model(ZeroShotModel(config), tmp_path / "musicnn")
+    model = load_model(tmp_path / "musicnn")
+    path = write_tone(tmp_path / "tone.wav", seconds=7.0)  # three 3 s patches
+    threads = torch.get_num_threads()
+    (result,) = embed_files(model, [path], workers=1, progress=False)
+    assert torch.get_num_threads() == threads  # restored
+    assert result.ok and result.embedding.shape == (100,)
+    np.testing.assert_array_equal(result.embedding, direct_embedding(model, path))
 
 
 def test_stats_describe_the_file(model, tmp_path, cache_dir):

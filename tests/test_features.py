@@ -202,6 +202,7 @@ def test_resume_after_kill_9_gives_the_same_cache(tmp_path, tracks):
     os.utime(out / "shard-00000.json", (0, 0))  # a skipped shard is not rewritten
     report = preprocess(tracks, out, PAPER, shard_size=2, progress=False)
     assert report.shards_skipped == 3 and report.shards_done == 3 and report.complete
+    assert not list(out.glob(".*.tmp"))
     assert (out / "shard-00000.json").stat().st_mtime == 0
     assert cache_files(out) == cache_files(tmp_path / "whole")
 

@@ -141,6 +141,8 @@ def test_single_top_k_and_threshold(music, model_dir):
     kept = tag_json(music, model_dir, "--threshold", str(cut))
     assert sum(len(f["tags"]) for f in kept["files"]) == sum(s >= cut for v in multi.values() for s in v.values())
     assert all(t["score"] >= cut for f in kept["files"] for t in f["tags"])
+    unlabelled = tag_json(music, model_dir, "--single", "--threshold", "1.01")  # above any cosine
+    assert all(f["label"] is None for f in unlabelled["files"])
     assert f"softmax(cosine / {tagger.SOFTMAX_TEMPERATURE})" in " ".join(cli.TAG_HELP.split())  # help tells the truth
     assert run(music, "--labels", "rock,jazz", "--model", model_dir, "--single", "--top-k", "1").exit_code == 2
     assert run(music, "--labels", "rock", "--model", model_dir, "--format", "xml").exit_code == 2
@@ -169,15 +171,19 @@ def test_bad_files_are_reported_one_line_each_and_the_rest_tagged(music, model_d
 def test_inputs_mix_files_and_folders_once_each(music, model_dir, tmp_path):
     os.symlink(music, music / "sub" / "loop")  # a link back up: followed once, no infinite walk
     os.symlink(music / "a.wav", tmp_path / "link.wav")
+    os.symlink(tmp_path / "gone.wav", music / "broken.wav")  # a dangling link inside the folder
     result = run(music, music / "a.wav", tmp_path / "link.wav", tmp_path / "missing.wav", "--labels", "rock",
                  "--model", model_dir, "--format", "jsonl")
     paths = [json.loads(line)["path"] for line in result.stdout.splitlines()]
     assert sorted(os.path.basename(p) for p in paths) == ["a.wav", "b.flac", "c.mp3"]
-    assert result.exit_code == 1  # the missing input
-    assert "missing.wav" in result.stderr and "2 duplicate" in result.stderr
+    assert result.exit_code == 1
+    errors = result.stderr.strip().splitlines()[:-1]
+    assert len(errors) == 2 and "broken.wav" in errors[0] and "missing.wav" in errors[1]
+    assert "2 failed" in result.stderr and "2 duplicate" in result.stderr
 
     result = run(music, "--extensions", "FLAC,.mp3", "--labels", "rock", "--model", model_dir, "--format", "jsonl")
-    assert sorted(os.path.basename(json.loads(line)["path"]) for line in result.stdout.splitlines()) == ["b.flac", "c.mp3"]
+    names = sorted(os.path.basename(json.loads(line)["path"]) for line in result.stdout.splitlines())
+    assert names == ["b.flac", "c.mp3"]
 
 
 def test_labels_file_and_labels_combine(music, model_dir, tmp_path):
@@ -204,6 +210,24 @@ def test_unknown_label_stops_before_any_decoding(music, model_dir, cache_dir, mo
     assert "qwzxv" in line and "no word vector" in line
     assert not (cache_dir / embeddings.CACHE_FILE).exists()
     assert run(music, "--model", model_dir).exit_code == 2  # no labels at all
+
+
+def test_vectors_option(music, model_dir, tmp_path):
+    rng = np.random.default_rng(0)
+    glove = tmp_path / "tiny.txt"
+    rows = [f"{word} {' '.join(f'{x:.4f}' for x in rng.standard_normal(50))}\n" for word in ("rock", "jazz")]
+    glove.write_text("".join(rows))
+    result = run(music / "a.wav", "--labels", "rock,jazz", "--model", model_dir, "--vectors", glove, "--format", "json")
+    assert result.exit_code == 0, result.stderr
+    default = tag_json(music / "a.wav", model_dir)["files"][0]["tags"]
+    assert json.loads(result.stdout)["files"][0]["tags"] != [t for t in default if t["label"] in ("rock", "jazz")]
+    result = run(music / "a.wav", "--labels", "techno", "--model", model_dir, "--vectors", glove)
+    assert result.exit_code == 2 and "techno" in result.stderr and "tiny.txt" in result.stderr
+
+    small = tmp_path / "small.txt"
+    small.write_text("rock 0.1 0.2 0.3\njazz 0.3 0.2 0.1\n")
+    result = run(music / "a.wav", "--labels", "rock", "--model", model_dir, "--vectors", small)
+    assert result.exit_code == 2 and "3-d" in result.stderr and "50-d" in result.stderr
 
 
 # --- determinism and the cache ----------------------------------------------------------------

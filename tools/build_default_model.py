@@ -94,8 +94,15 @@ def _windows(path: str, fe) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return segments, offsets, signal
     offsets = np.linspace(0.0, duration - seconds - 0.1, MAX_WINDOWS).astype(np.float32)
     segments, parts = [], []
-    for start in offsets:
-        piece = audio.load_audio(path, fe.sample_rate, offset=float(start), duration=seconds + 0.05)
+    for k, start in enumerate(offsets):
+        try:
+            piece = audio.load_audio(path, fe.sample_rate, offset=float(start), duration=seconds + 0.05)
+        except audio.AudioError:
+            if k + 1 < len(offsets):
+                raise
+            # an mp3 header may declare a little more than there is: take the last window 1 s earlier
+            start = offsets[k] = max(0.0, float(start) - 1.0)
+            piece = audio.load_audio(path, fe.sample_rate, offset=float(start), duration=seconds + 0.05)
         mel = audio.log_mel(piece, fe)
         segments.append(audio.segment(mel, fe)[0])
         parts.append(piece)
@@ -141,9 +148,19 @@ def extract_file(path: str, out: Path) -> None:
         raise
 
 
-def feature_path(set_name: str, path: str) -> Path:
-    from zstag.embeddings import content_digest
+def content_digest(path: str) -> str:
+    """BLAKE2b-128 of the file's size and bytes: the cache key of its features (independent of zstag's)."""
+    import hashlib
 
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as handle:
+        digest.update(os.fstat(handle.fileno()).st_size.to_bytes(8, "little"))
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def feature_path(set_name: str, path: str) -> Path:
     return FEATURES / set_name / f"{content_digest(path)}-v{EXTRACT_VERSION}.npz"
 
 
@@ -177,9 +194,16 @@ def load_features(path: str | Path) -> dict[str, np.ndarray]:
 
 TEST_SETS = ("cc-examples",)  # the acceptance test: never trained on, never used to choose
 DEV_SETS = ("gcompris",)  # development only in the dev stage; trained on in the final model
-NON_MUSIC_SETS = ("gcompris-sounds", "klettres-speech")  # no teacher labels: the taggers know music only
+NON_MUSIC_SETS = ("gcompris-sounds", "klettres-speech", "asterisk-speech")  # no teacher labels: the taggers know music only
 DANCE_UNSEEN = ("bachata", "cha cha", "two step", "waltz", "west coast swing")  # as the CNN1D run (zstag train)
-DANCE_SPLIT = {"seed": 0, "by_artist": True, "validation_fraction": 0.15, "test_fraction": 0.0}
+DANCE_SPLIT = {"by_artist": True, "validation_fraction": 0.15, "test_fraction": 0.0}
+DANCE_DEV = "dance (5 unseen styles)"
+# Teacher words held out of the dev vocabulary (genres, instruments, moods, voice), scored against the
+# teacher's own positives on the songs no dev model trains on: a larger, pseudo-labelled check of where
+# unseen words land, next to the three small real-label sets.
+TEACHER_DEV_WORDS = ("jazz", "country", "hip-hop", "blues", "metal", "folk", "techno", "piano", "violin", "choir",
+                     "sad", "happy")
+TEACHER_DEV = f"teacher positives ({len(TEACHER_DEV_WORDS)} held-out words)"
 
 
 @dataclass
@@ -283,11 +307,13 @@ class ProjectionConfig:
     pos_min: float = 0.1
     embed_dim: int = 100
     margin: float = 0.4
+    label: str = "trained"  # trained: a linear map learnt with the audio head | fixed: identity (joint space = GloVe)
+    center: str = "none"  # after training, subtract the mean training embedding: none | audio | both (audio and labels)
 
     def name(self) -> str:
         b = "+".join(x.split("_")[0] for x in self.backbones)
         return (f"{b}:{'+'.join(self.outputs)}/{self.head}/k{self.negatives}/s{self.steps}/wd{self.weight_decay:g}"
-                f"/top{self.top_k}")
+                f"/top{self.top_k}/label-{self.label}/center-{self.center}")
 
 
 class Projection:
@@ -300,11 +326,22 @@ class Projection:
 
         torch.manual_seed(seed)
         self.config = config
+        embed_dim = word_dim if config.label == "fixed" else config.embed_dim
         head = {"type": config.head, "hidden": config.hidden, "dropout": config.dropout}
-        self.audio = build_head(head, in_dim, config.embed_dim)
-        self.label = build_head({"type": "linear"}, word_dim, config.embed_dim)
+        self.audio = build_head(head, in_dim, embed_dim)
+        self.label = build_head({"type": "linear"}, word_dim, embed_dim)
+        if config.label == "fixed":  # the word space itself: an identity map, not trained
+            with torch.no_grad():
+                self.label.weight.copy_(torch.eye(word_dim))
+                self.label.bias.zero_()
+            self.label.requires_grad_(False)
         self.mean = np.zeros(in_dim, np.float32)
         self.std = np.ones(in_dim, np.float32)
+        # Hubness: every track embedding shares a common part, so one label can win the argmax for all
+        # tracks. Centering (set by train_projection, applied by embed_*) removes the training mean.
+        self.audio_center = np.zeros(embed_dim, np.float32)
+        self.label_center = np.zeros(embed_dim, np.float32)
+        self.center = config.center
 
     def standardise(self, x: np.ndarray) -> np.ndarray:
         return (x - self.mean) / self.std
@@ -314,13 +351,22 @@ class Projection:
 
         self.audio.eval()
         with torch.no_grad():
-            return self.audio(torch.from_numpy(self.standardise(track_features).astype(np.float32))).numpy()
+            out = self.audio(torch.from_numpy(self.standardise(track_features).astype(np.float32))).numpy()
+        return out - self.audio_center if self.center in ("audio", "both") else out
 
     def embed_words(self, vectors: np.ndarray) -> np.ndarray:
         import torch
 
         with torch.no_grad():
-            return self.label(torch.from_numpy(np.asarray(vectors, np.float32))).numpy()
+            out = self.label(torch.from_numpy(np.asarray(vectors, np.float32))).numpy()
+        return out - self.label_center if self.center == "both" else out
+
+    def with_center(self, center: str) -> "Projection":
+        import copy
+
+        other = copy.copy(self)
+        other.center = center
+        return other
 
     def folded_audio_state(self) -> dict:
         """The audio head's state with the standardisation folded into its first linear layer."""
@@ -336,6 +382,17 @@ class Projection:
         prefix = "" if isinstance(self.audio, torch.nn.Linear) else "0."
         state[prefix + "weight"] = w_folded.float()
         state[prefix + "bias"] = b_folded.float()
+        if self.center in ("audio", "both"):  # the centering goes into the last layer's bias
+            last = "bias" if isinstance(self.audio, torch.nn.Linear) else f"{len(self.audio) - 1}.bias"
+            state[last] = state[last] - torch.from_numpy(self.audio_center)
+        return state
+
+    def folded_label_state(self) -> dict:
+        import torch
+
+        state = {k: v.detach().clone() for k, v in self.label.state_dict().items()}
+        if self.center == "both":
+            state["bias"] = state["bias"] - torch.from_numpy(self.label_center)
         return state
 
 
@@ -367,7 +424,7 @@ def train_projection(patches: list[np.ndarray], targets: Targets, word_vectors: 
     neg = [targets.negatives[i] for i in keep]
 
     rng = np.random.default_rng(seed)
-    params = list(model.audio.parameters()) + list(model.label.parameters())
+    params = [p for p in list(model.audio.parameters()) + list(model.label.parameters()) if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     model.audio.train()
     for _ in range(config.steps):
@@ -388,6 +445,11 @@ def train_projection(patches: list[np.ndarray], targets: Targets, word_vectors: 
         loss.backward()
         optimizer.step()
     model.audio.eval()
+    center = model.center
+    model.center = "none"
+    model.audio_center = model.embed_audio(means).mean(axis=0).astype(np.float32)
+    model.label_center = model.embed_words(word_vectors).mean(axis=0).astype(np.float32)
+    model.center = center
     return model
 
 
@@ -405,31 +467,59 @@ def hit_at(scores: np.ndarray, truth: np.ndarray, k: int = 1) -> float:
     return float(np.mean(np.take_along_axis(truth, order, axis=1).any(axis=1)))
 
 
+def retrieval_auc(scores: np.ndarray, truth: np.ndarray) -> float:
+    """Mean over labels of the ROC-AUC of ranking the tracks by the label's score (labels with positives
+    and negatives only): uses the whole ranking, so it is steadier than hit@1 on small sets."""
+    from zstag.metrics import retrieval
+
+    return float(retrieval(truth, scores)["roc_auc"])
+
+
+def figures(scores: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
+    return hit_at(scores, truth), retrieval_auc(scores, truth)
+
+
 def chance(truth: np.ndarray) -> float:
     return float(np.mean(truth.sum(axis=1) / truth.shape[1]))
 
 
-def dance_split(tracks: list[TrackData]):
-    """zstag.splits.make_split on the dance manifest with the CNN1D run's settings (same held-out songs)."""
+def dance_split(seed: int = 0):
+    """zstag.splits.make_split on the dance manifest with the CNN1D runs' settings (runs/dance/run_all.sh:
+    the same unseen styles, artist split, validation 0.15, no seen-label test), so (a), (b) and (c) are
+    measured on the same held-out songs for each split seed."""
     from zstag.corpora import open_corpus
     from zstag.splits import make_split
 
     corpus = open_corpus("csv", SHARED / "dance")
-    return make_split(corpus, unseen=list(DANCE_UNSEEN), **DANCE_SPLIT)
+    return make_split(corpus, unseen=list(DANCE_UNSEEN), seed=seed, **DANCE_SPLIT)
 
 
 def dev_sets(tracks: list[TrackData], split) -> dict[str, dict]:
     """name → {tracks (indices), labels (candidates), truth bool [n, M]}: the held-out evaluations."""
     sets = {}
     test = set(split.tracks("test"))
-    unseen = [x for x in split.unseen]
     idx = [i for i, t in enumerate(tracks) if t.set == "dance" and t.id in test]
-    sets["dance (5 unseen styles)"] = _dev_set(tracks, idx, unseen)
+    sets[DANCE_DEV] = _dev_set(tracks, idx, list(split.unseen))
     for kind, title in (("instrument", "gcompris instruments"), ("style", "gcompris styles")):
         idx = [i for i, t in enumerate(tracks) if t.set == "gcompris" and t.kind == kind]
         candidates = list(dict.fromkeys(tracks[i].labels[0] for i in idx))
         sets[f"{title} ({len(candidates)} unseen labels)"] = _dev_set(tracks, idx, candidates)
+    idx = sets[DANCE_DEV]["tracks"] + [i for i, t in enumerate(tracks) if t.set == "gcompris"]
+    pseudo = teacher_positives([tracks[i] for i in idx])
+    sets[TEACHER_DEV] = _dev_set([TrackData(**{**tracks[i].__dict__, "labels": p}) for i, p in zip(idx, pseudo)],
+                                 list(range(len(idx))), list(TEACHER_DEV_WORDS))
+    sets[TEACHER_DEV]["tracks"] = [idx[j] for j in sets[TEACHER_DEV]["tracks"]]
     return sets
+
+
+def teacher_positives(tracks: list[TrackData], top_k: int = 3, pos_min: float = 0.1) -> list[list[str]]:
+    """Each track's teacher words as make_targets takes them (top_k with probability >= pos_min)."""
+    from zstag.teacher import teacher_words
+
+    words = teacher_words()
+    fake = [TrackData(**{**t.__dict__, "labels": [], "set": "teacher"}) for t in tracks]
+    targets = make_targets(fake, words, top_k, pos_min)
+    return [[words[j] for j in pos] for pos in targets.positives]
 
 
 def _dev_set(tracks, idx, candidates) -> dict:
@@ -466,39 +556,66 @@ def grid_configs(grid: str) -> list[ProjectionConfig]:
         replace(base, steps=6000),
         replace(base, top_k=5),
         replace(base, top_k=1),
+        replace(base, label="fixed"),
+        replace(base, label="fixed", head="mlp"),
+        replace(base, steps=1000),
+        replace(base, backbones=("MSD_musicnn",), steps=500),
+        replace(base, backbones=("MSD_musicnn",), outputs=("penultimate", "taggram")),
     ]
     return configs[:3] if grid == "small" else configs
 
 
 CONSE_T = (1, 2, 3, 5, 10, 20, 50, 100)
+CENTERING = ("none", "audio", "both")
+
+
+def summarise_seeds(results: dict[str, list[tuple[float, float]]]) -> dict:
+    """set → [(hit@1, AUC) per seed] → {set: mean hit@1, set AUC: mean AUC, per seed lists, means}."""
+    row = {}
+    for name, per_seed in results.items():
+        row[name] = float(np.mean([r[0] for r in per_seed]))
+        row[name + " AUC"] = float(np.mean([r[1] for r in per_seed]))
+        row[name + " [per seed]"] = [r[0] for r in per_seed]
+    row["mean"] = float(np.mean([row[n] for n in results]))
+    row["mean AUC"] = float(np.mean([row[n + " AUC"] for n in results]))
+    return row
 
 
 def dev(rows_by_set: dict[str, list[dict]], seeds: int = 3, grid: str = "full", log=print) -> dict:
-    """(a) projection variants and (b) ConSE top-T, on labels and songs held out of training."""
+    """(a) projection variants and (b) ConSE top-T, on labels and songs held out of training.
+
+    For each seed s < seeds: the dance split with seed s (its test songs: unseen styles by artists with no
+    training song), a projection trained with seed s on everything else that is not held out; figures are
+    means over the seeds. Held-out label words are removed from the training vocabulary (teacher words too)."""
     from zstag.backbones.musicnn import musicnn_tags
     from zstag.teacher import conse_scores, tag_words
     from zstag.words import WordVectors
 
     words = WordVectors.load()
     tracks = load_tracks(rows_by_set)
-    split = dance_split(tracks)
-    sets = dev_sets(tracks, split)
-    exclude = heldout_words(sets)
-    dance_train = set(split.tracks("train")) | set(split.tracks("validation"))
-    train_idx = [i for i, t in enumerate(tracks)
-                 if t.set not in TEST_SETS + DEV_SETS and (t.set != "dance" or t.id in dance_train)]
-    vocab = training_vocab(tracks, train_idx, exclude)
-    overlap = sorted(exclude & set(vocab))
-    assert not overlap, overlap
-    log(f"dev: {len(train_idx)} training tracks, {len(vocab)} training words, held out: {sorted(exclude)}")
+    splits = [dance_split(seed) for seed in range(seeds)]
+    folds = []  # per seed: (dev sets, training track indices)
+    for split in splits:
+        sets = dev_sets(tracks, split)
+        dance_train = set(split.tracks("train")) | set(split.tracks("validation"))
+        train_idx = [i for i, t in enumerate(tracks)
+                     if t.set not in TEST_SETS + DEV_SETS and (t.set != "dance" or t.id in dance_train)]
+        folds.append((sets, train_idx))
+    names = list(folds[0][0])
+    exclude = heldout_words(folds[0][0])
+    vocabs = [training_vocab(tracks, train_idx, exclude) for _, train_idx in folds]
+    assert not any(exclude & set(v) for v in vocabs)
+    log(f"dev: {[len(f[1]) for f in folds]} training tracks, {len(vocabs[0])} training words, "
+        f"held out: {sorted(exclude)}")
     report = {
-        "split": {"sha256": split.sha256, "unseen": split.unseen, "test_tracks": len(split.tracks("test"))},
-        "train_tracks": len(train_idx),
-        "train_sets": sorted({tracks[i].set for i in train_idx}),
-        "train_vocab": vocab,
+        "splits": [{"seed": i, "sha256": sp.sha256, "unseen": sp.unseen, "test_tracks": len(f[0][DANCE_DEV]["tracks"])}
+                   for i, (sp, f) in enumerate(zip(splits, folds))],
+        "train_tracks": [len(f[1]) for f in folds],
+        "train_sets": sorted({tracks[i].set for i in folds[0][1]}),
+        "train_vocab": vocabs[0],
         "heldout_words": sorted(exclude),
-        "sets": {name: {"n_tracks": len(s["tracks"]), "n_labels": len(s["labels"]), "chance": chance(s["truth"])}
-                 for name, s in sets.items()},
+        "sets": {name: {"n_tracks": [len(f[0][name]["tracks"]) for f in folds], "n_labels": len(folds[0][0][name]["labels"]),
+                        "chance": float(np.mean([chance(f[0][name]["truth"]) for f in folds]))} for name in names},
         "conse": {}, "projection": {},
     }
 
@@ -509,53 +626,116 @@ def dev(rows_by_set: dict[str, list[dict]], seeds: int = 3, grid: str = "full", 
     allowed = np.array([w not in exclude for w in tags])
     for t in CONSE_T:
         row = {}
-        for name, s in sets.items():
-            scores = conse_scores(taggram[s["tracks"]], tag_vectors, words.vectors(s["labels"]), t, keep=allowed)
-            row[name] = hit_at(scores, s["truth"])
-            scores_all = conse_scores(taggram[s["tracks"]], tag_vectors, words.vectors(s["labels"]), t)
-            row[name + " [all tags]"] = hit_at(scores_all, s["truth"])
-        row["mean"] = float(np.mean([row[n] for n in sets]))
+        for name in names:
+            for suffix, keep in (("", allowed), (" [all tags]", None)):
+                per_fold = []
+                for sets, _ in folds:
+                    s = sets[name]
+                    scores = conse_scores(taggram[s["tracks"]], tag_vectors, words.vectors(s["labels"]), t, keep=keep)
+                    per_fold.append(figures(scores, s["truth"]))
+                row[name + suffix] = float(np.mean([f[0] for f in per_fold]))
+                row[name + suffix + " AUC"] = float(np.mean([f[1] for f in per_fold]))
+        row["mean"] = float(np.mean([row[n] for n in names]))
+        row["mean AUC"] = float(np.mean([row[n + " AUC"] for n in names]))
         report["conse"][str(t)] = row
-        log(f"ConSE T={t}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items()))
+        log(f"ConSE T={t}: " + ", ".join(f"{n} {row[n]:.3f}/{row[n + ' AUC']:.3f} (all tags {row[n + ' [all tags]']:.3f})"
+                                         for n in names) + f", mean {row['mean']:.3f}/{row['mean AUC']:.3f}")
 
     # (a) the trained projection
-    vocab_vectors = words.vectors(vocab)
-    label_vectors = {name: words.vectors(s["labels"]) for name, s in sets.items()}
     for config in grid_configs(grid):
-        targets = make_targets([tracks[i] for i in train_idx], vocab, config.top_k, config.pos_min)
-        patches = [patch_inputs(tracks[i], config.backbones, config.outputs) for i in train_idx]
-        results = {name: [] for name in sets}
+        variants = [replace(config, center=c) for c in CENTERING]  # one training, three ways of scoring
+        results = {v: {name: [] for name in names} for v in variants}
         started = time.time()
-        for seed in range(seeds):
-            model = train_projection(patches, targets, vocab_vectors, config, seed)
+        for seed, ((sets, train_idx), vocab) in enumerate(zip(folds, vocabs)):
+            targets = make_targets([tracks[i] for i in train_idx], vocab, config.top_k, config.pos_min)
+            patches = [patch_inputs(tracks[i], config.backbones, config.outputs) for i in train_idx]
+            model = train_projection(patches, targets, words.vectors(vocab), config, seed)
             for name, s in sets.items():
                 feats = np.stack([patch_inputs(tracks[i], config.backbones, config.outputs).mean(axis=0) for i in s["tracks"]])
-                scores = cosine(model.embed_audio(feats), model.embed_words(label_vectors[name]))
-                results[name].append(hit_at(scores, s["truth"]))
-        row = {name: float(np.mean(v)) for name, v in results.items()}
-        row.update({name + " [per seed]": v for name, v in results.items()})
-        row["mean"] = float(np.mean([row[n] for n in sets]))
-        row["config"] = asdict(config)
-        report["projection"][config.name()] = row
-        log(f"{config.name()}: " + ", ".join(f"{n} {row[n]:.3f}" for n in list(sets) + ["mean"])
-            + f" ({time.time() - started:.0f} s)")
-    best = max(report["projection"], key=lambda k: report["projection"][k]["mean"])
-    best_t = max(report["conse"], key=lambda k: report["conse"][k]["mean"])
+                for v in variants:
+                    scored = model.with_center(v.center)
+                    scores = cosine(scored.embed_audio(feats), scored.embed_words(words.vectors(s["labels"])))
+                    results[v][name].append(figures(scores, s["truth"]))
+        for v in variants:
+            row = summarise_seeds(results[v])
+            row["config"] = asdict(v)
+            report["projection"][v.name()] = row
+            log(f"{v.name()}: " + ", ".join(f"{n} {row[n]:.3f}/{row[n + ' AUC']:.3f}" for n in names + ["mean"])
+                + f" ({time.time() - started:.0f} s)")
+    # chosen by the mean retrieval ROC-AUC over the development sets (hit@1 on 9-46 songs is too coarse)
+    best = max(report["projection"], key=lambda k: report["projection"][k]["mean AUC"])
+    best_t = max(report["conse"], key=lambda k: report["conse"][k]["mean AUC"])
     report["chosen"] = {"projection": best, "config": report["projection"][best]["config"], "conse_top_t": int(best_t)}
     return report
 
 
+CNN1D_RUNS = ROOT / "runs" / "dance" / "models"  # `zstag train` runs of runs/dance/run_all.sh (the CNN1D engineer's)
+
+
+def cnn1d_dev(rows_by_set: dict[str, list[dict]], seeds: int, log=print) -> dict | None:
+    """(c) the paper's CNN1D trained from scratch on the dance split by `zstag train` (runs/dance/run_all.sh,
+    Adam, GloVe, seeds 0..seeds-1), scored here on the same development sets. None when those runs are absent."""
+    from zstag.embeddings import embed_files
+    from zstag.model import load_model
+    from zstag.splits import load_split
+    from zstag.words import WordVectors
+
+    folders = [CNN1D_RUNS / f"adam-glove-s{seed}" for seed in range(seeds)]
+    if not all((f / "weights.safetensors").is_file() for f in folders):
+        log(f"(c) CNN1D: no `zstag train` runs in {CNN1D_RUNS} (run runs/dance/run_all.sh): not measured")
+        return None
+    words = WordVectors.load()
+    tracks = load_tracks(rows_by_set)
+    paths = {(r["id"], name): r["path"] for name, rows in rows_by_set.items() for r in rows}
+    results, models = {}, []
+    for seed, folder in enumerate(folders):
+        model = load_model(folder)
+        split = load_split(folder / "split.json")
+        sets = dev_sets(tracks, split)
+        assert split.sha256 == dance_split(seed).sha256, "the CNN1D run used another split"
+        wanted = sorted({i for s in sets.values() for i in s["tracks"]})
+        embedded = embed_files(model, [paths[(tracks[i].id, tracks[i].set)] for i in wanted], workers=0, progress=False)
+        emb = dict(zip(wanted, (r.embedding for r in embedded)))
+        for name, s in sets.items():
+            scores = cosine(np.stack([emb[i] for i in s["tracks"]]), model.embed_label_vectors(words.vectors(s["labels"])))
+            results.setdefault(name, []).append(figures(scores, s["truth"]))
+        models.append({"folder": str(folder.relative_to(ROOT)), "model_id": model.model_id})
+    row = summarise_seeds(results)
+    row["models"] = models
+    names = list(results)
+    log("(c) CNN1D: " + ", ".join(f"{n} {row[n]:.3f}/{row[n + ' AUC']:.3f}" for n in names + ["mean"]))
+    return row
+
+
 def dev_table(report: dict) -> str:
+    """Markdown: hit@1 / retrieval ROC-AUC per development set, chance, and the means."""
     names = list(report["sets"])
     head = "| method | " + " | ".join(names) + " | mean |\n|---|" + "---|" * (len(names) + 1) + "\n"
-    lines = ["| chance | " + " | ".join(f"{report['sets'][n]['chance']:.3f}" for n in names)
-             + f" | {np.mean([report['sets'][n]['chance'] for n in names]):.3f} |"]
+
+    def cells(row: dict) -> str:
+        return " | ".join(f"{row[n]:.3f} / {row[n + ' AUC']:.3f}" for n in names) + f" | {row['mean']:.3f} / {row['mean AUC']:.3f} |"
+
+    chance_row = {n: report["sets"][n]["chance"] for n in names}
+    chance_row.update({n + " AUC": 0.5 for n in names})
+    chance_row.update({"mean": float(np.mean(list(chance_row[n] for n in names))), "mean AUC": 0.5})
+    lines = ["| chance | " + cells(chance_row)]
     for t, row in report["conse"].items():
-        lines.append(f"| (b) ConSE T={t} | " + " | ".join(f"{row[n]:.3f}" for n in names) + f" | {row['mean']:.3f} |")
+        lines.append(f"| (b) ConSE T={t} | " + cells(row))
+    for t, row in report["conse"].items():
+        tagged = {k.replace(" [all tags]", ""): v for k, v in row.items() if " [all tags]" in k}
+        tagged.update({"mean": float(np.mean([tagged[n] for n in names])),
+                       "mean AUC": float(np.mean([tagged[n + " AUC"] for n in names]))})
+        lines.append(f"| (b') ConSE T={t}, held-out words' own tags voting (not zero-shot) | " + cells(tagged))
     for name, row in report["projection"].items():
-        lines.append(f"| (a) {name} | " + " | ".join(f"{row[n]:.3f}" for n in names) + f" | {row['mean']:.3f} |")
-    sizes = ", ".join(f"{n}: {report['sets'][n]['n_tracks']} tracks" for n in names)
-    return head + "\n".join(lines) + f"\n\nhit@1 (accuracy of the argmax over the held-out labels); {sizes}.\n"
+        lines.append(f"| (a) {name} | " + cells(row))
+    if report.get("cnn1d"):
+        lines.append("| (c) CNN1D from scratch (dance only, `zstag train`) | " + cells(report["cnn1d"]))
+    sizes = ", ".join(f"{n}: {report['sets'][n]['n_tracks'][0]} tracks" for n in names)
+    seeds = len(report["splits"])
+    return (head + "\n".join(lines) + f"\n\nEach cell: hit@1 (accuracy of the argmax over the held-out labels) / mean "
+            f"retrieval ROC-AUC over those labels; mean over {seeds} training seeds; {sizes}. "
+            f"Chosen: (a) {report['chosen']['projection']}, ConSE T={report['chosen']['conse_top_t']} "
+            "(highest mean ROC-AUC).\n")
 
 
 # --- final models -------------------------------------------------------------------------------
@@ -590,7 +770,7 @@ def final(rows_by_set: dict[str, list[dict]], report: dict, models_dir: Path, lo
     model_config = {
         "name": "default",
         "front_end": MUSICNN.to_dict(),
-        "embed_dim": config.embed_dim,
+        "embed_dim": words.dim if config.label == "fixed" else config.embed_dim,
         "word_dim": words.dim,
         "words": words.source,
         "audio_encoder": {"type": "musicnn", "backbones": list(config.backbones), "outputs": list(config.outputs),
@@ -603,7 +783,7 @@ def final(rows_by_set: dict[str, list[dict]], report: dict, models_dir: Path, lo
     }
     model = ZeroShotModel(model_config)
     model.audio_projection.load_state_dict(projection.folded_audio_state())
-    model.label_projection.load_state_dict(projection.label.state_dict())
+    model.label_projection.load_state_dict(projection.folded_label_state())
     model.eval()
 
     # the folded model must equal the trained heads on the training tracks' pooled features
@@ -671,6 +851,7 @@ def main(argv=None) -> int:
         tracks[name] = extract_set(name, read_manifest(manifest))
     if args.stage in ("all", "dev"):
         report = dev(tracks, seeds=args.seeds, grid=args.grid, log=print)
+        report["cnn1d"] = cnn1d_dev(tracks, args.seeds, log=print)
         write_json(WORK / "dev.json", report)
         write_text(WORK / "dev.md", dev_table(report))
         print(dev_table(report))

@@ -311,6 +311,33 @@ def klettres_speech(out: Path) -> Iterator[Entry]:
             yield Entry(f"audio/{name}", "speech", f"klettres-{language}", f"{language} {folder.name} {k}", package, "GPL-2+")
 
 
+# --- Asterisk voice prompts: whole spoken sentences (8 kHz telephone recordings) ------------------
+
+ASTERISK_VOICES = {
+    "asterisk-core-sounds-en-wav": "en_US_f_Allison",
+    "asterisk-core-sounds-fr-wav": "fr_CA_f_June",
+    "asterisk-core-sounds-es-wav": "es_MX_f_Allison",
+}
+ASTERISK_MIN_SECONDS = 4.0  # whole sentences, not single words
+ASTERISK_PER_VOICE = 25
+
+
+def asterisk_speech(out: Path) -> Iterator[Entry]:
+    """Per installed voice, ASTERISK_PER_VOICE prompts of at least ASTERISK_MIN_SECONDS (seeded choice)."""
+    found = False
+    for package, voice in ASTERISK_VOICES.items():
+        folder = Path("/usr/share/asterisk/sounds") / voice
+        if not folder.is_dir():
+            continue
+        found = True
+        long_enough = [p for p in sorted(folder.rglob("*.wav")) if (audio_seconds(p) or 0) >= ASTERISK_MIN_SECONDS]
+        random.Random(f"{SEED}/{voice}").shuffle(long_enough)
+        for path in sorted(long_enough[:ASTERISK_PER_VOICE]):
+            yield Entry(str(path), "speech", voice, title_of(path.name), package, "CC-BY-SA-3.0")
+    if not found:
+        raise SetUnavailable(f"no Asterisk voice is installed: sudo apt-get install {' '.join(ASTERISK_VOICES)}")
+
+
 SETS: dict[str, Callable[[Path], Iterator[Entry]]] = {
     "wesnoth": wesnoth,
     "warzone2100": warzone2100,
@@ -321,11 +348,13 @@ SETS: dict[str, Callable[[Path], Iterator[Entry]]] = {
     "hyperrogue": hyperrogue,
     "gcompris-sounds": gcompris_sounds,
     "klettres-speech": klettres_speech,
+    "asterisk-speech": asterisk_speech,
 }
 PACKAGES = {
     "wesnoth": "wesnoth-1.16-music", "warzone2100": "warzone2100-music", "singularity": "singularity-music",
     "asc": "asc-music", "nexuiz": "nexuiz-music", "ufoai": "ufoai-music", "hyperrogue": "hyperrogue-music",
     "gcompris-sounds": "gcompris-qt-data", "klettres-speech": "klettres-data",
+    "asterisk-speech": "asterisk-core-sounds-en-wav",
 }
 
 

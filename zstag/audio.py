@@ -14,7 +14,7 @@ Front ends (`FrontEnd` configs, one code path for all):
              log10(1 + 10000 x) in float32 (the original casts to float16 first, which overflows in
              numpy 2, so we don't). 187 frames ~ 3 s.
 Both equal librosa.feature.melspectrogram (center=True, zero padding, periodic Hann, Slaney mel
-filterbank from librosa.filters.mel) followed by the compression. The STFT is numpy's rfft, and the
+filterbank from librosa.filters.mel) followed by the compression. The STFT is scipy's rfft, and the
 filterbank is kept as .npy in the cache folder, so the slow librosa import (~1 s, numba) is paid
 once per machine rather than once per process.
 
@@ -181,7 +181,7 @@ def _load_soundfile(path: Path, sample_rate: int, offset: float, duration: float
             if len(block) == 0:
                 break
             remaining -= len(block)
-            mono = block.mean(axis=1, dtype=np.float32)
+            mono = _downmix(block)
             if skip:
                 dropped = min(skip, len(mono))
                 mono, skip = mono[dropped:], skip - dropped
@@ -195,6 +195,16 @@ def _load_soundfile(path: Path, sample_rate: int, offset: float, duration: float
         raise _error(path, f"truncated or corrupt: decoded {(start + decoded) / rate:.1f} s "
                            f"of the {declared / rate:.1f} s its header declares")
     return out.array()
+
+
+def _downmix(block: np.ndarray) -> np.ndarray:
+    """[frames, channels] → mono mean; column adds, since numpy's mean over a short axis is ~10× slower."""
+    mono = block[:, 0].astype(np.float32)  # a native-endian copy (ffmpeg gives big-endian)
+    for channel in range(1, block.shape[1]):
+        mono += block[:, channel]
+    if block.shape[1] > 1:
+        mono *= np.float32(1.0 / block.shape[1])
+    return mono
 
 
 class _Output:
@@ -254,7 +264,7 @@ def _load_ffmpeg(path: Path, sample_rate: int, offset: float, duration: float | 
                     usable = len(block) - len(block) % frame_bytes
                     block, pending = block[:usable], block[usable:]
                     frames = np.frombuffer(block, dtype=">f4").reshape(-1, channels)
-                    mono = frames.mean(axis=1, dtype=np.float32)
+                    mono = _downmix(frames)
                     out.append(resampler.resample_chunk(mono) if resampler else mono)
                 if resampler:
                     out.append(resampler.resample_chunk(np.zeros(0, np.float32), last=True))
@@ -331,6 +341,8 @@ def mel_spectrogram(audio: np.ndarray, fe: FrontEnd) -> np.ndarray:
         raise ValueError(f"expected mono audio (1-D), got shape {audio.shape}")
     if audio.size == 0:
         raise AudioError("empty audio (0 samples)")
+    import scipy.fft  # ~3x faster than numpy's rfft here: it keeps float32
+
     n_fft, hop, half = fe.n_fft, fe.hop_length, fe.n_fft // 2
     n_frames = 1 + len(audio) // hop
     window, basis = _hann(n_fft), _mel_basis(fe.sample_rate, n_fft, fe.n_mels)
@@ -342,7 +354,7 @@ def mel_spectrogram(audio: np.ndarray, fe: FrontEnd) -> np.ndarray:
         if lo < 0 or hi > len(audio):
             chunk = np.pad(chunk, (max(-lo, 0), max(hi - len(audio), 0)))
         frames = np.lib.stride_tricks.sliding_window_view(chunk, n_fft)[::hop]
-        spec = np.abs(np.fft.rfft(frames * window, axis=1))
+        spec = np.abs(scipy.fft.rfft(frames * window, axis=1))  # float32 in, complex64 out
         if fe.power != 1.0:
             spec **= fe.power
         mel[:, first:last] = basis @ spec.T

@@ -145,6 +145,9 @@ def preprocess_command(
     except ValueError as exc:
         fail(str(exc))
     data = _open_training_corpus(corpus, root, audio, top_n, min_tracks, min_val)
+    if data.missing or data.skipped:
+        typer.echo(f"{data.root}: {len(data.missing)} listed tracks have no audio file, "
+                   f"{len(data.skipped)} entries unreadable; going on with {len(data.tracks)} tracks", err=True)
     source = {"name": data.name, "kind": data.kind, "root": str(root), "options": data.options}
     try:
         report = preprocess(data.tracks, out, FRONT_ENDS[front_end], workers=workers, shard=part,
@@ -298,20 +301,20 @@ def tag_command(
     labels_file: Optional[str] = typer.Option(None, "--labels-file", help="File with one label per line (# comments)."),
     model: str = typer.Option("default", "--model", "-m", help="Model folder, or a name in models/."),
     vectors: Optional[str] = typer.Option(None, "--vectors", help="Word-vector file (default: the model's)."),
-    extensions: Optional[str] = typer.Option(None, "--extensions", help="Extensions to pick up in folders, e.g. mp3,wav."),
+    extensions: Optional[str] = typer.Option(None, "--extensions", help="Extensions to take from folders: mp3,wav."),
     single: bool = typer.Option(False, "--single", help="One label per file (argmax) with a softmax confidence."),
     top_k: Optional[int] = typer.Option(None, "--top-k", min=1, help="Keep the k best labels per file."),
     threshold: Optional[float] = typer.Option(None, "--threshold", help="Keep labels whose cosine score is >= this."),
     fmt: str = typer.Option("table", "--format", "-f", help="table, json, jsonl or csv."),
     output: Optional[str] = typer.Option(None, "--output", "-o", help="Write here (atomically) instead of stdout."),
-    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decode processes (default: all cores; 0: decode in this process)."),
+    workers: Optional[int] = typer.Option(
+        None, "--workers", min=0, help="Decode processes (default: all cores; 0: decode in this process)."
+    ),
     no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the embedding cache."),
     offset: float = typer.Option(0.0, "--offset", min=0.0, help="Start this many seconds into each file."),
-    max_seconds: Optional[float] = typer.Option(None, "--max-seconds", min=0.001, help="Use at most this many seconds."),
+    max_seconds: Optional[float] = typer.Option(None, "--max-seconds", min=0.001, help="Use at most this many seconds"),
 ) -> None:
     from zstag import tagger
-    from zstag.model import ModelError
-    from zstag.words import UnknownLabelError
 
     try:
         code = tagger.run(
@@ -319,7 +322,7 @@ def tag_command(
             single=single, top_k=top_k, threshold=threshold, fmt=fmt, output=output, workers=workers,
             use_cache=not no_cache, offset=offset, max_seconds=max_seconds,
         )
-    except (tagger.TagUsageError, ModelError, UnknownLabelError) as exc:
+    except tagger.TagUsageError as exc:
         fail(str(exc), 2)
     raise typer.Exit(code)
 

@@ -2,21 +2,24 @@
 
     results = embed_files(model, ["a.mp3", "b.wav"])   # [TrackResult(path, embedding, error, stats, cached)]
 
-Pipeline: worker processes decode each file and cut it into log-mel segments (plus a few acoustic
-statistics); the main process embeds each track (the mean over *all* its segments, no random crop) and
-stores the result. Workers run in a forkserver pool so they never inherit torch's threads, and the
-main process runs inference while they decode the next files.
+Pipeline: worker processes (a forkserver pool: they never inherit torch or its threads) decode each
+file, cut it into log-mel segments and compute a few acoustic statistics; the main process embeds each
+track while they decode the next files: the mean over *all* its segments (model.embed_track), never a
+random crop, each track on its own so that its embedding does not depend on which files share a batch.
+A worker that dies (decoder crash, out of memory) costs only its file; workers exit if the main process
+is killed. Thread counts are fixed per model (see _inference_threads): results are bit-identical
+whatever --workers says, in a worker or in this process.
 
 Cache: one SQLite file, ``cache_dir()/embeddings.sqlite`` in WAL mode. A row is keyed by
 (model id, content digest, offset, max_seconds, pipeline version) and holds the float32 joint-space
 embedding and the statistics as JSON. Each file's row is committed on its own, so a killed run loses
 at most the files in flight and leaves the cache readable.
 
-The content digest is BLAKE2b over the whole file (and its size). Hashing costs ~1 ms per MB, far less
-than decoding; hashing only the first/last MiB would miss edits in the middle (retagged audio of equal
-size). A second table remembers (path, size, mtime_ns, ctime_ns, inode) → digest, so a warm run only
-stats its files; any change to the file changes its ctime and forces a rehash. Because rows are keyed
-by content, a copied, renamed or touched file still hits the cache.
+The content digest is SHA-256 over the whole file (and its size). Hashing costs ~1 ms per MB, far less
+than decoding it (~100 ms per MB of mp3); hashing only the first/last MiB would miss edits in the
+middle (re-encoded audio of equal size). A second table remembers (path, size, mtime_ns, ctime_ns,
+inode) → digest, so a warm run only stats its files; any write to a file changes its ctime and forces
+a rehash. Because rows are keyed by content, a copied, renamed or touched file still hits the cache.
 """
 
 from __future__ import annotations
@@ -30,7 +33,6 @@ import sqlite3
 import sys
 import threading
 import time
-import warnings
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool, ProcessPoolExecutor
@@ -43,17 +45,12 @@ from zstag import audio
 from zstag.acoustics import file_stats
 
 CACHE_FILE = "embeddings.sqlite"
-PIPELINE_VERSION = 1  # bump when decoding or features change, so that old rows stop matching
+PIPELINE_VERSION = 2  # bump when decoding or features change, so that old rows stop matching
 HASH_CHUNK = 1 << 20
 IN_FLIGHT_PER_WORKER = 2  # decoded tracks waiting per worker: keeps workers busy, bounds memory
-INFERENCE_THREADS = 1  # see _single_threaded
 SQLITE_TIMEOUT_S = 30.0  # wait this long for another zstag process holding the write lock
 PARENT_POLL_S = 0.5  # how often a worker checks that the main process still runs
 CRASH_MESSAGE = "the decoder process died (crash or out of memory)"
-
-# torch warns once per process that padding="same" with an even kernel copies its input; the
-# tag command's stderr is for per-file errors.
-warnings.filterwarnings("ignore", message="Using padding='same' with even kernel", category=UserWarning)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS digests (
@@ -89,13 +86,13 @@ def default_workers() -> int:
 
 
 def content_digest(path: str | os.PathLike) -> str:
-    """BLAKE2b-128 of the file's size and bytes, in hex."""
-    digest = hashlib.blake2b(digest_size=16)
+    """SHA-256 of the file's size and bytes, in hex (first 32 digits)."""
+    digest = hashlib.sha256()  # twice as fast as BLAKE2b where the CPU has SHA instructions
     with open(path, "rb") as handle:
         digest.update(os.fstat(handle.fileno()).st_size.to_bytes(8, "little"))
         while chunk := handle.read(HASH_CHUNK):
             digest.update(chunk)
-    return digest.hexdigest()
+    return digest.hexdigest()[:32]
 
 
 class EmbeddingCache:
@@ -190,39 +187,47 @@ def embed_files(
     model.eval()
     results: list[TrackResult | None] = [None] * len(paths)
     model_id = getattr(model, "model_id", "untrained")
-    own_cache = False
-    if use_cache and model_id != "untrained" and cache is None:  # an unsaved model has no stable id
-        cache, own_cache = EmbeddingCache.open_default(), True
+    own_cache = use_cache and model_id != "untrained" and cache is None  # an unsaved model has no stable id
+    if own_cache:
+        cache = EmbeddingCache.open_default()
     if not use_cache or model_id == "untrained":
         cache = None
-
-    with _Progress(len(paths), progress) as bar:
-        digests: dict[int, tuple[str, tuple]] = {}  # index → (content digest, stat stamp when hashed)
-        if cache is not None:
-            digests = _digests(cache, paths, results, workers)
-            for i, (digest, _) in digests.items():
-                hit = _lookup(cache, model_id, digest, offset, max_seconds)
-                if hit is not None:
-                    results[i] = TrackResult(paths[i], hit[0], None, hit[1], cached=True)
-            bar.advance(sum(r is not None for r in results))
-
-        todo = [(i, paths[i]) for i, r in enumerate(results) if r is None]
-        fe = model.front_end.to_dict()
-        with _single_threaded():
-            for i, outcome in decode_files(todo, fe, offset, max_seconds, workers):
-                if isinstance(outcome, str):
-                    results[i] = TrackResult(paths[i], None, outcome)
-                else:
-                    segments, stats = outcome
-                    embedding = np.asarray(model.embed_track(segments), dtype=np.float32)
-                    results[i] = TrackResult(paths[i], embedding, None, stats)
-                    # Stored only if the file did not change between hashing and decoding.
-                    if cache is not None and i in digests and _stamp(paths[i]) == digests[i][1]:
-                        _store(cache, model_id, digests[i][0], offset, max_seconds, embedding, stats)
-                bar.advance(1)
-    if own_cache and cache is not None:
-        cache.close()
+    try:
+        with _Progress(len(paths), progress) as bar:
+            _embed(model, model_id, paths, results, cache, workers, offset, max_seconds, bar)
+    finally:
+        if own_cache and cache is not None:
+            cache.close()
     return results
+
+
+def _embed(model, model_id, paths, results, cache, workers, offset, max_seconds, bar) -> None:
+    digests: dict[int, tuple[str, tuple]] = {}  # index → (content digest, stat stamp when hashed)
+    if cache is not None:
+        digests = _digests(cache, paths, workers)
+        for i, (digest, _) in digests.items():
+            hit = _lookup(cache, model_id, digest, offset, max_seconds)
+            if hit is not None:
+                results[i] = TrackResult(paths[i], hit[0], None, hit[1], cached=True)
+        bar.advance(sum(r is not None for r in results))
+
+    todo = [(i, paths[i]) for i, r in enumerate(results) if r is None]
+    with _inference_threads(model):
+        for i, outcome in decode_files(todo, model.front_end.to_dict(), offset, max_seconds, workers):
+            if not isinstance(outcome, str):
+                segments, stats = outcome
+                try:
+                    embedding = np.asarray(model.embed_track(segments), dtype=np.float32)
+                except Exception as exc:  # never lose the run to one file
+                    outcome = _one_line(f"{paths[i]}: cannot embed: {type(exc).__name__}: {exc}")
+            if isinstance(outcome, str):
+                results[i] = TrackResult(paths[i], None, outcome)
+            else:
+                results[i] = TrackResult(paths[i], embedding, None, stats)
+                # Stored only if the file did not change between hashing and decoding.
+                if cache is not None and i in digests and _stamp(paths[i]) == digests[i][1]:
+                    _store(cache, model_id, digests[i][0], offset, max_seconds, embedding, stats)
+            bar.advance(1)
 
 
 def _stamp(path: str) -> tuple | None:
@@ -234,7 +239,7 @@ def _stamp(path: str) -> tuple | None:
     return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
 
 
-def _digests(cache: EmbeddingCache, paths: list[str], results: list, workers: int) -> dict[int, tuple[str, tuple]]:
+def _digests(cache: EmbeddingCache, paths: list[str], workers: int) -> dict[int, tuple[str, tuple]]:
     """(content digest, stamp) per input index: remembered when the file is unchanged, else hashed."""
     digests, to_hash = {}, []
     for i, path in enumerate(paths):
@@ -305,10 +310,10 @@ def decode_file(path: str, fe_dict: dict, offset: float = 0.0, max_seconds: floa
     """(segments [n_seg, n_mels, T] float32, stats dict), or a one-line error string naming the file."""
     try:
         fe = audio.FrontEnd.from_dict(fe_dict)
-        signal_ = audio.load_audio(path, fe.sample_rate, offset=offset, duration=max_seconds)
-        segments = audio.segment(audio.log_mel(signal_, fe), fe)
-        native_rate, duration = _file_info(path, len(signal_) / fe.sample_rate + offset)
-        stats = file_stats(signal_, fe.sample_rate, native_rate, duration)
+        samples = audio.load_audio(path, fe.sample_rate, offset=offset, duration=max_seconds)
+        segments = audio.segment(audio.log_mel(samples, fe), fe)
+        native_rate, duration = _header(path, fallback_duration=offset + len(samples) / fe.sample_rate)
+        stats = file_stats(samples, fe.sample_rate, native_rate, duration)
         return np.ascontiguousarray(segments, dtype=np.float32), stats
     except audio.AudioError as exc:
         message = str(exc)  # feature errors do not know the path: add it
@@ -319,15 +324,12 @@ def decode_file(path: str, fe_dict: dict, offset: float = 0.0, max_seconds: floa
         return _one_line(f"{path}: {type(exc).__name__}: {exc}")
 
 
-def _file_info(path: str, fallback_duration: float) -> tuple[int | None, float]:
-    """(native sample rate, duration in seconds) from the file header, where the header says."""
-    info = getattr(audio, "audio_info", None)
-    try:
-        if info is not None:
-            meta = info(path)
-            return int(meta.sample_rate), float(meta.duration)
-        import soundfile
+def _header(path: str, fallback_duration: float) -> tuple[int | None, float]:
+    """(native sample rate, whole-file duration in s) from the header; (None, fallback) where
+    libsndfile cannot read it (files decoded by ffmpeg)."""
+    import soundfile
 
+    try:
         meta = soundfile.info(path)
         return int(meta.samplerate), float(meta.duration)
     except Exception:
@@ -359,17 +361,20 @@ def _exit_with(main_pid: int) -> None:
         except ProcessLookupError:
             os._exit(1)
         except PermissionError:
-            pass  # alive, owned by someone else: cannot happen for our parent, but is not death
+            pass  # the pid exists (owned by another user): not proof of death
+
+
+def _context():
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    # Imported once in the fork server and inherited by every worker.
+    context.set_forkserver_preload(["zstag.embeddings", "soundfile", "soxr"])
+    return context
 
 
 def _pool(n: int) -> ProcessPoolExecutor:
-    methods = multiprocessing.get_all_start_methods()
-    context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
-    if "forkserver" in methods:
-        # Imported once in the fork server, inherited by every worker: librosa.filters (the mel
-        # filterbank) alone takes ~0.8 s to import.
-        context.set_forkserver_preload(["zstag.embeddings", "soundfile", "soxr", "librosa.filters"])
-    return ProcessPoolExecutor(n, mp_context=context, initializer=_init_worker, initargs=(os.getpid(),))
+    return ProcessPoolExecutor(n, mp_context=_context(), initializer=_init_worker, initargs=(os.getpid(),))
 
 
 def decode_files(
@@ -442,20 +447,28 @@ def _pool_starts() -> bool:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-class _single_threaded:
-    """One torch thread and one BLAS thread while embedding.
+class _inference_threads:
+    """Threads while embedding, chosen by the model alone (never by --workers).
 
-    Float sums are split differently with more threads, so the last bits of an embedding would
-    depend on --workers and the core count; one thread makes a track's embedding (and the cache
-    entry) the same whatever the settings. The decode workers keep the other cores busy.
+    torch: one thread for the paper's CNN1D, whose inference (~5 ms per 30 s of audio) costs less than
+    decoding, so that idle OpenMP threads spinning between its small convolutions do not steal the
+    decode workers' cores; torch's own default (all cores) for the musicnn backbones (~1 s per 30 s),
+    which would otherwise leave the cores idle while the workers wait. BLAS: one thread, as in the
+    workers, so that decoding in this process (workers=0) gives bit-identical features.
+    Float sums split differently across thread counts, so fixing the count per model keeps a track's
+    embedding, and its cache entry, the same whatever --workers says.
     """
+
+    def __init__(self, model):
+        self.light = model.config.get("audio_encoder", {}).get("type") == "cnn1d"
 
     def __enter__(self):
         import torch
 
         self.saved = torch.get_num_threads()
-        torch.set_num_threads(INFERENCE_THREADS)
-        self.blas = _blas_limit()
+        if self.light:
+            torch.set_num_threads(1)
+        self.blas = _blas_limit(user_api="blas")
         return self
 
     def __exit__(self, *exc):
@@ -466,12 +479,13 @@ class _single_threaded:
             self.blas.restore_original_limits()
 
 
-def _blas_limit():
+def _blas_limit(user_api: str | None = None):
+    """One thread for the native thread pools (BLAS, and OpenMP unless user_api says only "blas")."""
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:
         return None
-    return threadpool_limits(1)
+    return threadpool_limits(1, user_api=user_api)
 
 
 class _Progress:

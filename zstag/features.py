@@ -192,9 +192,11 @@ def _write_shard(folder: Path, shard: int, front_end: FrontEnd, rows: list[tuple
     )
 
 
-def _remove_stale_temporaries(folder: Path) -> None:
-    for stale in folder.glob(".*.tmp"):
-        stale.unlink(missing_ok=True)
+def _remove_stale_temporaries(folder: Path, shards: list[int]) -> None:
+    """Leftovers of a killed run, for this run's shards only: other machines may be writing theirs here."""
+    for shard in shards:
+        for stale in folder.glob(f".{SHARD_PATTERN.format(shard)}.*.tmp"):
+            stale.unlink(missing_ok=True)
 
 
 def _check_or_write_manifest(folder: Path, manifest: dict) -> None:
@@ -248,9 +250,9 @@ def preprocess(
         "source": source or {},
     }
     _check_or_write_manifest(folder, manifest)
-    _remove_stale_temporaries(folder)
     report = PreprocessReport(n_tracks=len(tracks), n_shards=n_shards)
     mine = [s for s in range(n_shards) if s % n == k - 1]
+    _remove_stale_temporaries(folder, mine)
     todo = [s for s in mine if not _shard_complete(folder, s)]
     report.shards_skipped = len(mine) - len(todo)
     tasks, owners = [], []

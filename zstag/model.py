@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +35,10 @@ CNN1D_CHANNELS = 128
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.safetensors"
 DEFAULT_MODEL = "default"
-TRACK_BATCH = 64  # segments per forward pass when embedding a whole track
+TRACK_BATCH = 16  # segments per forward pass over a track: bounds memory (musicnn maps are large)
+
+# "same" padding with the paper's even kernels costs one padded copy per conv; a known, harmless cost.
+warnings.filterwarnings("ignore", message="Using padding='same' with even kernel lengths", category=UserWarning)
 
 
 class ModelError(Exception):

@@ -14,6 +14,9 @@ Multi-label output lists every label with its cosine score, best first (--top-k 
 softmax(cosine / SOFTMAX_TEMPERATURE) over the given labels: a share among the candidates that sums
 to 1 over them, not a calibrated probability, and it changes when the label set changes. With
 --single, --threshold leaves a file unlabelled (label null) when its best cosine is below it.
+
+Files that fail (unreadable, corrupt, empty...) are left out of the output; each gets one line on
+stderr naming the file and the cause, and the exit code is 1.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ class TagUsageError(Exception):
 @dataclass
 class Found:
     files: list[str]  # audio files, in discovery order, each real file once
-    missing: list[str]  # one-line errors for input paths that do not exist
+    problems: list[str]  # one-line errors: inputs that do not exist, folders or links that cannot be read
     duplicates: int  # paths skipped because they name a file already found
 
 
@@ -67,7 +70,8 @@ def parse_labels(values: list[str] | None, labels_file: str | os.PathLike | None
         try:
             text = Path(labels_file).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
-            raise TagUsageError(f"{labels_file}: cannot read labels file: {getattr(exc, 'strerror', None) or exc}")
+            cause = getattr(exc, "strerror", None) or exc
+            raise TagUsageError(f"{labels_file}: cannot read labels file: {cause}") from None
         labels += [line.split("#", 1)[0].strip() for line in text.splitlines()]
     unique, seen = [], set()
     for label in labels:
@@ -136,7 +140,7 @@ def find_audio_files(inputs: list[str], extensions: frozenset[str]) -> Found:
         try:
             st = os.stat(path)
         except OSError as exc:
-            found.missing.append(f"{path}: cannot read: {exc.strerror or exc}")
+            found.problems.append(f"{path}: cannot read: {exc.strerror or exc}")
             return
         key = (st.st_dev, st.st_ino)
         if key in seen_files:
@@ -145,11 +149,18 @@ def find_audio_files(inputs: list[str], extensions: frozenset[str]) -> Found:
             seen_files.add(key)
             found.files.append(path)
 
+    def unreadable_folder(exc: OSError) -> None:
+        found.problems.append(f"{exc.filename}: cannot read folder: {exc.strerror or exc}")
+
     for item in inputs:
         item = str(item)
         if os.path.isdir(item):
-            for folder, dirs, names in os.walk(item, followlinks=True):
-                st = os.stat(folder)
+            for folder, dirs, names in os.walk(item, onerror=unreadable_folder, followlinks=True):
+                try:
+                    st = os.stat(folder)
+                except OSError as exc:
+                    unreadable_folder(exc)
+                    continue
                 if (st.st_dev, st.st_ino) in seen_dirs:
                     dirs[:] = []
                     continue
@@ -158,10 +169,10 @@ def find_audio_files(inputs: list[str], extensions: frozenset[str]) -> Found:
                 for name in sorted(names):
                     if not name.startswith(".") and os.path.splitext(name)[1].lower() in extensions:
                         add(os.path.join(folder, name))
-        elif os.path.lexists(item) or os.path.exists(item):
+        elif os.path.lexists(item):
             add(item)
         else:
-            found.missing.append(f"{item}: no such file or folder")
+            found.problems.append(f"{item}: no such file or folder")
     return found
 
 
@@ -210,7 +221,9 @@ def file_records(
 # --- output -------------------------------------------------------------------------------------
 
 
-def render(records: list[dict], fmt: str, *, single: bool, labels: list[str], model_id: str, width: int | None = None) -> str:
+def render(
+    records: list[dict], fmt: str, *, single: bool, labels: list[str], model_id: str, width: int | None = None
+) -> str:
     """The records as text in one of FORMATS."""
     if fmt == "json":
         return json.dumps({
@@ -230,7 +243,8 @@ def render(records: list[dict], fmt: str, *, single: bool, labels: list[str], mo
             writer.writerows([r["path"], r["label"] or "", r["confidence"], r["score"]] for r in records)
         else:
             writer.writerow(["path", "rank", "label", "score"])
-            writer.writerows([r["path"], rank, t["label"], t["score"]] for r in records for rank, t in enumerate(r["tags"], 1))
+            for r in records:
+                writer.writerows([r["path"], rank, t["label"], t["score"]] for rank, t in enumerate(r["tags"], 1))
         return out.getvalue()
     if fmt == "table":
         return _table(records, single, width)
@@ -255,7 +269,8 @@ def _table(records: list[dict], single: bool, width: int | None) -> str:
     for r in records:
         name = os.path.relpath(r["path"], root) if root else r["path"]
         if single:
-            table.add_row(name, r["label"] or "—", f"{r['confidence']:.{TABLE_DIGITS}f}", f"{r['score']:.{TABLE_DIGITS}f}")
+            confidence, score = f"{r['confidence']:.{TABLE_DIGITS}f}", f"{r['score']:.{TABLE_DIGITS}f}"
+            table.add_row(name, r["label"] or "—", confidence, score)
         else:  # no-break spaces inside a "label score" pair: lines wrap between pairs only
             pairs = [f"{t['label']} {t['score']:.{TABLE_DIGITS}f}".replace(" ", "\u00a0") for t in r["tags"]]
             table.add_row(name, "  ".join(pairs) or "—")
@@ -304,10 +319,10 @@ def run(
 ) -> int:
     """Tag the inputs and write the output; returns the exit code (0 ok, 1 some file failed).
 
-    Raises TagUsageError, ModelError or UnknownLabelError before any audio is decoded.
+    Raises TagUsageError (bad options, model, word vectors or labels) before any audio is decoded.
     """
     from zstag.embeddings import embed_files
-    from zstag.model import load_model
+    from zstag.words import UnknownLabelError
 
     if fmt not in FORMATS:
         raise TagUsageError(f"unknown format {fmt!r} (choose from {', '.join(FORMATS)})")
@@ -317,13 +332,18 @@ def run(
         raise TagUsageError(f"{output}: --output must be a file in an existing folder")
     label_list = parse_labels(labels, labels_file)
     extension_set = parse_extensions(extensions)
-    net = load_model(model)
-    words = load_words(net, vectors)
-    label_emb = label_embeddings(net, words, label_list)  # unknown labels stop here, before any decoding
+    from zstag.model import ModelError, load_model
+
+    try:
+        net = load_model(model)
+        words = load_words(net, vectors)
+        label_emb = label_embeddings(net, words, label_list)  # unknown labels stop here, before any decoding
+    except (ModelError, UnknownLabelError) as exc:
+        raise TagUsageError(str(exc)) from None
 
     found = find_audio_files(inputs, extension_set)
-    failures = list(found.missing)
-    for line in found.missing:
+    failures = list(found.problems)
+    for line in found.problems:
         print(f"zstag: {line}", file=sys.stderr)
     results = embed_files(net, found.files, workers=workers, use_cache=use_cache, offset=offset,
                           max_seconds=max_seconds, progress=progress)
@@ -347,7 +367,7 @@ def run(
             print(f"zstag: error: {output}: cannot write: {exc.strerror or exc}", file=sys.stderr)
             return 1
 
-    if not found.files and not found.missing:
+    if not found.files and not found.problems:
         print("zstag: no audio files found in the inputs", file=sys.stderr)
         return 1
     parts = [f"tagged {len(good)} of {len(good) + len(failures)} files ({sum(r.cached for r in good)} from the cache)"]

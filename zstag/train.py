@@ -26,7 +26,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -430,7 +430,7 @@ def train(
                           train_labels=labels)
     config["split_sha256"] = split_sha256
     config["training"] = {"corpus": corpus_name, "cache_plan_sha256": cache.manifest.get("plan_sha256"),
-                          "options": asdict(options)}
+                          "options": {k: v for k, v in asdict(options).items() if k not in RESUME_MAY_CHANGE}}
     model = ZeroShotModel(config).to(device)
     objective: nn.Module = TripletObjective(model, options.margin)
     if world > 1:
