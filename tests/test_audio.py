@@ -6,7 +6,6 @@ import shutil
 
 import numpy as np
 import pytest
-import soundfile as sf
 
 from zstag.audio import (
     MUSICNN,

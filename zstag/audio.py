@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
+import io
 import shutil
 import struct
 import subprocess
@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from zstag.paths import atomic_write
 
 READ_BLOCK_FRAMES = 1 << 18  # frames decoded per soundfile read (~6 s at 44.1 kHz)
 STFT_BLOCK_FRAMES = 1024  # STFT frames transformed at once; bounds the complex spectrogram in memory
@@ -306,22 +307,12 @@ def _mel_basis(sample_rate: int, n_fft: int, n_mels: int) -> np.ndarray:
 
     basis = mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, dtype=np.float32)
     try:
-        _save_npy_atomic(cached, basis)
+        buffer = io.BytesIO()
+        np.save(buffer, basis, allow_pickle=False)
+        atomic_write(cached, buffer.getvalue())
     except OSError:
         pass  # a read-only cache only costs speed
     return basis
-
-
-def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array, allow_pickle=False)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 @functools.lru_cache(maxsize=8)

@@ -6,7 +6,6 @@ so `zstag --help` and `zstag labels` start fast.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import List, Optional
 

@@ -35,13 +35,12 @@ import difflib
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from zstag import metrics
+from zstag.paths import atomic_write
 
 REPORT_FORMAT = "zstag-eval/1"
 STATS_FILE = "corpus_stats.json"  # written beside a model by training: acoustics.corpus_summary
@@ -387,22 +386,10 @@ def _json_ready(value):
 # --- output -------------------------------------------------------------------------------------
 
 
-def _write_atomic(path: str | os.PathLike, data: bytes) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_report(report: dict, path: str | os.PathLike) -> None:
     """The report as JSON (strict, 2-space indent), written atomically."""
     text = json.dumps(report, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
-    _write_atomic(path, text.encode("utf-8"))
+    atomic_write(path, text.encode("utf-8"))
 
 
 def plot_confusion(report: dict, path: str | os.PathLike, label_set: str = "all") -> None:
@@ -436,7 +423,7 @@ def plot_confusion(report: dict, path: str | os.PathLike, label_set: str = "all"
 
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
-    _write_atomic(path, buffer.getvalue())
+    atomic_write(path, buffer.getvalue())
 
 
 def _fmt(value, digits: int = 3) -> str:

@@ -22,9 +22,7 @@ import csv
 import hashlib
 import io
 import json
-import os
 import signal
-import tempfile
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
@@ -34,6 +32,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from zstag.audio import FrontEnd
+from zstag.paths import atomic_write
 
 SHARD_TRACKS = 256  # tracks per shard: ~80 MB of float16 frames for 256 × 30 s clips at 128 mels
 CACHE_FILE = "cache.json"
@@ -77,20 +76,8 @@ class PreprocessReport:
 # --- writing -------------------------------------------------------------------------------------------
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(tmp, FILE_MODE)  # mkstemp makes 0600; a cache is shared like any output file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _atomic_write_json(path: Path, payload) -> None:
-    _atomic_write_bytes(path, (json.dumps(payload, indent=1, sort_keys=True) + "\n").encode())
+    atomic_write(path, (json.dumps(payload, indent=1, sort_keys=True) + "\n").encode())
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:
@@ -185,7 +172,7 @@ def _write_shard(folder: Path, shard: int, front_end: FrontEnd, rows: list[tuple
              "n_frames": int(len(frames)), "stats": stats}
         )
         offset += len(frames)
-    _atomic_write_bytes(folder / f"{name}.npy", _npy_bytes(data))
+    atomic_write(folder / f"{name}.npy", _npy_bytes(data))
     _atomic_write_json(
         folder / f"{name}.json",
         {"shard": shard, "total_frames": int(len(data)), "tracks": tracks, "failures": failures},
@@ -392,7 +379,7 @@ def _write_failures(folder: Path, n_shards: int) -> None:
     writer = csv.DictWriter(buffer, fieldnames=["id", "path", "error"], lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    _atomic_write_bytes(folder / FAILURES_FILE, buffer.getvalue().encode())
+    atomic_write(folder / FAILURES_FILE, buffer.getvalue().encode())
 
 
 def write_index(folder: str | Path) -> Path:
@@ -415,7 +402,7 @@ def write_index(folder: str | Path) -> Path:
     )
     buffer = pa.BufferOutputStream()
     pq.write_table(table, buffer)
-    _atomic_write_bytes(folder / INDEX_FILE, buffer.getvalue().to_pybytes())
+    atomic_write(folder / INDEX_FILE, buffer.getvalue().to_pybytes())
     return folder / INDEX_FILE
 
 

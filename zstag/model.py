@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -28,6 +26,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from zstag.audio import FrontEnd
+from zstag.paths import atomic_write
 
 MARGIN = 0.4  # the paper's hinge margin
 EMBED_DIM = 100  # the paper's joint-space size
@@ -229,18 +228,6 @@ def triplet_hinge_loss(
     return F.relu(margin - pos + neg).mean()
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; model files are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _model_id(config_bytes: bytes, weights_bytes: bytes) -> str:
     return hashlib.sha256(config_bytes + b"\0" + weights_bytes).hexdigest()[:16]
 
@@ -262,9 +249,9 @@ def save_model(model: ZeroShotModel, folder: str | Path, extra_files: dict[str, 
     config_bytes = json.dumps(config, indent=2, sort_keys=True).encode()
     weights_bytes = save(_trainable_state(model))
     for name, payload in (extra_files or {}).items():
-        _atomic_write(folder / name, json.dumps(payload, indent=2, sort_keys=True).encode())
-    _atomic_write(folder / WEIGHTS_FILE, weights_bytes)
-    _atomic_write(folder / CONFIG_FILE, config_bytes)
+        atomic_write(folder / name, json.dumps(payload, indent=2, sort_keys=True).encode())
+    atomic_write(folder / WEIGHTS_FILE, weights_bytes)
+    atomic_write(folder / CONFIG_FILE, config_bytes)
     model.model_id = model.config["model_id"] = _model_id(config_bytes, weights_bytes)
     return model.model_id
 

@@ -24,3 +24,25 @@ def cache_dir() -> Path:
 def models_dir() -> Path:
     """The `models/` folder next to the `zstag` package (the repository's models folder)."""
     return Path(__file__).resolve().parent.parent / "models"
+
+
+def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
+    """Write a file whole or not at all: a temporary file in the same folder, then os.replace.
+
+    A crash or kill -9 leaves either the old file or the new one, never half of one. str is UTF-8.
+    """
+    import tempfile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(payload)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; outputs, models and caches are ordinary files
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

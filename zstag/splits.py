@@ -24,14 +24,13 @@ import difflib
 import hashlib
 import json
 import math
-import os
 import random
 import re
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
+from zstag.paths import atomic_write
 
 SPLIT_FORMAT = "zstag-split/1"
 UNSEEN_FRACTION = 0.2            # the paper: 80 % seen, 20 % unseen labels
@@ -333,19 +332,7 @@ def save_split(split: Split, path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(split.to_dict(), ensure_ascii=False, indent=1) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    atomic_write(path, text)
     return path
 
 

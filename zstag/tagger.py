@@ -26,11 +26,11 @@ import io
 import json
 import os
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from zstag.paths import atomic_write
 
 FORMATS = ("table", "json", "jsonl", "csv")
 SOFTMAX_TEMPERATURE = 0.1  # cosine gaps of ~0.1 between labels become ~e:1 odds in --single confidence
@@ -282,19 +282,6 @@ def _table(records: list[dict], single: bool, width: int | None) -> str:
     return console.file.getvalue()
 
 
-def write_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write via a temporary file in the same folder and os.replace: never a half-written output."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 # --- the command --------------------------------------------------------------------------------
 
 
@@ -362,7 +349,7 @@ def run(
         sys.stdout.flush()
     else:
         try:
-            write_atomic(output, text)
+            atomic_write(output, text)
         except OSError as exc:
             print(f"zstag: error: {output}: cannot write: {exc.strerror or exc}", file=sys.stderr)
             return 1

@@ -37,6 +37,7 @@ from torch import nn
 from zstag.audio import segment
 from zstag.features import FeatureCache
 from zstag.model import MARGIN, ZeroShotModel, cnn1d_config, save_model, triplet_hinge_loss
+from zstag.paths import atomic_write
 
 OPTIMIZERS = ("sgd", "adam")
 MIN_IMPROVEMENT = 1e-4  # relative: a validation loss must beat the best by this to count (LR schedule and stopping)
@@ -259,18 +260,6 @@ def ranking_metrics(scores: np.ndarray, positives: list[np.ndarray]) -> dict:
 # --- checkpoints --------------------------------------------------------------------------------
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; history.json ships in the model folder
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _optimizer_split(optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
     """Optimizer state as (tensors for safetensors, JSON-able rest)."""
     state = optimizer.state_dict()
@@ -313,7 +302,7 @@ def save_checkpoint(folder: Path, epoch: int, model, optimizer, scheduler, progr
     (tmp / "state.json").write_text(json.dumps(meta, indent=1))
     shutil.rmtree(root / name, ignore_errors=True)
     os.replace(tmp, root / name)
-    _atomic_write(root / LATEST_FILE, json.dumps({"epoch": epoch, "checkpoint": name}).encode())
+    atomic_write(root / LATEST_FILE, json.dumps({"epoch": epoch, "checkpoint": name}).encode())
     for old in sorted(root.glob("epoch-*"))[:-KEEP_CHECKPOINTS]:
         shutil.rmtree(old, ignore_errors=True)
     for stale in root.glob(".epoch-*.tmp"):
@@ -522,7 +511,7 @@ def train(
                          "history": history, "options": asdict(options), "split_sha256": split_sha256,
                          "cache_plan_sha256": cache.manifest.get("plan_sha256")}
                 save_checkpoint(out, epoch, model, optimizer, scheduler, state)
-                _atomic_write(out / HISTORY_FILE, json.dumps(history, indent=1).encode())
+                atomic_write(out / HISTORY_FILE, json.dumps(history, indent=1).encode())
                 bar.update(epoch_task, completed=epoch, info=f"best val loss {best_loss:.4f} (epoch {best_epoch})")
                 if progress:
                     bar.console.print(f"epoch {epoch}: {_epoch_line(record)}")  # scrolls above the bars

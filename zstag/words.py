@@ -35,7 +35,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from zstag.paths import cache_dir
+from zstag.paths import atomic_write
 
 DEFAULT_SOURCE = "glove-6B-50d"
 FUNCTION_WORDS = frozenset({"and", "of", "the", "a", "an", "in", "on", "with", "for", "to", "or"})
@@ -231,7 +231,7 @@ def _load_default() -> WordVectors:
         import pyarrow.parquet as pq
 
         words = pq.read_table(data / "glove_6B_index.parquet").column(0).to_pylist()
-        _write_atomic(vocab_cache, json.dumps(words, ensure_ascii=False).encode("utf-8"))
+        atomic_write(vocab_cache, json.dumps(words, ensure_ascii=False).encode("utf-8"))
     return WordVectors(words, matrix, DEFAULT_SOURCE)
 
 
@@ -261,8 +261,8 @@ def _load_file(path: Path) -> WordVectors:
     kv = _parse_with_gensim(path, head)
     matrix = np.ascontiguousarray(kv.vectors, dtype=np.float32)
     words = list(kv.index_to_key)
-    _write_atomic(npy, _npy_bytes(matrix))
-    _write_atomic(vocab, json.dumps(words, ensure_ascii=False).encode("utf-8"))
+    atomic_write(npy, _npy_bytes(matrix))
+    atomic_write(vocab, json.dumps(words, ensure_ascii=False).encode("utf-8"))
     return WordVectors(words, matrix, str(path))
 
 
@@ -313,16 +313,3 @@ def _npy_bytes(matrix: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, matrix, allow_pickle=False)
     return buf.getvalue()
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write via a temporary file in the same folder and os.replace, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise

@@ -102,7 +102,7 @@ def _db_tags(path: Path, min_val: float, vocabulary, top_n, min_tracks: int) -> 
             keep = set(select_labels(counts, vocabulary, top_n, min_tracks, str(path)))
             con.execute("CREATE TEMP TABLE keep_tags (tag INTEGER PRIMARY KEY)")
             con.executemany("INSERT INTO keep_tags VALUES (?)", ((r,) for r, t in tag_names.items() if t in keep))
-            query = (f"SELECT tid, tag FROM tid_tag NOT INDEXED WHERE tag IN (SELECT tag FROM keep_tags)"
+            query = ("SELECT tid, tag FROM tid_tag NOT INDEXED WHERE tag IN (SELECT tag FROM keep_tags)"
                      + (" AND val >= ?" if min_val > 0 else ""))
         per_track: dict[int, list[str]] = {}
         for tid_row, tag_row in con.execute(query, args):
