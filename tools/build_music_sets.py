@@ -25,7 +25,6 @@ import io
 import json
 import os
 import random
-import shutil
 import struct
 import sys
 import tempfile
@@ -249,9 +248,18 @@ GCOMPRIS_SOUNDS = {
 }
 
 
+def licence_of(path: str, licences: dict[str, str]) -> str:
+    """The licence of the most specific debian/copyright Files: pattern that matches path."""
+    import fnmatch
+
+    matches = [pattern for pattern in licences if fnmatch.fnmatch(path, pattern)]
+    return licences[max(matches, key=len)] if matches else "unknown"
+
+
 def gcompris_sounds(out: Path) -> Iterator[Entry]:
     package, folder = "gcompris-qt-data", Path("/usr/share/gcompris-qt/rcc")
     installed(package, folder)
+    licences = _debian_file_licences(package)
     (out / "audio").mkdir(parents=True, exist_ok=True)
     for archive, wanted in GCOMPRIS_SOUNDS.items():
         for resource, blob in rcc_files(folder / archive):
@@ -262,8 +270,8 @@ def gcompris_sounds(out: Path) -> Iterator[Entry]:
             if not target.exists() or target.stat().st_size != len(blob):
                 write_atomic(target, blob)
             activity = Path(archive).stem
-            yield Entry(f"audio/{target.name}", wanted[base], f"gcompris-{activity}", title_of(base), package,
-                        "GPL-3+ (Debian: Files: *)")
+            licence = licence_of(resource.removeprefix("/gcompris/"), licences)
+            yield Entry(f"audio/{target.name}", wanted[base], f"gcompris-{activity}", title_of(base), package, licence)
 
 
 # --- KLettres: spoken letters and syllables → utterance-like clips --------------------------------
