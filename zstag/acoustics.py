@@ -84,3 +84,44 @@ def corpus_summary(name: str, results: list) -> dict:
 
 def _rounded(value: float | None, digits: int) -> float | None:
     return None if value is None else round(value, digits)
+
+
+def analyse_file(path, front_end, offset: float = 0.0, duration: float | None = None) -> tuple[np.ndarray, dict]:
+    """Decode one file → (log-mel [n_mels, n_frames], file_stats) from one decode; raises AudioError.
+
+    The worker step shared by ``zstag tag``/``eval`` (embeddings.py) and ``zstag preprocess`` (features.py).
+    """
+    from zstag import audio
+
+    samples = audio.load_audio(path, front_end.sample_rate, offset=offset, duration=duration)
+    mel = audio.log_mel(samples, front_end)
+    if mel.shape[1] == 0 or not np.isfinite(mel).all():
+        raise audio.AudioError(f"{path}: no usable log-mel frames")
+    native_rate, seconds = native_format(path, fallback_seconds=offset + len(samples) / front_end.sample_rate)
+    return mel, file_stats(samples, front_end.sample_rate, native_rate, seconds)
+
+
+def native_format(path, fallback_seconds: float) -> tuple[int | None, float]:
+    """(native sample rate, whole-file duration in s) from the header; (None, fallback) where libsndfile
+    cannot read it (files decoded by ffmpeg)."""
+    try:
+        import soundfile
+
+        meta = soundfile.info(str(path))
+        return int(meta.samplerate), float(meta.duration)
+    except Exception:
+        return None, fallback_seconds
+
+
+def error_line(path, exc: BaseException) -> str:
+    """One line naming the file and the cause, whatever the decoder raised."""
+    from zstag.audio import AudioError
+
+    if isinstance(exc, MemoryError):
+        return f"{path}: out of memory while decoding"
+    if isinstance(exc, AudioError):
+        message = str(exc)  # feature errors do not know the path: add it
+        message = message if message.startswith(str(path)) else f"{path}: {message}"
+    else:
+        message = f"{path}: {type(exc).__name__}: {exc}"
+    return " ".join(message.split()) or f"{path}: unknown error"

@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from zstag import audio
-from zstag.acoustics import file_stats
+from zstag.acoustics import analyse_file, error_line
 
 CACHE_FILE = "embeddings.sqlite"
 PIPELINE_VERSION = 2  # bump when decoding or features change, so that old rows stop matching
@@ -219,7 +219,7 @@ def _embed(model, model_id, paths, results, cache, workers, offset, max_seconds,
                 try:
                     embedding = np.asarray(model.embed_track(segments), dtype=np.float32)
                 except Exception as exc:  # never lose the run to one file
-                    outcome = _one_line(f"{paths[i]}: cannot embed: {type(exc).__name__}: {exc}")
+                    outcome = " ".join(f"{paths[i]}: cannot embed: {type(exc).__name__}: {exc}".split())
             if isinstance(outcome, str):
                 results[i] = TrackResult(paths[i], None, outcome)
             else:
@@ -310,34 +310,10 @@ def decode_file(path: str, fe_dict: dict, offset: float = 0.0, max_seconds: floa
     """(segments [n_seg, n_mels, T] float32, stats dict), or a one-line error string naming the file."""
     try:
         fe = audio.FrontEnd.from_dict(fe_dict)
-        samples = audio.load_audio(path, fe.sample_rate, offset=offset, duration=max_seconds)
-        segments = audio.segment(audio.log_mel(samples, fe), fe)
-        native_rate, duration = _header(path, fallback_duration=offset + len(samples) / fe.sample_rate)
-        stats = file_stats(samples, fe.sample_rate, native_rate, duration)
-        return np.ascontiguousarray(segments, dtype=np.float32), stats
-    except audio.AudioError as exc:
-        message = str(exc)  # feature errors do not know the path: add it
-        return _one_line(message if message.startswith(str(path)) else f"{path}: {message}")
-    except MemoryError:
-        return f"{path}: out of memory while decoding"
+        mel, stats = analyse_file(path, fe, offset=offset, duration=max_seconds)
+        return np.ascontiguousarray(audio.segment(mel, fe), dtype=np.float32), stats
     except Exception as exc:  # a worker must answer for every file, whatever the decoder throws
-        return _one_line(f"{path}: {type(exc).__name__}: {exc}")
-
-
-def _header(path: str, fallback_duration: float) -> tuple[int | None, float]:
-    """(native sample rate, whole-file duration in s) from the header; (None, fallback) where
-    libsndfile cannot read it (files decoded by ffmpeg)."""
-    import soundfile
-
-    try:
-        meta = soundfile.info(path)
-        return int(meta.samplerate), float(meta.duration)
-    except Exception:
-        return None, fallback_duration
-
-
-def _one_line(message: str) -> str:
-    return " ".join(message.split()) or "unknown error"
+        return error_line(path, exc)
 
 
 def _init_worker(main_pid: int) -> None:

@@ -107,40 +107,13 @@ def compute_frames(path: str, front_end: dict, offset: float = 0.0, duration: fl
 
     Runs in the worker processes; never raises for a bad file.
     """
-    from zstag.acoustics import file_stats
-    from zstag.audio import AudioError, load_audio, log_mel
+    from zstag.acoustics import analyse_file, error_line
 
-    fe = FrontEnd.from_dict(front_end)
     try:
-        audio = load_audio(path, fe.sample_rate, offset=offset, duration=duration)
-        mel = log_mel(audio, fe)
-        if mel.shape[1] == 0 or not np.isfinite(mel).all():
-            raise AudioError(f"{path}: no usable log-mel frames")
-        native_rate, seconds = _file_info(path, len(audio) / fe.sample_rate + offset)
-        stats = file_stats(audio, fe.sample_rate, native_rate, seconds)
-    except AudioError as exc:
-        message = str(exc)  # feature errors do not know the path: add it
-        return None, None, _one_line(message if message.startswith(str(path)) else f"{path}: {message}")
-    except MemoryError:
-        return None, None, f"{path}: out of memory while decoding"
+        mel, stats = analyse_file(path, FrontEnd.from_dict(front_end), offset=offset, duration=duration)
     except Exception as exc:  # a run over many files never dies on one bad file
-        return None, None, _one_line(f"{path}: {type(exc).__name__}: {exc}")
+        return None, None, error_line(path, exc)
     return np.ascontiguousarray(mel.T, dtype=DTYPE), stats, None
-
-
-def _file_info(path: str, fallback_seconds: float) -> tuple[int | None, float]:
-    """(native sample rate, duration in seconds) from the header, where libsndfile can read it."""
-    try:
-        import soundfile
-
-        meta = soundfile.info(path)
-        return int(meta.samplerate), float(meta.duration)
-    except Exception:
-        return None, fallback_seconds
-
-
-def _one_line(message: str) -> str:
-    return " ".join(message.split()) or "unknown error"
 
 
 def _compute_task(task: tuple) -> tuple:
