@@ -40,6 +40,14 @@ def fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
+def _write_or_fail(path, write) -> None:
+    """Run write(); an unwritable destination is a one-line error, not a traceback."""
+    try:
+        write()
+    except OSError as exc:
+        fail(f"{exc.filename or path}: cannot write: {exc.strerror or exc}")
+
+
 # --- labels (words.py) -------------------------------------------------------
 
 
@@ -153,6 +161,8 @@ def preprocess_command(
                             shard_size=shard_size, source=source, progress=not no_progress)
     except FeatureCacheError as exc:
         fail(str(exc))
+    except OSError as exc:
+        fail(f"{exc.filename or out}: cannot write: {exc.strerror or exc}")
     typer.echo(
         f"{report.tracks_done} tracks decoded into {report.shards_done} shards, {report.shards_skipped} shards "
         f"already done, {len(report.failures)} failed ({report.seconds:.1f} s); "
@@ -187,7 +197,7 @@ def split_command(
     else:
         data = _open_training_corpus(corpus, root, None, None, None, None)
     split = _split_for(data, None, seed, unseen, unseen_fraction, split_by, val_fraction, test_fraction)
-    save_split(split, out)
+    _write_or_fail(out, lambda: save_split(split, out))
     counts = split.counts()
     typer.echo(f"{out}: {counts['seen']} seen / {counts['unseen']} unseen labels; train {counts['train']}, "
                f"validation {counts['validation']}, test {counts['test']} tracks; sha256 {split.sha256[:16]}")
@@ -195,7 +205,7 @@ def split_command(
 
 def _cache_corpus(features: Path):
     from zstag.features import FeatureCacheError
-    from zstag.train import cache_corpus
+    from zstag.features import cache_corpus
 
     try:
         return cache_corpus(features)
@@ -251,10 +261,10 @@ def train_command(
     if split is None and resume and saved_split.is_file():
         split = saved_split  # the resumed run keeps the split it was started with
     the_split = _split_for(data, split, seed, unseen, unseen_fraction, split_by, val_fraction, test_fraction)
-    if split is None:
-        if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 writes
-            save_split(the_split, saved_split)
-    else:
+    # The model folder always keeps the split it was trained on; under torchrun only rank 0 writes.
+    if os.environ.get("RANK", "0") == "0" and (split is None or Path(split).resolve() != saved_split.resolve()):
+        _write_or_fail(saved_split, lambda: save_split(the_split, saved_split))
+    if split is not None:
         try:
             absent = check_split(the_split, data)
         except SplitError as exc:
@@ -388,13 +398,13 @@ def eval_command(
     typer.echo(f"zstag: evaluated {report['tracks']['evaluated']} of {report['tracks']['selected']} tracks "
                f"({result.cached} from the cache)", err=True)
     if out is not None:
-        evaluate.write_report(report, out)
+        _write_or_fail(out, lambda: evaluate.write_report(report, out))
         typer.echo(f"zstag: report written to {out}", err=True)
     if plot is not None:
         if report["task"] != "classification":
             typer.echo("zstag: warning: --plot draws the confusion matrix of single-label corpora; nothing drawn", err=True)
         else:
-            evaluate.plot_confusion(report, plot)
+            _write_or_fail(plot, lambda: evaluate.plot_confusion(report, plot))
             typer.echo(f"zstag: confusion matrix written to {plot}", err=True)
 
 

@@ -215,6 +215,8 @@ def preprocess(
     _remove_stale_temporaries(folder, mine)
     todo = [s for s in mine if not _shard_complete(folder, s)]
     report.shards_skipped = len(mine) - len(todo)
+    if todo:  # shards will change: an index written before them would point at the old frames
+        (folder / INDEX_FILE).unlink(missing_ok=True)
     tasks, owners = [], []
     fe_dict = front_end.to_dict()
     for s in todo:
@@ -492,3 +494,18 @@ def _entries_from_index(path: Path) -> list[CachedTrack]:
 
 def open_cache(folder: str | Path) -> FeatureCache:
     return FeatureCache.open(folder)
+
+
+def cache_corpus(folder: str | Path):
+    """A zstag.corpora.Corpus of the tracks in a feature cache (for making a split without the audio)."""
+    from zstag.corpora import Corpus, Track
+
+    cache = FeatureCache.open(folder)
+    source = cache.manifest.get("source") or {}
+    tracks = sorted((Track(e.id, Path(e.id), e.labels, e.artist) for e in cache.tracks), key=lambda t: t.id)
+    labels = sorted({label for t in tracks for label in t.labels})
+    return Corpus(
+        name=source.get("name") or Path(folder).name, kind=source.get("kind") or "cache", root=Path(folder),
+        tracks=tracks, labels=labels, single_label=all(len(t.labels) == 1 for t in tracks),
+        options=dict(source.get("options") or {}),
+    )

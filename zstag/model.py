@@ -281,12 +281,14 @@ def load_model(path_or_name: str | Path | None = None) -> ZeroShotModel:
         config = json.loads(config_bytes)
     except (OSError, ValueError) as exc:
         raise ModelError(f"{folder}: cannot read model: {exc}") from None
-    model = ZeroShotModel(config)
+    from safetensors import SafetensorError
+
     try:
+        model = ZeroShotModel(config)
         model.load_state_dict(load(weights_bytes), strict=True)
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[0]
-        raise ModelError(f"{folder}: weights do not match the config: {first}") from None
+    except (KeyError, TypeError, ValueError, RuntimeError, SafetensorError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ModelError(f"{folder}: weights and config do not match (or are damaged): {first}") from None
     model.model_id = model.config["model_id"] = _model_id(config_bytes, weights_bytes)
     model.folder = folder
     return model.eval()

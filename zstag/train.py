@@ -132,21 +132,6 @@ def label_vectors(labels: list[str], source: str | None = None) -> tuple[np.ndar
 # --- tracks -------------------------------------------------------------------------------------
 
 
-def cache_corpus(folder: str | Path):
-    """A zstag.corpora.Corpus of the tracks in a feature cache (for making a split without the audio)."""
-    from zstag.corpora import Corpus, Track
-
-    cache = FeatureCache.open(folder)
-    source = cache.manifest.get("source") or {}
-    tracks = sorted((Track(e.id, Path(e.id), e.labels, e.artist) for e in cache.tracks), key=lambda t: t.id)
-    labels = sorted({label for t in tracks for label in t.labels})
-    return Corpus(
-        name=source.get("name") or Path(folder).name, kind=source.get("kind") or "cache", root=Path(folder),
-        tracks=tracks, labels=labels, single_label=all(len(t.labels) == 1 for t in tracks),
-        options=dict(source.get("options") or {}),
-    )
-
-
 # --- sampling -----------------------------------------------------------------------------------
 
 

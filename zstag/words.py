@@ -231,15 +231,21 @@ def _load_default() -> WordVectors:
         import pyarrow.parquet as pq
 
         words = pq.read_table(data / "glove_6B_index.parquet").column(0).to_pylist()
-        atomic_write(vocab_cache, json.dumps(words, ensure_ascii=False).encode("utf-8"))
+        try:
+            atomic_write(vocab_cache, json.dumps(words, ensure_ascii=False).encode("utf-8"))
+        except OSError:
+            pass  # a read-only cache only costs speed
     return WordVectors(words, matrix, DEFAULT_SOURCE)
 
 
 def _load_file(path: Path) -> WordVectors:
     if not path.is_file():
         raise VectorsError(f"{path}: no such file")
-    with open(path, "rb") as f:
-        head = f.read(4096)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError as e:
+        raise VectorsError(f"{path}: cannot read: {e.strerror or e}") from None
     if not head:
         raise VectorsError(f"{path}: empty file")
     if head[:1] == b"\x80":  # a pickle protocol marker: gensim's native KeyedVectors.save format
@@ -261,8 +267,11 @@ def _load_file(path: Path) -> WordVectors:
     kv = _parse_with_gensim(path, head)
     matrix = np.ascontiguousarray(kv.vectors, dtype=np.float32)
     words = list(kv.index_to_key)
-    atomic_write(npy, _npy_bytes(matrix))
-    atomic_write(vocab, json.dumps(words, ensure_ascii=False).encode("utf-8"))
+    try:
+        atomic_write(npy, _npy_bytes(matrix))
+        atomic_write(vocab, json.dumps(words, ensure_ascii=False).encode("utf-8"))
+    except OSError:
+        pass  # a read-only cache only costs speed: the file is parsed again next time
     return WordVectors(words, matrix, str(path))
 
 

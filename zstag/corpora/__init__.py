@@ -67,6 +67,14 @@ def open_corpus(kind: str, root, **options) -> Corpus:
     root = Path(root).expanduser()
     if not root.exists():
         raise CorpusError(f"{root}: no such file or folder")
+    try:
+        return _read(kind, root, options)
+    except OSError as exc:  # unreadable folders or files: one line, not a traceback
+        where = exc.filename or root
+        raise CorpusError(f"{where}: cannot read: {exc.strerror or exc}") from None
+
+
+def _read(kind: str, root: Path, options: dict) -> Corpus:
     if kind == "auto":
         kind = detect_kind(root)
     if kind == "msd":
