@@ -1,4 +1,4 @@
-"""Shared fixtures: a private cache folder for the whole run and a synthetic-audio writer."""
+"""Shared fixtures: a private cache folder, per-test cache folders, a tiny random model, a synthetic-audio writer."""
 
 from __future__ import annotations
 
@@ -46,3 +46,25 @@ def write_audio(tmp_path):
         return path
 
     return write
+
+
+@pytest.fixture()
+def cache_dir(tmp_path, monkeypatch):
+    """A fresh ZSTAG_CACHE_DIR for one test (embedding cache, word-vector cache)."""
+    folder = tmp_path / "cache"
+    monkeypatch.setenv("ZSTAG_CACHE_DIR", str(folder))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A saved, seeded, untrained paper CNN1D (GloVe 50-d labels): fast to run, deterministic. Read-only."""
+    import torch
+
+    from zstag.audio import PAPER
+    from zstag.model import ZeroShotModel, cnn1d_config, save_model
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("model")
+    save_model(ZeroShotModel(cnn1d_config(PAPER, word_dim=50, words="glove-6B-50d")), folder)
+    return str(folder)

@@ -30,19 +30,9 @@ def write_tone(path, seconds=3.0, freq=440.0, amplitude=0.5, sr=SR, noise=0.01):
     return str(path)
 
 
-@pytest.fixture()
-def cache_dir(tmp_path, monkeypatch):
-    folder = tmp_path / "cache"
-    monkeypatch.setenv("ZSTAG_CACHE_DIR", str(folder))
-    return folder
-
-
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("model")
-    save_model(ZeroShotModel(cnn1d_config(PAPER, word_dim=50, words="glove-6B-50d")), folder)
-    return load_model(folder)
+def model(tiny_model_dir):
+    return load_model(tiny_model_dir)
 
 
 @pytest.fixture()

@@ -8,13 +8,10 @@ import os
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 from typer.testing import CliRunner
 
 from zstag import cli, embeddings, tagger
-from zstag.audio import PAPER
 from zstag.cli import app
-from zstag.model import ZeroShotModel, cnn1d_config, save_model
 
 SR = 22050
 LABELS = ["rock", "jazz", "drum and bass"]
@@ -32,19 +29,14 @@ def write_music(path, seconds=3.0, seed=0, sr=SR):
     return path
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("model")
-    save_model(ZeroShotModel(cnn1d_config(PAPER, word_dim=50, words="glove-6B-50d")), folder)
-    return str(folder)
+@pytest.fixture()
+def model_dir(tiny_model_dir):
+    return tiny_model_dir
 
 
 @pytest.fixture(autouse=True)
-def cache_dir(tmp_path, monkeypatch):
-    folder = tmp_path / "cache"
-    monkeypatch.setenv("ZSTAG_CACHE_DIR", str(folder))
-    return folder
+def _fresh_cache(cache_dir):
+    return cache_dir
 
 
 @pytest.fixture()
