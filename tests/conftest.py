@@ -68,3 +68,20 @@ def tiny_model_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("model")
     save_model(ZeroShotModel(cnn1d_config(PAPER, word_dim=50, words="glove-6B-50d")), folder)
     return str(folder)
+
+
+@pytest.fixture()
+def forbid_decoding():
+    """forbid_decoding(monkeypatch): from then on, fail the test if any file is decoded (cache hits only)."""
+    from zstag import embeddings
+
+    def install(monkeypatch):
+        real = embeddings.decode_files
+
+        def guarded(jobs, *args, **kwargs):
+            assert not jobs, f"decoded {[p for _, p in jobs]}"
+            return real(jobs, *args, **kwargs)
+
+        monkeypatch.setattr(embeddings, "decode_files", guarded)
+
+    return install

@@ -48,17 +48,6 @@ def direct_embedding(model, path, offset=0.0, duration=None):
         return model.embed_track(audio.track_segments(path, model.front_end, offset, duration))
 
 
-def no_decoding(monkeypatch):
-    """Fail the test if any file is decoded (cache hits only)."""
-    real = embeddings.decode_files
-
-    def guarded(jobs, *args, **kwargs):
-        assert not jobs, f"decoded {[p for _, p in jobs]}"
-        return real(jobs, *args, **kwargs)
-
-    monkeypatch.setattr(embeddings, "decode_files", guarded)
-
-
 def test_content_digest_follows_content_not_path(tmp_path):
     a = write_tone(tmp_path / "a.wav")
     b = tmp_path / "b.wav"
@@ -115,10 +104,10 @@ def test_stats_describe_the_file(model, tmp_path, cache_dir):
     assert stats["spectral_centroid_hz"] == pytest.approx(1000.0, rel=0.1)
 
 
-def test_cache_hit_with_no_decoding(model, tracks, cache_dir, monkeypatch):
+def test_cache_hit_with_no_decoding(model, tracks, cache_dir, monkeypatch, forbid_decoding):
     first = embed_files(model, tracks, workers=2, progress=False)
     assert (cache_dir / CACHE_FILE).is_file()
-    no_decoding(monkeypatch)
+    forbid_decoding(monkeypatch)
     second = embed_files(model, tracks, workers=2, progress=False)
     assert all(r.cached for r in second)
     for a, b in zip(first, second):
@@ -126,13 +115,13 @@ def test_cache_hit_with_no_decoding(model, tracks, cache_dir, monkeypatch):
         assert a.stats == b.stats
 
 
-def test_cache_keys_on_content(model, tracks, cache_dir, monkeypatch, tmp_path):
+def test_cache_keys_on_content(model, tracks, cache_dir, monkeypatch, tmp_path, forbid_decoding):
     first = embed_files(model, tracks, workers=0, progress=False)
     copy = tmp_path / "copy.wav"
     shutil.copy(tracks[0], copy)
     os.utime(tracks[1], ns=(1_000_000_000, 1_000_000_000))  # touched: same content, new mtime
     with monkeypatch.context() as m:
-        no_decoding(m)
+        forbid_decoding(m)
         again = embed_files(model, [str(copy), tracks[1]], workers=0, progress=False)
     assert all(r.cached for r in again)
     np.testing.assert_array_equal(again[0].embedding, first[0].embedding)

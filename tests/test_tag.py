@@ -59,16 +59,6 @@ def tag_json(music, model_dir, *extra):
     return json.loads(result.stdout)
 
 
-def no_decoding(monkeypatch):
-    real = embeddings.decode_files
-
-    def guarded(jobs, *args, **kwargs):
-        assert not jobs, f"decoded {[p for _, p in jobs]}"
-        return real(jobs, *args, **kwargs)
-
-    monkeypatch.setattr(embeddings, "decode_files", guarded)
-
-
 # --- output formats ---------------------------------------------------------------------------
 
 
@@ -233,10 +223,10 @@ def test_two_runs_give_identical_scores(music, model_dir):
     assert first.exit_code == 0 and first.stdout == second.stdout == cached[0].stdout == cached[1].stdout
 
 
-def test_retag_with_new_labels_reads_the_cache(music, model_dir, monkeypatch):
+def test_retag_with_new_labels_reads_the_cache(music, model_dir, monkeypatch, forbid_decoding):
     first = tag_json(music, model_dir)
     with monkeypatch.context() as m:
-        no_decoding(m)
+        forbid_decoding(m)
         result = run(music, "--labels", "piano,techno", "--model", model_dir, "--format", "json")
         assert result.exit_code == 0 and "3 from the cache" in result.stderr
         again = tag_json(music, model_dir)
