@@ -1,9 +1,12 @@
-"""Startup and front-end timings: `zstag --help`, `zstag labels jazz`, decode + log-mel of a 30 s mp3.
+"""Startup and front-end timings: `zstag --help`, `zstag labels jazz`, `zstag tag` on cached files,
+decode + log-mel of a 30 s mp3.
 
     python benchmarks/startup.py [--repeats 5]
 
 CLI figures are wall times of fresh processes (median of --repeats). `labels jazz` is timed with a
-cold vocabulary cache (first run) and warm. The audio figures come from a fresh process per front
+cold vocabulary cache (first run) and warm. `zstag tag` runs the shipped default model on TAG_FILES
+short wav files, once cold (empty embedding cache) and then warm with new labels (every file from
+the cache: no torch, nothing decoded), in the default table format. The audio figures come from a fresh process per front
 end and filterbank-cache state: "import" is `import zstag.audio`, "first" the first track_segments()
 call (with a cold cache it pays the lazy librosa import that makes the mel filterbank; with a warm
 one the filterbank is read from the cache), "warm calls" the median of later calls. The last figure is the
@@ -23,6 +26,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+TAG_FILES = 20
+TAG_SECONDS = 5.0
 
 AUDIO_PROBE = r"""
 import json, statistics, sys, time
@@ -72,6 +78,19 @@ def write_mp3(path: Path, seconds: float, rate: int = 44100) -> None:
             f.write(np.stack([x, 0.7 * x], axis=1).astype(np.float32))
 
 
+def write_wavs(folder: Path, n: int, seconds: float, rate: int = 22050) -> None:
+    """n mono wav files, each a different chord with a little noise."""
+    import numpy as np
+    import soundfile as sf
+
+    folder.mkdir()
+    t = np.arange(int(seconds * rate)) / rate
+    for i in range(n):
+        rng = np.random.default_rng(i)
+        x = sum(np.sin(2 * np.pi * 110 * 2 ** ((i + k) / 12) * t) for k in (0, 4, 7)) / 4
+        sf.write(str(folder / f"track_{i:02d}.wav"), (x + 0.02 * rng.standard_normal(len(t))).astype(np.float32), rate)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
@@ -89,6 +108,14 @@ def main() -> None:
         warm = wall(cmd + ["labels", "jazz"], env, args.repeats)
         print(f"zstag labels jazz (cold)  {cold[0]:.3f} s  (vocabulary cache written)")
         print(f"zstag labels jazz (warm)  median {statistics.median(warm):.3f} s  (runs: {fmt(warm)})")
+
+        music = tmp / "tag"
+        write_wavs(music, TAG_FILES, TAG_SECONDS)
+        cold = wall(cmd + ["tag", str(music), "--labels", "rock,jazz,classical"], env, 1)
+        warm = wall(cmd + ["tag", str(music), "--labels", "piano,techno,hip hop,speech"], env, args.repeats)
+        print(f"zstag tag, {TAG_FILES} files (cold)   {cold[0]:.3f} s  (default model, embedding cache written)")
+        print(f"zstag tag, {TAG_FILES} files (warm)   median {statistics.median(warm):.3f} s  (runs: {fmt(warm)}; "
+              "new labels, all from the cache)")
 
         mp3 = tmp / "30s.mp3"
         write_mp3(mp3, 30.0)

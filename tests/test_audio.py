@@ -12,8 +12,10 @@ from zstag.audio import (
     PAPER,
     AudioError,
     FrontEnd,
+    decode_audio,
     load_audio,
     log_mel,
+    mel_spectrogram,
     segment,
     track_segments,
 )
@@ -62,6 +64,46 @@ def test_log_mel_matches_librosa(fe, tone):
     assert ours.dtype == np.float32
     assert ours.shape == expected.shape == (fe.n_mels, 1 + len(audio) // fe.hop_length)
     np.testing.assert_allclose(ours, expected, rtol=1e-4, atol=1e-4)
+
+
+def _reference_mel(audio: np.ndarray, fe: FrontEnd) -> np.ndarray:
+    """The textbook formula in float64: the full filterbank times |rfft(centred Hann frames)| ** power."""
+    from zstag.audio import _hann, _mel_basis
+
+    padded = np.pad(audio.astype(np.float64), fe.n_fft // 2)
+    frames = np.lib.stride_tricks.sliding_window_view(padded, fe.n_fft)[:: fe.hop_length]
+    spectrum = np.abs(np.fft.rfft(frames * _hann(fe.n_fft).astype(np.float64), axis=1)) ** fe.power
+    return _mel_basis(fe.sample_rate, fe.n_fft, fe.n_mels).astype(np.float64) @ spectrum.T
+
+
+@pytest.mark.parametrize("fe", FRONT_ENDS, ids=lambda fe: fe.name)
+def test_blocked_mel_equals_the_full_formula(fe):
+    """Blocks of STFT_BLOCK_FRAMES frames, zero-padded ends and the banded filterbank change nothing
+    beyond float32 rounding: lengths around block boundaries, shorter than a frame, one sample."""
+    from zstag.audio import STFT_BLOCK_FRAMES
+
+    block = STFT_BLOCK_FRAMES * fe.hop_length
+    rng = np.random.default_rng(1)
+    for n in (1, fe.n_fft // 3, fe.n_fft + 1, block - 1, block, block + fe.hop_length // 2, 2 * block + 7):
+        audio = (0.3 * rng.standard_normal(n)).astype(np.float32)
+        ours, expected = mel_spectrogram(audio, fe), _reference_mel(audio, fe)
+        assert ours.dtype == np.float32 and ours.shape == expected.shape == (fe.n_mels, 1 + n // fe.hop_length)
+        np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-6 * expected.max())
+    every_other = (0.3 * rng.standard_normal(2 * block)).astype(np.float32)[::2]  # a strided view
+    np.testing.assert_array_equal(mel_spectrogram(every_other, fe), mel_spectrogram(every_other.copy(), fe))
+
+
+@pytest.mark.parametrize("fe", FRONT_ENDS, ids=lambda fe: fe.name)
+def test_mel_groups_hold_every_filter_weight(fe):
+    from zstag.audio import _mel_basis, _mel_groups
+
+    basis = _mel_basis(fe.sample_rate, fe.n_fft, fe.n_mels)
+    rebuilt = np.zeros_like(basis)
+    for first, end, lo, hi, weights in _mel_groups(fe.sample_rate, fe.n_fft, fe.n_mels):
+        rebuilt[first:end, lo:hi] = weights.T
+    np.testing.assert_array_equal(rebuilt, basis)
+    covered = sum((end - first) * (hi - lo) for first, end, lo, hi, _ in _mel_groups(fe.sample_rate, fe.n_fft, fe.n_mels))
+    assert covered < basis.size / 4  # the point of the groups: a fraction of the dense product
 
 
 @pytest.mark.parametrize("fe", FRONT_ENDS, ids=lambda fe: fe.name)
@@ -130,6 +172,25 @@ def test_offset_and_duration_read_that_span(name, tone, write_audio):
     np.testing.assert_allclose(span, full[start : start + len(span)], atol=1e-6)
     tail = load_audio(path, 22050, offset=11.0, duration=5.0)
     assert abs(len(tail) - 22050) < 2300  # mp3 may add up to a frame of padding
+
+
+def test_decode_reports_the_native_format(tone, write_audio, tmp_path):
+    import soundfile as sf
+
+    for name, rate in (("n.wav", 48000), ("n.mp3", 44100), ("n.flac", 22050)):
+        path = write_audio(name, tone(2.5, rate, noise=0.01), rate)
+        decoded = decode_audio(path, 16000, offset=0.5, duration=1.0)
+        info = sf.info(str(path))
+        assert (decoded.native_rate, decoded.native_seconds) == (info.samplerate, info.duration), name
+        np.testing.assert_array_equal(decoded.samples, load_audio(path, 16000, offset=0.5, duration=1.0))
+    if shutil.which("ffmpeg") is not None:  # ffmpeg's files: the header is not read here
+        import subprocess
+
+        m4a = tmp_path / "n.m4a"
+        subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-i", str(tmp_path / "n.wav"), "-c:a", "aac",
+                        str(m4a)], check=True)
+        decoded = decode_audio(m4a, 16000)
+        assert decoded.native_rate is None and decoded.native_seconds is None and decoded.samples.size > 0
 
 
 def test_offset_past_the_end(tone, write_audio):

@@ -44,7 +44,7 @@ def tracks(tmp_path):
 
 def direct_embedding(model, path, offset=0.0, duration=None):
     """model.embed_track over every segment of the file, with the thread settings embed_files uses."""
-    with embeddings._inference_threads(model):
+    with embeddings._inference_threads():
         return model.embed_track(audio.track_segments(path, model.front_end, offset, duration))
 
 
@@ -60,7 +60,9 @@ def test_content_digest_follows_content_not_path(tmp_path):
 
 
 def test_embedding_is_the_whole_track_in_input_order(model, tracks, cache_dir):
+    threads = torch.get_num_threads()
     results = embed_files(model, tracks, workers=2, progress=False)
+    assert torch.get_num_threads() == threads  # restored
     assert [r.path for r in results] == tracks
     for r in results:
         assert r.ok and r.error is None and not r.cached
@@ -73,7 +75,8 @@ def test_embedding_is_the_whole_track_in_input_order(model, tracks, cache_dir):
         np.testing.assert_array_equal(a.embedding, b.embedding)
 
 
-def test_musicnn_model_embeds_whole_tracks(tmp_path, cache_dir):
+@pytest.fixture(scope="module")
+def musicnn_model(tmp_path_factory):
     from zstag.audio import MUSICNN
 
     config = {
@@ -84,14 +87,44 @@ def test_musicnn_model_embeds_whole_tracks(tmp_path, cache_dir):
         },
     }
     torch.manual_seed(0)
-    save_model(ZeroShotModel(config), tmp_path / "musicnn")
-    model = load_model(tmp_path / "musicnn")
+    folder = tmp_path_factory.mktemp("musicnn")
+    save_model(ZeroShotModel(config), folder)
+    return load_model(folder)
+
+
+def test_musicnn_model_embeds_whole_tracks(musicnn_model, tmp_path, cache_dir):
     path = write_tone(tmp_path / "tone.wav", seconds=7.0)  # three 3 s patches
     threads = torch.get_num_threads()
-    (result,) = embed_files(model, [path], workers=1, progress=False)
+    (result,) = embed_files(musicnn_model, [path], workers=1, progress=False)
     assert torch.get_num_threads() == threads  # restored
     assert result.ok and result.embedding.shape == (100,)
-    np.testing.assert_array_equal(result.embedding, direct_embedding(model, path))
+    np.testing.assert_array_equal(result.embedding, direct_embedding(musicnn_model, path))
+
+
+def test_heavy_models_embed_several_tracks_at_once_with_the_same_numbers(musicnn_model, tmp_path, monkeypatch):
+    """musicnn tracks go to a pool of inference threads: results equal one track at a time on this
+    thread, in input order, whatever --workers says; a track that fails to embed fails alone."""
+    monkeypatch.setattr(embeddings, "default_workers", lambda: 3)  # 3 inference threads, even on 1 core
+    paths = [write_tone(tmp_path / f"m{i}.wav", seconds=1.0 + 2.5 * i, freq=200.0 * (i + 1)) for i in range(5)]
+    direct = [direct_embedding(musicnn_model, p) for p in paths]
+    for workers in (0, 2):
+        results = embed_files(musicnn_model, paths, workers=workers, use_cache=False, progress=False)
+        assert [r.path for r in results] == paths
+        for r, expected in zip(results, direct):
+            np.testing.assert_array_equal(r.embedding, expected)
+
+    embed_track = musicnn_model.embed_track
+
+    def flaky(segments):
+        if len(segments) == 3:  # the 8.5 s track
+            raise RuntimeError("boom")
+        return embed_track(segments)
+
+    monkeypatch.setattr(musicnn_model, "embed_track", flaky)
+    results = embed_files(musicnn_model, paths, workers=2, use_cache=False, progress=False)
+    assert [r.ok for r in results] == [True, True, True, False, True]
+    assert results[3].error == f"{paths[3]}: cannot embed: RuntimeError: boom"
+    np.testing.assert_array_equal(results[4].embedding, direct[4])
 
 
 def test_stats_describe_the_file(model, tmp_path, cache_dir):
@@ -182,6 +215,30 @@ def test_a_dying_worker_fails_only_its_file(tracks, tmp_path):
     for i in (0, 2, 3):
         segments, stats = outcomes[i]
         assert segments.ndim == 3 and stats["native_sample_rate"] == SR
+
+
+WORKER_ENV_PROBE = """
+import os
+from zstag.embeddings import _pool, start_decoders
+start_decoders()
+start_decoders()  # harmless twice
+pool = _pool(1)
+print(pool.submit(os.getenv, "OPENBLAS_NUM_THREADS").result(), os.getenv("OPENBLAS_NUM_THREADS"))
+pool.shutdown()
+"""
+
+
+def test_workers_start_with_one_blas_thread_and_this_process_keeps_its_environment():
+    """OpenBLAS reads its thread count when it loads: the fork server must start with 1, while this
+    process's environment stays as it was (unset here, "3" in the second run)."""
+    for value in (None, "3"):
+        env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+        if value is not None:
+            env["OPENBLAS_NUM_THREADS"] = value
+        done = subprocess.run([sys.executable, "-c", WORKER_ENV_PROBE], env=env, capture_output=True, text=True,
+                              check=False, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.split() == ["1", str(value)]
 
 
 KILLED_RUN = """

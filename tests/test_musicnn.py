@@ -13,9 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch.nn import functional as F
 
 from zstag.backbones import musicnn
-from zstag.backbones.musicnn import MusicnnError, MusiCNN, load_musicnn, musicnn_tags
+from zstag.backbones.musicnn import N_MELS, MusicnnError, MusiCNN, load_musicnn, musicnn_tags
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).resolve().parent / "data"
@@ -79,6 +80,24 @@ def test_outputs_shapes_and_batch_independence():
     assert batch["max_pool"].shape == batch["mean_pool"].shape == (3, 753)
     assert ((batch["taggram"] > 0) & (batch["taggram"] < 1)).all()
     torch.testing.assert_close(batch["taggram"][1:2], single["taggram"], atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kernel", [(7, 38), (7, 67), (128, 1), (32, 1), (3, 3)])
+def test_front_end_product_equals_the_convolution(kernel):
+    """The im2col product (either window layout) gives conv2d's max over mel, to float32 rounding."""
+    generator = torch.Generator().manual_seed(sum(kernel))
+    kt, km = kernel
+    x = torch.randn(3, 40 + kt - 1, N_MELS, generator=generator)  # time already padded
+    weight = torch.randn(5, 1, kt, km, generator=generator)
+    expected = F.conv2d(x[:, None], weight).amax(dim=-1)  # [3, 5, 40]
+    with torch.no_grad():
+        ours = musicnn._conv_max_over_mel(x, weight)
+    assert ours.shape == expected.shape == (3, 5, 40)
+    torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())
+    weight.requires_grad_(True)  # with autograd on, it takes the differentiable path
+    ours = musicnn._conv_max_over_mel(x, weight)
+    ours.sum().backward()
+    assert weight.grad is not None and weight.grad.abs().sum() > 0
 
 
 def test_tags_and_cache():

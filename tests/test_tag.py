@@ -252,3 +252,94 @@ def test_offset_and_max_seconds_change_what_is_scored(music, model_dir):
     assert whole != part
     result = run(music / "a.wav", "--labels", "rock", "--model", model_dir, "--offset", "60")
     assert result.exit_code == 1 and "past the end" in result.stderr
+
+
+# --- the warm path: cached files need no torch ------------------------------------------------
+
+HEAVY_MODULES = ("torch", "librosa", "scipy", "soundfile", "soxr", "pyarrow", "sklearn")
+# Runs the CLI, then writes the top-level modules it had imported (at exit, whatever the exit code).
+MODULES_PROBE = r"""
+import atexit, json, os, sys
+atexit.register(lambda: open(os.environ["ZSTAG_TEST_MODULES"], "w").write(json.dumps(sorted({m.split(".")[0] for m in sys.modules}))))
+sys.argv = ["zstag", *sys.argv[1:]]
+from zstag.cli import main
+main()
+"""
+
+
+def cli_subprocess(tmp_path, *args):
+    """(CompletedProcess, the heavy modules it imported) of `zstag ARGS` in a fresh Python."""
+    import subprocess
+    import sys
+
+    modules = tmp_path / "modules.json"
+    modules.unlink(missing_ok=True)
+    proc = subprocess.run([sys.executable, "-c", MODULES_PROBE, *map(str, args)], capture_output=True, text=True,
+                          check=False, env={**os.environ, "ZSTAG_TEST_MODULES": str(modules)}, timeout=300)
+    return proc, sorted(set(HEAVY_MODULES) & set(json.loads(modules.read_text())))
+
+
+def test_warm_retag_imports_no_torch_and_matches_the_cold_run(music, model_dir, tmp_path):
+    args = ["tag", music, "--model", model_dir, "--format", "json", "--workers", "0"]
+    cold, cold_modules = cli_subprocess(tmp_path, *args, "--labels", ",".join(LABELS))
+    assert cold.returncode == 0, cold.stderr
+    assert "torch" in cold_modules and "(0 from the cache)" in cold.stderr  # the probe sees what is imported
+
+    warm, warm_modules = cli_subprocess(tmp_path, *args, "--labels", ",".join(LABELS))
+    assert warm.returncode == 0, warm.stderr
+    assert warm_modules == [] and warm.stderr.strip().splitlines()[-1] == "zstag: tagged 3 of 3 files (3 from the cache)"
+    assert warm.stdout == cold.stdout  # byte-identical scores, cold and warm
+
+    no_cache, _ = cli_subprocess(tmp_path, *args, "--labels", ",".join(LABELS), "--no-cache")
+    assert no_cache.returncode == 0 and no_cache.stdout == cold.stdout and "(0 from the cache)" in no_cache.stderr
+
+    for fmt in ("table", "csv"):  # new labels, the default table too
+        retag, modules = cli_subprocess(tmp_path, "tag", music, "--model", model_dir, "-f", fmt, "--labels", "piano,techno")
+        assert retag.returncode == 0 and modules == [] and "3 from the cache" in retag.stderr and "piano" in retag.stdout
+
+
+def test_warm_retag_does_not_build_the_torch_model(music, model_dir, monkeypatch):
+    from zstag import model as model_module
+
+    first = tag_json(music, model_dir)
+    loads = []
+    real = model_module.load_model
+    monkeypatch.setattr(model_module, "load_model", lambda *a, **k: loads.append(1) or real(*a, **k))
+    assert tag_json(music, model_dir) == first and loads == []
+
+    write_music(music / "new.wav", seed=7)  # one file not in the cache: the model is built, nothing is dropped
+    result = run(music, "--labels", ",".join(LABELS), "--model", model_dir, "--format", "json")
+    assert result.exit_code == 0 and loads == [1] and "tagged 4 of 4 files (3 from the cache)" in result.stderr
+    files = {f["path"]: f["tags"] for f in json.loads(result.stdout)["files"]}
+    assert len(files) == 4 and all(files[f["path"]] == f["tags"] for f in first["files"])
+
+    (music / "new.wav").write_bytes(b"")  # changed into a broken file: reported, not dropped, not served stale
+    result = run(music, "--labels", ",".join(LABELS), "--model", model_dir, "--format", "json")
+    assert result.exit_code == 1 and "new.wav" in result.stderr and "3 of 4 files (3 from the cache); 1 failed" in result.stderr
+
+
+def test_model_trained_with_random_vectors_can_tag(music, tmp_path):
+    import torch
+
+    from zstag.audio import PAPER
+    from zstag.model import ZeroShotModel, cnn1d_config, save_model
+    from zstag.train import label_vectors
+
+    torch.manual_seed(0)
+    folder = tmp_path / "random-model"
+    save_model(ZeroShotModel(cnn1d_config(PAPER, word_dim=8, words="random:8:2")), folder)
+    labels = ["rock", "qwzxv jazz"]  # no vocabulary: no label is unknown
+    result = run(music / "a.wav", "--labels", ",".join(labels), "--model", folder, "--format", "json")
+    assert result.exit_code == 0, result.stderr
+
+    from zstag.modelfile import read_model
+    from zstag.words import load_words
+
+    files = read_model(folder)
+    expected = files.embed_label_vectors(label_vectors(labels, "random:8:2")[0])
+    np.testing.assert_array_equal(tagger.label_embeddings(files, load_words(files), labels), expected)
+
+
+def test_parse_labels_errors_are_usage_errors():
+    with pytest.raises(tagger.TagUsageError, match="no labels"):
+        tagger.parse_labels([" "])

@@ -244,3 +244,135 @@ def test_cli_unknown_label_exits_1():
     result = run_cli("labels", "jazz", "qwxzvbk")
     assert result.exit_code == 1
     assert result.stderr.count("\n") == 1 and "qwxzvbk" in result.stderr
+
+
+# --- the fast default word index ----------------------------------------------------------------
+
+INDEX_SAMPLE = ["the", "jazz", "lo-fi", "hip-hop", "r&b", "80s", "josé", "łódź", "café", "château", "māori",
+                "同中書門下平章事", "中書省", "’s", "ﬁrst"]
+NOT_WORDS = ["", "qwxzvbk", "jazz ", "Jazz", "cafe\u0301", "\n", "the\n", "中書", "lofi"]
+
+
+@pytest.fixture(scope="module")
+def full_index(glove):
+    """The reference: a dict over the whole word list, as WordVectors builds for user files."""
+    return dict(zip(glove.words, range(len(glove.words))))
+
+
+def test_default_index_is_memory_mapped(glove):
+    from zstag.words import WordIndex
+
+    again = WordVectors.load()  # from the cached index: no word list in memory
+    assert isinstance(again.index, WordIndex) and again._words is None
+    assert isinstance(again.index.hashes, np.memmap) and isinstance(again.index.text, np.memmap)
+    assert again.phrase("lofi").words == ("lo-fi",) and again._words is None  # lookups need no word list
+    assert [w for w, _ in again.nearest("80s", k=3)] == ["90s", "70s", "60s"] and again._words is None
+    assert again.words == glove.words and len(again) == 400_000
+
+
+def test_default_index_agrees_with_the_full_word_list(glove, full_index):
+    index = WordVectors.load().index
+    rows = np.random.default_rng(0).choice(len(glove.words), 3000, replace=False)
+    sample = INDEX_SAMPLE + [glove.words[i] for i in rows]
+    sample += [w for w in glove.words if not w.isascii()][:500]  # accents, CJK, ligatures, punctuation
+    for word in sample:
+        assert word in full_index
+        assert index.get(word) == full_index[word] and index[word] == full_index[word], word
+        assert index.word(full_index[word]) == word
+    for word in NOT_WORDS:
+        assert word not in full_index and word not in index and index.get(word) is None, repr(word)
+        with pytest.raises(KeyError):
+            index[word]
+    assert index.words(7) == glove.words[:7]
+
+
+def test_word_index_survives_hash_collisions(monkeypatch):
+    from zstag import words as words_module
+
+    vocab = ["jazz", "rock", "lo-fi", "jazz", "café", "", "日本", "x"]  # a repeat: the last row wins, as in a dict
+    monkeypatch.setattr(words_module, "_word_hash", lambda data: len(data) % 2)  # nearly every word collides
+    index = words_module.WordIndex.build(vocab)
+    assert {w: index.get(w) for w in vocab} == dict(zip(vocab, range(len(vocab))))
+    assert index.get("pop") is None and index.get("jaz") is None
+    assert index.words() == vocab and [index.word(i) for i in range(len(vocab))] == vocab
+
+
+@pytest.mark.parametrize("damage", ["truncate text", "scramble hashes", "delete rows", "garbage offsets"])
+def test_damaged_index_cache_is_rebuilt(damage, tmp_path, monkeypatch, full_index):
+    from zstag.words import WordIndex
+
+    monkeypatch.setenv("ZSTAG_CACHE_DIR", str(tmp_path / "cache"))
+    WordVectors.load()
+    folder = tmp_path / "cache" / "vectors"
+    files = {p.name.split(".")[1]: p for p in folder.glob("glove-6B-50d-400000.*.npy")}
+    assert sorted(files) == ["hashes", "offsets", "rows", "text"]
+    stem = folder / "glove-6B-50d-400000"
+    assert WordIndex.open(stem, 400_000) is not None
+    if damage == "truncate text":
+        data = files["text"].read_bytes()
+        files["text"].write_bytes(data[: len(data) // 2])
+    elif damage == "scramble hashes":
+        data = bytearray(files["hashes"].read_bytes())
+        data[200_000:1_800_000] = np.random.default_rng(0).bytes(1_600_000)
+        files["hashes"].write_bytes(bytes(data))
+    elif damage == "delete rows":
+        files["rows"].unlink()
+    else:
+        files["offsets"].write_bytes(b"not an npy file")
+    assert WordIndex.open(stem, 400_000) is None  # seen as damaged ...
+    wv = WordVectors.load()  # ... and rebuilt
+    assert WordIndex.open(stem, 400_000) is not None
+    assert all(wv.index.get(w) == full_index[w] for w in INDEX_SAMPLE)
+    assert wv.phrase("drum and bass").words == ("drum", "bass")
+    assert sorted(p.name for p in folder.iterdir()) == sorted(p.name for p in files.values())  # no temp files
+
+
+# --- random label vectors (the training baseline) -----------------------------------------------
+
+
+def test_random_vectors_are_the_ones_training_used():
+    from zstag.train import label_vectors, random_vectors
+
+    labels = ["rock", "Drum & Bass", "west coast swing", "qwxzvbk", "lofi", "日本"]
+    wv = WordVectors.load("random:8:3")
+    assert wv.source == "random:8:3" and wv.dim == 8 and len(wv) == 0
+    np.testing.assert_array_equal(wv.vectors(labels), random_vectors(labels, 8, 3))
+    trained, source = label_vectors(labels, "random:8:3")
+    assert source == wv.source
+    np.testing.assert_array_equal(wv.vectors(labels), trained)
+    assert WordVectors.load(source).vectors(labels).tobytes() == trained.tobytes()  # the source round-trips
+    np.testing.assert_array_equal(WordVectors.load("random").vectors(["jazz"]), random_vectors(["jazz"], 50, 0))
+    assert not np.array_equal(WordVectors.load("random:8:4").vectors(["rock"]), wv.vectors(["rock"]))
+    assert wv.phrase("Drum & Bass").words == ("drum and bass",) and wv.nearest("rock") == []
+    for bad in ("random:x", "random:0", "random:8:1:2"):
+        with pytest.raises(VectorsError, match="random"):
+            WordVectors.load(bad)
+
+
+def test_load_words_follows_the_model_config(tmp_path):
+    from types import SimpleNamespace
+
+    from zstag.words import RandomVectors, load_words
+
+    model = SimpleNamespace(config={"words": "random:8:3", "word_dim": 8})
+    assert isinstance(load_words(model), RandomVectors) and load_words(model).source == "random:8:3"
+    assert load_words(SimpleNamespace(config={"words": "glove-6B-50d", "word_dim": 50})).source == "glove-6B-50d"
+    with pytest.raises(VectorsError, match="expects 50-d"):
+        load_words(SimpleNamespace(config={"words": "random:8:3", "word_dim": 50}))
+    with pytest.raises(VectorsError, match="pass --vectors"):
+        load_words(SimpleNamespace(config={"words": str(tmp_path / "gone.txt"), "word_dim": 50}))
+
+
+# --- label lists --------------------------------------------------------------------------------
+
+
+def test_parse_labels(tmp_path):
+    from zstag.words import LabelsError, parse_labels
+
+    listed = tmp_path / "labels.txt"
+    listed.write_text("# moods\nsad\n\nHIP-HOP  # again\n")
+    assert parse_labels(['rock, "drum, bass", hip-hop', "Rock"], listed) == ["rock", "drum, bass", "hip-hop", "sad"]
+    with pytest.raises(LabelsError, match="no labels"):
+        parse_labels([" , "])
+    with pytest.raises(LabelsError, match="missing.txt: cannot read"):
+        parse_labels(["rock"], tmp_path / "missing.txt")

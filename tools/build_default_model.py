@@ -51,6 +51,10 @@ MAX_WINDOWS = 24  # patches per track at most: longer tracks get evenly spaced 3
 EXTRACT_VERSION = 1  # bump when the cached arrays change meaning
 SHARED_SETS = ("dance", "gcompris", "cc-examples")
 REQUIRED_SETS = SHARED_SETS
+# Sets of tools/build_music_sets.py measured on the dev protocol and not adopted (no consistent gain, losses on
+# held-out instruments and teacher words: see MODEL_CARD.md): used only when --sets names them, so the default
+# recipe gives the shipped model.
+NOT_ADOPTED_SETS = ("tuxpaint-animals", "lincity", "drascula", "planetblupi")
 STAT_KEYS = ("native_sample_rate", "duration_s", "loudness_dbfs", "spectral_centroid_hz")
 
 
@@ -195,7 +199,7 @@ def load_features(path: str | Path) -> dict[str, np.ndarray]:
 
 TEST_SETS = ("cc-examples",)  # the acceptance test: never trained on, never used to choose
 DEV_SETS = ("gcompris",)  # development only in the dev stage; trained on in the final model
-NON_MUSIC_SETS = ("gcompris-sounds", "klettres-speech", "asterisk-speech")  # no teacher labels: the taggers know music only
+NON_MUSIC_SETS = ("gcompris-sounds", "klettres-speech", "asterisk-speech", "tuxpaint-animals")  # no teacher labels: the taggers know music only
 DANCE_UNSEEN = ("bachata", "cha cha", "two step", "waltz", "west coast swing")  # as the CNN1D run (zstag train)
 DANCE_SPLIT = {"by_artist": True, "validation_fraction": 0.15, "test_fraction": 0.0}
 DANCE_DEV = "dance (5 unseen styles)"
@@ -322,11 +326,15 @@ class ProjectionConfig:
     label: str = "trained"  # trained: a linear map learnt with the audio head | fixed: identity (joint space = GloVe)
     center: str = "none"  # after training, subtract the mean training embedding: none | audio | both (audio and labels)
     balance: str = "tracks"  # sampling: tracks (uniform) | sets (each track ∝ 1/sqrt(its set's size): no source dominates)
+    # scores: cosine | center (cos - mu_l) | z ((cos - mu_l) / sigma_l) | csls; mu_l, sigma_l: the label's cosine
+    # statistics over the model's own training tracks (tools/score_calibration.py); csls: Conneau et al. 2018, k = CSLS_K
+    score: str = "cosine"
 
     def name(self) -> str:
         b = "+".join(x.split("_")[0] for x in self.backbones)
         return (f"{b}:{'+'.join(self.outputs)}/{self.head}/k{self.negatives}/s{self.steps}/wd{self.weight_decay:g}"
-                f"/top{self.top_k}/label-{self.label}/center-{self.center}" + ("/balance-sets" if self.balance == "sets" else ""))
+                f"/top{self.top_k}/label-{self.label}/center-{self.center}" + ("/balance-sets" if self.balance == "sets" else "")
+                + ("" if self.score == "cosine" else f"/score-{self.score}"))
 
 
 class Projection:
@@ -493,8 +501,38 @@ def retrieval_auc(scores: np.ndarray, truth: np.ndarray) -> float:
     return float(retrieval(truth, scores)["roc_auc"])
 
 
-def figures(scores: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
-    return hit_at(scores, truth), retrieval_auc(scores, truth)
+def annotation_auc(scores: np.ndarray, truth: np.ndarray) -> float:
+    """Mean over tracks of the ROC-AUC of ranking the candidate labels for the track (tagging one file):
+    hit@1's steadier sibling, and like it changed by per-label score calibration."""
+    from zstag.metrics import annotation
+
+    return float(annotation(truth, scores)["roc_auc"])
+
+
+def figures(scores: np.ndarray, truth: np.ndarray) -> tuple[float, float, float]:
+    """(hit@1, mean retrieval ROC-AUC, mean annotation ROC-AUC)."""
+    return hit_at(scores, truth), retrieval_auc(scores, truth), annotation_auc(scores, truth)
+
+
+CSLS_K = 10
+
+
+def rescore(cos: np.ndarray, label_emb: np.ndarray, track_emb: np.ndarray, score: str, train_audio: np.ndarray,
+            vocab_emb: np.ndarray) -> np.ndarray:
+    """cos [N, M] of tracks track_emb [N, D] and labels label_emb [M, D] → the variant's scores. The
+    statistics come from the scoring model's own training tracks (train_audio) and training words (vocab_emb)
+    only, never from the songs or labels being scored together."""
+    import score_calibration  # tools/: measured here, not shipped
+
+    if score == "cosine":
+        return cos
+    if score in ("center", "z"):
+        return score_calibration.fit(train_audio, mode=score).apply(cos, label_emb)
+    if score == "csls":  # 2 cos - r_tracks(l) - r_words(a): mean cosine of the CSLS_K nearest neighbours
+        r_label = np.sort(cosine(train_audio, label_emb), axis=0)[-CSLS_K:].mean(axis=0)
+        r_track = np.sort(cosine(track_emb, vocab_emb), axis=1)[:, -CSLS_K:].mean(axis=1)
+        return 2 * cos - r_label[None, :] - r_track[:, None]
+    raise ValueError(f"unknown score {score!r}")
 
 
 def chance(truth: np.ndarray) -> float:
@@ -527,7 +565,17 @@ def dev_sets(tracks: list[TrackData], split) -> dict[str, dict]:
     sets[TEACHER_DEV] = _dev_set([TrackData(**{**tracks[i].__dict__, "labels": p}) for i, p in zip(idx, pseudo)],
                                  list(range(len(idx))), list(TEACHER_DEV_WORDS))
     sets[TEACHER_DEV]["tracks"] = [idx[j] for j in sets[TEACHER_DEV]["tracks"]]
+    # Pooled (generalised) check, reported beside the four and kept out of their mean: every song of sets 1-3
+    # against all held-out words at once (styles, instruments, teacher words), positives = its real labels and
+    # its teacher positives. Mixed label kinds are where a hub label takes the argmax for everything.
+    candidates = sorted({c for s in sets.values() for c in s["labels"]})
+    merged = [TrackData(**{**tracks[i].__dict__, "labels": tracks[i].labels + p}) for i, p in zip(idx, pseudo)]
+    sets[POOLED_DEV] = _dev_set(merged, list(range(len(idx))), candidates)
+    sets[POOLED_DEV]["tracks"] = [idx[j] for j in sets[POOLED_DEV]["tracks"]]
     return sets
+
+
+POOLED_DEV = "pooled: all held-out words"
 
 
 def teacher_positives(tracks: list[TrackData], top_k: int = 3, pos_min: float = 0.1) -> list[list[str]]:
@@ -582,22 +630,30 @@ def grid_configs(grid: str) -> list[ProjectionConfig]:
         replace(base, balance="sets"),
         replace(base, backbones=("MSD_musicnn",), balance="sets"),
     ]
+    if grid == "calib":  # the shipped configuration and the two-backbone one, for the score calibrations
+        return [replace(base, backbones=("MSD_musicnn",)), base]
     return configs[:3] if grid == "small" else configs
 
 
 CONSE_T = (1, 2, 3, 5, 10, 20, 50, 100)
 CENTERING = ("none", "audio", "both")
+SCORINGS = ("cosine", "center", "z", "csls")
 
 
 def summarise_seeds(results: dict[str, list[tuple[float, float]]]) -> dict:
     """set → [(hit@1, AUC) per seed] → {set: mean hit@1, set AUC: mean AUC, per seed lists, means}."""
     row = {}
+    main = [n for n in results if n != POOLED_DEV]
     for name, per_seed in results.items():
         row[name] = float(np.mean([r[0] for r in per_seed]))
         row[name + " AUC"] = float(np.mean([r[1] for r in per_seed]))
         row[name + " [per seed]"] = [r[0] for r in per_seed]
-    row["mean"] = float(np.mean([row[n] for n in results]))
-    row["mean AUC"] = float(np.mean([row[n + " AUC"] for n in results]))
+        if all(len(r) > 2 for r in per_seed):
+            row[name + " ann"] = float(np.mean([r[2] for r in per_seed]))
+    row["mean"] = float(np.mean([row[n] for n in main]))
+    row["mean AUC"] = float(np.mean([row[n + " AUC"] for n in main]))
+    if all(n + " ann" in row for n in main):
+        row["mean ann"] = float(np.mean([row[n + " ann"] for n in main]))
     return row
 
 
@@ -655,56 +711,82 @@ def dev(rows_by_set: dict[str, list[dict]], seeds: int = 3, grid: str = "full", 
                     per_fold.append(figures(scores, s["truth"]))
                 row[name + suffix] = float(np.mean([f[0] for f in per_fold]))
                 row[name + suffix + " AUC"] = float(np.mean([f[1] for f in per_fold]))
-        row["mean"] = float(np.mean([row[n] for n in names]))
-        row["mean AUC"] = float(np.mean([row[n + " AUC"] for n in names]))
+                row[name + suffix + " ann"] = float(np.mean([f[2] for f in per_fold]))
+        main = [n for n in names if n != POOLED_DEV]
+        row["mean"] = float(np.mean([row[n] for n in main]))
+        row["mean AUC"] = float(np.mean([row[n + " AUC"] for n in main]))
+        row["mean ann"] = float(np.mean([row[n + " ann"] for n in main]))
         report["conse"][str(t)] = row
         log(f"ConSE T={t}: " + ", ".join(f"{n} {row[n]:.3f}/{row[n + ' AUC']:.3f} (all tags {row[n + ' [all tags]']:.3f})"
                                          for n in names) + f", mean {row['mean']:.3f}/{row['mean AUC']:.3f}")
 
     # (a) the trained projection
     for config in grid_configs(grid):
-        variants = [replace(config, center=c) for c in CENTERING]  # one training, three ways of scoring
+        # one training, several ways of scoring: the centerings with cosine, and the calibrated scores uncentred
+        variants = [replace(config, center=c) for c in CENTERING] + [replace(config, score=sc) for sc in SCORINGS[1:]]
         results = {v: {name: [] for name in names} for v in variants}
         started = time.time()
         for seed, ((sets, train_idx), vocab) in enumerate(zip(folds, vocabs)):
             targets = make_targets([tracks[i] for i in train_idx], vocab, config.top_k, config.pos_min)
             patches = [patch_inputs(tracks[i], config.backbones, config.outputs) for i in train_idx]
             model = train_projection(patches, targets, words.vectors(vocab), config, seed, [tracks[i].set for i in train_idx])
+            train_feats = np.stack([p.mean(axis=0) for p in patches])
             for name, s in sets.items():
                 feats = np.stack([patch_inputs(tracks[i], config.backbones, config.outputs).mean(axis=0) for i in s["tracks"]])
                 for v in variants:
                     scored = model.with_center(v.center)
-                    scores = cosine(scored.embed_audio(feats), scored.embed_words(words.vectors(s["labels"])))
+                    audio, labels = scored.embed_audio(feats), scored.embed_words(words.vectors(s["labels"]))
+                    scores = rescore(cosine(audio, labels), labels, audio, v.score, scored.embed_audio(train_feats),
+                                     scored.embed_words(words.vectors(vocab)))
                     results[v][name].append(figures(scores, s["truth"]))
         for v in variants:
             row = summarise_seeds(results[v])
             row["config"] = asdict(v)
             report["projection"][v.name()] = row
-            log(f"{v.name()}: " + ", ".join(f"{n} {row[n]:.3f}/{row[n + ' AUC']:.3f}" for n in names + ["mean"])
-                + f" ({time.time() - started:.0f} s)")
+            log(f"{v.name()}: " + ", ".join(f"{n} {row[n]:.3f}/{row[n + ' AUC']:.3f}/{row[n + ' ann']:.3f}"
+                                            for n in names + ["mean"]) + f" ({time.time() - started:.0f} s)")
     report["chosen"] = choose(report)
     return report
 
 
 CHOICE_TOLERANCE = 0.01  # mean ROC-AUC differences below this are noise on these sets (see the per-seed spread)
+SCORE_TOLERANCE = 0.02  # mean hit@1 differences below this (one song in 46-50 per set) are noise
+# zstag scores by cosine; the calibrated scorings are measured only. z won mean hit@1 on dev by a margin within
+# seed noise (one seed worse), lost with other training sets, and made "bird" outrank "speech" on speech (MODEL_CARD.md).
+SHIPPABLE_SCORES = ("cosine",)
 
 
 def complexity(config: dict) -> int:
-    """How much a projection adds to the plainest one (one backbone output, linear, no centering, uniform)."""
+    """How much a projection adds to the plainest one (one backbone output, linear, no centering, uniform,
+    cosine scores)."""
     return ((config["center"] != "none") + (config["head"] != "linear") + (config["balance"] != "tracks")
-            + (config["label"] != "trained") + len(config["backbones"]) - 1 + len(config["outputs"]) - 1)
+            + (config["label"] != "trained") + len(config["backbones"]) - 1 + len(config["outputs"]) - 1
+            + (config.get("score", "cosine") != "cosine"))
 
 
 def choose(report: dict) -> dict:
-    """The plainest projection within CHOICE_TOLERANCE of the best mean retrieval ROC-AUC over the development
-    sets (hit@1 on 9-46 songs is too coarse to rank them), and ConSE's top-T with the best mean ROC-AUC."""
+    """Two steps. (1) The projection: the plainest cosine-scored variant within CHOICE_TOLERANCE of the best mean
+    retrieval ROC-AUC over the development sets (hit@1 on 9-46 songs is too coarse to rank trainings). (2) Its
+    scores: per-label calibration leaves retrieval ROC-AUC unchanged and changes the per-track argmax, so among the
+    SHIPPABLE_SCORES of that same training the plainest within SCORE_TOLERANCE of the best mean hit@1 (today only
+    cosine is shippable). ConSE: the top-T with the best mean ROC-AUC."""
     rows = report["projection"]
-    best_auc = max(row["mean AUC"] for row in rows.values())
-    close = [name for name, row in rows.items() if row["mean AUC"] >= best_auc - CHOICE_TOLERANCE]
-    best = min(close, key=lambda name: (complexity(rows[name]["config"]), -rows[name]["mean AUC"]))
+    plain = {name: row for name, row in rows.items() if row["config"].get("score", "cosine") == "cosine"}
+    best_auc = max(row["mean AUC"] for row in plain.values())
+    close = [name for name, row in plain.items() if row["mean AUC"] >= best_auc - CHOICE_TOLERANCE]
+    projection = min(close, key=lambda name: (complexity(plain[name]["config"]), -plain[name]["mean AUC"]))
+    base = {k: v for k, v in plain[projection]["config"].items() if k != "score"}
+    scorings = {row["config"].get("score", "cosine"): name for name, row in rows.items()
+                if {k: v for k, v in row["config"].items() if k != "score"} == base
+                and row["config"].get("score", "cosine") in SHIPPABLE_SCORES}
+    best_hit = max(rows[name]["mean"] for name in scorings.values())
+    score = next(s for s in SHIPPABLE_SCORES if s in scorings and rows[scorings[s]]["mean"] >= best_hit - SCORE_TOLERANCE)
+    best = scorings[score]
     best_t = max(report["conse"], key=lambda k: report["conse"][k]["mean AUC"])
     return {"projection": best, "config": rows[best]["config"], "conse_top_t": int(best_t),
-            "rule": f"plainest projection within {CHOICE_TOLERANCE} of the best mean ROC-AUC ({best_auc:.3f})"}
+            "rule": (f"plainest projection within {CHOICE_TOLERANCE} of the best mean ROC-AUC ({best_auc:.3f}); "
+                     f"then the plainest of its scorings {', '.join(SHIPPABLE_SCORES)} within {SCORE_TOLERANCE} of "
+                     f"their best mean hit@1 ({best_hit:.3f})")}
 
 
 CNN1D_RUNS = ROOT / "runs" / "dance" / "models"  # `zstag train` runs of runs/dance/run_all.sh (the CNN1D engineer's)
@@ -746,34 +828,43 @@ def cnn1d_dev(rows_by_set: dict[str, list[dict]], seeds: int, log=print) -> dict
 
 
 def dev_table(report: dict) -> str:
-    """Markdown: hit@1 / retrieval ROC-AUC per development set, chance, and the means."""
-    names = list(report["sets"])
-    head = "| method | " + " | ".join(names) + " | mean |\n|---|" + "---|" * (len(names) + 1) + "\n"
+    """Markdown: hit@1 / retrieval ROC-AUC per development set, chance, the means, the mean annotation ROC-AUC
+    (per-track ranking of the labels) and, kept out of the means, the pooled check."""
+    names = [n for n in report["sets"] if n != POOLED_DEV]
+    pooled = [n for n in report["sets"] if n == POOLED_DEV]
+    head = ("| method | " + " | ".join(names) + " | mean | mean annotation AUC | " + " | ".join(pooled) + " |\n|---|"
+            + "---|" * (len(names) + 2 + len(pooled)) + "\n")
+
+    def cell(row: dict, n: str) -> str:
+        return f"{row[n]:.3f} / {row[n + ' AUC']:.3f}" if n in row else "—"
 
     def cells(row: dict) -> str:
-        return " | ".join(f"{row[n]:.3f} / {row[n + ' AUC']:.3f}" for n in names) + f" | {row['mean']:.3f} / {row['mean AUC']:.3f} |"
+        ann = f"{row['mean ann']:.3f}" if "mean ann" in row else "—"
+        out = " | ".join(cell(row, n) for n in names) + f" | {row['mean']:.3f} / {row['mean AUC']:.3f} | {ann} |"
+        return out + "".join(f" {cell(row, n)} |" for n in pooled)
 
-    chance_row = {n: report["sets"][n]["chance"] for n in names}
-    chance_row.update({n + " AUC": 0.5 for n in names})
-    chance_row.update({"mean": float(np.mean(list(chance_row[n] for n in names))), "mean AUC": 0.5})
+    chance_row = {n: report["sets"][n]["chance"] for n in names + pooled}
+    chance_row.update({n + " AUC": 0.5 for n in names + pooled})
+    chance_row.update({"mean": float(np.mean(list(chance_row[n] for n in names))), "mean AUC": 0.5, "mean ann": 0.5})
     lines = ["| chance | " + cells(chance_row)]
     for t, row in report["conse"].items():
         lines.append(f"| (b) ConSE T={t} | " + cells(row))
     for t, row in report["conse"].items():
         tagged = {k.replace(" [all tags]", ""): v for k, v in row.items() if " [all tags]" in k}
         tagged.update({"mean": float(np.mean([tagged[n] for n in names])),
-                       "mean AUC": float(np.mean([tagged[n + " AUC"] for n in names]))})
+                       "mean AUC": float(np.mean([tagged[n + " AUC"] for n in names])),
+                       "mean ann": float(np.mean([tagged[n + " ann"] for n in names]))})
         lines.append(f"| (b') ConSE T={t}, held-out words' own tags voting (not zero-shot) | " + cells(tagged))
     for name, row in report["projection"].items():
         lines.append(f"| (a) {name} | " + cells(row))
     if report.get("cnn1d"):
         lines.append("| (c) CNN1D from scratch (dance only, `zstag train`) | " + cells(report["cnn1d"]))
-    sizes = ", ".join(f"{n}: {report['sets'][n]['n_tracks'][0]} tracks" for n in names)
+    sizes = ", ".join(f"{n}: {report['sets'][n]['n_tracks'][0]} tracks" for n in names + pooled)
     seeds = len(report["splits"])
     return (head + "\n".join(lines) + f"\n\nEach cell: hit@1 (accuracy of the argmax over the held-out labels) / mean "
-            f"retrieval ROC-AUC over those labels; mean over {seeds} training seeds; {sizes}. "
-            f"Chosen: (a) {report['chosen']['projection']}, ConSE T={report['chosen']['conse_top_t']} "
-            "(highest mean ROC-AUC).\n")
+            f"retrieval ROC-AUC over those labels; mean annotation AUC: each track's ranking of the candidate labels, "
+            f"averaged over tracks and the {len(names)} sets; means over {seeds} training seeds; {sizes}. "
+            f"Chosen: (a) {report['chosen']['projection']}, ConSE T={report['chosen']['conse_top_t']}.\n")
 
 
 # --- final models -------------------------------------------------------------------------------
@@ -820,6 +911,8 @@ def final(rows_by_set: dict[str, list[dict]], report: dict, models_dir: Path, lo
         "training": {"recipe": "python tools/build_default_model.py", "sets": training_sets,
                      "tracks": len(train_idx), "projection": config.name(), "seed": 0},
     }
+    if config.score not in SHIPPABLE_SCORES:
+        raise ValueError(f"score {config.score!r} cannot be shipped (zstag scores by {', '.join(SHIPPABLE_SCORES)})")
     model = ZeroShotModel(model_config)
     model.audio_projection.load_state_dict(projection.folded_audio_state())
     model.label_projection.load_state_dict(projection.folded_label_state())
@@ -872,14 +965,18 @@ def main(argv=None) -> int:
     parser.add_argument("--music-sets", type=Path, default=None, help="tools/build_music_sets.py --out folder")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--seeds", type=int, default=3, help="dev: training seeds per configuration")
-    parser.add_argument("--grid", default="full", choices=("full", "small"), help="dev: which grid")
+    parser.add_argument("--grid", default="full", choices=("full", "small", "calib"), help="dev: which grid")
     parser.add_argument("--out", type=Path, default=ROOT / "models", help="final: the models folder")
+    parser.add_argument("--report", type=Path, default=WORK / "dev.json",
+                        help="dev: where the report goes (and its table, as .md beside it); final reads it")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     sets = find_sets(args.music_sets)
     if args.sets:
         wanted = args.sets.split(",")
         sets = {k: v for k, v in sets.items() if k in wanted}
+    else:
+        sets = {k: v for k, v in sets.items() if k not in NOT_ADOPTED_SETS}
     missing = [name for name in REQUIRED_SETS if name not in sets]
     if missing and args.stage != "extract" and not args.sets:
         print(f"build_default_model: missing sets {', '.join(missing)}: run tools/build_music_sets.py "
@@ -891,11 +988,11 @@ def main(argv=None) -> int:
     if args.stage in ("all", "dev"):
         report = dev(tracks, seeds=args.seeds, grid=args.grid, log=print)
         report["cnn1d"] = cnn1d_dev(tracks, args.seeds, log=print)
-        write_json(WORK / "dev.json", report)
-        write_text(WORK / "dev.md", dev_table(report))
+        write_json(args.report, report)
+        write_text(args.report.with_suffix(".md"), dev_table(report))
         print(dev_table(report))
     if args.stage in ("all", "final"):
-        report = json.loads((WORK / "dev.json").read_text())
+        report = json.loads(args.report.read_text())
         final(tracks, report, args.out, log=print)
     return 0
 

@@ -1,6 +1,6 @@
 """Build extra real-audio training sets from installed Debian packages (never by hand).
 
-    python tools/build_music_sets.py [--out FOLDER] [--sets wesnoth,nexuiz,...] [--list]
+    python tools/build_music_sets.py [--out FOLDER] [--sets wesnoth,nexuiz,...] [--animal-labels species|coarse] [--list]
 
 Each set reads the files of one installed package, extracts what is packed (``.pk3`` = zip, GCompris
 ``.rcc`` = Qt resource archive) or assembles what is too short (KLettres syllables) into
@@ -13,7 +13,9 @@ and the other sets are still built. Reruns rewrite the manifests and reuse extra
 Labels are coarse and defensible at package or track level (a game soundtrack is "soundtrack"; one
 made with trackers is also "electronic"; Wesnoth's is orchestral); the backbones' own tag predictions
 (teacher labels, zstag.teacher) do the fine work. ``artist`` is the composer where the package names
-one, else the package, so that development splits keep a composer's tracks together. Licences come
+one, else the package, so that development splits keep a composer's tracks together. The animal
+recordings (tuxpaint-animals) are labelled with their species (``--animal-labels species``) or only with class
+words and words another set already has (``coarse``); source.json records which. Licences come
 from each package's /usr/share/doc/<package>/copyright (and the files it points to).
 """
 
@@ -127,6 +129,95 @@ def hyperrogue(out: Path) -> Iterator[Entry]:
         composer = next((c for prefix, c in HYPERROGUE_COMPOSERS.items() if path.name.startswith(prefix)), package)
         if (audio_seconds(path) or 0) >= MIN_MUSIC_SECONDS:
             yield Entry(str(path), "soundtrack", composer, title_of(path.name), package, "CC-BY-SA-3.0")
+
+
+def lincity(out: Path) -> Iterator[Entry]:
+    package, folder = "lincity-ng-data", Path("/usr/share/games/lincity-ng/music")
+    installed(package, folder)
+    for path in sorted(folder.rglob("*.ogg")):  # "NN - Composer - Title.ogg"
+        parts = [x.strip() for x in path.stem.split(" - ")]
+        composer, title = (parts[1], " - ".join(parts[2:])) if len(parts) >= 3 else (package, title_of(path.name))
+        if (audio_seconds(path) or 0) >= MIN_MUSIC_SECONDS:
+            yield Entry(str(path), "soundtrack", composer, title, package, "GPL-2+")
+
+
+def drascula(out: Path) -> Iterator[Entry]:
+    # the CD soundtrack of the adventure game (recorded music); the language folders hold the same files
+    package, folder = "drascula-music", Path("/usr/share/scummvm/drascula/audio")
+    installed(package, folder)
+    for path in sorted(folder.glob("*.ogg")):
+        if (audio_seconds(path) or 0) >= MIN_MUSIC_SECONDS:
+            yield Entry(str(path), "soundtrack", "Alcachofa Soft", title_of(path.name), package,
+                        "Drascula-License (freeware, BSD-like; debian/copyright)")
+
+
+def planetblupi(out: Path) -> Iterator[Entry]:
+    package, folder = "planetblupi-music-ogg", Path("/usr/share/planetblupi/music")
+    installed(package, folder)
+    for path in sorted(folder.glob("*.ogg")):
+        if (audio_seconds(path) or 0) >= MIN_MUSIC_SECONDS:
+            yield Entry(str(path), "soundtrack", "planetblupi", title_of(path.name), package, "GPL-3+")
+
+
+# Tux Paint stamp sounds: real animal recordings (0.3-8 s), one per stamp; file stem → labels. Every file of
+# animals/birds is a bird; the species word is kept where GloVe has it ("tucan" → toucan, "nandou" → rhea).
+TUXPAINT_ANIMALS = {
+    "birds/blackbird": "blackbird;bird;animal", "birds/crow": "crow;bird;animal", "birds/cuckoo": "cuckoo;bird;animal",
+    "birds/drake": "duck;bird;animal", "birds/duck": "duck;bird;animal", "birds/gander": "goose;bird;animal",
+    "birds/hen": "chicken;bird;animal", "birds/heron_greatblue_flying": "heron;bird;animal",
+    "birds/lark": "lark;bird;animal", "birds/nandou": "rhea;bird;animal", "birds/owl": "owl;bird;animal",
+    "birds/penguin": "penguin;bird;animal", "birds/quetzal": "quetzal;bird;animal",
+    "birds/rooster": "rooster;chicken;bird;animal", "birds/seagull": "seagull;bird;animal",
+    "birds/tucan": "toucan;bird;animal", "birds/turkey": "turkey;bird;animal", "birds/vulture": "vulture;bird;animal",
+    "insects/bee": "bee;insect;animal", "insects/grasshopper": "grasshopper;insect;animal",
+    "insects/hornet": "hornet;insect;animal", "insects/mosquito": "mosquito;insect;animal",
+    "amphibians/frog": "frog;animal", "lizards/iguana": "iguana;lizard;animal",
+    "mammals/apes/chimp": "chimpanzee;animal", "mammals/apes/gorilla": "gorilla;animal",
+    "mammals/aquatic/dolphin": "dolphin;animal", "mammals/aquatic/orca": "orca;whale;animal",
+    "mammals/aquatic/sea_lion": "seal;animal", "mammals/aquatic/whale": "whale;animal",
+    "mammals/badger": "badger;animal", "mammals/bears/bear": "bear;animal", "mammals/bovines/bison": "bison;animal",
+    "mammals/bovines/bull": "bull;cow;animal", "mammals/bovines/cow": "cow;animal", "mammals/bovines/cow_white": "cow;animal",
+    "mammals/bovines/goat": "goat;animal", "mammals/bovines/mountaingoat": "goat;animal",
+    "mammals/bovines/ram": "sheep;animal", "mammals/bovines/sheep": "sheep;animal",
+    "mammals/bovines/sheep_lamb": "lamb;sheep;animal", "mammals/camel/camel": "camel;animal",
+    "mammals/camel/dromedary": "camel;animal", "mammals/cats/lion": "lion;animal", "mammals/cats/tiger": "tiger;animal",
+    "mammals/deer/caribou": "caribou;deer;animal", "mammals/deer/deer": "deer;animal", "mammals/deer/doe": "deer;animal",
+    "mammals/dogs/dog": "dog;bark;animal", "mammals/dogs/fox": "fox;animal", "mammals/elephant": "elephant;animal",
+    "mammals/equines/donkey": "donkey;animal", "mammals/equines/horse": "horse;animal", "mammals/equines/zebra": "zebra;animal",
+    "mammals/ferret": "ferret;animal", "mammals/giraffe": "giraffe;animal", "mammals/hippopotamus": "hippopotamus;animal",
+    "mammals/pig": "pig;animal", "mammals/rodents/beaver": "beaver;animal", "mammals/rodents/mouse": "mouse;animal",
+    "mammals/rodents/rabbit": "rabbit;animal", "mammals/rodents/squirrel": "squirrel;animal",
+    "marsupials/koala": "koala;animal", "marsupials/wombat": "wombat;animal",
+}
+
+
+# Labellings of tuxpaint-animals (--animal-labels). "species": the TUXPAINT_ANIMALS labels as they are (51 species
+# words that no other set has). "coarse": only the class words ANIMAL_CLASS_WORDS and the words that the
+# gcompris-sounds set already labels (dog, bark, cat, cow, horse, sheep, pig, duck, owl, chicken, frog): no other
+# species name (the species stays in the title, the file's stem).
+ANIMAL_LABELLINGS = ("species", "coarse")
+ANIMAL_LABELLING = "coarse"  # the default model's (species words lowered the dev ROC-AUC; MODEL_CARD.md)
+ANIMAL_CLASS_WORDS = ("bird", "insect", "animal")
+
+
+def coarse_animal_labels(labels: str) -> str:
+    """The labels of a TUXPAINT_ANIMALS entry kept by the coarse labelling, in their order."""
+    known = set(ANIMAL_CLASS_WORDS) | {w for wanted in GCOMPRIS_SOUNDS.values() for x in wanted.values() for w in x.split(";")}
+    return ";".join(w for w in labels.split(";") if w in known)
+
+
+def tuxpaint_animals(out: Path, labelling: str | None = None) -> Iterator[Entry]:
+    """The stamps' own sound effects of animals (not the spoken ``*_desc_*`` descriptions)."""
+    labelling = labelling or ANIMAL_LABELLING
+    if labelling not in ANIMAL_LABELLINGS:
+        raise ValueError(f"unknown animal labelling {labelling!r} (choose from {', '.join(ANIMAL_LABELLINGS)})")
+    package, folder = "tuxpaint-stamps-default", Path("/usr/share/tuxpaint/stamps/animals")
+    installed(package, folder)
+    for stem, labels in TUXPAINT_ANIMALS.items():
+        path = folder / f"{stem}.ogg"
+        if path.is_file() and audio_seconds(path):
+            labels = coarse_animal_labels(labels) if labelling == "coarse" else labels
+            yield Entry(str(path), labels, package, title_of(path.name), package, "GPL-2+")
 
 
 # --- zip archives (.pk3) -------------------------------------------------------------------------
@@ -357,12 +448,18 @@ SETS: dict[str, Callable[[Path], Iterator[Entry]]] = {
     "gcompris-sounds": gcompris_sounds,
     "klettres-speech": klettres_speech,
     "asterisk-speech": asterisk_speech,
+    "lincity": lincity,
+    "drascula": drascula,
+    "planetblupi": planetblupi,
+    "tuxpaint-animals": tuxpaint_animals,
 }
 PACKAGES = {
     "wesnoth": "wesnoth-1.16-music", "warzone2100": "warzone2100-music", "singularity": "singularity-music",
     "asc": "asc-music", "nexuiz": "nexuiz-music", "ufoai": "ufoai-music", "hyperrogue": "hyperrogue-music",
     "gcompris-sounds": "gcompris-qt-data", "klettres-speech": "klettres-data",
     "asterisk-speech": "asterisk-core-sounds-en-wav",
+    "lincity": "lincity-ng-data", "drascula": "drascula-music", "planetblupi": "planetblupi-music-ogg",
+    "tuxpaint-animals": "tuxpaint-stamps-default",
 }
 
 
@@ -404,13 +501,15 @@ def package_version(package: str) -> str | None:
     return done.stdout.strip() or None
 
 
-def build(out: Path, names: list[str], log=print) -> dict[str, Path]:
-    """Build the named sets under out; returns set → manifest path for the sets that could be built."""
+def build(out: Path, names: list[str], log=print, animal_labels: str | None = None) -> dict[str, Path]:
+    """Build the named sets under out; returns set → manifest path for the sets that could be built.
+    animal_labels: the labelling of tuxpaint-animals (ANIMAL_LABELLINGS; default ANIMAL_LABELLING)."""
     built = {}
+    options = {"tuxpaint-animals": {"labelling": animal_labels or ANIMAL_LABELLING}}
     for name in names:
         folder = out / name
         try:
-            entries = list(SETS[name](folder))
+            entries = list(SETS[name](folder, **options.get(name, {})))
         except SetUnavailable as exc:
             log(f"{name}: skipped: {exc}")
             continue
@@ -420,7 +519,7 @@ def build(out: Path, names: list[str], log=print) -> dict[str, Path]:
         folder.mkdir(parents=True, exist_ok=True)
         built[name] = write_manifest(folder, entries)
         info = {"set": name, "package": PACKAGES[name], "version": package_version(PACKAGES[name]),
-                "tracks": len(entries), "copyright": f"/usr/share/doc/{PACKAGES[name]}/copyright"}
+                "tracks": len(entries), "copyright": f"/usr/share/doc/{PACKAGES[name]}/copyright", **options.get(name, {})}
         write_atomic(folder / "source.json", json.dumps(info, indent=2).encode())
         log(f"{name}: {len(entries)} files → {built[name]}")
     return built
@@ -430,6 +529,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Build training sets from installed Debian packages.")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: <zstag cache>/sets)")
     parser.add_argument("--sets", default=",".join(SETS), help=f"comma-separated, from: {', '.join(SETS)}")
+    parser.add_argument("--animal-labels", choices=ANIMAL_LABELLINGS, default=ANIMAL_LABELLING,
+                        help="tuxpaint-animals: species words, or coarse (class words and words gcompris-sounds has)")
     parser.add_argument("--list", action="store_true", help="list the sets and their packages, build nothing")
     args = parser.parse_args(argv)
     if args.list:
@@ -442,7 +543,7 @@ def main(argv=None) -> int:
         print(f"build_music_sets: unknown set(s) {', '.join(unknown)} (choose from {', '.join(SETS)})", file=sys.stderr)
         return 2
     out = args.out or default_out()
-    built = build(out, names)
+    built = build(out, names, animal_labels=args.animal_labels)
     missing = [n for n in names if n not in built]
     if missing:
         packages = " ".join(PACKAGES[n] for n in missing)

@@ -1,11 +1,13 @@
 """Per-file acoustic statistics, for eval's transfer report (how far a corpus is from the training one).
 
-Computed in the decode worker from the audio it already holds, so they cost one cheap FFT pass and no
-second decode. ``corpus_summary`` is what training saves as ``corpus_stats.json`` beside a model.
+Computed in the decode worker from the audio it already holds and the rate and length the decoder read
+from the header, so they cost one cheap FFT pass and no second decode or open of the file.
+``corpus_summary`` is what training saves as ``corpus_stats.json`` beside a model.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -32,15 +34,21 @@ def spectral_centroid_hz(audio: np.ndarray, sample_rate: int) -> float | None:
     n_frames = len(audio) // CENTROID_FRAME
     if n_frames == 0:
         return None
+    import scipy.fft  # float32 throughout, ~3x faster than numpy's rfft; the decoder has it loaded already
+
     picked = np.unique(np.linspace(0, n_frames - 1, min(n_frames, CENTROID_MAX_FRAMES)).astype(np.int64))
     frames = audio[: n_frames * CENTROID_FRAME].reshape(n_frames, CENTROID_FRAME)[picked]
-    window = np.hanning(CENTROID_FRAME).astype(np.float32)
-    total = np.abs(np.fft.rfft(frames * window, axis=-1)).sum(axis=0, dtype=np.float64)
+    total = np.abs(scipy.fft.rfft(frames * _centroid_window(), axis=-1)).sum(axis=0, dtype=np.float64)
     weight = total.sum()
     if weight <= 0:
         return None
     freqs = np.fft.rfftfreq(CENTROID_FRAME, 1.0 / sample_rate)
     return float((freqs * total).sum() / weight)
+
+
+@functools.lru_cache(maxsize=1)
+def _centroid_window() -> np.ndarray:
+    return np.hanning(CENTROID_FRAME).astype(np.float32)
 
 
 def file_stats(audio: np.ndarray, sample_rate: int, native_sample_rate: int | None, duration_s: float) -> dict:
@@ -93,24 +101,16 @@ def analyse_file(path, front_end, offset: float = 0.0, duration: float | None = 
     """
     from zstag import audio
 
-    samples = audio.load_audio(path, front_end.sample_rate, offset=offset, duration=duration)
+    decoded = audio.decode_audio(path, front_end.sample_rate, offset=offset, duration=duration)
+    samples = decoded.samples
     mel = audio.log_mel(samples, front_end)
     if mel.shape[1] == 0 or not np.isfinite(mel).all():
         raise audio.AudioError(f"{path}: no usable log-mel frames")
-    native_rate, seconds = native_format(path, fallback_seconds=offset + len(samples) / front_end.sample_rate)
-    return mel, file_stats(samples, front_end.sample_rate, native_rate, seconds)
-
-
-def native_format(path, fallback_seconds: float) -> tuple[int | None, float]:
-    """(native sample rate, whole-file duration in s) from the header; (None, fallback) where libsndfile
-    cannot read it (files decoded by ffmpeg)."""
-    try:
-        import soundfile
-
-        meta = soundfile.info(str(path))
-        return int(meta.samplerate), float(meta.duration)
-    except Exception:
-        return None, fallback_seconds
+    # The header's rate and length where soundfile decoded it; for ffmpeg's files, the span decoded.
+    seconds = decoded.native_seconds
+    if seconds is None:
+        seconds = offset + len(samples) / front_end.sample_rate
+    return mel, file_stats(samples, front_end.sample_rate, decoded.native_rate, seconds)
 
 
 def error_line(path, exc: BaseException) -> str:

@@ -14,9 +14,11 @@ Front ends (`FrontEnd` configs, one code path for all):
              log10(1 + 10000 x) in float32 (the original casts to float16 first, which overflows in
              numpy 2, so we don't). 187 frames ~ 3 s.
 Both equal librosa.feature.melspectrogram (center=True, zero padding, periodic Hann, Slaney mel
-filterbank from librosa.filters.mel) followed by the compression. The STFT is scipy's rfft, and the
-filterbank is kept as .npy in the cache folder, so the slow librosa import (~1 s, numba) is paid
-once per machine rather than once per process.
+filterbank from librosa.filters.mel) followed by the compression, to float32 rounding. The STFT is
+scipy's rfft in float32, in blocks of frames whose buffers are reused; the filterbank is applied as a
+few dense blocks around its non-zero band (1/8-1/6 of the full matrix's multiply-adds), and kept as
+.npy in the cache folder, so the slow librosa import (~1 s, numba) is paid once per machine rather
+than once per process.
 
 Known limit: libsndfile decodes an mp3 only up to the length it estimates from the header; a VBR
 mp3 *without* a Xing/VBRI header (rare: encoders write one) is therefore cut short, silently.
@@ -39,7 +41,8 @@ import numpy as np
 from zstag.paths import atomic_write
 
 READ_BLOCK_FRAMES = 1 << 18  # frames decoded per soundfile read (~6 s at 44.1 kHz)
-STFT_BLOCK_FRAMES = 1024  # STFT frames transformed at once; bounds the complex spectrogram in memory
+STFT_BLOCK_FRAMES = 128  # STFT frames transformed at once: the block's buffers (≤ 1.3 MB) stay in cache
+MEL_GROUP_BANDS = 16  # mel bands per dense block of the filterbank (see _mel_groups)
 SEEK_PREROLL_FRAMES = 8192  # decoded and dropped before `offset`: mp3 frames after a seek need the bit reservoir
 TRUNCATION_TOLERANCE = 0.01  # missing fraction of the declared length tolerated before calling a file truncated
 TRUNCATION_TOLERANCE_S = 0.1  # ... and missing seconds (mp3 encoder delay/padding is ~50 ms)
@@ -107,6 +110,15 @@ def _error(path, cause) -> AudioError:
 # --- decoding ---------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Decoded:
+    """What decode_audio returns."""
+
+    samples: np.ndarray  # float32 mono at the requested rate
+    native_rate: int | None  # the file's own sample rate and whole length, as its header says;
+    native_seconds: float | None  # None for files ffmpeg decoded
+
+
 def load_audio(path, sample_rate: int, offset: float = 0.0, duration: float | None = None) -> np.ndarray:
     """Decode `path` to float32 mono at `sample_rate`; `offset`/`duration` in seconds select a span.
 
@@ -115,6 +127,11 @@ def load_audio(path, sample_rate: int, offset: float = 0.0, duration: float | No
     soundfile formats whose header declares the length (wav, flac, mp3 with a Xing/Info header);
     ffmpeg decodes what it can of a damaged file.
     """
+    return decode_audio(path, sample_rate, offset, duration).samples
+
+
+def decode_audio(path, sample_rate: int, offset: float = 0.0, duration: float | None = None) -> Decoded:
+    """load_audio, plus the native rate and length the header gave (no second open of the file for them)."""
     if offset < 0 or (duration is not None and duration <= 0):
         raise ValueError(f"bad span: offset {offset} s, duration {duration} s")
     path = Path(path)
@@ -126,21 +143,21 @@ def load_audio(path, sample_rate: int, offset: float = 0.0, duration: float | No
         raise _error(path, "empty file (0 bytes)")
 
     if path.suffix.lower() in FFMPEG_EXTENSIONS:
-        audio = _load_ffmpeg(path, sample_rate, offset, duration)
+        decoded = Decoded(_load_ffmpeg(path, sample_rate, offset, duration), None, None)
     else:
         import soundfile as sf
 
         try:
-            audio = _load_soundfile(path, sample_rate, offset, duration)
+            decoded = _load_soundfile(path, sample_rate, offset, duration)
         except sf.LibsndfileError as e:
             cause = _soundfile_cause(e)
             if shutil.which("ffmpeg") is None:
                 raise _error(path, f"cannot decode: {cause}") from None
-            audio = _load_ffmpeg(path, sample_rate, offset, duration, soundfile_cause=cause)
+            decoded = Decoded(_load_ffmpeg(path, sample_rate, offset, duration, soundfile_cause=cause), None, None)
 
-    if audio.size == 0:
+    if decoded.samples.size == 0:
         raise _error(path, "no audio samples" + (f" after offset {offset:g} s" if offset else ""))
-    return audio
+    return decoded
 
 
 def _soundfile_cause(e) -> str:
@@ -151,7 +168,7 @@ def _soundfile_cause(e) -> str:
     return f"decoding failed ({e.error_string})"
 
 
-def _load_soundfile(path: Path, sample_rate: int, offset: float, duration: float | None) -> np.ndarray:
+def _load_soundfile(path: Path, sample_rate: int, offset: float, duration: float | None) -> Decoded:
     import soundfile as sf
     import soxr
 
@@ -195,7 +212,7 @@ def _load_soundfile(path: Path, sample_rate: int, offset: float, duration: float
     if declared > 0 and missing > max(TRUNCATION_TOLERANCE * (stop - start), TRUNCATION_TOLERANCE_S * rate):
         raise _error(path, f"truncated or corrupt: decoded {(start + decoded) / rate:.1f} s "
                            f"of the {declared / rate:.1f} s its header declares")
-    return out.array()
+    return Decoded(out.array(), rate, declared / rate)
 
 
 def _downmix(block: np.ndarray) -> np.ndarray:
@@ -316,6 +333,24 @@ def _mel_basis(sample_rate: int, n_fft: int, n_mels: int) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=8)
+def _mel_groups(sample_rate: int, n_fft: int, n_mels: int) -> tuple[tuple[int, int, int, int, np.ndarray], ...]:
+    """The filterbank as dense blocks (first band, end band, first bin, end bin, weights [bins, bands]).
+
+    Each Slaney filter is non-zero on a few neighbouring FFT bins, so a block of MEL_GROUP_BANDS bands
+    spans only the bins of those bands: the blocks hold 1/8-1/6 of the full matrix and every non-zero
+    weight. The products are the same as basis @ spectrum; only the order of the sums differs.
+    """
+    basis = _mel_basis(sample_rate, n_fft, n_mels)
+    groups = []
+    for first in range(0, n_mels, MEL_GROUP_BANDS):
+        end = min(first + MEL_GROUP_BANDS, n_mels)
+        bins = np.flatnonzero(basis[first:end].any(axis=0))
+        lo, hi = (int(bins[0]), int(bins[-1]) + 1) if bins.size else (0, 0)
+        groups.append((first, end, lo, hi, np.ascontiguousarray(basis[first:end, lo:hi].T)))
+    return tuple(groups)
+
+
+@functools.lru_cache(maxsize=8)
 def _hann(n_fft: int) -> np.ndarray:
     # Periodic Hann, as scipy.signal.get_window("hann", n_fft) used by librosa.stft.
     return (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)).astype(np.float32)
@@ -324,31 +359,50 @@ def _hann(n_fft: int) -> np.ndarray:
 def mel_spectrogram(audio: np.ndarray, fe: FrontEnd) -> np.ndarray:
     """float32 [n_mels, 1 + len(audio) // hop]: librosa.feature.melspectrogram with fe's settings.
 
-    Frames are centred (librosa's center=True with zero padding); the STFT runs in blocks of
-    STFT_BLOCK_FRAMES, each padded on its own, so no padded copy of the whole track is made.
+    Frames are centred (librosa's center=True with zero padding). The STFT runs in blocks of
+    STFT_BLOCK_FRAMES frames through buffers allocated once per call: the windowed frames are read
+    straight from the audio, and only the few frames that reach past either end are zero-padded, one
+    by one, so no padded copy of the track and no large temporary is made.
     """
-    audio = np.asarray(audio, dtype=np.float32)
+    audio = np.ascontiguousarray(audio, dtype=np.float32)  # frames are strided views of it
     if audio.ndim != 1:
         raise ValueError(f"expected mono audio (1-D), got shape {audio.shape}")
     if audio.size == 0:
         raise AudioError("empty audio (0 samples)")
-    import scipy.fft  # ~3x faster than numpy's rfft here: it keeps float32
+    import scipy.fft  # ~5x faster than numpy's rfft on float32 frames (SIMD across frames)
 
-    n_fft, hop, half = fe.n_fft, fe.hop_length, fe.n_fft // 2
-    n_frames = 1 + len(audio) // hop
-    window, basis = _hann(n_fft), _mel_basis(fe.sample_rate, n_fft, fe.n_mels)
+    n_fft, hop, half, n, step = fe.n_fft, fe.hop_length, fe.n_fft // 2, len(audio), audio.strides[0]
+    n_frames = 1 + n // hop
+    block = min(STFT_BLOCK_FRAMES, n_frames)
+    # Frame f covers samples [f·hop − half, f·hop − half + n_fft): those in [inner_first, inner_end)
+    # lie inside the audio, the others reach into the zero padding.
+    inner_first = -(-half // hop)
+    inner_end = max(inner_first, (n - n_fft + half) // hop + 1)
+    window, groups = _hann(n_fft), _mel_groups(fe.sample_rate, n_fft, fe.n_mels)
     mel = np.empty((fe.n_mels, n_frames), np.float32)
-    for first in range(0, n_frames, STFT_BLOCK_FRAMES):
-        last = min(first + STFT_BLOCK_FRAMES, n_frames)
-        lo, hi = first * hop - half, (last - 1) * hop - half + n_fft  # samples this block's frames cover
-        chunk = audio[max(lo, 0) : min(hi, len(audio))]
-        if lo < 0 or hi > len(audio):
-            chunk = np.pad(chunk, (max(-lo, 0), max(hi - len(audio), 0)))
-        frames = np.lib.stride_tricks.sliding_window_view(chunk, n_fft)[::hop]
-        spec = np.abs(scipy.fft.rfft(frames * window, axis=1))  # float32 in, complex64 out
-        if fe.power != 1.0:
-            spec **= fe.power
-        mel[:, first:last] = basis @ spec.T
+    frames = np.empty((block, n_fft), np.float32)
+    magnitude = np.empty((block, n_fft // 2 + 1), np.float32)
+    for first in range(0, n_frames, block):
+        last = min(first + block, n_frames)
+        inner_lo = min(max(inner_first, first), last)
+        inner_hi = min(max(inner_end, inner_lo), last)
+        if inner_hi > inner_lo:
+            start = inner_lo * hop - half
+            inner = np.lib.stride_tricks.as_strided(audio[start:], (inner_hi - inner_lo, n_fft), (hop * step, step))
+            np.multiply(inner, window, out=frames[inner_lo - first : inner_hi - first])
+        for f in (*range(first, inner_lo), *range(inner_hi, last)):  # the ends: zero-padded
+            start, row = f * hop - half, frames[f - first]
+            row.fill(0.0)
+            lo, hi = max(start, 0), min(start + n_fft, n)
+            row[lo - start : hi - start] = audio[lo:hi]
+            row *= window
+        spectrum = np.abs(scipy.fft.rfft(frames[: last - first], axis=1), out=magnitude[: last - first])
+        if fe.power == 2.0:
+            np.square(spectrum, out=spectrum)
+        elif fe.power != 1.0:
+            spectrum **= fe.power
+        for band, end_band, lo_bin, hi_bin, weights in groups:
+            mel[band:end_band, first:last] = (spectrum[:, lo_bin:hi_bin] @ weights).T
     return mel
 
 

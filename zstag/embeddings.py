@@ -6,9 +6,10 @@ Pipeline: worker processes (a forkserver pool: they never inherit torch or its t
 file, cut it into log-mel segments and compute a few acoustic statistics; the main process embeds each
 track while they decode the next files: the mean over *all* its segments (model.embed_track), never a
 random crop, each track on its own so that its embedding does not depend on which files share a batch.
-A worker that dies (decoder crash, out of memory) costs only its file; workers exit if the main process
-is killed. Thread counts are fixed per model (see _inference_threads): results are bit-identical
-whatever --workers says, in a worker or in this process.
+Each track is embedded on one torch thread; for the heavy musicnn backbones, several tracks at once on
+threads of this process (see _Inference). A worker that dies (decoder crash, out of memory) costs only
+its file; workers exit if the main process is killed. The thread count that a track's numbers depend on
+is fixed, so results are bit-identical whatever --workers says, in a worker or in this process.
 
 Cache: one SQLite file, ``cache_dir()/embeddings.sqlite`` in WAL mode. A row is keyed by
 (model id, content digest, offset, max_seconds, pipeline version) and holds the float32 joint-space
@@ -45,12 +46,19 @@ from zstag import audio
 from zstag.acoustics import analyse_file, error_line
 
 CACHE_FILE = "embeddings.sqlite"
-PIPELINE_VERSION = 2  # bump when decoding or features change, so that old rows stop matching
+PIPELINE_VERSION = 3  # bump when decoding, features or inference change, so that old rows stop matching
+# 3: blocked STFT with a banded filterbank, GEMM musicnn front end, one torch thread per track (rounding-level)
 HASH_CHUNK = 1 << 20
 IN_FLIGHT_PER_WORKER = 2  # decoded tracks waiting per worker: keeps workers busy, bounds memory
+QUEUED_PER_THREAD = 1  # decoded tracks waiting per inference thread (heavy models), besides the one it embeds
 SQLITE_TIMEOUT_S = 30.0  # wait this long for another zstag process holding the write lock
 PARENT_POLL_S = 0.5  # how often a worker checks that the main process still runs
 CRASH_MESSAGE = "the decoder process died (crash or out of memory)"
+# The fork server starts with these, so every worker has them from the start (see _start_fork_server).
+WORKER_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+MALLOC_HEAP_MAX = 32 << 20  # workers: allocations up to this come from the heap, not mmap (glibc) ...
+MALLOC_KEEP = 64 << 20  # ... and up to this much freed heap is kept for the next file
+RESULT_PIPE_BYTES = 1 << 20  # the pipe results come back through (Linux; see _widen_result_pipe)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS digests (
@@ -201,6 +209,39 @@ def embed_files(
     return results
 
 
+def cached_results(
+    model_id: str,
+    paths: list[str | os.PathLike],
+    *,
+    offset: float = 0.0,
+    max_seconds: float | None = None,
+    workers: int | None = None,
+    cache: EmbeddingCache | None = None,
+) -> list[TrackResult | None]:
+    """Each file's cached embedding, without the model or any decoding: a TrackResult (cached=True) per
+    hit, None per miss (not cached, unreadable, gone, or changed while hashed). A miss is never dropped:
+    the caller embeds it (embed_files). Digests of newly hashed files are remembered, so embed_files
+    does not hash them again. workers: hashing threads (None: all cores). cache: default cache_dir()'s.
+    """
+    paths = [str(p) for p in paths]
+    results: list[TrackResult | None] = [None] * len(paths)
+    own_cache = cache is None
+    if own_cache:
+        cache = EmbeddingCache.open_default()
+        if cache is None:
+            return results
+    try:
+        workers = default_workers() if workers is None else max(0, int(workers))
+        for i, (digest, _) in _digests(cache, paths, workers).items():
+            hit = _lookup(cache, model_id, digest, offset, max_seconds)
+            if hit is not None:
+                results[i] = TrackResult(paths[i], hit[0], None, hit[1], cached=True)
+    finally:
+        if own_cache:
+            cache.close()
+    return results
+
+
 def _embed(model, model_id, paths, results, cache, workers, offset, max_seconds, bar) -> None:
     digests: dict[int, tuple[str, tuple]] = {}  # index → (content digest, stat stamp when hashed)
     if cache is not None:
@@ -211,23 +252,26 @@ def _embed(model, model_id, paths, results, cache, workers, offset, max_seconds,
                 results[i] = TrackResult(paths[i], hit[0], None, hit[1], cached=True)
         bar.advance(sum(r is not None for r in results))
 
+    def finish(i: int, outcome, stats: dict | None) -> None:
+        if isinstance(outcome, str):
+            results[i] = TrackResult(paths[i], None, outcome)
+        else:
+            results[i] = TrackResult(paths[i], outcome, None, stats)
+            # Stored only if the file did not change between hashing and decoding.
+            if cache is not None and i in digests and _stamp(paths[i]) == digests[i][1]:
+                _store(cache, model_id, digests[i][0], offset, max_seconds, outcome, stats)
+        bar.advance(1)
+
     todo = [(i, paths[i]) for i, r in enumerate(results) if r is None]
-    with _inference_threads(model):
+    with _Inference(model) as inference:
         for i, outcome in decode_files(todo, model.front_end.to_dict(), offset, max_seconds, workers):
-            if not isinstance(outcome, str):
-                segments, stats = outcome
-                try:
-                    embedding = np.asarray(model.embed_track(segments), dtype=np.float32)
-                except Exception as exc:  # never lose the run to one file
-                    outcome = " ".join(f"{paths[i]}: cannot embed: {type(exc).__name__}: {exc}".split())
             if isinstance(outcome, str):
-                results[i] = TrackResult(paths[i], None, outcome)
+                finish(i, outcome, None)
             else:
-                results[i] = TrackResult(paths[i], embedding, None, stats)
-                # Stored only if the file did not change between hashing and decoding.
-                if cache is not None and i in digests and _stamp(paths[i]) == digests[i][1]:
-                    _store(cache, model_id, digests[i][0], offset, max_seconds, embedding, stats)
-            bar.advance(1)
+                for done in inference.submit(i, paths[i], *outcome):
+                    finish(*done)
+        for done in inference.drain():
+            finish(*done)
 
 
 def _stamp(path: str) -> tuple | None:
@@ -325,6 +369,22 @@ def _init_worker(main_pid: int) -> None:
     os.dup2(devnull, 2)
     os.close(devnull)
     _blas_limit()  # one BLAS thread per worker: the workers already fill the cores, and results stay put
+    _keep_freed_memory()
+
+
+def _keep_freed_memory() -> None:
+    """glibc only (elsewhere nothing happens): decoding a file allocates and frees buffers of a few MB
+    (decoded blocks, the resampled track, STFT blocks, segments). By default each is mmapped and
+    unmapped again, so every file faults in ~8-13 MB of fresh zeroed pages: ~3 ms of the ~30 ms a
+    30 s mp3 costs. Served from a heap that keeps MALLOC_KEEP bytes, they are reused instead."""
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(-1, MALLOC_KEEP)  # M_TRIM_THRESHOLD
+    mallopt(-3, MALLOC_HEAP_MAX)  # M_MMAP_THRESHOLD
 
 
 def _exit_with(main_pid: int) -> None:
@@ -345,12 +405,47 @@ def _context():
         return multiprocessing.get_context("spawn")
     context = multiprocessing.get_context("forkserver")
     # Imported once in the fork server and inherited by every worker.
-    context.set_forkserver_preload(["zstag.embeddings", "soundfile", "soxr"])
+    context.set_forkserver_preload(["zstag.embeddings", "soundfile", "soxr", "scipy.fft"])  # scipy.fft: ~0.15 s
+    _start_fork_server()
     return context
 
 
+def _start_fork_server() -> None:
+    """Start the fork server (if it is not running yet) with WORKER_ENV in its environment, leaving
+    this process's environment as it was. OpenBLAS reads its thread count once, when numpy loads it:
+    started with the default (all cores), each forked worker re-creates helper threads that spin for
+    ~0.1 s of CPU over its first files although threadpoolctl has set one thread (~10% of a 60-file run
+    on 2 cores)."""
+    from multiprocessing import forkserver
+
+    saved = {name: os.environ.get(name) for name in WORKER_ENV}
+    os.environ.update(WORKER_ENV)
+    try:
+        forkserver.ensure_running()
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def _pool(n: int) -> ProcessPoolExecutor:
-    return ProcessPoolExecutor(n, mp_context=_context(), initializer=_init_worker, initargs=(os.getpid(),))
+    pool = ProcessPoolExecutor(n, mp_context=_context(), initializer=_init_worker, initargs=(os.getpid(),))
+    _widen_result_pipe(pool)
+    return pool
+
+
+def _widen_result_pipe(pool: ProcessPoolExecutor) -> None:
+    """A 30 s track's segments (~0.7 MB) through the default 64 KB pipe take ~11 turns of worker
+    writing and this process reading; through a 1 MB pipe, one (~4% off tagging time on 2 cores).
+    Best effort: Linux only, a CPython detail, and the kernel may refuse the size."""
+    try:
+        import fcntl
+
+        fcntl.fcntl(pool._result_queue._writer.fileno(), fcntl.F_SETPIPE_SZ, RESULT_PIPE_BYTES)
+    except (ImportError, AttributeError, OSError):
+        pass
 
 
 def decode_files(
@@ -411,6 +506,14 @@ def decode_files(
             pool.shutdown(wait=True, cancel_futures=True)
 
 
+def start_decoders() -> None:
+    """Start the decoders' fork server now; it loads numpy, soundfile, soxr and scipy (~0.25 s) in its
+    own process while this one goes on. Call it before other slow start-up work (importing torch,
+    building the model) when files will be decoded: embed_files then finds it ready. Harmless to call
+    more than once, or when nothing gets decoded after all (the server just exits with this process)."""
+    _context()
+
+
 def _pool_starts() -> bool:
     """Whether a fresh worker process can start and answer at all."""
     pool = _pool(1)
@@ -424,35 +527,92 @@ def _pool_starts() -> bool:
 
 
 class _inference_threads:
-    """Threads while embedding, chosen by the model alone (never by --workers).
+    """Thread settings while embedding: one torch thread, one BLAS thread, whatever the model.
 
-    torch: one thread for the paper's CNN1D, whose inference (~5 ms per 30 s of audio) costs less than
-    decoding, so that idle OpenMP threads spinning between its small convolutions do not steal the
-    decode workers' cores; torch's own default (all cores) for the musicnn backbones (~1 s per 30 s),
-    which would otherwise leave the cores idle while the workers wait. BLAS: one thread, as in the
-    workers, so that decoding in this process (workers=0) gives bit-identical features.
-    Float sums split differently across thread counts, so fixing the count per model keeps a track's
-    embedding, and its cache entry, the same whatever --workers says.
+    One torch thread per track, because float sums split differently across thread counts: a fixed
+    count keeps a track's embedding, and its cache entry, the same whatever --workers says. Heavy
+    models get their parallelism from embedding several tracks at once instead (_Inference): as fast
+    as torch's own threads on an idle machine (~3% faster for musicnn beside two decode workers), and
+    far less fragile on a busy one, where OpenMP threads that wait for each other at every op stall
+    whenever one is preempted (2-3x slower when other work shared the 2 cores). BLAS: one thread, as
+    in the workers, so that decoding in this process (workers=0) gives bit-identical features.
     """
-
-    def __init__(self, model):
-        self.light = model.config.get("audio_encoder", {}).get("type") == "cnn1d"
 
     def __enter__(self):
         import torch
 
-        self.saved = torch.get_num_threads()
-        if self.light:
-            torch.set_num_threads(1)
+        # BLAS first: threadpoolctl restores every pool it saw, OpenMP (torch's) included, so it must
+        # save torch's count before it changes and restore before torch's own restore.
         self.blas = _blas_limit(user_api="blas")
+        self.saved = torch.get_num_threads()
+        torch.set_num_threads(1)
         return self
 
     def __exit__(self, *exc):
         import torch
 
-        torch.set_num_threads(self.saved)
         if self.blas is not None:
             self.blas.restore_original_limits()
+        torch.set_num_threads(self.saved)
+
+
+class _Inference:
+    """Embeds decoded tracks, each on one torch thread (see _inference_threads).
+
+    The paper's CNN1D (~2 ms per 30 s of audio, less than decoding it) runs inline. The musicnn
+    backbones (~0.25 s per 30 s) run on a thread pool with one thread per core, a track per thread (torch
+    releases the GIL), while the workers decode the next files; at most QUEUED_PER_THREAD decoded tracks
+    per thread wait, so decoding never runs far ahead of inference and memory stays bounded.
+    """
+
+    def __init__(self, model):
+        self.model = model
+        self.threads = 1 if model.config.get("audio_encoder", {}).get("type") == "cnn1d" else default_workers()
+        self.settings = _inference_threads()
+        self.pool: ThreadPoolExecutor | None = None
+        self.pending: dict = {}  # future → (index, stats)
+
+    def __enter__(self):
+        self.settings.__enter__()  # before the pool starts: its threads take torch's count when they start
+        if self.threads > 1:
+            self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="zstag-embed")
+        return self
+
+    def __exit__(self, *exc):
+        try:
+            if self.pool is not None:
+                self.pool.shutdown(wait=True, cancel_futures=True)
+        finally:
+            self.settings.__exit__(*exc)
+
+    def submit(self, index: int, path: str, segments: np.ndarray, stats: dict) -> list[tuple]:
+        """Embed a track; returns the tracks finished by now as (index, embedding or error line, stats)."""
+        if self.pool is None:
+            return [(index, self._embed(path, segments), stats)]
+        self.pending[self.pool.submit(self._embed, path, segments)] = (index, stats)
+        return self._collect(block=len(self.pending) > self.threads * (1 + QUEUED_PER_THREAD))
+
+    def drain(self):
+        """Yield the remaining tracks as they finish."""
+        while self.pending:
+            yield from self._collect(block=True)
+
+    def _collect(self, block: bool) -> list[tuple]:
+        if block:
+            done, _ = wait(self.pending, return_when=FIRST_COMPLETED)
+        else:
+            done = [f for f in self.pending if f.done()]
+        finished = []
+        for future in done:
+            index, stats = self.pending.pop(future)
+            finished.append((index, future.result(), stats))
+        return finished
+
+    def _embed(self, path: str, segments: np.ndarray) -> np.ndarray | str:
+        try:
+            return np.asarray(self.model.embed_track(segments), dtype=np.float32)
+        except Exception as exc:  # never lose the run to one file
+            return " ".join(f"{path}: cannot embed: {type(exc).__name__}: {exc}".split())
 
 
 def _blas_limit(user_api: str | None = None):

@@ -259,13 +259,12 @@ def evaluate(
     from zstag.embeddings import embed_files
     from zstag.model import load_model
     from zstag.splits import check_split, load_split
-    from zstag.tagger import TagUsageError, load_words
-    from zstag.words import UnknownLabelError
+    from zstag.words import UnknownLabelError, VectorsError, load_words
 
     net = load_model(model)
     try:
         words = load_words(net, vectors)
-    except TagUsageError as exc:
+    except VectorsError as exc:
         raise EvalError(str(exc)) from None
     the_split = load_split(split) if split is not None else None
 

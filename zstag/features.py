@@ -302,6 +302,8 @@ def _isolated(task: tuple) -> tuple:
 
 
 def _init_worker() -> None:
+    from zstag.embeddings import _keep_freed_memory
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
     try:  # one BLAS thread per worker: the workers already fill the cores
         from threadpoolctl import threadpool_limits
@@ -309,6 +311,7 @@ def _init_worker() -> None:
         threadpool_limits(1)
     except ImportError:
         pass
+    _keep_freed_memory()  # as the tag workers: no fresh pages faulted in for every file
 
 
 def _pool(workers: int):
@@ -318,7 +321,10 @@ def _pool(workers: int):
     methods = multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
     if "forkserver" in methods:  # librosa.filters takes ~1 s to import: once, in the server
+        from zstag.embeddings import _start_fork_server
+
         context.set_forkserver_preload(["zstag.features", "zstag.audio", "soundfile", "soxr", "librosa.filters"])
+        _start_fork_server()  # one-thread BLAS from the start, as for the tag workers
     return ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker)
 
 

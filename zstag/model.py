@@ -15,7 +15,6 @@ A track embedding is always ``project(mean over all segments of segment_features
 
 from __future__ import annotations
 
-import hashlib
 import json
 import warnings
 from pathlib import Path
@@ -25,23 +24,18 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from zstag import modelfile
 from zstag.audio import FrontEnd
+from zstag.modelfile import CONFIG_FILE, WEIGHTS_FILE, ModelError, ModelFiles
 from zstag.paths import atomic_write
 
 MARGIN = 0.4  # the paper's hinge margin
 EMBED_DIM = 100  # the paper's joint-space size
 CNN1D_CHANNELS = 128
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "weights.safetensors"
-DEFAULT_MODEL = "default"
 TRACK_BATCH = 16  # segments per forward pass over a track: bounds memory (musicnn maps are large)
 
 # "same" padding with the paper's even kernels costs one padded copy per conv; a known, harmless cost.
 warnings.filterwarnings("ignore", message="Using padding='same' with even kernel lengths", category=UserWarning)
-
-
-class ModelError(Exception):
-    """A model folder that is missing, incomplete or inconsistent (one-line message)."""
 
 
 class CNN1D(nn.Module):
@@ -155,8 +149,7 @@ class ZeroShotModel(nn.Module):
             self.audio_projection = ConseHead(int(audio["feature_dim"]), word_dim, int(audio.get("top_t", 10)))
         else:
             raise ModelError(f"unknown audio encoder type {kind!r}")
-        label = config.get("label_projection", {"type": "identity" if kind == "conse" else "linear"})
-        self.label_projection = build_head(label, word_dim, embed_dim)
+        self.label_projection = build_head(modelfile.label_projection_config(config), word_dim, embed_dim)
 
     @property
     def train_labels(self) -> list[str]:
@@ -196,18 +189,17 @@ class ZeroShotModel(nn.Module):
         """[N, F] pooled track features → [N, D] joint-space track embeddings."""
         return self.audio_projection(torch.from_numpy(np.asarray(features, dtype=np.float32))).numpy()
 
-    @torch.no_grad()
     def embed_label_vectors(self, vectors: np.ndarray) -> np.ndarray:
-        return self.embed_labels(torch.from_numpy(np.asarray(vectors, dtype=np.float32))).numpy()
+        """[n, word_dim] word vectors → float32 [n, D], in numpy (``modelfile.project_labels``): the same
+        numbers whether or not torch is loaded (``zstag tag`` on cached tracks never loads it)."""
+        weights = {modelfile.LABEL_PREFIX + name: value.detach().cpu().numpy()
+                   for name, value in self.label_projection.state_dict().items()}
+        return modelfile.project_labels(self.config, weights, vectors)
 
     @staticmethod
     def scores(track_emb: np.ndarray, label_emb: np.ndarray) -> np.ndarray:
         """Cosine similarity, [N, D] × [M, D] → [N, M] in [-1, 1]."""
-        a = np.asarray(track_emb, dtype=np.float64)
-        b = np.asarray(label_emb, dtype=np.float64)
-        a = a / np.maximum(np.linalg.norm(a, axis=-1, keepdims=True), 1e-12)
-        b = b / np.maximum(np.linalg.norm(b, axis=-1, keepdims=True), 1e-12)
-        return (a @ b.T).astype(np.float32)
+        return modelfile.cosine_scores(track_emb, label_emb)
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -226,10 +218,6 @@ def triplet_hinge_loss(
     pos = cosine(audio, positive).unsqueeze(1)  # [B, 1]
     neg = cosine(audio.unsqueeze(1), negatives)  # [B, k]
     return F.relu(margin - pos + neg).mean()
-
-
-def _model_id(config_bytes: bytes, weights_bytes: bytes) -> str:
-    return hashlib.sha256(config_bytes + b"\0" + weights_bytes).hexdigest()[:16]
 
 
 def _trainable_state(model: ZeroShotModel) -> dict[str, torch.Tensor]:
@@ -252,45 +240,27 @@ def save_model(model: ZeroShotModel, folder: str | Path, extra_files: dict[str, 
         atomic_write(folder / name, json.dumps(payload, indent=2, sort_keys=True).encode())
     atomic_write(folder / WEIGHTS_FILE, weights_bytes)
     atomic_write(folder / CONFIG_FILE, config_bytes)
-    model.model_id = model.config["model_id"] = _model_id(config_bytes, weights_bytes)
+    model.model_id = model.config["model_id"] = modelfile.model_id(config_bytes, weights_bytes)
     return model.model_id
 
 
-def resolve_model_path(path_or_name: str | Path | None = None) -> Path:
-    """A folder path, or the name of a folder in the project's ``models/`` (default: ``default``)."""
-    from zstag.paths import models_dir
+def load_model(path_or_name: str | Path | None = None, files: ModelFiles | None = None) -> ZeroShotModel:
+    """Load a model folder without executing code (JSON + safetensors). Eval mode.
 
-    name = path_or_name or DEFAULT_MODEL
-    candidate = Path(name).expanduser()
-    if candidate.is_dir():
-        return candidate
-    shipped = models_dir() / str(name)
-    if shipped.is_dir():
-        return shipped
-    raise ModelError(f"{name}: no such model folder (expected {CONFIG_FILE} + {WEIGHTS_FILE})")
-
-
-def load_model(path_or_name: str | Path | None = None) -> ZeroShotModel:
-    """Load a model folder without executing code (JSON + safetensors). Eval mode."""
+    files: the folder already read by ``modelfile.read_model`` (its bytes are not read again).
+    """
+    from safetensors import SafetensorError
     from safetensors.torch import load
 
-    folder = resolve_model_path(path_or_name)
+    files = files or modelfile.read_model(path_or_name)
     try:
-        config_bytes = (folder / CONFIG_FILE).read_bytes()
-        weights_bytes = (folder / WEIGHTS_FILE).read_bytes()
-        config = json.loads(config_bytes)
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"{folder}: cannot read model: {exc}") from None
-    from safetensors import SafetensorError
-
-    try:
-        model = ZeroShotModel(config)
-        model.load_state_dict(load(weights_bytes), strict=True)
+        model = ZeroShotModel(dict(files.config))
+        model.load_state_dict(load(files.weights_bytes), strict=True)
     except (KeyError, TypeError, ValueError, RuntimeError, SafetensorError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ModelError(f"{folder}: weights and config do not match (or are damaged): {first}") from None
-    model.model_id = model.config["model_id"] = _model_id(config_bytes, weights_bytes)
-    model.folder = folder
+        raise ModelError(f"{files.folder}: weights and config do not match (or are damaged): {first}") from None
+    model.model_id = model.config["model_id"] = files.model_id
+    model.folder = files.folder
     return model.eval()
 
 

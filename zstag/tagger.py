@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from zstag.paths import atomic_write
 
 FORMATS = ("table", "json", "jsonl", "csv")
@@ -55,58 +56,22 @@ class Found:
 
 
 def parse_labels(values: list[str] | None, labels_file: str | os.PathLike | None = None) -> list[str]:
-    """Labels from comma-separated --labels values (CSV quoting allowed) and a one-per-line file.
+    """``words.parse_labels`` (comma-separated --labels values and a one-per-line file), its errors as
+    TagUsageError."""
+    from zstag.words import LabelsError
+    from zstag.words import parse_labels as parse
 
-    In the file, "#" starts a comment. Labels that normalise the same ("Hip Hop", "hip-hop ") are
-    kept once, first spelling wins.
-    """
-    from zstag.words import normalise_label
-
-    labels = []
-    for value in values or []:
-        for row in csv.reader([value], skipinitialspace=True):
-            labels += [field.strip() for field in row]
-    if labels_file is not None:
-        try:
-            text = Path(labels_file).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            cause = getattr(exc, "strerror", None) or exc
-            raise TagUsageError(f"{labels_file}: cannot read labels file: {cause}") from None
-        labels += [line.split("#", 1)[0].strip() for line in text.splitlines()]
-    unique, seen = [], set()
-    for label in labels:
-        key = normalise_label(label) if label else ""
-        if key and key not in seen:
-            seen.add(key)
-            unique.append(label)
-    if not unique:
-        raise TagUsageError("no labels: give --labels a,b,... and/or --labels-file FILE")
-    return unique
-
-
-def load_words(model, vectors_path: str | os.PathLike | None = None):
-    """The word vectors the model was trained with: --vectors, else the config's ``words_path`` or
-    ``words`` (the default GloVe source needs no path)."""
-    from zstag.words import DEFAULT_SOURCE, VectorsError, WordVectors
-
-    config = model.config
-    source = config.get("words", DEFAULT_SOURCE)
-    path = vectors_path or config.get("words_path")
-    if path is None and source != DEFAULT_SOURCE:
-        if not Path(source).expanduser().is_file():
-            raise TagUsageError(f"the model was trained with word vectors {source!r}: pass --vectors PATH")
-        path = Path(source).expanduser()
     try:
-        words = WordVectors.load(path)
-    except VectorsError as exc:
+        return parse(values, labels_file)
+    except LabelsError as exc:
         raise TagUsageError(str(exc)) from None
-    if words.dim != int(config["word_dim"]):
-        raise TagUsageError(f"{words.source}: {words.dim}-d word vectors, but the model expects {config['word_dim']}-d")
-    return words
 
 
 def label_embeddings(model, words, labels: list[str]) -> np.ndarray:
-    """[M, D] joint-space label embeddings; UnknownLabelError (one line) for labels without vectors."""
+    """[M, D] joint-space label embeddings; UnknownLabelError (one line) for labels without vectors.
+
+    model: modelfile.ModelFiles or a ZeroShotModel (the same numpy label branch either way).
+    """
     return model.embed_label_vectors(words.vectors(labels))
 
 
@@ -307,9 +272,10 @@ def run(
     """Tag the inputs and write the output; returns the exit code (0 ok, 1 some file failed).
 
     Raises TagUsageError (bad options, model, word vectors or labels) before any audio is decoded.
+    Torch is imported only if some file is not in the embedding cache (or with use_cache=False).
     """
-    from zstag.embeddings import embed_files
-    from zstag.words import UnknownLabelError
+    from zstag import modelfile
+    from zstag.words import UnknownLabelError, VectorsError, load_words
 
     if fmt not in FORMATS:
         raise TagUsageError(f"unknown format {fmt!r} (choose from {', '.join(FORMATS)})")
@@ -319,30 +285,31 @@ def run(
         raise TagUsageError(f"{output}: --output must be a file in an existing folder")
     label_list = parse_labels(labels, labels_file)
     extension_set = parse_extensions(extensions)
-    from zstag.model import ModelError, load_model
-
     try:
-        net = load_model(model)
-        words = load_words(net, vectors)
-        label_emb = label_embeddings(net, words, label_list)  # unknown labels stop here, before any decoding
-    except (ModelError, UnknownLabelError) as exc:
+        files = modelfile.read_model(model)
+        words = load_words(files, vectors)
+        label_emb = label_embeddings(files, words, label_list)  # unknown labels stop here, before any decoding
+    except (modelfile.ModelError, VectorsError, UnknownLabelError) as exc:
         raise TagUsageError(str(exc)) from None
 
     found = find_audio_files(inputs, extension_set)
     failures = list(found.problems)
     for line in found.problems:
         print(f"zstag: {line}", file=sys.stderr)
-    results = embed_files(net, found.files, workers=workers, use_cache=use_cache, offset=offset,
-                          max_seconds=max_seconds, progress=progress)
+    results = track_results(files, found.files, workers=workers, use_cache=use_cache, offset=offset,
+                            max_seconds=max_seconds, progress=progress)
     good = [r for r in results if r.ok]
     for r in results:
         if not r.ok:
             failures.append(r.error)
             print(f"zstag: {r.error}", file=sys.stderr)
 
-    scores = net.scores(np.stack([r.embedding for r in good]), label_emb) if good else np.zeros((0, len(label_list)))
+    if good:
+        scores = modelfile.cosine_scores(np.stack([r.embedding for r in good]), label_emb)
+    else:
+        scores = np.zeros((0, len(label_list)), dtype=np.float32)
     records = file_records([r.path for r in good], scores, label_list, single=single, top_k=top_k, threshold=threshold)
-    text = render(records, fmt, single=single, labels=label_list, model_id=net.model_id,
+    text = render(records, fmt, single=single, labels=label_list, model_id=files.model_id,
                   width=None if output or not sys.stdout.isatty() else _terminal_width())
     if output is None:
         sys.stdout.write(text)
@@ -364,6 +331,35 @@ def run(
         parts.append(f"{found.duplicates} duplicate path(s) skipped")
     print("zstag: " + "; ".join(parts), file=sys.stderr)
     return 1 if failures else 0
+
+
+def track_results(files, paths: list[str], *, workers: int | None = None, use_cache: bool = True,
+                  offset: float = 0.0, max_seconds: float | None = None, progress: bool = True) -> list:
+    """A TrackResult per path, in order: all from the embedding cache when every file is there (no torch,
+    no decoding); otherwise the model is built (torch) and ``embed_files`` embeds the misses and re-uses
+    the hits (their digests are remembered, not hashed again). files: modelfile.ModelFiles."""
+    from zstag.embeddings import EmbeddingCache, cached_results, embed_files
+
+    cache = EmbeddingCache.open_default() if use_cache else None
+    try:
+        if cache is not None:
+            results = cached_results(files.model_id, paths, offset=offset, max_seconds=max_seconds, workers=workers,
+                                     cache=cache)
+        else:
+            results = [None] * len(paths)
+        if all(r is not None for r in results):
+            return results
+        from zstag.model import ModelError, load_model
+
+        try:
+            net = load_model(files=files)
+        except ModelError as exc:
+            raise TagUsageError(str(exc)) from None
+        return embed_files(net, paths, workers=workers, use_cache=cache is not None, cache=cache, offset=offset,
+                           max_seconds=max_seconds, progress=progress)
+    finally:
+        if cache is not None:
+            cache.close()
 
 
 def _terminal_width() -> int:

