@@ -329,3 +329,19 @@ def test_acoustics_summaries():
     assert corpus["corpus"] == "mine" and corpus["n_tracks"] == 2
     assert corpus["mean_embedding"] == [0.5, 0.5]
     assert corpus["acoustics"]["duration_s"]["median"] == 15.0
+
+
+def test_a_file_name_that_is_not_utf8_is_looked_up_not_a_crash(tmp_path, tracks):
+    """SQLite takes no lone surrogates as text: such a name (os.fsdecode of non-UTF-8 bytes) is keyed by
+    its bytes, so the cache serves it like any file instead of killing the run."""
+    odd = os.fsdecode(os.fsencode(str(tmp_path)) + b"/odd-\xff.wav")
+    shutil.copy(tracks[0], odd)
+    cache = EmbeddingCache(tmp_path / "cache.sqlite")
+    try:
+        assert embeddings.cached_results("m", [odd, tracks[0]], workers=1, cache=cache) == [None, None]
+        cache.put("m", content_digest(tracks[0]), 0.0, None, np.ones(4, np.float32), None)
+        results = embeddings.cached_results("m", [odd, tracks[0]], workers=1, cache=cache)
+        assert [r.path for r in results] == [odd, tracks[0]] and all(r.cached for r in results)
+        assert cache.db.execute("SELECT COUNT(*) FROM digests").fetchone()[0] == 2  # remembered, both
+    finally:
+        cache.close()

@@ -109,3 +109,33 @@ def test_modelfile_imports_no_torch(tiny_model_dir):
             "print(sorted(m for m in ('torch', 'librosa', 'scipy') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code, tiny_model_dir], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("config, cause", [
+    ({"label_projection": "linear"}, "label_projection is not a JSON object"),
+    ({"label_projection": None}, "label_projection is not a JSON object"),
+    ({"label_projection": {"type": "weird"}}, "unknown projection type 'weird'"),
+])
+def test_damaged_config_is_a_one_line_model_error_naming_the_folder(tmp_path, tiny_model_dir, config, cause):
+    folder = tmp_path / "broken"
+    folder.mkdir()
+    source = modelfile.resolve_model_path(tiny_model_dir)
+    (folder / "weights.safetensors").write_bytes((source / "weights.safetensors").read_bytes())
+    (folder / "config.json").write_text(json.dumps({**json.loads((source / "config.json").read_text()), **config}))
+    with pytest.raises(ModelError, match=cause) as excinfo:
+        modelfile.read_model(folder)
+    assert str(excinfo.value).startswith(f"{folder}: ") and "\n" not in str(excinfo.value)
+
+
+def test_unknown_audio_encoder_is_a_model_error_naming_the_folder(tmp_path, tiny_model_dir):
+    folder = tmp_path / "broken"
+    folder.mkdir()
+    source = modelfile.resolve_model_path(tiny_model_dir)
+    (folder / "weights.safetensors").write_bytes((source / "weights.safetensors").read_bytes())
+    config = json.loads((source / "config.json").read_text())
+    config["audio_encoder"]["type"] = "weird"
+    (folder / "config.json").write_text(json.dumps(config))
+    files = modelfile.read_model(folder)  # the label branch is fine: the warm path can still serve cached tracks
+    with pytest.raises(ModelError, match="unknown audio encoder type 'weird'") as excinfo:
+        load_model(files=files)
+    assert str(excinfo.value).startswith(f"{folder}: ")

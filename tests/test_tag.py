@@ -343,3 +343,27 @@ def test_model_trained_with_random_vectors_can_tag(music, tmp_path):
 def test_parse_labels_errors_are_usage_errors():
     with pytest.raises(tagger.TagUsageError, match="no labels"):
         tagger.parse_labels([" "])
+
+
+def test_a_file_name_that_is_not_utf8_is_tagged_and_written_as_its_bytes(tmp_path, model_dir):
+    """os.fsdecode gives such a name lone surrogates: it is decoded, cached, and written out (stdout
+    and --output) as the very bytes of the name, cold and warm, instead of a traceback."""
+    name = os.fsencode(str(tmp_path)) + b"/caf\xe9.wav"  # Latin-1 "café"
+    os.rename(write_music(tmp_path / "plain.wav", seed=3), name)
+    for _ in ("cold", "warm"):
+        result = run(os.fsdecode(name), "--labels", "rock", "--model", model_dir, "--format", "jsonl")
+        assert result.exit_code == 0, result.stderr
+        assert json.loads(result.stdout_bytes.decode("utf-8", "surrogateescape"))["path"] == os.fsdecode(name)
+    out = tmp_path / "out.csv"
+    result = run(os.fsdecode(name), "--labels", "rock", "--model", model_dir, "--format", "csv", "-o", out)
+    assert result.exit_code == 0 and "(1 from the cache)" in result.stderr
+    assert name + b",1,rock," in out.read_bytes()
+
+
+@pytest.mark.parametrize("option", [["--offset", "nan"], ["--offset", "inf"], ["--max-seconds", "nan"]])
+def test_non_finite_offset_or_length_is_a_usage_error(option, tmp_path):
+    from zstag.tagger import TagUsageError, run
+
+    with pytest.raises(TagUsageError, match="finite"):
+        run([str(tmp_path)], labels=["jazz"], offset=float(option[1]) if option[0] == "--offset" else 0.0,
+            max_seconds=float(option[1]) if option[0] == "--max-seconds" else None)

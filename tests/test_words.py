@@ -304,9 +304,9 @@ def test_damaged_index_cache_is_rebuilt(damage, tmp_path, monkeypatch, full_inde
     monkeypatch.setenv("ZSTAG_CACHE_DIR", str(tmp_path / "cache"))
     WordVectors.load()
     folder = tmp_path / "cache" / "vectors"
-    files = {p.name.split(".")[1]: p for p in folder.glob("glove-6B-50d-400000.*.npy")}
+    files = {p.name.split(".")[1]: p for p in folder.glob("glove-6B-50d-400000-*.npy")}
     assert sorted(files) == ["hashes", "offsets", "rows", "text"]
-    stem = folder / "glove-6B-50d-400000"
+    stem = folder / files["text"].name.split(".")[0]  # keyed by word count and the word list file's size, mtime
     assert WordIndex.open(stem, 400_000) is not None
     if damage == "truncate text":
         data = files["text"].read_bytes()

@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import io
+import os
 import shutil
 import struct
 import subprocess
@@ -172,7 +173,7 @@ def _load_soundfile(path: Path, sample_rate: int, offset: float, duration: float
     import soundfile as sf
     import soxr
 
-    with sf.SoundFile(str(path)) as f:
+    with sf.SoundFile(os.fsencode(path)) as f:  # bytes: soundfile cannot encode a name that is not UTF-8
         rate, declared = f.samplerate, f.frames
         start = round(offset * rate)
         if declared > 0 and start >= declared:

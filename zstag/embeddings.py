@@ -134,7 +134,7 @@ class EmbeddingCache:
         """The digest remembered for this path and stamp (size, mtime_ns, ctime_ns, inode), or None."""
         row = self.db.execute(
             "SELECT digest FROM digests WHERE path=? AND size=? AND mtime_ns=? AND ctime_ns=? AND inode=?",
-            (path, *stamp),
+            (_path_key(path), *stamp),
         ).fetchone()
         return row[0] if row else None
 
@@ -143,7 +143,7 @@ class EmbeddingCache:
         with self.db:
             self.db.execute("BEGIN")
             self.db.executemany("INSERT OR REPLACE INTO digests VALUES (?, ?, ?, ?, ?, ?)",
-                                [(path, *stamp, digest) for path, stamp, digest in rows])
+                                [(_path_key(path), *stamp, digest) for path, stamp, digest in rows])
 
     def get(self, model_id: str, digest: str, offset: float, max_seconds: float | None):
         """(embedding, stats) or None."""
@@ -168,6 +168,16 @@ class EmbeddingCache:
         if model_id is None:
             return self.db.execute("SELECT COUNT(*) FROM embeddings").fetchone()[0]
         return self.db.execute("SELECT COUNT(*) FROM embeddings WHERE model_id=?", (model_id,)).fetchone()[0]
+
+
+def _path_key(path: str) -> str | bytes:
+    """The path as SQLite stores it: text, or its bytes (a BLOB) for a name that is not UTF-8, which
+    SQLite cannot take as text; a BLOB never equals a text key."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return os.fsencode(path)
+    return path
 
 
 def _max_key(max_seconds: float | None) -> float:

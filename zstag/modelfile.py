@@ -55,7 +55,10 @@ def resolve_model_path(path_or_name: str | Path | None = None) -> Path:
 def label_projection_config(config: dict) -> dict:
     """The label branch of a config; ConSE compares word vectors directly (identity), the rest default to linear."""
     kind = config["audio_encoder"]["type"]
-    return config.get("label_projection", {"type": "identity" if kind == "conse" else "linear"})
+    label = config.get("label_projection", {"type": "identity" if kind == "conse" else "linear"})
+    if not isinstance(label, dict):
+        raise TypeError("label_projection is not a JSON object")
+    return label
 
 
 def label_layers(config: dict) -> list[str]:
@@ -126,6 +129,8 @@ def read_model(path_or_name: str | Path | None = None) -> ModelFiles:
         if not isinstance(config, dict):
             raise TypeError(f"{CONFIG_FILE} is not a JSON object")
         label_weights = _label_weights(config, weights_bytes)
+    except ModelError as exc:
+        raise ModelError(f"{folder}: {exc}") from None
     except (KeyError, TypeError, ValueError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ModelError(f"{folder}: weights and config do not match (or are damaged): {first}") from None

@@ -24,6 +24,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import sys
 from dataclasses import dataclass
@@ -277,6 +278,8 @@ def run(
     from zstag import modelfile
     from zstag.words import UnknownLabelError, VectorsError, load_words
 
+    if not math.isfinite(offset) or offset < 0 or (max_seconds is not None and not (math.isfinite(max_seconds) and max_seconds > 0)):
+        raise TagUsageError(f"--offset {offset} / --max-seconds {max_seconds}: need a finite offset ≥ 0 and a finite length > 0")
     if fmt not in FORMATS:
         raise TagUsageError(f"unknown format {fmt!r} (choose from {', '.join(FORMATS)})")
     if single and top_k is not None:
@@ -311,12 +314,17 @@ def run(
     records = file_records([r.path for r in good], scores, label_list, single=single, top_k=top_k, threshold=threshold)
     text = render(records, fmt, single=single, labels=label_list, model_id=files.model_id,
                   width=None if output or not sys.stdout.isatty() else _terminal_width())
+    # A file name that is not UTF-8 (os.fsdecode's lone surrogates) is written as its own bytes.
     if output is None:
-        sys.stdout.write(text)
+        try:
+            sys.stdout.write(text)
+        except UnicodeEncodeError:
+            sys.stdout.flush()
+            sys.stdout.buffer.write(text.encode(sys.stdout.encoding or "utf-8", "surrogateescape"))
         sys.stdout.flush()
     else:
         try:
-            atomic_write(output, text)
+            atomic_write(output, text.encode("utf-8", "surrogateescape"))
         except OSError as exc:
             print(f"zstag: error: {output}: cannot write: {exc.strerror or exc}", file=sys.stderr)
             return 1
@@ -338,7 +346,7 @@ def track_results(files, paths: list[str], *, workers: int | None = None, use_ca
     """A TrackResult per path, in order: all from the embedding cache when every file is there (no torch,
     no decoding); otherwise the model is built (torch) and ``embed_files`` embeds the misses and re-uses
     the hits (their digests are remembered, not hashed again). files: modelfile.ModelFiles."""
-    from zstag.embeddings import EmbeddingCache, cached_results, embed_files
+    from zstag.embeddings import EmbeddingCache, cached_results, embed_files, start_decoders
 
     cache = EmbeddingCache.open_default() if use_cache else None
     try:
@@ -349,6 +357,8 @@ def track_results(files, paths: list[str], *, workers: int | None = None, use_ca
             results = [None] * len(paths)
         if all(r is not None for r in results):
             return results
+        if workers != 0:
+            start_decoders()  # the decoders' fork server loads its modules while torch loads here
         from zstag.model import ModelError, load_model
 
         try:

