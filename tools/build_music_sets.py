@@ -25,16 +25,16 @@ import argparse
 import csv
 import io
 import json
-import os
 import random
 import struct
 import sys
-import tempfile
 import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
+
+from zstag.paths import atomic_write
 
 MIN_MUSIC_SECONDS = 20.0  # shorter music files are jingles/stingers (victory, defeat, silence)
 SPEECH_CLIP_SECONDS = 12.0  # KLettres items are ~1.7 s: concatenate them into utterance-like clips
@@ -77,15 +77,21 @@ def title_of(name: str) -> str:
     return Path(name).stem.replace("_", " ").replace("-", " ").strip()
 
 
+def music_files(package: str, folder: Path, pattern: str = "*.ogg", recursive: bool = False) -> Iterator[Path]:
+    """The package's files under folder matching pattern, sorted, that last at least MIN_MUSIC_SECONDS."""
+    installed(package, folder)
+    for path in sorted(folder.rglob(pattern) if recursive else folder.glob(pattern)):
+        if (audio_seconds(path) or 0) >= MIN_MUSIC_SECONDS:
+            yield path
+
+
 # --- plain files used in place -------------------------------------------------------------------
 
 
 def wesnoth(out: Path) -> Iterator[Entry]:
     package, folder = "wesnoth-1.16-music", Path("/usr/share/games/wesnoth/1.16/data/core/music")
-    installed(package, folder)
-    for path in sorted(folder.glob("*.ogg")):
-        if (audio_seconds(path) or 0) >= MIN_MUSIC_SECONDS:
-            yield Entry(str(path), "soundtrack;orchestral", "wesnoth", title_of(path.name), package, "GPL-2+")
+    for path in music_files(package, folder):
+        yield Entry(str(path), "soundtrack;orchestral", "wesnoth", title_of(path.name), package, "GPL-2+")
 
 
 def warzone2100(out: Path) -> Iterator[Entry]:
@@ -105,11 +111,9 @@ def warzone2100(out: Path) -> Iterator[Entry]:
 
 def singularity(out: Path) -> Iterator[Entry]:
     package, folder = "singularity-music", Path("/usr/share/games/singularity/music")
-    installed(package, folder)
-    for path in sorted(folder.rglob("*.ogg")):
-        if (audio_seconds(path) or 0) >= MIN_MUSIC_SECONDS:
-            # README: composed in the trackers Psycle and Renoise
-            yield Entry(str(path), "soundtrack;electronic", "Max McCracken", title_of(path.name), package, "CC-BY-SA-3.0")
+    for path in music_files(package, folder, "*.ogg", recursive=True):
+        # README: composed in the trackers Psycle and Renoise
+        yield Entry(str(path), "soundtrack;electronic", "Max McCracken", title_of(path.name), package, "CC-BY-SA-3.0")
 
 
 def asc(out: Path) -> Iterator[Entry]:
@@ -124,39 +128,31 @@ HYPERROGUE_COMPOSERS = {"hr3-": "Shawn Parrotte", "hr-savino-": "Will Savino", "
 
 def hyperrogue(out: Path) -> Iterator[Entry]:
     package, folder = "hyperrogue-music", Path("/usr/share/hyperrogue/music")
-    installed(package, folder)
-    for path in sorted(folder.glob("*.ogg")):
+    for path in music_files(package, folder):
         composer = next((c for prefix, c in HYPERROGUE_COMPOSERS.items() if path.name.startswith(prefix)), package)
-        if (audio_seconds(path) or 0) >= MIN_MUSIC_SECONDS:
-            yield Entry(str(path), "soundtrack", composer, title_of(path.name), package, "CC-BY-SA-3.0")
+        yield Entry(str(path), "soundtrack", composer, title_of(path.name), package, "CC-BY-SA-3.0")
 
 
 def lincity(out: Path) -> Iterator[Entry]:
     package, folder = "lincity-ng-data", Path("/usr/share/games/lincity-ng/music")
-    installed(package, folder)
-    for path in sorted(folder.rglob("*.ogg")):  # "NN - Composer - Title.ogg"
+    for path in music_files(package, folder, "*.ogg", recursive=True):  # "NN - Composer - Title.ogg"
         parts = [x.strip() for x in path.stem.split(" - ")]
         composer, title = (parts[1], " - ".join(parts[2:])) if len(parts) >= 3 else (package, title_of(path.name))
-        if (audio_seconds(path) or 0) >= MIN_MUSIC_SECONDS:
-            yield Entry(str(path), "soundtrack", composer, title, package, "GPL-2+")
+        yield Entry(str(path), "soundtrack", composer, title, package, "GPL-2+")
 
 
 def drascula(out: Path) -> Iterator[Entry]:
     # the CD soundtrack of the adventure game (recorded music); the language folders hold the same files
     package, folder = "drascula-music", Path("/usr/share/scummvm/drascula/audio")
-    installed(package, folder)
-    for path in sorted(folder.glob("*.ogg")):
-        if (audio_seconds(path) or 0) >= MIN_MUSIC_SECONDS:
-            yield Entry(str(path), "soundtrack", "Alcachofa Soft", title_of(path.name), package,
-                        "Drascula-License (freeware, BSD-like; debian/copyright)")
+    for path in music_files(package, folder):
+        yield Entry(str(path), "soundtrack", "Alcachofa Soft", title_of(path.name), package,
+                    "Drascula-License (freeware, BSD-like; debian/copyright)")
 
 
 def planetblupi(out: Path) -> Iterator[Entry]:
     package, folder = "planetblupi-music-ogg", Path("/usr/share/planetblupi/music")
-    installed(package, folder)
-    for path in sorted(folder.glob("*.ogg")):
-        if (audio_seconds(path) or 0) >= MIN_MUSIC_SECONDS:
-            yield Entry(str(path), "soundtrack", "planetblupi", title_of(path.name), package, "GPL-3+")
+    for path in music_files(package, folder):
+        yield Entry(str(path), "soundtrack", "planetblupi", title_of(path.name), package, "GPL-3+")
 
 
 # Tux Paint stamp sounds: real animal recordings (0.3-8 s), one per stamp; file stem → labels. Every file of
@@ -233,7 +229,7 @@ def extract_zip_members(archive: Path, target: Path, suffix: str = ".ogg") -> li
                 continue
             path = target / Path(info.filename).name
             if not path.exists() or path.stat().st_size != info.file_size:
-                write_atomic(path, z.read(info))
+                atomic_write(path, z.read(info))
             paths.append(path)
     return sorted(paths)
 
@@ -359,7 +355,7 @@ def gcompris_sounds(out: Path) -> Iterator[Entry]:
                 continue
             target = out / "audio" / f"{Path(archive).stem}-{base}"
             if not target.exists() or target.stat().st_size != len(blob):
-                write_atomic(target, blob)
+                atomic_write(target, blob)
             activity = Path(archive).stem
             licence = licence_of(resource.removeprefix("/gcompris/"), licences)
             yield Entry(f"audio/{target.name}", wanted[base], f"gcompris-{activity}", title_of(base), package, licence)
@@ -405,7 +401,7 @@ def klettres_speech(out: Path) -> Iterator[Entry]:
                     continue
                 buffer = io.BytesIO()
                 soundfile.write(buffer, np.concatenate(parts), SPEECH_RATE, format="WAV", subtype="PCM_16")
-                write_atomic(target, buffer.getvalue())
+                atomic_write(target, buffer.getvalue())
             language = folder.parent.name
             yield Entry(f"audio/{name}", "speech", f"klettres-{language}", f"{language} {folder.name} {k}", package, "GPL-2+")
 
@@ -469,25 +465,13 @@ def default_out() -> Path:
     return cache_dir() / "sets"
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_manifest(folder: Path, entries: list[Entry]) -> Path:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(MANIFEST_COLUMNS)
     writer.writerows([e.path, e.labels, e.artist, e.title, e.package, e.licence] for e in entries)
     path = folder / "manifest.csv"
-    write_atomic(path, buffer.getvalue().encode("utf-8"))
+    atomic_write(path, buffer.getvalue().encode("utf-8"))
     return path
 
 
@@ -520,7 +504,7 @@ def build(out: Path, names: list[str], log=print, animal_labels: str | None = No
         built[name] = write_manifest(folder, entries)
         info = {"set": name, "package": PACKAGES[name], "version": package_version(PACKAGES[name]),
                 "tracks": len(entries), "copyright": f"/usr/share/doc/{PACKAGES[name]}/copyright", **options.get(name, {})}
-        write_atomic(folder / "source.json", json.dumps(info, indent=2).encode())
+        atomic_write(folder / "source.json", json.dumps(info, indent=2).encode())
         log(f"{name}: {len(entries)} files → {built[name]}")
     return built
 

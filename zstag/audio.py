@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import io
 import os
 import shutil
 import struct
@@ -39,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from zstag.paths import atomic_write
+from zstag.paths import atomic_write, npy_bytes
 
 READ_BLOCK_FRAMES = 1 << 18  # frames decoded per soundfile read (~6 s at 44.1 kHz)
 STFT_BLOCK_FRAMES = 128  # STFT frames transformed at once: the block's buffers (≤ 1.3 MB) stay in cache
@@ -213,7 +212,7 @@ def _load_soundfile(path: Path, sample_rate: int, offset: float, duration: float
     if declared > 0 and missing > max(TRUNCATION_TOLERANCE * (stop - start), TRUNCATION_TOLERANCE_S * rate):
         raise _error(path, f"truncated or corrupt: decoded {(start + decoded) / rate:.1f} s "
                            f"of the {declared / rate:.1f} s its header declares")
-    return Decoded(out.array(), rate, declared / rate)
+    return Decoded(out.array(), rate, declared / rate if declared > 0 else None)  # 0: length unknown
 
 
 def _downmix(block: np.ndarray) -> np.ndarray:
@@ -325,9 +324,7 @@ def _mel_basis(sample_rate: int, n_fft: int, n_mels: int) -> np.ndarray:
 
     basis = mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, dtype=np.float32)
     try:
-        buffer = io.BytesIO()
-        np.save(buffer, basis, allow_pickle=False)
-        atomic_write(cached, buffer.getvalue())
+        atomic_write(cached, npy_bytes(basis))
     except OSError:
         pass  # a read-only cache only costs speed
     return basis

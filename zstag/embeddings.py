@@ -242,24 +242,26 @@ def cached_results(
             return results
     try:
         workers = default_workers() if workers is None else max(0, int(workers))
-        for i, (digest, _) in _digests(cache, paths, workers).items():
-            hit = _lookup(cache, model_id, digest, offset, max_seconds)
-            if hit is not None:
-                results[i] = TrackResult(paths[i], hit[0], None, hit[1], cached=True)
+        _fill_hits(cache, model_id, paths, _digests(cache, paths, workers), offset, max_seconds, results)
     finally:
         if own_cache:
             cache.close()
     return results
 
 
+def _fill_hits(cache, model_id, paths, digests, offset, max_seconds, results) -> None:
+    """results[i] = the cached TrackResult of each digested path that the cache holds."""
+    for i, (digest, _) in digests.items():
+        hit = _lookup(cache, model_id, digest, offset, max_seconds)
+        if hit is not None:
+            results[i] = TrackResult(paths[i], hit[0], None, hit[1], cached=True)
+
+
 def _embed(model, model_id, paths, results, cache, workers, offset, max_seconds, bar) -> None:
     digests: dict[int, tuple[str, tuple]] = {}  # index → (content digest, stat stamp when hashed)
     if cache is not None:
         digests = _digests(cache, paths, workers)
-        for i, (digest, _) in digests.items():
-            hit = _lookup(cache, model_id, digest, offset, max_seconds)
-            if hit is not None:
-                results[i] = TrackResult(paths[i], hit[0], None, hit[1], cached=True)
+        _fill_hits(cache, model_id, paths, digests, offset, max_seconds, results)
         bar.advance(sum(r is not None for r in results))
 
     def finish(i: int, outcome, stats: dict | None) -> None:

@@ -32,7 +32,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from zstag.audio import FrontEnd
-from zstag.paths import atomic_write
+from zstag.paths import atomic_write, npy_bytes
 
 SHARD_TRACKS = 256  # tracks per shard: ~80 MB of float16 frames for 256 × 30 s clips at 128 mels
 CACHE_FILE = "cache.json"
@@ -41,7 +41,6 @@ FAILURES_FILE = "failures.csv"
 SHARD_PATTERN = "shard-{:05d}"
 FORMAT_VERSION = 1
 DTYPE = np.float16
-FILE_MODE = 0o644
 MAX_OPEN_SHARDS = 256  # memory maps kept open by a reader: MSD has ~1,600 shards, ulimit -n is often 1,024
 IN_FLIGHT_PER_WORKER = 4  # decoded tracks waiting per worker: bounds memory when the writer lags
 
@@ -78,12 +77,6 @@ class PreprocessReport:
 
 def _atomic_write_json(path: Path, payload) -> None:
     atomic_write(path, (json.dumps(payload, indent=1, sort_keys=True) + "\n").encode())
-
-
-def _npy_bytes(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=False)
-    return buffer.getvalue()
 
 
 def plan_sha256(track_ids: Sequence[str]) -> str:
@@ -145,7 +138,7 @@ def _write_shard(folder: Path, shard: int, front_end: FrontEnd, rows: list[tuple
              "n_frames": int(len(frames)), "stats": stats}
         )
         offset += len(frames)
-    atomic_write(folder / f"{name}.npy", _npy_bytes(data))
+    atomic_write(folder / f"{name}.npy", npy_bytes(data))
     _atomic_write_json(
         folder / f"{name}.json",
         {"shard": shard, "total_frames": int(len(data)), "tracks": tracks, "failures": failures},
@@ -302,30 +295,20 @@ def _isolated(task: tuple) -> tuple:
 
 
 def _init_worker() -> None:
-    from zstag.embeddings import _keep_freed_memory
+    from zstag.embeddings import _blas_limit, _keep_freed_memory
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
-    try:  # one BLAS thread per worker: the workers already fill the cores
-        from threadpoolctl import threadpool_limits
-
-        threadpool_limits(1)
-    except ImportError:
-        pass
+    _blas_limit()  # one BLAS thread per worker: the workers already fill the cores
     _keep_freed_memory()  # as the tag workers: no fresh pages faulted in for every file
 
 
 def _pool(workers: int):
-    import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    methods = multiprocessing.get_all_start_methods()
-    context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
-    if "forkserver" in methods:  # librosa.filters takes ~1 s to import: once, in the server
-        from zstag.embeddings import _start_fork_server
+    from zstag.embeddings import _context
 
-        context.set_forkserver_preload(["zstag.features", "zstag.audio", "soundfile", "soxr", "librosa.filters"])
-        _start_fork_server()  # one-thread BLAS from the start, as for the tag workers
-    return ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker)
+    # the tag workers' fork server: the same preloaded modules and one-thread BLAS from the start
+    return ProcessPoolExecutor(workers, mp_context=_context(), initializer=_init_worker)
 
 
 def _progress_bar(enabled: bool):

@@ -344,8 +344,8 @@ def run(
 def track_results(files, paths: list[str], *, workers: int | None = None, use_cache: bool = True,
                   offset: float = 0.0, max_seconds: float | None = None, progress: bool = True) -> list:
     """A TrackResult per path, in order: all from the embedding cache when every file is there (no torch,
-    no decoding); otherwise the model is built (torch) and ``embed_files`` embeds the misses and re-uses
-    the hits (their digests are remembered, not hashed again). files: modelfile.ModelFiles."""
+    no decoding); otherwise the model is built (torch) and ``embed_files`` embeds only the misses (their
+    digests are remembered, not hashed again). files: modelfile.ModelFiles."""
     from zstag.embeddings import EmbeddingCache, cached_results, embed_files, start_decoders
 
     cache = EmbeddingCache.open_default() if use_cache else None
@@ -365,8 +365,12 @@ def track_results(files, paths: list[str], *, workers: int | None = None, use_ca
             net = load_model(files=files)
         except ModelError as exc:
             raise TagUsageError(str(exc)) from None
-        return embed_files(net, paths, workers=workers, use_cache=cache is not None, cache=cache, offset=offset,
-                           max_seconds=max_seconds, progress=progress)
+        missing = [i for i, r in enumerate(results) if r is None]  # the hits are not looked up again
+        embedded = embed_files(net, [paths[i] for i in missing], workers=workers, use_cache=cache is not None,
+                               cache=cache, offset=offset, max_seconds=max_seconds, progress=progress)
+        for i, result in zip(missing, embedded):
+            results[i] = result
+        return results
     finally:
         if cache is not None:
             cache.close()

@@ -46,7 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
-from zstag.paths import atomic_write, cache_dir
+from zstag.paths import atomic_write, cache_dir, npy_bytes
 
 DEFAULT_SOURCE = "glove-6B-50d"
 FUNCTION_WORDS = frozenset({"and", "of", "the", "a", "an", "in", "on", "with", "for", "to", "or"})
@@ -376,7 +376,7 @@ class WordIndex:
 
     def save(self, stem: Path) -> None:
         for part in INDEX_PARTS:  # each file atomically; `hashes` last
-            atomic_write(_index_path(stem, part), _npy_bytes(getattr(self, part)))
+            atomic_write(_index_path(stem, part), npy_bytes(getattr(self, part)))
 
     def get(self, word: str, default=None):
         key = _utf8(word)
@@ -495,7 +495,7 @@ def _load_file(path: Path) -> WordVectors:
     matrix = np.ascontiguousarray(kv.vectors, dtype=np.float32)
     words = list(kv.index_to_key)
     try:
-        atomic_write(npy, _npy_bytes(matrix))
+        atomic_write(npy, npy_bytes(matrix))
         atomic_write(vocab, json.dumps(words, ensure_ascii=False).encode("utf-8"))
     except OSError:
         pass  # a read-only cache only costs speed: the file is parsed again next time
@@ -541,11 +541,3 @@ def _read_words(path: Path, expected: int) -> list[str] | None:
     except (OSError, ValueError):
         return None
     return words if isinstance(words, list) and len(words) == expected else None
-
-
-def _npy_bytes(matrix: np.ndarray) -> bytes:
-    import io
-
-    buf = io.BytesIO()
-    np.save(buf, matrix, allow_pickle=False)
-    return buf.getvalue()
