@@ -292,3 +292,11 @@ def test_cli_mtat_plot_is_a_warning(mtat, model_dir, tmp_path):
     assert result.exit_code == 0, result.output
     assert "retr ROC-AUC" in result.stdout and "nothing drawn" in result.stderr
     assert not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.parametrize("max_seconds", [float("nan"), float("inf")])
+def test_non_finite_max_seconds_is_an_eval_error_before_anything_loads(max_seconds, tmp_path):
+    from zstag.evaluate import EvalError, evaluate
+
+    with pytest.raises(EvalError, match="finite"):
+        evaluate("csv", tmp_path, model=str(tmp_path / "no-model"), max_seconds=max_seconds)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import os
 import shutil
 import struct
@@ -130,10 +131,18 @@ def load_audio(path, sample_rate: int, offset: float = 0.0, duration: float | No
     return decode_audio(path, sample_rate, offset, duration).samples
 
 
+def check_span(offset: float, duration: float | None) -> None:
+    """ValueError unless offset is finite and ≥ 0 and duration is None or finite and > 0."""
+    if not (math.isfinite(offset) and offset >= 0) or (
+        duration is not None and not (math.isfinite(duration) and duration > 0)
+    ):
+        raise ValueError(f"bad span: offset {offset} s, duration {duration} s (need a finite offset ≥ 0 and a "
+                         "finite length > 0)")
+
+
 def decode_audio(path, sample_rate: int, offset: float = 0.0, duration: float | None = None) -> Decoded:
     """load_audio, plus the native rate and length the header gave (no second open of the file for them)."""
-    if offset < 0 or (duration is not None and duration <= 0):
-        raise ValueError(f"bad span: offset {offset} s, duration {duration} s")
+    check_span(offset, duration)
     path = Path(path)
     if not path.exists():
         raise _error(path, "no such file")

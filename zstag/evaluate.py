@@ -40,6 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from zstag import metrics
+from zstag.modelfile import cosine_scores
 from zstag.paths import atomic_write
 
 REPORT_FORMAT = "zstag-eval/1"
@@ -168,7 +169,7 @@ def label_overlap(eval_labels: list[str], train_labels: list[str], words) -> dic
             no_vector.append(label)
     nearest: dict[str, dict | None] = {label: None for label in eval_labels}
     if usable and eval_labels:
-        sims = _cosines(words.vectors(eval_labels), np.stack(rows))
+        sims = cosine_scores(words.vectors(eval_labels), np.stack(rows))
         for label, row in zip(eval_labels, sims):
             best = int(np.argmax(row))  # ties: first in the training vocabulary
             nearest[label] = {"train_label": usable[best], "cosine": float(row[best])}
@@ -180,14 +181,6 @@ def label_overlap(eval_labels: list[str], train_labels: list[str], words) -> dic
         "train_labels_without_vector": no_vector,
         "nearest": nearest,
     }
-
-
-def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    a = a / np.maximum(np.linalg.norm(a, axis=-1, keepdims=True), 1e-12)
-    b = b / np.maximum(np.linalg.norm(b, axis=-1, keepdims=True), 1e-12)
-    return a @ b.T
 
 
 def acoustic_transfer(eval_summary: dict, train_summary: dict | None, note: str | None = None) -> dict:
@@ -203,7 +196,7 @@ def acoustic_transfer(eval_summary: dict, train_summary: dict | None, note: str 
     train_mean = np.asarray((train_summary or {}).get("mean_embedding") or [], dtype=np.float64)
     eval_mean = np.asarray(eval_summary.get("mean_embedding") or [], dtype=np.float64)
     if train_mean.size and train_mean.shape == eval_mean.shape:
-        cosine = float(_cosines(eval_mean[None], train_mean[None])[0, 0])
+        cosine = float(cosine_scores(eval_mean[None], train_mean[None])[0, 0])
     elif train_mean.size:
         note = note or f"mean embeddings differ in size ({train_mean.size} vs {eval_mean.size}): no cosine"
     return {
@@ -261,6 +254,12 @@ def evaluate(
     from zstag.splits import check_split, load_split
     from zstag.words import UnknownLabelError, VectorsError, load_words
 
+    from zstag.audio import check_span
+
+    try:
+        check_span(0.0, max_seconds)
+    except ValueError as exc:
+        raise EvalError(f"--max-seconds: {exc}") from None
     net = load_model(model)
     try:
         words = load_words(net, vectors)

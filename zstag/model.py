@@ -256,11 +256,8 @@ def load_model(path_or_name: str | Path | None = None, files: ModelFiles | None 
     try:
         model = ZeroShotModel(dict(files.config))
         model.load_state_dict(load(files.weights_bytes), strict=True)
-    except ModelError as exc:
-        raise ModelError(f"{files.folder}: {exc}") from None
-    except (KeyError, TypeError, ValueError, RuntimeError, SafetensorError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ModelError(f"{files.folder}: weights and config do not match (or are damaged): {first}") from None
+    except (ModelError, KeyError, TypeError, ValueError, RuntimeError, SafetensorError) as exc:
+        raise modelfile.damaged(files.folder, exc) from None
     model.model_id = model.config["model_id"] = files.model_id
     model.folder = files.folder
     return model.eval()

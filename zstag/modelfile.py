@@ -99,7 +99,6 @@ class ModelFiles:
 
     folder: Path
     config: dict
-    config_bytes: bytes = field(repr=False)
     weights_bytes: bytes = field(repr=False)
     model_id: str
     label_weights: dict[str, np.ndarray] = field(repr=False)
@@ -107,10 +106,6 @@ class ModelFiles:
     def embed_label_vectors(self, vectors: np.ndarray) -> np.ndarray:
         """[n, word_dim] → float32 [n, D], exactly as ``ZeroShotModel.embed_label_vectors``."""
         return project_labels(self.config, self.label_weights, vectors)
-
-    @staticmethod
-    def scores(track_emb: np.ndarray, label_emb: np.ndarray) -> np.ndarray:
-        return cosine_scores(track_emb, label_emb)
 
 
 def read_model(path_or_name: str | Path | None = None) -> ModelFiles:
@@ -129,12 +124,17 @@ def read_model(path_or_name: str | Path | None = None) -> ModelFiles:
         if not isinstance(config, dict):
             raise TypeError(f"{CONFIG_FILE} is not a JSON object")
         label_weights = _label_weights(config, weights_bytes)
-    except ModelError as exc:
-        raise ModelError(f"{folder}: {exc}") from None
-    except (KeyError, TypeError, ValueError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ModelError(f"{folder}: weights and config do not match (or are damaged): {first}") from None
-    return ModelFiles(folder, config, config_bytes, weights_bytes, model_id(config_bytes, weights_bytes), label_weights)
+    except (ModelError, KeyError, TypeError, ValueError) as exc:
+        raise damaged(folder, exc) from None
+    return ModelFiles(folder, config, weights_bytes, model_id(config_bytes, weights_bytes), label_weights)
+
+
+def damaged(folder: Path, exc: Exception) -> ModelError:
+    """The one-line error for a model folder whose config and weights do not make a model."""
+    if isinstance(exc, ModelError):
+        return ModelError(f"{folder}: {exc}")
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return ModelError(f"{folder}: weights and config do not match (or are damaged): {first}")
 
 
 def _label_weights(config: dict, weights_bytes: bytes) -> dict[str, np.ndarray]:

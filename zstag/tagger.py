@@ -24,7 +24,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import os
 import sys
 from dataclasses import dataclass
@@ -278,8 +277,12 @@ def run(
     from zstag import modelfile
     from zstag.words import UnknownLabelError, VectorsError, load_words
 
-    if not math.isfinite(offset) or offset < 0 or (max_seconds is not None and not (math.isfinite(max_seconds) and max_seconds > 0)):
-        raise TagUsageError(f"--offset {offset} / --max-seconds {max_seconds}: need a finite offset ≥ 0 and a finite length > 0")
+    from zstag.audio import check_span
+
+    try:
+        check_span(offset, max_seconds)
+    except ValueError as exc:
+        raise TagUsageError(f"--offset / --max-seconds: {exc}") from None
     if fmt not in FORMATS:
         raise TagUsageError(f"unknown format {fmt!r} (choose from {', '.join(FORMATS)})")
     if single and top_k is not None:
