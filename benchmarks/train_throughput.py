@@ -1,7 +1,8 @@
-"""Throughput of `zstag preprocess` (files/s) and of training steps (segments/s), on CPU.
+"""Throughput of `zstag preprocess` (files/s) and of training steps (segments/s), on CPU or a GPU.
 
     python benchmarks/train_throughput.py                       # 64 synthetic 30 s files, 1 and 2 workers
     python benchmarks/train_throughput.py --n 200 --workers 1,2,4 --threads 2 --steps 30
+    python benchmarks/train_throughput.py --device cuda --loader-workers 4 --batch 256 --steps 100
 
 Preprocess: synthetic 44.1 kHz stereo wav files (chords + noise, so decoding, downmixing and
 resampling to 22,050 Hz all happen) into a fresh feature cache, once per worker count; the figure is
@@ -63,8 +64,10 @@ def bench_preprocess(tracks, folder: Path, workers: int) -> tuple[float, Path]:
     return len(tracks) / seconds, out
 
 
-def bench_training(cache_dir: Path, steps: int, batch: int) -> tuple[float, float]:
+def bench_training(cache_dir: Path, steps: int, batch: int, device: str, loader_workers: int) -> tuple[float, float]:
     import torch
+
+    from zstag.devices import deterministic_training, pick_device
 
     from zstag.features import FeatureCache
     from zstag.model import ZeroShotModel, cnn1d_config
@@ -74,28 +77,37 @@ def bench_training(cache_dir: Path, steps: int, batch: int) -> tuple[float, floa
     tracks = TrackSet(cache, [e.id for e in cache.tracks], LABELS)
     frames = cache.front_end.segment_frames
     plan = sample_plan(tracks, np.random.default_rng(0), (steps + 3) * batch, 1, frames)
-    loader = torch.utils.data.DataLoader(CropDataset(cache, tracks, plan, frames), batch_size=batch)
+    target = pick_device(device)
+    if target.type == "cuda":
+        deterministic_training()  # as `zstag train` runs on a GPU
+    sync = torch.cuda.synchronize if target.type == "cuda" else (lambda: None)
+    loader = torch.utils.data.DataLoader(CropDataset(cache, tracks, plan, frames), batch_size=batch,
+                                         num_workers=loader_workers, pin_memory=target.type == "cuda")
     torch.manual_seed(0)
-    model = ZeroShotModel(cnn1d_config(cache.front_end, 50, "random:50:0", train_labels=LABELS))
+    model = ZeroShotModel(cnn1d_config(cache.front_end, 50, "random:50:0", train_labels=LABELS)).to(target)
     objective = TripletObjective(model, 0.4)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9, nesterov=True)
-    vectors = torch.from_numpy(random_vectors(LABELS))
+    vectors = torch.from_numpy(random_vectors(LABELS)).to(target)
     done = 0
     for i, (x, pos, neg) in enumerate(loader):
         if i == 3:
+            sync()
             start = time.perf_counter()
-        loss = objective(x, pos, neg, vectors)
+        loss = objective(x.to(target, non_blocking=True), pos.to(target), neg.to(target), vectors)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         done += len(x) if i >= 3 else 0
+    sync()
     train_rate = done / (time.perf_counter() - start)
-    x = torch.randn(batch, cache.front_end.n_mels, frames)
+    x = torch.randn(batch, cache.front_end.n_mels, frames, device=target)
     with torch.no_grad():
         model.embed_segments(x)
+        sync()
         start = time.perf_counter()
         for _ in range(steps):
             model.embed_segments(x)
+        sync()
     return train_rate, steps * batch / (time.perf_counter() - start)
 
 
@@ -107,6 +119,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads for training")
     parser.add_argument("--steps", type=int, default=20, help="timed training steps")
     parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N (as `zstag train --device`)")
+    parser.add_argument("--loader-workers", type=int, default=0, help="DataLoader processes (as `zstag train`)")
     args = parser.parse_args()
 
     import torch
@@ -120,9 +134,10 @@ def main() -> None:
         for workers in (int(w) for w in args.workers.split(",")):
             rate, cache = bench_preprocess(tracks, folder, workers)
             print(f"preprocess  workers={workers}: {rate:7.1f} files/s  ({rate * args.seconds / 60:.1f} min of audio/s)")
-        train_rate, forward_rate = bench_training(cache, args.steps, args.batch)
-        print(f"train       threads={args.threads}: {train_rate:7.1f} segments/s  (batch {args.batch}, SGD step incl. loading)")
-        print(f"forward     threads={args.threads}: {forward_rate:7.1f} segments/s  (no gradient)")
+        train_rate, forward_rate = bench_training(cache, args.steps, args.batch, args.device, args.loader_workers)
+        where = f"device={args.device} threads={args.threads} loader-workers={args.loader_workers}"
+        print(f"train       {where}: {train_rate:7.1f} segments/s  (batch {args.batch}, SGD step incl. loading)")
+        print(f"forward     {where}: {forward_rate:7.1f} segments/s  (no gradient)")
     sys.stdout.flush()
 
 

@@ -100,6 +100,18 @@ def test_front_end_product_equals_the_convolution(kernel):
     assert weight.grad is not None and weight.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("channels, k, pad", [(561, 7, 3), (64, 7, 3), (4, 3, 0)])
+def test_mid_end_product_equals_the_convolution(channels, k, pad):
+    """The GEMM form of the mid-end conv (used on a GPU) gives conv1d's numbers, to float32 rounding."""
+    generator = torch.Generator().manual_seed(channels + k)
+    x = torch.randn(3, channels, 50, generator=generator)
+    weight, bias = torch.randn(6, channels, k, generator=generator), torch.randn(6, generator=generator)
+    expected = F.conv1d(x, weight, bias, padding=pad)
+    ours = musicnn._conv1d_as_gemm(x, weight, bias, pad)
+    assert ours.shape == expected.shape == (3, 6, 50 + 2 * pad - k + 1)
+    torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())
+
+
 def test_tags_and_cache():
     msd, mtt = musicnn_tags("MSD_musicnn"), musicnn_tags("MTT_musicnn")
     assert len(msd) == len(mtt) == 50

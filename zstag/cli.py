@@ -235,7 +235,7 @@ def train_command(
     val_samples: int = typer.Option(1024, "--val-samples", min=1, help="Fixed validation crops per epoch (≥ 1 per track)."),
     vectors: Optional[str] = typer.Option(None, "--vectors", help="Word vectors file, or random[:DIM[:SEED]] (baseline)."),
     batch_norm: bool = typer.Option(False, "--batch-norm", help="Batch normalisation in the CNN (not in the paper)."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N (auto: a GPU when torch sees one)."),
     loader_workers: int = typer.Option(0, "--loader-workers", min=0, help="DataLoader processes."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Torch CPU threads."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in --out."),
@@ -247,11 +247,16 @@ def train_command(
     """
     import os
 
+    from zstag.devices import DeviceError, check_device
     from zstag.features import FeatureCache, FeatureCacheError
     from zstag.splits import SplitError, check_split, save_split
     from zstag.train import SPLIT_FILE, TrainError, TrainOptions, train
     from zstag.words import UnknownLabelError, VectorsError
 
+    try:
+        check_device(device)
+    except DeviceError as exc:
+        fail(str(exc), 2)
     try:
         cache = FeatureCache.open(features)
     except FeatureCacheError as exc:
@@ -282,7 +287,7 @@ def train_command(
             vectors_source=vectors, split_sha256=the_split.sha256, corpus_name=the_split.corpus, resume=resume,
             progress=not no_progress,
         )
-    except (TrainError, UnknownLabelError, VectorsError, FeatureCacheError) as exc:
+    except (TrainError, UnknownLabelError, VectorsError, FeatureCacheError, DeviceError) as exc:
         fail(str(exc))
     if "model_id" in result:
         typer.echo(f"{out}: model {result['model_id']}, best epoch {result['best_epoch']} of {result['epochs']} "
@@ -322,6 +327,7 @@ def tag_command(
     no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the embedding cache."),
     offset: float = typer.Option(0.0, "--offset", min=0.0, help="Start this many seconds into each file."),
     max_seconds: Optional[float] = typer.Option(None, "--max-seconds", min=0.001, help="Use at most this many seconds"),
+    device: str = typer.Option("cpu", "--device", help="Where the audio model runs: cpu, cuda, cuda:N or auto (a GPU when torch sees one)."),
 ) -> None:
     from zstag import tagger
 
@@ -329,7 +335,7 @@ def tag_command(
         code = tagger.run(
             paths, labels=labels, labels_file=labels_file, model=model, vectors=vectors, extensions=extensions,
             single=single, top_k=top_k, threshold=threshold, fmt=fmt, output=output, workers=workers,
-            use_cache=not no_cache, offset=offset, max_seconds=max_seconds,
+            use_cache=not no_cache, offset=offset, max_seconds=max_seconds, device=device,
         )
     except tagger.TagUsageError as exc:
         fail(str(exc), 2)
@@ -366,11 +372,13 @@ def eval_command(
     workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decode processes (default: all cores; 0: decode in this process)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the embedding cache."),
     max_seconds: Optional[float] = typer.Option(None, "--max-seconds", min=0.001, help="Use at most this many seconds per track."),
+    device: str = typer.Option("cpu", "--device", help="Where the audio model runs: cpu, cuda, cuda:N or auto (a GPU when torch sees one)."),
 ) -> None:
     from rich.console import Console
 
     from zstag import evaluate
     from zstag.corpora import KINDS, CorpusError
+    from zstag.devices import DeviceError, check_device
     from zstag.model import ModelError
     from zstag.splits import SplitError
     from zstag.tagger import TagUsageError, parse_labels
@@ -378,6 +386,10 @@ def eval_command(
 
     if corpus not in KINDS:
         fail(f"--corpus: unknown kind {corpus!r}: expected one of {', '.join(KINDS)}", 2)
+    try:
+        check_device(device)
+    except DeviceError as exc:
+        fail(str(exc), 2)
     for target, option in ((out, "--out"), (plot, "--plot")):
         if target is not None and not target.parent.is_dir():
             fail(f"{target}: the folder for {option} does not exist", 2)
@@ -385,11 +397,11 @@ def eval_command(
         chosen = parse_labels(labels) if labels else None
         result = evaluate.evaluate(
             corpus, root, model=model, split=split, labels=chosen, top_n=top_n, vectors=vectors, workers=workers,
-            use_cache=not no_cache, max_seconds=max_seconds,
+            use_cache=not no_cache, max_seconds=max_seconds, device=device,
         )
     except TagUsageError as exc:  # an empty --labels
         fail(str(exc), 2)
-    except (evaluate.EvalError, CorpusError, SplitError, ModelError, VectorsError) as exc:
+    except (evaluate.EvalError, CorpusError, SplitError, ModelError, VectorsError, DeviceError) as exc:
         fail(str(exc))
     report = result.report
     evaluate.render(report, Console())

@@ -194,12 +194,18 @@ def embed_files(
     max_seconds: float | None = None,
     progress: bool = True,
     cache: EmbeddingCache | None = None,
+    device: str = "cpu",
 ) -> list[TrackResult]:
     """Embed each file as a whole track; results in input order. Never raises for a bad file.
 
     workers: decode processes (None: all cores; 0: decode in this process). progress: a progress bar on
     stderr when it is a terminal. cache: an open EmbeddingCache (default: the one in cache_dir()).
+    device: where the model runs (devices.DEVICE_HELP; DeviceError before any decoding if unusable); the
+    model is back where it was when this returns. Cache rows do not depend on it (see devices.py).
     """
+    from zstag.devices import pick_device
+
+    target = pick_device(device)
     paths = [str(p) for p in paths]
     workers = default_workers() if workers is None else max(0, int(workers))
     model.eval()
@@ -212,7 +218,7 @@ def embed_files(
         cache = None
     try:
         with _Progress(len(paths), progress) as bar:
-            _embed(model, model_id, paths, results, cache, workers, offset, max_seconds, bar)
+            _embed(model, model_id, paths, results, cache, workers, offset, max_seconds, bar, target)
     finally:
         if own_cache and cache is not None:
             cache.close()
@@ -257,7 +263,7 @@ def _fill_hits(cache, model_id, paths, digests, offset, max_seconds, results) ->
             results[i] = TrackResult(paths[i], hit[0], None, hit[1], cached=True)
 
 
-def _embed(model, model_id, paths, results, cache, workers, offset, max_seconds, bar) -> None:
+def _embed(model, model_id, paths, results, cache, workers, offset, max_seconds, bar, device) -> None:
     digests: dict[int, tuple[str, tuple]] = {}  # index → (content digest, stat stamp when hashed)
     if cache is not None:
         digests = _digests(cache, paths, workers)
@@ -275,7 +281,7 @@ def _embed(model, model_id, paths, results, cache, workers, offset, max_seconds,
         bar.advance(1)
 
     todo = [(i, paths[i]) for i, r in enumerate(results) if r is None]
-    with _Inference(model) as inference:
+    with _Inference(model, device) as inference:
         for i, outcome in decode_files(todo, model.front_end.to_dict(), offset, max_seconds, workers):
             if isinstance(outcome, str):
                 finish(i, outcome, None)
@@ -572,20 +578,31 @@ class _Inference:
     """Embeds decoded tracks, each on one torch thread (see _inference_threads).
 
     The paper's CNN1D (~2 ms per 30 s of audio, less than decoding it) runs inline. The musicnn
-    backbones (~0.25 s per 30 s) run on a thread pool with one thread per core, a track per thread (torch
-    releases the GIL), while the workers decode the next files; at most QUEUED_PER_THREAD decoded tracks
-    per thread wait, so decoding never runs far ahead of inference and memory stays bounded.
+    backbones (~0.25 s per 30 s on a CPU core) run on a thread pool with one thread per core, a track per
+    thread (torch releases the GIL), while the workers decode the next files; at most QUEUED_PER_THREAD
+    decoded tracks per thread wait, so decoding never runs far ahead of inference and memory stays
+    bounded. On a GPU every model runs inline, a track per call (a 30 s track is ~2 ms of GPU work), with
+    deterministic kernels (devices.deterministic_cuda), while the workers decode the next files.
     """
 
-    def __init__(self, model):
+    def __init__(self, model, device):
         self.model = model
-        self.threads = 1 if model.config.get("audio_encoder", {}).get("type") == "cnn1d" else default_workers()
+        self.device = device
+        self.home = model.device  # where the caller's model goes back to
+        cpu_light = model.config.get("audio_encoder", {}).get("type") == "cnn1d"
+        self.threads = 1 if device.type != "cpu" or cpu_light else default_workers()
         self.settings = _inference_threads()
         self.pool: ThreadPoolExecutor | None = None
         self.pending: dict = {}  # future → (index, stats)
+        self.cuda = None
 
     def __enter__(self):
         self.settings.__enter__()  # before the pool starts: its threads take torch's count when they start
+        self.model.to(self.device)
+        if self.device.type == "cuda":
+            from zstag.devices import deterministic_cuda
+
+            self.cuda = deterministic_cuda().__enter__()
         if self.threads > 1:
             self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="zstag-embed")
         return self
@@ -595,6 +612,9 @@ class _Inference:
             if self.pool is not None:
                 self.pool.shutdown(wait=True, cancel_futures=True)
         finally:
+            if self.cuda is not None:
+                self.cuda.__exit__(*exc)
+            self.model.to(self.home)
             self.settings.__exit__(*exc)
 
     def submit(self, index: int, path: str, segments: np.ndarray, stats: dict) -> list[tuple]:

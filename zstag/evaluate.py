@@ -241,10 +241,11 @@ def evaluate(
     use_cache: bool = True,
     max_seconds: float | None = None,
     progress: bool = True,
+    device: str = "cpu",
 ) -> Evaluation:
     """Evaluate a model on a corpus; see the module docstring.
 
-    Raises EvalError, CorpusError, SplitError, ModelError or VectorsError (all one line): bad options and
+    Raises EvalError, CorpusError, SplitError, ModelError, VectorsError or DeviceError (all one line): bad options and
     inputs before any audio is decoded, and EvalError when no track at all could be decoded.
     """
     from zstag.acoustics import corpus_summary
@@ -316,7 +317,7 @@ def evaluate(
         raise EvalError(f"{root}: no track to evaluate" + (" in the split's test partition" if the_split else ""))
 
     results = embed_files(net, [t.path for t in tracks], workers=workers, use_cache=use_cache,
-                          max_seconds=max_seconds, progress=progress)
+                          max_seconds=max_seconds, progress=progress, device=device)
     good = [(t, r) for t, r in zip(tracks, results) if r.ok]
     failed = [{"id": t.id, "error": r.error} for t, r in zip(tracks, results) if not r.ok]
     if not good:

@@ -80,6 +80,12 @@ class MusicnnFeatures(nn.Module):
         for net in self._backbones:
             net.requires_grad_(False)
 
+    def _apply(self, fn, *args, **kwargs):
+        # .to(device) and friends reach modules kept out of the state dict only through here.
+        for net in self._backbones:
+            net._apply(fn, *args, **kwargs)
+        return super()._apply(fn, *args, **kwargs)
+
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         parts = []
@@ -167,17 +173,24 @@ class ZeroShotModel(nn.Module):
         """[n, word_dim] word vectors → [n, D] joint-space embeddings (not normalised)."""
         return self.label_projection(vectors)
 
+    @property
+    def device(self) -> torch.device:
+        """Where the weights are: inputs go there, outputs come back to the CPU as numpy."""
+        for tensor in self.parameters():
+            return tensor.device
+        return torch.device("cpu")
+
     @torch.no_grad()
     def track_features(self, segments: np.ndarray) -> np.ndarray:
         """[n_seg, n_mels, T] → [F]: segment features averaged over every segment of the track."""
         total = None
         for start in range(0, len(segments), TRACK_BATCH):
             batch = torch.from_numpy(np.ascontiguousarray(segments[start : start + TRACK_BATCH], dtype=np.float32))
-            part = self.segment_features(batch).double().sum(dim=0)
+            part = self.segment_features(batch.to(self.device)).double().sum(dim=0)
             total = part if total is None else total + part
         if total is None:
             raise ValueError("a track needs at least one segment")
-        return (total / len(segments)).float().numpy()
+        return (total / len(segments)).float().cpu().numpy()
 
     @torch.no_grad()
     def embed_track(self, segments: np.ndarray) -> np.ndarray:
@@ -187,7 +200,8 @@ class ZeroShotModel(nn.Module):
     @torch.no_grad()
     def project_features(self, features: np.ndarray) -> np.ndarray:
         """[N, F] pooled track features → [N, D] joint-space track embeddings."""
-        return self.audio_projection(torch.from_numpy(np.asarray(features, dtype=np.float32))).numpy()
+        features = torch.from_numpy(np.asarray(features, dtype=np.float32)).to(self.device)
+        return self.audio_projection(features).cpu().numpy()
 
     def embed_label_vectors(self, vectors: np.ndarray) -> np.ndarray:
         """[n, word_dim] word vectors → float32 [n, D], in numpy (``modelfile.project_labels``): the same

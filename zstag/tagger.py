@@ -268,19 +268,24 @@ def run(
     offset: float = 0.0,
     max_seconds: float | None = None,
     progress: bool = True,
+    device: str = "cpu",
 ) -> int:
     """Tag the inputs and write the output; returns the exit code (0 ok, 1 some file failed).
 
-    Raises TagUsageError (bad options, model, word vectors or labels) before any audio is decoded.
-    Torch is imported only if some file is not in the embedding cache (or with use_cache=False).
+    Raises TagUsageError (bad options, model, word vectors, labels or device) before any audio is
+    decoded. Torch is imported only if some file is not in the embedding cache (or with use_cache=False).
+    device: where the audio model runs (devices.DEVICE_HELP), if any file must be embedded.
     """
     from zstag import modelfile
-    from zstag.words import UnknownLabelError, VectorsError, load_words
-
     from zstag.audio import check_span
+    from zstag.devices import DeviceError, check_device
+    from zstag.words import UnknownLabelError, VectorsError, load_words
 
     try:
         check_span(offset, max_seconds)
+        check_device(device)
+    except DeviceError as exc:
+        raise TagUsageError(str(exc)) from None
     except ValueError as exc:
         raise TagUsageError(f"--offset / --max-seconds: {exc}") from None
     if fmt not in FORMATS:
@@ -303,7 +308,7 @@ def run(
     for line in found.problems:
         print(f"zstag: {line}", file=sys.stderr)
     results = track_results(files, found.files, workers=workers, use_cache=use_cache, offset=offset,
-                            max_seconds=max_seconds, progress=progress)
+                            max_seconds=max_seconds, progress=progress, device=device)
     good = [r for r in results if r.ok]
     for r in results:
         if not r.ok:
@@ -345,10 +350,12 @@ def run(
 
 
 def track_results(files, paths: list[str], *, workers: int | None = None, use_cache: bool = True,
-                  offset: float = 0.0, max_seconds: float | None = None, progress: bool = True) -> list:
+                  offset: float = 0.0, max_seconds: float | None = None, progress: bool = True,
+                  device: str = "cpu") -> list:
     """A TrackResult per path, in order: all from the embedding cache when every file is there (no torch,
     no decoding); otherwise the model is built (torch) and ``embed_files`` embeds only the misses (their
-    digests are remembered, not hashed again). files: modelfile.ModelFiles."""
+    digests are remembered, not hashed again) on device. files: modelfile.ModelFiles."""
+    from zstag.devices import DeviceError
     from zstag.embeddings import EmbeddingCache, cached_results, embed_files, start_decoders
 
     cache = EmbeddingCache.open_default() if use_cache else None
@@ -369,8 +376,12 @@ def track_results(files, paths: list[str], *, workers: int | None = None, use_ca
         except ModelError as exc:
             raise TagUsageError(str(exc)) from None
         missing = [i for i, r in enumerate(results) if r is None]  # the hits are not looked up again
-        embedded = embed_files(net, [paths[i] for i in missing], workers=workers, use_cache=cache is not None,
-                               cache=cache, offset=offset, max_seconds=max_seconds, progress=progress)
+        try:
+            embedded = embed_files(net, [paths[i] for i in missing], workers=workers, use_cache=cache is not None,
+                                   cache=cache, offset=offset, max_seconds=max_seconds, progress=progress,
+                                   device=device)
+        except DeviceError as exc:  # raised before any decoding
+            raise TagUsageError(str(exc)) from None
         for i, result in zip(missing, embedded):
             results[i] = result
         return results

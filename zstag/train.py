@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from zstag.audio import segment
+from zstag.devices import deterministic_training, pick_device
 from zstag.features import FeatureCache
 from zstag.model import MARGIN, ZeroShotModel, cnn1d_config, save_model, triplet_hinge_loss
 from zstag.paths import atomic_write
@@ -307,6 +308,7 @@ def _distributed(device_name: str) -> tuple[int, int, torch.device]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     device = pick_device(device_name, int(os.environ.get("LOCAL_RANK", "0")))
     if device.type == "cuda":
+        deterministic_training()  # a seed gives the same weights on a GPU too
         torch.cuda.set_device(device)  # before the process group: NCCL and pin_memory use the current device
     if world <= 1:
         return 0, 1, device
@@ -315,14 +317,6 @@ def _distributed(device_name: str) -> tuple[int, int, torch.device]:
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return dist.get_rank(), world, device
-
-
-def pick_device(name: str, local_rank: int = 0) -> torch.device:
-    if name == "auto":
-        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    if name == "cuda":
-        return torch.device(f"cuda:{local_rank}")
-    return torch.device(name)
 
 
 def _make_optimizer(params, options: TrainOptions) -> torch.optim.Optimizer:

@@ -1,0 +1,132 @@
+"""--device for tag, eval and train: names, one-line errors, and — where torch sees a CUDA GPU — GPU
+embeddings that repeat exactly and match the CPU's to float32 rounding."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from zstag.cli import app
+from zstag.devices import DeviceError, check_device, pick_device
+
+from test_tag import LABELS, write_music
+
+HAS_CUDA = torch.cuda.is_available()
+needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="torch sees no CUDA GPU on this machine")
+GPU_CPU_TOLERANCE = 2e-4  # embeddings: relative to their largest entry (different sums, no TF32)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cache(cache_dir):
+    return cache_dir
+
+
+@pytest.fixture()
+def music(tmp_path):
+    folder = tmp_path / "music"
+    folder.mkdir()
+    for seed in (0, 4, 9):
+        write_music(folder / f"{seed}.wav", seconds=7.0, seed=seed)
+    return folder
+
+
+def tag(*args):
+    return CliRunner().invoke(app, ["tag", *map(str, args)])
+
+
+@pytest.mark.parametrize("name", ["auto", "cpu", "cuda", "cuda:0", "cuda:12"])
+def test_device_names_that_are_accepted(name):
+    assert check_device(name) == name
+
+
+@pytest.mark.parametrize("name", ["gpu", "CUDA", "cuda:", "cuda:x", "mps", "", "cpu:0"])
+def test_other_device_names_are_one_line_errors(name):
+    with pytest.raises(DeviceError, match="expected auto .*cpu, cuda or cuda:N"):
+        check_device(name)
+
+
+@pytest.mark.parametrize("command", ["tag", "eval", "train"])
+def test_a_bad_device_is_a_usage_error_before_any_work(command, tmp_path, music, tiny_model_dir):
+    args = {
+        "tag": ["tag", str(music), "--labels", "rock", "--model", tiny_model_dir],
+        "eval": ["eval", "--corpus", "folder", "--root", str(music), "--model", tiny_model_dir],
+        "train": ["train", "--features", str(tmp_path / "nothing"), "--out", str(tmp_path / "m")],
+    }[command]
+    result = CliRunner().invoke(app, [*args, "--device", "gpu"])
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == ["zstag: error: --device 'gpu': expected " +
+                                                  "auto (a CUDA GPU when torch sees one, else the CPU), cpu, cuda or cuda:N"]
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="this machine has a CUDA GPU")
+def test_cuda_without_a_gpu_says_so_in_one_line(music, tiny_model_dir, tmp_path):
+    out = tmp_path / "out.json"
+    result = tag(music, "--labels", "rock", "--model", tiny_model_dir, "--device", "cuda", "-o", out)
+    assert result.exit_code == 2
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "--device cuda: torch" in result.stderr and "sees no CUDA GPU" in result.stderr
+    assert not out.exists()
+    assert pick_device("auto") == torch.device("cpu")
+
+
+def test_auto_and_cpu_give_the_same_scores_without_a_gpu(music, tiny_model_dir):
+    if HAS_CUDA:
+        pytest.skip("auto is the GPU here (compared with the CPU in the GPU tests)")
+    outputs = [tag(music, "--labels", ",".join(LABELS), "--model", tiny_model_dir, "-f", "json", "--no-cache",
+                   "--device", device) for device in ("auto", "cpu")]
+    assert all(r.exit_code == 0 for r in outputs)
+    assert outputs[0].stdout == outputs[1].stdout
+
+
+# --- on a GPU -----------------------------------------------------------------------------------
+
+
+def _segments(path, model):
+    from zstag.embeddings import decode_file
+
+    segments, _ = decode_file(str(path), model.front_end.to_dict())
+    return segments
+
+
+@needs_cuda
+@pytest.mark.parametrize("which", ["cnn1d", "default"])
+def test_gpu_embeddings_repeat_exactly_and_match_the_cpu(which, music, tiny_model_dir):
+    from zstag.devices import deterministic_cuda
+    from zstag.model import load_model
+
+    model = load_model(tiny_model_dir if which == "cnn1d" else "default")
+    segments = _segments(music / "4.wav", model)
+    on_cpu = model.embed_track(segments)
+    model.to("cuda")
+    with deterministic_cuda():
+        first, second = model.embed_track(segments), model.embed_track(segments)
+    assert model.device.type == "cuda" and first.dtype == np.float32
+    assert np.array_equal(first, second)
+    assert np.abs(first - on_cpu).max() <= GPU_CPU_TOLERANCE * np.abs(on_cpu).max()
+
+
+@needs_cuda
+def test_tag_on_the_gpu_ranks_like_the_cpu(music):
+    runs = {}
+    for device in ("cuda", "cpu", "cuda"):
+        result = tag(music, "--labels", "rock,jazz,classical,electronic,speech", "-f", "json", "--no-cache",
+                     "--device", device)
+        assert result.exit_code == 0, result.stderr
+        runs.setdefault(device, []).append(json.loads(result.stdout)["files"])
+    assert runs["cuda"][0] == runs["cuda"][1]  # a GPU run repeats to the last digit
+    for gpu, cpu in zip(runs["cuda"][0], runs["cpu"][0]):
+        assert [t["label"] for t in gpu["tags"]] == [t["label"] for t in cpu["tags"]]
+        assert [t["score"] for t in gpu["tags"]] == pytest.approx([t["score"] for t in cpu["tags"]], abs=1e-4)
+
+
+@needs_cuda
+def test_embed_files_puts_the_model_back(music, tiny_model_dir):
+    from zstag.embeddings import embed_files
+    from zstag.model import load_model
+
+    model = load_model(tiny_model_dir)
+    results = embed_files(model, sorted(music.iterdir()), workers=0, use_cache=False, progress=False, device="cuda")
+    assert all(r.ok for r in results)
+    assert model.device.type == "cpu"
