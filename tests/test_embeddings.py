@@ -198,6 +198,70 @@ def test_bad_files_fail_alone(model, tracks, cache_dir, tmp_path):
             assert r.embedding is None and r.path in r.error and "\n" not in r.error
 
 
+def test_only_failures_of_the_files_bytes_are_cached(model, tracks, cache_dir, tmp_path, monkeypatch):
+    """Content that cannot give audio is remembered (the same line, nothing decoded); a failure that may
+    not happen again is not: out of memory, unreadable, cannot embed, no ffmpeg, a file touched while decoded."""
+    (tmp_path / "empty.wav").write_bytes(b"")
+    sf.write(tmp_path / "touched.wav", np.zeros(0, np.float32), SR)  # no samples (other bytes than empty.wav)
+    (tmp_path / "notaudio.flac").write_text("these are my notes, not audio\n" * 50)
+    paths = [str(tmp_path / name) for name in ("empty.wav", "touched.wav", "notaudio.flac")] + tracks
+    real = embeddings.analyse_file
+
+    def flaky(path, *args, **kwargs):
+        if path == tracks[0]:
+            raise MemoryError
+        if path == tracks[1]:  # as for a file whose permissions change after it was hashed
+            raise PermissionError(13, "Permission denied", path)
+        if path.endswith("touched.wav"):
+            os.utime(path, ns=(1, 1))  # a new stamp: it may have changed since it was hashed
+        return real(path, *args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(embeddings, "analyse_file", flaky)
+        m.setattr(model, "embed_track", lambda segments: 1 / 0)
+        m.setattr(shutil, "which", lambda name: None)  # no ffmpeg: installing it may decode notaudio.flac
+        first = embed_files(model, paths, workers=0, progress=False)
+    assert not any(r.ok or r.cached for r in first)
+    assert "out of memory" in first[3].error and "Permission denied" in first[4].error
+    assert "cannot embed" in first[5].error
+    second = embed_files(model, paths, workers=0, progress=False)
+    assert [r.cached for r in second] == [True, False, False, False, False, False]
+    assert second[0].error == first[0].error and second[0].embedding is None
+    assert all(r.ok for r in second[3:])
+    if shutil.which("ffmpeg"):  # soundfile and ffmpeg both refused it this time: remembered
+        third = embed_files(model, paths, workers=0, progress=False)
+        assert third[2].cached and third[2].error == second[2].error and "(ffmpeg: " in third[2].error
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads a file whatever its permissions")
+def test_an_unreadable_file_is_not_cached(model, tracks, cache_dir):
+    os.chmod(tracks[0], 0)
+    try:
+        assert not embed_files(model, tracks[:1], workers=0, progress=False)[0].ok
+    finally:
+        os.chmod(tracks[0], 0o644)
+    again = embed_files(model, tracks[:1], workers=0, progress=False)[0]
+    assert again.ok and not again.cached
+
+
+def test_an_old_cache_file_gains_the_failures_table(model, tracks, cache_dir, tmp_path):
+    cache_dir.mkdir()
+    old = sqlite3.connect(cache_dir / CACHE_FILE)
+    old.executescript(embeddings.SCHEMA.split("CREATE TABLE IF NOT EXISTS failures")[0])  # before failures were kept
+    old.close()
+    (tmp_path / "empty.wav").write_bytes(b"")
+    paths = [tracks[0], str(tmp_path / "empty.wav")]
+    first = embed_files(model, paths, workers=0, progress=False)
+    second = embed_files(model, paths, workers=0, progress=False)
+    assert [r.cached for r in second] == [True, True] and [r.error for r in second] == [r.error for r in first]
+
+
+def test_error_line_names_the_file_once_as_given():
+    assert acoustics.error_line("./a.wav", audio.AudioError("a.wav: empty file")) == "./a.wav: empty file"
+    assert acoustics.error_line("a.wav", audio.AudioError("a.wav: empty file")) == "a.wav: empty file"
+    assert acoustics.error_line("./a.wav", audio.AudioError("empty features")) == "./a.wav: empty features"
+
+
 def test_corrupt_cache_file_is_skipped_with_a_warning(model, tracks, cache_dir, capsys):
     cache_dir.mkdir()
     (cache_dir / CACHE_FILE).write_bytes(b"this is not a database" * 100)

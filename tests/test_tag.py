@@ -29,6 +29,15 @@ def write_music(path, seconds=3.0, seed=0, sr=SR):
     return path
 
 
+def write_bad_files(folder):
+    """One file of each kind whose bytes cannot give audio; returns their names."""
+    (folder / "empty.wav").write_bytes(b"")
+    (folder / "corrupt.mp3").write_bytes(np.random.default_rng(1).bytes(20000))
+    (folder / "notaudio.flac").write_text("these are my notes, not audio\n" * 50)
+    sf.write(folder / "nosamples.wav", np.zeros(0, np.float32), SR)  # a header, no samples
+    return ["empty.wav", "corrupt.mp3", "notaudio.flac", "nosamples.wav"]
+
+
 @pytest.fixture()
 def model_dir(tiny_model_dir):
     return tiny_model_dir
@@ -134,9 +143,7 @@ def test_single_top_k_and_threshold(music, model_dir):
 
 
 def test_bad_files_are_reported_one_line_each_and_the_rest_tagged(music, model_dir):
-    (music / "empty.wav").write_bytes(b"")
-    (music / "corrupt.mp3").write_bytes(np.random.default_rng(1).bytes(20000))
-    (music / "notaudio.flac").write_text("these are my notes, not audio\n" * 50)
+    bad = write_bad_files(music)
     write_music(music / "short.wav", seconds=0.5, seed=3)  # under one segment: looped to one, still tagged
     (music / "readme.txt").write_text("not picked up: not an audio extension")
     result = run(music, "--labels", "rock,jazz", "--model", model_dir, "--format", "jsonl")
@@ -144,9 +151,9 @@ def test_bad_files_are_reported_one_line_each_and_the_rest_tagged(music, model_d
     tagged = sorted(os.path.basename(json.loads(line)["path"]) for line in result.stdout.splitlines())
     assert tagged == ["a.wav", "b.flac", "c.mp3", "short.wav"]
     lines = result.stderr.strip().splitlines()
-    for bad in ("empty.wav", "corrupt.mp3", "notaudio.flac"):
-        assert len([line for line in lines if bad in line]) == 1
-    assert len(lines) == 4 and "3 failed" in lines[-1]  # three errors and the summary, nothing else
+    for name in bad:
+        assert len([line for line in lines if name in line]) == 1
+    assert len(lines) == 5 and "4 failed" in lines[-1]  # four errors and the summary, nothing else
     assert "readme.txt" not in result.stderr
 
 
@@ -296,6 +303,37 @@ def test_warm_retag_imports_no_torch_and_matches_the_cold_run(music, model_dir, 
     for fmt in ("table", "csv"):  # new labels, the default table too
         retag, modules = cli_subprocess(tmp_path, "tag", music, "--model", model_dir, "-f", fmt, "--labels", "piano,techno")
         assert retag.returncode == 0 and modules == [] and "3 from the cache" in retag.stderr and "piano" in retag.stdout
+
+
+def test_warm_retag_with_bad_files_imports_no_torch_and_reports_them_alike(music, model_dir, tmp_path):
+    bad = write_bad_files(music)
+    write_music(music / "short.wav", seconds=0.5, seed=3)
+    # --workers 1: decoders run in a worker, whose stderr (libmpg123's notes on the corrupt mp3) is muted
+    args = ["tag", music, "--model", model_dir, "--format", "json", "--workers", "1", "--labels", ",".join(LABELS)]
+    cold, cold_modules = cli_subprocess(tmp_path, *args)
+    warm, warm_modules = cli_subprocess(tmp_path, *args)
+    assert cold.returncode == warm.returncode == 1 and "torch" in cold_modules and warm_modules == []
+    assert warm.stdout == cold.stdout and len(json.loads(warm.stdout)["files"]) == 4
+    cold_lines, warm_lines = cold.stderr.splitlines(), warm.stderr.splitlines()
+    assert warm_lines[:-1] == cold_lines[:-1] and len(warm_lines) == len(bad) + 1  # the same line per bad file
+    assert cold_lines[-1] == "zstag: tagged 4 of 8 files (0 from the cache); 4 failed"
+    assert warm_lines[-1] == "zstag: tagged 4 of 8 files (4 from the cache); 4 failed"
+
+
+def test_a_bad_file_that_is_fixed_is_tagged(music, model_dir, monkeypatch, forbid_decoding):
+    write_bad_files(music)
+    first = run(music, "--labels", "rock", "--model", model_dir, "--format", "jsonl")
+    with monkeypatch.context() as m:
+        forbid_decoding(m)  # its failure is remembered: nothing is decoded
+        again = run(music, "--labels", "rock", "--model", model_dir, "--format", "jsonl")
+    assert again.exit_code == first.exit_code == 1 and again.stdout == first.stdout
+    assert again.stderr.splitlines()[:-1] == first.stderr.splitlines()[:-1]
+
+    write_music(music / "corrupt.mp3", seed=4)  # new content: decoded and tagged
+    fixed = run(music, "--labels", "rock", "--model", model_dir, "--format", "jsonl")
+    assert fixed.exit_code == 1 and "corrupt.mp3" not in fixed.stderr
+    assert str(music / "corrupt.mp3") in [json.loads(line)["path"] for line in fixed.stdout.splitlines()]
+    assert "tagged 4 of 7 files (3 from the cache); 3 failed" in fixed.stderr
 
 
 def test_warm_retag_does_not_build_the_torch_model(music, model_dir, monkeypatch):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
+from pathlib import Path
 
 import numpy as np
 
@@ -105,7 +106,7 @@ def analyse_file(path, front_end, offset: float = 0.0, duration: float | None = 
     samples = decoded.samples
     mel = audio.log_mel(samples, front_end)
     if mel.shape[1] == 0 or not np.isfinite(mel).all():
-        raise audio.AudioError(f"{path}: no usable log-mel frames")
+        raise audio.ContentError(f"{path}: no usable log-mel frames")
     # The header's rate and length where soundfile decoded it; for ffmpeg's files, the span decoded.
     seconds = decoded.native_seconds
     if seconds is None:
@@ -120,8 +121,11 @@ def error_line(path, exc: BaseException) -> str:
     if isinstance(exc, MemoryError):
         return f"{path}: out of memory while decoding"
     if isinstance(exc, AudioError):
-        message = str(exc)  # feature errors do not know the path: add it
-        message = message if message.startswith(str(path)) else f"{path}: {message}"
+        # "PATH: cause", with PATH as given or as pathlib writes it ("./a.wav" → "a.wav"), or just the cause
+        # (feature errors do not know the path): the line names the file once, as given.
+        message = str(exc)
+        named = next((p for p in (f"{path}: ", f"{Path(path)}: ") if message.startswith(p)), "")
+        message = f"{path}: {message[len(named):]}"
     else:
         message = f"{path}: {type(exc).__name__}: {exc}"
     return " ".join(message.split()) or f"{path}: unknown error"

@@ -103,9 +103,15 @@ class AudioError(Exception):
     """A file that cannot be turned into audio; str(e) is one line, "PATH: cause"."""
 
 
-def _error(path, cause) -> AudioError:
+class ContentError(AudioError):
+    """An AudioError that the file's bytes alone cause (empty, not audio, corrupt, truncated, no samples in
+    the span): the same bytes fail the same way every time, so the embedding cache may remember it. A
+    missing file, a missing ffmpeg or a killed ffmpeg are plain AudioErrors: the next run may succeed."""
+
+
+def _error(path, cause, kind: type[AudioError] = AudioError) -> AudioError:
     cause = " ".join(str(cause).split())  # one line, whatever the library said
-    return AudioError(f"{path}: {cause}")
+    return kind(f"{path}: {cause}")
 
 
 # --- decoding ---------------------------------------------------------------------------------
@@ -149,7 +155,7 @@ def decode_audio(path, sample_rate: int, offset: float = 0.0, duration: float | 
     if not path.is_file():
         raise _error(path, "not a regular file")
     if path.stat().st_size == 0:
-        raise _error(path, "empty file (0 bytes)")
+        raise _error(path, "empty file (0 bytes)", ContentError)
 
     if path.suffix.lower() in FFMPEG_EXTENSIONS:
         decoded = Decoded(_load_ffmpeg(path, sample_rate, offset, duration), None, None)
@@ -165,7 +171,7 @@ def decode_audio(path, sample_rate: int, offset: float = 0.0, duration: float | 
             decoded = Decoded(_load_ffmpeg(path, sample_rate, offset, duration, soundfile_cause=cause), None, None)
 
     if decoded.samples.size == 0:
-        raise _error(path, "no audio samples" + (f" after offset {offset:g} s" if offset else ""))
+        raise _error(path, "no audio samples" + (f" after offset {offset:g} s" if offset else ""), ContentError)
     return decoded
 
 
@@ -185,7 +191,7 @@ def _load_soundfile(path: Path, sample_rate: int, offset: float, duration: float
         rate, declared = f.samplerate, f.frames
         start = round(offset * rate)
         if declared > 0 and start >= declared:
-            raise _error(path, f"offset {offset:g} s is past the end ({declared / rate:.1f} s)")
+            raise _error(path, f"offset {offset:g} s is past the end ({declared / rate:.1f} s)", ContentError)
         end = declared if declared > 0 else sys.maxsize  # 0: length unknown, read to the end
         stop = end if duration is None else min(end, start + round(duration * rate))
 
@@ -204,7 +210,7 @@ def _load_soundfile(path: Path, sample_rate: int, offset: float, duration: float
             try:
                 block = f.read(min(READ_BLOCK_FRAMES, remaining), dtype="float32", always_2d=True)
             except sf.LibsndfileError as e:  # opened fine, broke midway: corrupt or truncated, no fallback
-                raise _error(path, f"corrupt or truncated data ({e.error_string})") from None
+                raise _error(path, f"corrupt or truncated data ({e.error_string})", ContentError) from None
             if len(block) == 0:
                 break
             remaining -= len(block)
@@ -220,7 +226,7 @@ def _load_soundfile(path: Path, sample_rate: int, offset: float, duration: float
     missing = (stop - start) - decoded
     if declared > 0 and missing > max(TRUNCATION_TOLERANCE * (stop - start), TRUNCATION_TOLERANCE_S * rate):
         raise _error(path, f"truncated or corrupt: decoded {(start + decoded) / rate:.1f} s "
-                           f"of the {declared / rate:.1f} s its header declares")
+                           f"of the {declared / rate:.1f} s its header declares", ContentError)
     return Decoded(out.array(), rate, declared / rate if declared > 0 else None)  # 0: length unknown
 
 
@@ -302,9 +308,10 @@ def _load_ffmpeg(path: Path, sample_rate: int, offset: float, duration: float | 
             errors.seek(0)
             lines = errors.read().decode("utf-8", "replace").strip().splitlines()
             said = lines[-1].removeprefix(f"{path.resolve()}: ") if lines else f"exit status {returncode}"
+            kind = ContentError if returncode > 0 else AudioError  # < 0: killed by a signal (out of memory)
             if soundfile_cause:
-                raise _error(path, f"cannot decode: {soundfile_cause} (ffmpeg: {said})")
-            raise _error(path, f"cannot decode: ffmpeg: {said}")
+                raise _error(path, f"cannot decode: {soundfile_cause} (ffmpeg: {said})", kind)
+            raise _error(path, f"cannot decode: ffmpeg: {said}", kind)
     return out.array()
 
 

@@ -14,7 +14,11 @@ is fixed, so results are bit-identical whatever --workers says, in a worker or i
 Cache: one SQLite file, ``cache_dir()/embeddings.sqlite`` in WAL mode. A row is keyed by
 (model id, content digest, offset, max_seconds, pipeline version) and holds the float32 joint-space
 embedding and the statistics as JSON. Each file's row is committed on its own, so a killed run loses
-at most the files in flight and leaves the cache readable.
+at most the files in flight and leaves the cache readable. A file whose bytes cannot give audio
+(audio.ContentError: empty, corrupt, not audio, no samples) gets a row of the same key in a second
+table, its error line without the path, so a warm re-tag reports it without torch or decoding. Failures
+that may not happen again (unreadable or changed file, decoder crash, no ffmpeg, "cannot embed") are
+never stored.
 
 The content digest is SHA-256 over the whole file (and its size). Hashing costs ~1 ms per MB, far less
 than decoding it (~100 ms per MB of mp3); hashing only the first/last MiB would miss edits in the
@@ -69,7 +73,20 @@ CREATE TABLE IF NOT EXISTS embeddings (
     dim INTEGER NOT NULL, vector BLOB NOT NULL, stats TEXT,
     PRIMARY KEY (model_id, digest, start_s, max_s, version)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS failures (
+    model_id TEXT, digest TEXT, start_s REAL, max_s REAL, version INTEGER, cause TEXT NOT NULL,
+    PRIMARY KEY (model_id, digest, start_s, max_s, version)
+) WITHOUT ROWID;
 """
+# failures: keyed by model id like embeddings, though a decode failure depends only on the front end. The id
+# fixes the front end, so this is never wrong, and a front-end key would gain nothing: a model whose
+# embeddings of a folder are cached has decoded that folder itself, its bad files included.
+KEY_MATCH = "model_id=? AND digest=? AND start_s=? AND max_s=? AND version=?"  # both tables' key
+
+
+class ContentFailure(str):
+    """decode_file's error line for an audio.ContentError: the one kind of failure the cache keeps. A str,
+    so it passes wherever an error line does (and pickles as itself from the workers)."""
 
 
 @dataclass
@@ -148,9 +165,7 @@ class EmbeddingCache:
     def get(self, model_id: str, digest: str, offset: float, max_seconds: float | None):
         """(embedding, stats) or None."""
         row = self.db.execute(
-            "SELECT dim, vector, stats FROM embeddings WHERE model_id=? AND digest=? AND start_s=? AND max_s=?"
-            " AND version=?",
-            (model_id, digest, float(offset), _max_key(max_seconds), PIPELINE_VERSION),
+            f"SELECT dim, vector, stats FROM embeddings WHERE {KEY_MATCH}", _key(model_id, digest, offset, max_seconds)
         ).fetchone()
         if row is None or len(row[1]) != 4 * row[0]:
             return None
@@ -160,9 +175,20 @@ class EmbeddingCache:
         vector = np.ascontiguousarray(embedding, dtype="<f4")
         self.db.execute(
             "INSERT OR REPLACE INTO embeddings VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (model_id, digest, float(offset), _max_key(max_seconds), PIPELINE_VERSION, vector.size,
-             vector.tobytes(), json.dumps(stats) if stats is not None else None),
+            (*_key(model_id, digest, offset, max_seconds), vector.size, vector.tobytes(),
+             json.dumps(stats) if stats is not None else None),
         )
+
+    def get_failure(self, model_id: str, digest: str, offset: float, max_seconds: float | None) -> str | None:
+        """The cause (error line without the path) stored for content that failed to decode, or None."""
+        row = self.db.execute(
+            f"SELECT cause FROM failures WHERE {KEY_MATCH}", _key(model_id, digest, offset, max_seconds)
+        ).fetchone()
+        return row[0] if row else None
+
+    def put_failure(self, model_id, digest, offset, max_seconds, cause: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO failures VALUES (?, ?, ?, ?, ?, ?)",
+                        (*_key(model_id, digest, offset, max_seconds), cause))
 
     def count(self, model_id: str | None = None) -> int:
         if model_id is None:
@@ -178,6 +204,11 @@ def _path_key(path: str) -> str | bytes:
     except UnicodeEncodeError:
         return os.fsencode(path)
     return path
+
+
+def _key(model_id: str, digest: str, offset: float, max_seconds: float | None) -> tuple:
+    """A row's key, as KEY_MATCH and the tables' first five columns take it."""
+    return model_id, digest, float(offset), _max_key(max_seconds), PIPELINE_VERSION
 
 
 def _max_key(max_seconds: float | None) -> float:
@@ -234,9 +265,10 @@ def cached_results(
     workers: int | None = None,
     cache: EmbeddingCache | None = None,
 ) -> list[TrackResult | None]:
-    """Each file's cached embedding, without the model or any decoding: a TrackResult (cached=True) per
-    hit, None per miss (not cached, unreadable, gone, or changed while hashed). A miss is never dropped:
-    the caller embeds it (embed_files). Digests of newly hashed files are remembered, so embed_files
+    """Each file's cached outcome, without the model or any decoding: a TrackResult (cached=True) per
+    hit, with its embedding or, for content that failed to decode before, its error line; None per miss
+    (not cached, unreadable, gone, or changed while hashed). A miss is never dropped: the caller embeds
+    it (embed_files). Digests of newly hashed files are remembered, so embed_files
     does not hash them again. workers: hashing threads (None: all cores). cache: default cache_dir()'s.
     """
     paths = [str(p) for p in paths]
@@ -258,9 +290,7 @@ def cached_results(
 def _fill_hits(cache, model_id, paths, digests, offset, max_seconds, results) -> None:
     """results[i] = the cached TrackResult of each digested path that the cache holds."""
     for i, (digest, _) in digests.items():
-        hit = _lookup(cache, model_id, digest, offset, max_seconds)
-        if hit is not None:
-            results[i] = TrackResult(paths[i], hit[0], None, hit[1], cached=True)
+        results[i] = _lookup(cache, paths[i], model_id, digest, offset, max_seconds)
 
 
 def _embed(model, model_id, paths, results, cache, workers, offset, max_seconds, bar, device) -> None:
@@ -271,13 +301,13 @@ def _embed(model, model_id, paths, results, cache, workers, offset, max_seconds,
         bar.advance(sum(r is not None for r in results))
 
     def finish(i: int, outcome, stats: dict | None) -> None:
-        if isinstance(outcome, str):
-            results[i] = TrackResult(paths[i], None, outcome)
-        else:
-            results[i] = TrackResult(paths[i], outcome, None, stats)
-            # Stored only if the file did not change between hashing and decoding.
-            if cache is not None and i in digests and _stamp(paths[i]) == digests[i][1]:
-                _store(cache, model_id, digests[i][0], offset, max_seconds, outcome, stats)
+        failed = isinstance(outcome, str)
+        results[i] = TrackResult(paths[i], None, outcome) if failed else TrackResult(paths[i], outcome, None, stats)
+        # Stored only if the file did not change between hashing and decoding, and a failure only if its
+        # bytes caused it (a crash, a missing ffmpeg, "cannot embed" may not happen next time).
+        keep = not failed or isinstance(outcome, ContentFailure)
+        if keep and cache is not None and i in digests and _stamp(paths[i]) == digests[i][1]:
+            _store(cache, paths[i], model_id, digests[i][0], offset, max_seconds, outcome, stats)
         bar.advance(1)
 
     todo = [(i, paths[i]) for i, r in enumerate(results) if r is None]
@@ -346,21 +376,30 @@ def _lookup_digest(cache: EmbeddingCache, path: str, stamp: tuple) -> str | None
         return None
 
 
-def _lookup(cache: EmbeddingCache, model_id, digest, offset, max_seconds):
+def _lookup(cache: EmbeddingCache, path, model_id, digest, offset, max_seconds) -> TrackResult | None:
     try:
-        return cache.get(model_id, digest, offset, max_seconds)
+        hit = cache.get(model_id, digest, offset, max_seconds)
+        cause = None if hit is not None else cache.get_failure(model_id, digest, offset, max_seconds)
     except (sqlite3.Error, ValueError) as exc:  # a damaged row or page is a miss, not a crash
         _warn_cache(exc)
         return None
+    if hit is not None:
+        return TrackResult(path, hit[0], None, hit[1], cached=True)
+    return None if cause is None else TrackResult(path, None, f"{path}: {cause}", cached=True)
 
 
 def _warn_cache(exc: Exception) -> None:
     print(f"zstag: warning: embedding cache: {' '.join(str(exc).split())}", file=sys.stderr)
 
 
-def _store(cache, model_id, digest, offset, max_seconds, embedding, stats) -> None:
+def _store(cache, path, model_id, digest, offset, max_seconds, outcome, stats) -> None:
+    """outcome: the embedding, or a ContentFailure line, kept without its path (the same bytes may have
+    another name next time)."""
     try:
-        cache.put(model_id, digest, offset, max_seconds, embedding, stats)
+        if isinstance(outcome, str):
+            cache.put_failure(model_id, digest, offset, max_seconds, outcome.removeprefix(f"{path}: "))
+        else:
+            cache.put(model_id, digest, offset, max_seconds, outcome, stats)
     except sqlite3.Error as exc:  # a full disk or a locked cache must not lose the run's results
         _warn_cache(exc)
 
@@ -369,11 +408,14 @@ def _store(cache, model_id, digest, offset, max_seconds, embedding, stats) -> No
 
 
 def decode_file(path: str, fe_dict: dict, offset: float = 0.0, max_seconds: float | None = None):
-    """(segments [n_seg, n_mels, T] float32, stats dict), or a one-line error string naming the file."""
+    """(segments [n_seg, n_mels, T] float32, stats dict), or a one-line error string naming the file: a
+    ContentFailure when the file's bytes are to blame (audio.ContentError)."""
     try:
         fe = audio.FrontEnd.from_dict(fe_dict)
         mel, stats = analyse_file(path, fe, offset=offset, duration=max_seconds)
         return np.ascontiguousarray(audio.segment(mel, fe), dtype=np.float32), stats
+    except audio.ContentError as exc:
+        return ContentFailure(error_line(path, exc))
     except Exception as exc:  # a worker must answer for every file, whatever the decoder throws
         return error_line(path, exc)
 
