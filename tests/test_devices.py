@@ -71,6 +71,15 @@ def test_cuda_without_a_gpu_says_so_in_one_line(music, tiny_model_dir, tmp_path)
     assert pick_device("auto") == torch.device("cpu")
 
 
+def test_model_device_follows_to():
+    from zstag.model import load_model
+
+    for name in ("default", "conse"):  # conse has buffers only; musicnn keeps its backbones out of the state dict
+        model = load_model(name).to(torch.float64)
+        assert model.device.type == "cpu"
+        assert all(p.dtype == torch.float64 for p in model.segment_encoder._backbones[0].parameters())
+
+
 def test_auto_and_cpu_give_the_same_scores_without_a_gpu(music, tiny_model_dir):
     if HAS_CUDA:
         pytest.skip("auto is the GPU here (compared with the CPU in the GPU tests)")
@@ -91,12 +100,12 @@ def _segments(path, model):
 
 
 @needs_cuda
-@pytest.mark.parametrize("which", ["cnn1d", "default"])
+@pytest.mark.parametrize("which", ["cnn1d", "default", "conse"])
 def test_gpu_embeddings_repeat_exactly_and_match_the_cpu(which, music, tiny_model_dir):
     from zstag.devices import deterministic_cuda
     from zstag.model import load_model
 
-    model = load_model(tiny_model_dir if which == "cnn1d" else "default")
+    model = load_model(tiny_model_dir if which == "cnn1d" else which)
     segments = _segments(music / "4.wav", model)
     on_cpu = model.embed_track(segments)
     model.to("cuda")

@@ -15,6 +15,7 @@ A track embedding is always ``project(mean over all segments of segment_features
 
 from __future__ import annotations
 
+import itertools
 import json
 import warnings
 from pathlib import Path
@@ -176,7 +177,7 @@ class ZeroShotModel(nn.Module):
     @property
     def device(self) -> torch.device:
         """Where the weights are: inputs go there, outputs come back to the CPU as numpy."""
-        for tensor in self.parameters():
+        for tensor in itertools.chain(self.parameters(), self.buffers()):  # ConSE has buffers only
             return tensor.device
         return torch.device("cpu")
 
