@@ -27,9 +27,11 @@ def models_dir() -> Path:
 
 
 def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
-    """Write a file whole or not at all: a temporary file in the same folder, then os.replace.
+    """Write a file whole or not at all: a temporary file in the same folder, flushed to disk, then
+    os.replace, then the folder flushed too.
 
-    A crash or kill -9 leaves either the old file or the new one, never half of one. str is UTF-8.
+    A crash, kill -9 or power cut leaves either the old file or the new one, never half of one (without
+    the fsync before the rename, a power cut could leave the new name on an empty file). str is UTF-8.
     """
     import tempfile
 
@@ -40,12 +42,29 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; outputs, models and caches are ordinary files
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_folder(path.parent)
     return path
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename in folder durable; best effort (some systems cannot open or sync a folder)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def npy_bytes(array) -> bytes:

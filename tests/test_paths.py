@@ -1,0 +1,42 @@
+"""paths.atomic_write: whole or nothing, flushed to disk before the rename."""
+
+import os
+import stat
+
+import pytest
+
+from zstag import paths
+
+
+def test_writes_bytes_and_text_as_ordinary_files(tmp_path):
+    target = tmp_path / "sub" / "out.txt"
+    paths.atomic_write(target, "é\n")
+    assert target.read_bytes() == "é\n".encode()
+    paths.atomic_write(target, b"\x00\x01")
+    assert target.read_bytes() == b"\x00\x01"
+    assert stat.S_IMODE(target.stat().st_mode) == 0o644
+    assert os.listdir(target.parent) == ["out.txt"]
+
+
+def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path, monkeypatch):
+    target = tmp_path / "out.json"
+    target.write_text("old")
+
+    def broken(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(paths.os, "replace", broken)
+    with pytest.raises(OSError):
+        paths.atomic_write(target, "new")
+    assert target.read_text() == "old"
+    assert os.listdir(tmp_path) == ["out.json"]
+
+
+def test_the_data_reaches_the_disk_before_the_rename(tmp_path, monkeypatch):
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(paths.os, "fsync", lambda fd: (events.append(("fsync", os.path.isdir(f"/proc/self/fd/{fd}"))),
+                                                       real_fsync(fd)))
+    monkeypatch.setattr(paths.os, "replace", lambda a, b: (events.append(("replace", None)), real_replace(a, b)))
+    paths.atomic_write(tmp_path / "out.bin", b"data")
+    assert events == [("fsync", False), ("replace", None), ("fsync", True)]  # the file, the rename, the folder
