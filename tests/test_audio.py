@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from zstag.audio import (
+    ContentError,
     MUSICNN,
     PAPER,
     AudioError,
@@ -300,6 +301,34 @@ def test_truncated_flac(tone, write_audio):
     with pytest.raises(AudioError) as excinfo:
         load_audio(path, 22050)
     one_line_error(excinfo, path)
+
+
+@pytest.mark.parametrize("name, subtype, channels", [("cut.wav", "PCM_16", 1), ("cut.wav", "FLOAT", 2),
+                                                      ("cut.aiff", "PCM_24", 2)])
+def test_truncated_wav_and_aiff(tone, write_audio, name, subtype, channels):
+    """libsndfile reads what is left of a WAV/AIFF cut short; the header's data size says it was cut."""
+    x = tone(6.0, 22050, noise=0.1)
+    path = write_audio(name, np.stack([x] * channels, axis=1) if channels > 1 else x, 22050, subtype=subtype)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ContentError, match=r"truncated or corrupt: decoded 3\.0 s of the 6\.0 s its header declares") as excinfo:
+        load_audio(path, 22050)
+    one_line_error(excinfo, path)
+    assert len(load_audio(path, 22050, duration=2.0)) == 2 * 22050  # a span within what is left still reads
+
+
+def test_wav_chunks_after_the_data_and_streamed_lengths_are_not_truncation(tone, write_audio):
+    x = tone(2.0, 22050)
+    path = write_audio("list.wav", x, 22050, subtype="PCM_16")
+    data = bytearray(path.read_bytes())
+    data += b"LIST" + (10).to_bytes(4, "little") + b"INFOISFT\x00\x00"  # a chunk after the audio
+    data[4:8] = (len(data) - 8).to_bytes(4, "little")
+    path.write_bytes(bytes(data))
+    assert len(load_audio(path, 22050)) == len(x)
+    streamed = bytearray(path.read_bytes()[: 44 + 2 * len(x)])
+    streamed[40:44] = (0xFFFFFFFF).to_bytes(4, "little")  # "data" size of a recorder that never finished
+    path.write_bytes(bytes(streamed))
+    assert len(load_audio(path, 22050)) == len(x)
 
 
 def test_m4a_without_ffmpeg_says_ffmpeg_is_needed(tmp_path, monkeypatch):

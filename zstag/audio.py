@@ -47,6 +47,7 @@ MEL_GROUP_BANDS = 16  # mel bands per dense block of the filterbank (see _mel_gr
 SEEK_PREROLL_FRAMES = 8192  # decoded and dropped before `offset`: mp3 frames after a seek need the bit reservoir
 TRUNCATION_TOLERANCE = 0.01  # missing fraction of the declared length tolerated before calling a file truncated
 TRUNCATION_TOLERANCE_S = 0.1  # ... and missing seconds (mp3 encoder delay/padding is ~50 ms)
+HEADER_CHUNKS_MAX = 64  # WAV/AIFF chunks walked to find the audio data chunk (see _declared_frames)
 AU_MAGIC, AU_FLOAT32 = 0x2E736E64, 6  # ffmpeg writes Sun AU to the pipe: a 24-byte header, then samples
 RESAMPLE_QUALITY = "HQ"  # soxr quality; librosa's default res_type "soxr_hq" is the same
 
@@ -188,7 +189,7 @@ def _load_soundfile(path: Path, sample_rate: int, offset: float, duration: float
     import soxr
 
     with sf.SoundFile(os.fsencode(path)) as f:  # bytes: soundfile cannot encode a name that is not UTF-8
-        rate, declared = f.samplerate, f.frames
+        rate, declared = f.samplerate, _declared_frames(path, f.format, f.frames)
         start = round(offset * rate)
         if declared > 0 and start >= declared:
             raise _error(path, f"offset {offset:g} s is past the end ({declared / rate:.1f} s)", ContentError)
@@ -228,6 +229,33 @@ def _load_soundfile(path: Path, sample_rate: int, offset: float, duration: float
         raise _error(path, f"truncated or corrupt: decoded {(start + decoded) / rate:.1f} s "
                            f"of the {declared / rate:.1f} s its header declares", ContentError)
     return Decoded(out.array(), rate, declared / rate if declared > 0 else None)  # 0: length unknown
+
+
+def _declared_frames(path: Path, container: str, present: int) -> int:
+    """The frame count a WAV or AIFF header declares, where the file holds fewer (cut short on disk): for
+    these libsndfile reports only the frames present, so a truncated file would read as a shorter whole
+    one. Else (other formats, streamed headers of unknown length, anything unparsable): present."""
+    if container not in ("WAV", "WAVEX", "AIFF") or present <= 0:
+        return present
+    order, target = ("big", b"SSND") if container == "AIFF" else ("little", b"data")
+    try:
+        with open(path, "rb") as handle:
+            size, position = os.fstat(handle.fileno()).st_size, 12  # after RIFF/FORM, its size, WAVE/AIFF
+            for _ in range(HEADER_CHUNKS_MAX):
+                handle.seek(position)
+                header = handle.read(8)
+                if len(header) < 8:
+                    return present
+                length = int.from_bytes(header[4:], order)
+                if header[:4] == target:
+                    held = size - position - 8
+                    if length in (0, 0xFFFFFFFF) or length <= held:  # 0 / all ones: written while streaming
+                        return present
+                    return round(present * length / max(held, 1))
+                position += 8 + length + (length & 1)  # chunks are padded to an even length
+    except OSError:
+        pass
+    return present
 
 
 def _downmix(block: np.ndarray) -> np.ndarray:
