@@ -127,6 +127,29 @@ def test_heavy_models_embed_several_tracks_at_once_with_the_same_numbers(musicnn
     np.testing.assert_array_equal(results[4].embedding, direct[4])
 
 
+def test_heavy_model_inference_threads_follow_workers(musicnn_model, tmp_path, monkeypatch):
+    """--workers N: at most N musicnn inference threads (one for 0 or 1), never more than the cores."""
+    import threading
+    import time
+
+    monkeypatch.setattr(embeddings, "default_workers", lambda: 3)
+    paths = [write_tone(tmp_path / f"t{i}.wav", seconds=1.0, freq=300.0 + 50 * i) for i in range(6)]
+    embed_track, threads = musicnn_model.embed_track, set()
+
+    def recording(segments):
+        threads.add(threading.current_thread().name)
+        time.sleep(0.05)  # long enough for every pool thread to take a track
+        return embed_track(segments)
+
+    monkeypatch.setattr(musicnn_model, "embed_track", recording)
+    for workers, most in ((0, 1), (1, 1), (2, 2), (8, 3)):
+        threads.clear()
+        results = embed_files(musicnn_model, paths, workers=workers, use_cache=False, progress=False)
+        assert all(r.ok for r in results)
+        assert 1 <= len(threads) <= most, (workers, threads)
+    assert len(threads) >= 2  # with 8 workers on "3 cores", tracks did run side by side
+
+
 def test_stats_describe_the_file(model, tmp_path, cache_dir):
     path = write_tone(tmp_path / "tone.wav", seconds=4.0, freq=1000.0, amplitude=0.5, sr=44100, noise=0.0)
     (result,) = embed_files(model, [path], workers=0, progress=False)

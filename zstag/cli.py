@@ -322,7 +322,8 @@ def tag_command(
     fmt: str = typer.Option("table", "--format", "-f", help="table, json, jsonl or csv."),
     output: Optional[str] = typer.Option(None, "--output", "-o", help="Write here (atomically) instead of stdout."),
     workers: Optional[int] = typer.Option(
-        None, "--workers", min=0, help="Decode processes (default: all cores; 0: decode in this process)."
+        None, "--workers", min=0,
+        help="Decode processes, and threads for the musicnn models on a CPU (default: all cores; 0: decode in this process).",
     ),
     no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the embedding cache."),
     offset: float = typer.Option(0.0, "--offset", min=0.0, help="Start this many seconds into each file."),
@@ -369,7 +370,10 @@ def eval_command(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write every figure as JSON here (atomically)."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Single-label corpora: confusion matrix PNG here."),
     vectors: Optional[str] = typer.Option(None, "--vectors", help="Word-vector file (default: the model's)."),
-    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decode processes (default: all cores; 0: decode in this process)."),
+    workers: Optional[int] = typer.Option(
+        None, "--workers", min=0,
+        help="Decode processes, and threads for the musicnn models on a CPU (default: all cores; 0: decode in this process).",
+    ),
     no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the embedding cache."),
     max_seconds: Optional[float] = typer.Option(None, "--max-seconds", min=0.001, help="Use at most this many seconds per track."),
     device: str = typer.Option("cpu", "--device", help="Where the audio model runs: cpu, cuda, cuda:N or auto (a GPU when torch sees one)."),

@@ -311,7 +311,7 @@ def _embed(model, model_id, paths, results, cache, workers, offset, max_seconds,
         bar.advance(1)
 
     todo = [(i, paths[i]) for i, r in enumerate(results) if r is None]
-    with _Inference(model, device) as inference:
+    with _Inference(model, device, workers) as inference:
         for i, outcome in decode_files(todo, model.front_end.to_dict(), offset, max_seconds, workers):
             if isinstance(outcome, str):
                 finish(i, outcome, None)
@@ -620,19 +620,19 @@ class _Inference:
     """Embeds decoded tracks, each on one torch thread (see _inference_threads).
 
     The paper's CNN1D (~2 ms per 30 s of audio, less than decoding it) runs inline. The musicnn
-    backbones (~0.25 s per 30 s on a CPU core) run on a thread pool with one thread per core, a track per
-    thread (torch releases the GIL), while the workers decode the next files; at most QUEUED_PER_THREAD
-    decoded tracks per thread wait, so decoding never runs far ahead of inference and memory stays
-    bounded. On a GPU every model runs inline, a track per call (a 30 s track is ~2 ms of GPU work), with
-    deterministic kernels (devices.deterministic_cuda), while the workers decode the next files.
+    backbones (~0.25 s per 30 s on a CPU core) run on a thread pool, a track per thread (torch releases the
+    GIL), one thread per decode worker (--workers; at least one, at most one per core), while the workers
+    decode the next files; at most QUEUED_PER_THREAD decoded tracks per thread wait, so decoding never runs
+    far ahead of inference and memory stays bounded. On a GPU every model runs inline, a track per call,
+    with deterministic kernels (devices.deterministic_cuda), while the workers decode the next files.
     """
 
-    def __init__(self, model, device):
+    def __init__(self, model, device, workers: int):
         self.model = model
         self.device = device
         self.home = model.device  # where the caller's model goes back to
         cpu_light = model.config.get("audio_encoder", {}).get("type") == "cnn1d"
-        self.threads = 1 if device.type != "cpu" or cpu_light else default_workers()
+        self.threads = 1 if device.type != "cpu" or cpu_light else max(1, min(workers, default_workers()))
         self.settings = _inference_threads()
         self.pool: ThreadPoolExecutor | None = None
         self.pending: dict = {}  # future → (index, stats)
