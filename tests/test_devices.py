@@ -78,6 +78,8 @@ def test_model_device_follows_to():
         model = load_model(name).to(torch.float64)
         assert model.device.type == "cpu"
         assert all(p.dtype == torch.float64 for p in model.segment_encoder._backbones[0].parameters())
+        other = load_model(name)  # its own backbones: untouched by the first model's .to()
+        assert all(p.dtype == torch.float32 for p in other.segment_encoder._backbones[0].parameters())
 
 
 def test_auto_and_cpu_give_the_same_scores_without_a_gpu(music, tiny_model_dir):

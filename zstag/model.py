@@ -15,6 +15,7 @@ A track embedding is always ``project(mean over all segments of segment_features
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 import warnings
@@ -76,8 +77,9 @@ class MusicnnFeatures(nn.Module):
 
         self.backbone_names = list(backbones)
         self.outputs = list(outputs)
-        # Kept out of the state dict: the weights ship once in models/musicnn/, not in every model.
-        self._backbones = [load_musicnn(name).eval() for name in backbones]
+        # Kept out of the state dict: the weights ship once in models/musicnn/, not in every model. Copies
+        # of the cached backbones (3 MB each): .to(device) on this model must not move other models' ones.
+        self._backbones = [copy.deepcopy(load_musicnn(name)).eval() for name in backbones]
         for net in self._backbones:
             net.requires_grad_(False)
 
