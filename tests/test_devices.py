@@ -69,6 +69,12 @@ def test_cuda_without_a_gpu_says_so_in_one_line(music, tiny_model_dir, tmp_path)
     assert "--device cuda: torch" in result.stderr and "sees no CUDA GPU" in result.stderr
     assert not out.exists()
     assert pick_device("auto") == torch.device("cpu")
+    for args in (["eval", "--corpus", "folder", "--root", str(music), "--model", tiny_model_dir],
+                 ["train", "--features", str(tmp_path / "nothing"), "--out", str(tmp_path / "m")]):
+        result = CliRunner().invoke(app, [*args, "--device", "cuda"])
+        assert result.exit_code == 2 and "sees no CUDA GPU" in result.stderr, args
+        assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "m").exists()  # nothing written to --out
 
 
 def test_model_device_follows_to():
@@ -82,7 +88,7 @@ def test_model_device_follows_to():
         assert all(p.dtype == torch.float32 for p in other.segment_encoder._backbones[0].parameters())
 
 
-def test_auto_and_cpu_give_the_same_scores_without_a_gpu(music, tiny_model_dir):
+def test_auto_runs_on_the_cpu_without_a_gpu(music, tiny_model_dir):
     if HAS_CUDA:
         pytest.skip("auto is the GPU here (compared with the CPU in the GPU tests)")
     outputs = [tag(music, "--labels", ",".join(LABELS), "--model", tiny_model_dir, "-f", "json", "--no-cache",
@@ -141,3 +147,26 @@ def test_embed_files_puts_the_model_back(music, tiny_model_dir):
     results = embed_files(model, sorted(music.iterdir()), workers=0, use_cache=False, progress=False, device="cuda")
     assert all(r.ok for r in results)
     assert model.device.type == "cpu"
+
+
+def test_a_failed_move_to_the_device_leaves_everything_as_it_was(tiny_model_dir, music, monkeypatch):
+    from zstag.embeddings import embed_files
+    from zstag.model import load_model
+
+    model = load_model(tiny_model_dir)
+    threads = torch.get_num_threads()
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(model, "to", out_of_memory)
+    with pytest.raises(RuntimeError, match="simulated"):
+        embed_files(model, sorted(music.iterdir()), workers=0, use_cache=False, progress=False, device="cpu")
+    assert torch.get_num_threads() == threads
+
+
+def test_torchrun_processes_may_not_share_one_named_gpu(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(DeviceError, match="under torchrun each process takes the GPU of its local rank"):
+        pick_device("cuda:0", local_rank=1)
+    assert pick_device("cpu").type == "cpu"

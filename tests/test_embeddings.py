@@ -270,13 +270,32 @@ def test_an_unreadable_file_is_not_cached(model, tracks, cache_dir):
 def test_an_old_cache_file_gains_the_failures_table(model, tracks, cache_dir, tmp_path):
     cache_dir.mkdir()
     old = sqlite3.connect(cache_dir / CACHE_FILE)
-    old.executescript(embeddings.SCHEMA.split("CREATE TABLE IF NOT EXISTS failures")[0])  # before failures were kept
+    before = embeddings.SCHEMA.split("CREATE TABLE IF NOT EXISTS decode_failures")
+    assert len(before) == 2
+    old.executescript(before[0])  # the schema before failures were kept
     old.close()
     (tmp_path / "empty.wav").write_bytes(b"")
     paths = [tracks[0], str(tmp_path / "empty.wav")]
     first = embed_files(model, paths, workers=0, progress=False)
     second = embed_files(model, paths, workers=0, progress=False)
     assert [r.cached for r in second] == [True, True] and [r.error for r in second] == [r.error for r in first]
+
+
+def test_a_cached_failure_keeps_the_name_as_given_and_goes_with_the_decoders(model, cache_dir, tmp_path, monkeypatch):
+    """The cause is stored without the name: spaces in a name survive, a copy is named by its own name;
+    with other decoders (soundfile upgraded, ffmpeg installed or changed) the file is tried again."""
+    bad = tmp_path / "two  spaces\nand a line.wav"
+    bad.write_bytes(b"")
+    copy = tmp_path / "copy.wav"
+    copy.write_bytes(b"")
+    first = embed_files(model, [str(bad)], workers=0, progress=False)[0]
+    assert first.error == f"{tmp_path}/two  spaces\\nand a line.wav: empty file (0 bytes)"
+    again, copied = embed_files(model, [str(bad), str(copy)], workers=0, progress=False)
+    assert again.cached and again.error == first.error
+    assert copied.cached and copied.error == f"{copy}: empty file (0 bytes)"
+    monkeypatch.setattr(embeddings, "decoder_stamp", lambda: "soundfile 99; ffmpeg none")
+    retried = embed_files(model, [str(bad)], workers=0, progress=False)[0]
+    assert not retried.cached and retried.error == first.error
 
 
 def test_error_line_names_the_file_once_as_given():

@@ -40,3 +40,14 @@ def test_the_data_reaches_the_disk_before_the_rename(tmp_path, monkeypatch):
     monkeypatch.setattr(paths.os, "replace", lambda a, b: (events.append(("replace", None)), real_replace(a, b)))
     paths.atomic_write(tmp_path / "out.bin", b"data")
     assert events == [("fsync", False), ("replace", None), ("fsync", True)]  # the file, the rename, the folder
+
+
+def test_a_file_system_without_fsync_still_gets_the_file(tmp_path, monkeypatch):
+    import errno
+
+    def unsupported(fd):
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    monkeypatch.setattr(paths.os, "fsync", unsupported)
+    paths.atomic_write(tmp_path / "out.txt", "ok")
+    assert (tmp_path / "out.txt").read_text() == "ok"

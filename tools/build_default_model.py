@@ -321,7 +321,9 @@ class ProjectionConfig:
     margin: float = 0.4
     label: str = "trained"  # trained: a linear map learnt with the audio head | fixed: identity (joint space = GloVe)
     center: str = "none"  # after training, subtract the mean training embedding: none | audio | both (audio and labels)
-    balance: str = "tracks"  # sampling: tracks (uniform) | sets (each track ∝ 1/sqrt(its set's size): no source dominates)
+    # sampling: tracks (uniform) | sets (each track ∝ 1/sqrt(its set's size): no source dominates) | labels (each
+    # (track, positive label) pair ∝ 1/sqrt(the label's positive count): frequent labels pull less, against hubs)
+    balance: str = "tracks"
     # scores: cosine | center (cos - mu_l) | z ((cos - mu_l) / sigma_l) | csls; mu_l, sigma_l: the label's cosine
     # statistics over the model's own training tracks (tools/score_calibration.py); csls: Conneau et al. 2018, k = CSLS_K
     score: str = "cosine"
@@ -329,7 +331,7 @@ class ProjectionConfig:
     def name(self) -> str:
         b = "+".join(x.split("_")[0] for x in self.backbones)
         return (f"{b}:{'+'.join(self.outputs)}/{self.head}/k{self.negatives}/s{self.steps}/wd{self.weight_decay:g}"
-                f"/top{self.top_k}/label-{self.label}/center-{self.center}" + ("/balance-sets" if self.balance == "sets" else "")
+                f"/top{self.top_k}/label-{self.label}/center-{self.center}" + ("" if self.balance == "tracks" else f"/balance-{self.balance}")
                 + ("" if self.score == "cosine" else f"/score-{self.score}"))
 
 
@@ -445,12 +447,21 @@ def train_projection(patches: list[np.ndarray], targets: Targets, word_vectors: 
         sizes = {g: sum(groups[i] == g for i in keep) for g in set(groups)}
         weights = np.array([1.0 / math.sqrt(sizes[groups[i]]) for i in keep])
     weights /= weights.sum()
+    if config.balance == "labels":
+        pairs = np.array([(r, p) for r in range(len(keep)) for p in pos[r]])
+        counts = np.bincount(pairs[:, 1])
+        pair_weights = 1.0 / np.sqrt(counts[pairs[:, 1]])
+        pair_weights /= pair_weights.sum()
     rng = np.random.default_rng(seed)
     params = [p for p in list(model.audio.parameters()) + list(model.label.parameters()) if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     model.audio.train()
     for _ in range(config.steps):
-        rows = rng.choice(len(keep), config.batch, p=weights) if config.balance == "sets" else rng.integers(0, len(keep), config.batch)
+        if config.balance == "labels":
+            chosen = pairs[rng.choice(len(pairs), config.batch, p=pair_weights)]
+            rows = chosen[:, 0]
+        else:
+            rows = rng.choice(len(keep), config.batch, p=weights) if config.balance == "sets" else rng.integers(0, len(keep), config.batch)
         share = rng.uniform(0.5, 1.0, config.batch)
         mask = rng.random((config.batch, longest)) < share[:, None]
         mask &= np.arange(longest)[None, :] < lengths[rows][:, None]
@@ -458,7 +469,10 @@ def train_projection(patches: list[np.ndarray], targets: Targets, word_vectors: 
         mask[np.arange(config.batch), first] = True
         m = torch.from_numpy(mask.astype(np.float32))
         audio_in = (padded_t[rows] * m[..., None]).sum(dim=1) / m.sum(dim=1, keepdim=True)
-        p_idx = np.array([pos[r][rng.integers(len(pos[r]))] for r in rows])
+        if config.balance == "labels":
+            p_idx = chosen[:, 1]
+        else:
+            p_idx = np.array([pos[r][rng.integers(len(pos[r]))] for r in rows])
         n_idx = np.stack([neg[r][rng.integers(0, len(neg[r]), config.negatives)] for r in rows])
         audio = model.audio(audio_in)
         labels = model.label(words_t)
@@ -628,6 +642,8 @@ def grid_configs(grid: str) -> list[ProjectionConfig]:
     ]
     if grid == "calib":  # the shipped configuration and the two-backbone one, for the score calibrations
         return [replace(base, backbones=("MSD_musicnn",)), base]
+    if grid == "balance":  # the shipped configuration against label-balanced sampling (MODEL_CARD.md)
+        return [replace(base, backbones=("MSD_musicnn",)), replace(base, backbones=("MSD_musicnn",), balance="labels")]
     return configs[:3] if grid == "small" else configs
 
 
@@ -648,6 +664,7 @@ def summarise_seeds(results: dict[str, list[tuple[float, float]]]) -> dict:
             row[name + " ann"] = float(np.mean([r[2] for r in per_seed]))
     row["mean"] = float(np.mean([row[n] for n in main]))
     row["mean AUC"] = float(np.mean([row[n + " AUC"] for n in main]))
+    row["mean AUC [per seed]"] = [float(np.mean([results[n][k][1] for n in main])) for k in range(len(results[main[0]]))]
     if all(n + " ann" in row for n in main):
         row["mean ann"] = float(np.mean([row[n + " ann"] for n in main]))
     return row
@@ -961,7 +978,7 @@ def main(argv=None) -> int:
     parser.add_argument("--music-sets", type=Path, default=None, help="tools/build_music_sets.py --out folder")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--seeds", type=int, default=3, help="dev: training seeds per configuration")
-    parser.add_argument("--grid", default="full", choices=("full", "small", "calib"), help="dev: which grid")
+    parser.add_argument("--grid", default="full", choices=("full", "small", "calib", "balance"), help="dev: which grid")
     parser.add_argument("--out", type=Path, default=ROOT / "models", help="final: the models folder")
     parser.add_argument("--report", type=Path, default=WORK / "dev.json",
                         help="dev: where the report goes (and its table, as .md beside it); final reads it")

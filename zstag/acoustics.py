@@ -116,16 +116,27 @@ def analyse_file(path, front_end, offset: float = 0.0, duration: float | None = 
 
 def error_line(path, exc: BaseException) -> str:
     """One line naming the file and the cause, whatever the decoder raised."""
+    return failure_line(path, error_cause(path, exc))
+
+
+def error_cause(path, exc: BaseException) -> str:
+    """The cause of a decode failure, on one line, without the file's name."""
     from zstag.audio import AudioError
 
     if isinstance(exc, MemoryError):
-        return f"{path}: out of memory while decoding"
+        return "out of memory while decoding"
     if isinstance(exc, AudioError):
         # "PATH: cause", with PATH as given or as pathlib writes it ("./a.wav" → "a.wav"), or just the cause
-        # (feature errors do not know the path): the line names the file once, as given.
+        # (feature errors do not know the path): the name is dropped, failure_line puts it back once.
         message = str(exc)
         named = next((p for p in (f"{path}: ", f"{Path(path)}: ") if message.startswith(p)), "")
-        message = f"{path}: {message[len(named):]}"
+        cause = message[len(named):]
     else:
-        message = f"{path}: {type(exc).__name__}: {exc}"
-    return " ".join(message.split()) or f"{path}: unknown error"
+        cause = f"{type(exc).__name__}: {exc}"
+    return " ".join(cause.split()) or "unknown error"
+
+
+def failure_line(path, cause: str) -> str:
+    """"PATH: cause" on one line: the name exactly as given (spaces kept), line breaks in it escaped."""
+    name = str(path).replace("\n", "\\n").replace("\r", "\\r")
+    return f"{name}: {cause}"

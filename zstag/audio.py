@@ -48,6 +48,9 @@ SEEK_PREROLL_FRAMES = 8192  # decoded and dropped before `offset`: mp3 frames af
 TRUNCATION_TOLERANCE = 0.01  # missing fraction of the declared length tolerated before calling a file truncated
 TRUNCATION_TOLERANCE_S = 0.1  # ... and missing seconds (mp3 encoder delay/padding is ~50 ms)
 HEADER_CHUNKS_MAX = 64  # WAV/AIFF chunks walked to find the audio data chunk (see _declared_frames)
+# A data size of 0 or this or more is a placeholder of a writer that could not seek back (a pipe: ffmpeg
+# writes 0xFFFFFFFF, sox 0x7FFFF000, arecord 0x7FFFFFFF), not a length: never called truncation.
+STREAMED_DATA_SIZE = 0x7FFF0000
 AU_MAGIC, AU_FLOAT32 = 0x2E736E64, 6  # ffmpeg writes Sun AU to the pipe: a 24-byte header, then samples
 RESAMPLE_QUALITY = "HQ"  # soxr quality; librosa's default res_type "soxr_hq" is the same
 
@@ -249,7 +252,7 @@ def _declared_frames(path: Path, container: str, present: int) -> int:
                 length = int.from_bytes(header[4:], order)
                 if header[:4] == target:
                     held = size - position - 8
-                    if length in (0, 0xFFFFFFFF) or length <= held:  # 0 / all ones: written while streaming
+                    if length == 0 or length >= STREAMED_DATA_SIZE or length <= held:
                         return present
                     return round(present * length / max(held, 1))
                 position += 8 + length + (length & 1)  # chunks are padded to an even length
@@ -336,7 +339,8 @@ def _load_ffmpeg(path: Path, sample_rate: int, offset: float, duration: float | 
             errors.seek(0)
             lines = errors.read().decode("utf-8", "replace").strip().splitlines()
             said = lines[-1].removeprefix(f"{path.resolve()}: ") if lines else f"exit status {returncode}"
-            kind = ContentError if returncode > 0 else AudioError  # < 0: killed by a signal (out of memory)
+            # < 0: killed by a signal; out of memory is no property of the file either
+            kind = ContentError if returncode > 0 and "Cannot allocate memory" not in said else AudioError
             if soundfile_cause:
                 raise _error(path, f"cannot decode: {soundfile_cause} (ffmpeg: {said})", kind)
             raise _error(path, f"cannot decode: ffmpeg: {said}", kind)

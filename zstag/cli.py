@@ -247,14 +247,14 @@ def train_command(
     """
     import os
 
-    from zstag.devices import DeviceError, check_device
+    from zstag.devices import DeviceError, pick_device
     from zstag.features import FeatureCache, FeatureCacheError
     from zstag.splits import SplitError, check_split, save_split
     from zstag.train import SPLIT_FILE, TrainError, TrainOptions, train
     from zstag.words import UnknownLabelError, VectorsError
 
     try:
-        check_device(device)
+        pick_device(device, int(os.environ.get("LOCAL_RANK", "0")))  # before anything is written to --out
     except DeviceError as exc:
         fail(str(exc), 2)
     try:
@@ -328,7 +328,10 @@ def tag_command(
     no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the embedding cache."),
     offset: float = typer.Option(0.0, "--offset", min=0.0, help="Start this many seconds into each file."),
     max_seconds: Optional[float] = typer.Option(None, "--max-seconds", min=0.001, help="Use at most this many seconds"),
-    device: str = typer.Option("cpu", "--device", help="Where the audio model runs: cpu, cuda, cuda:N or auto (a GPU when torch sees one)."),
+    device: str = typer.Option(
+        "cpu", "--device",
+        help="Where the audio model runs: cpu, cuda, cuda:N or auto (a GPU when torch sees one); checked when a file must be embedded.",
+    ),
 ) -> None:
     from zstag import tagger
 
@@ -382,7 +385,7 @@ def eval_command(
 
     from zstag import evaluate
     from zstag.corpora import KINDS, CorpusError
-    from zstag.devices import DeviceError, check_device
+    from zstag.devices import DeviceError, pick_device
     from zstag.model import ModelError
     from zstag.splits import SplitError
     from zstag.tagger import TagUsageError, parse_labels
@@ -391,7 +394,7 @@ def eval_command(
     if corpus not in KINDS:
         fail(f"--corpus: unknown kind {corpus!r}: expected one of {', '.join(KINDS)}", 2)
     try:
-        check_device(device)
+        pick_device(device)  # eval loads torch anyway: an unusable GPU is a usage error before any work
     except DeviceError as exc:
         fail(str(exc), 2)
     for target, option in ((out, "--out"), (plot, "--plot")):

@@ -3,7 +3,7 @@
 ``check_device`` reads the name without torch (a warm `zstag tag` never imports it); ``pick_device``
 resolves it to a torch.device and says in one line why a GPU that was asked for cannot be used.
 On a GPU, inference runs with cuDNN's deterministic algorithms and without TF32, so a track gives the
-same embedding every run; it may differ from the CPU's in the last float32 digits (different sums).
+same embedding every run; it may differ from the CPU's by ~1e-4 relative (other summation orders).
 Training on a GPU uses deterministic algorithms too, so a seed gives the same weights every run.
 """
 
@@ -28,19 +28,27 @@ def check_device(name: str) -> str:
 
 
 def pick_device(name: str = "auto", local_rank: int = 0):
-    """The torch.device for name; "auto" and "cuda" take GPU local_rank (the process's GPU under torchrun)."""
+    """The torch.device for name; "auto" and "cuda" take GPU local_rank (the process's GPU under torchrun).
+
+    DeviceError (one line) for a malformed name, a GPU that torch does not see, or "cuda:N" under torchrun
+    (every process would take the same GPU)."""
     import torch
 
     check_device(name)
-    if name == "auto":
-        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    device = torch.device(f"cuda:{local_rank}" if name == "cuda" else name)
+    if name == "auto" and not torch.cuda.is_available():
+        return torch.device("cpu")
+    if name.startswith("cuda:") and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise DeviceError(f"--device {name}: under torchrun each process takes the GPU of its local rank; "
+                          "use --device cuda (or auto)")
+    device = torch.device(f"cuda:{local_rank}" if name in ("auto", "cuda") else name)
     if device.type == "cuda":
         if not torch.cuda.is_available():
             build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
             raise DeviceError(f"--device {name}: torch {torch.__version__} ({build}) sees no CUDA GPU")
         if device.index >= torch.cuda.device_count():
-            raise DeviceError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+            rank = f" (the GPU of local rank {local_rank})" if name in ("auto", "cuda") else ""
+            raise DeviceError(f"--device {name}: no GPU cuda:{device.index}{rank}; this machine has "
+                              f"{torch.cuda.device_count()} CUDA GPU(s)")
     return device
 
 
@@ -51,17 +59,41 @@ class deterministic_cuda:
     def __enter__(self):
         import torch
 
-        self.saved = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
-                      torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
-        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
-        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+        cudnn = torch.backends.cudnn
+        self.saved = (cudnn.deterministic, cudnn.benchmark, _tf32())
+        cudnn.deterministic, cudnn.benchmark = True, False
+        _set_tf32((False, False))
         return self
 
     def __exit__(self, *exc):
         import torch
 
-        (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
-         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) = self.saved
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark, tf32 = self.saved
+        _set_tf32(tf32)
+
+
+def _tf32():
+    """TF32 on for (convolutions, matrix products)? torch ≥ 2.9 refuses the old flags once a program has
+    used the new fp32_precision settings: then those are what is read and set."""
+    import torch
+
+    try:
+        return torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    except RuntimeError:
+        return torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision
+
+
+def _set_tf32(flags) -> None:
+    import torch
+
+    conv, matmul = flags
+    if isinstance(conv, bool):
+        try:
+            torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = conv, matmul
+            return
+        except RuntimeError:
+            conv, matmul = ("tf32" if conv else "ieee"), ("tf32" if matmul else "ieee")
+    torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision = conv, matmul
 
 
 def deterministic_training() -> None:

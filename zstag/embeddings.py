@@ -16,9 +16,9 @@ Cache: one SQLite file, ``cache_dir()/embeddings.sqlite`` in WAL mode. A row is 
 embedding and the statistics as JSON. Each file's row is committed on its own, so a killed run loses
 at most the files in flight and leaves the cache readable. A file whose bytes cannot give audio
 (audio.ContentError: empty, corrupt, not audio, no samples) gets a row of the same key in a second
-table, its error line without the path, so a warm re-tag reports it without torch or decoding. Failures
-that may not happen again (unreadable or changed file, decoder crash, no ffmpeg, "cannot embed") are
-never stored.
+table, its error line without the path and keyed by the decoders too (decoder_stamp), so a warm re-tag
+reports it without torch or decoding. Failures that may not happen again (unreadable or changed file,
+decoder crash, no ffmpeg, "cannot embed") are never stored.
 
 The content digest is SHA-256 over the whole file (and its size). Hashing costs ~1 ms per MB, far less
 than decoding it (~100 ms per MB of mp3); hashing only the first/last MiB would miss edits in the
@@ -29,10 +29,12 @@ a rehash. Because rows are keyed by content, a copied, renamed or touched file s
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import multiprocessing
 import os
+import shutil
 import signal
 import sqlite3
 import sys
@@ -47,11 +49,12 @@ from pathlib import Path
 import numpy as np
 
 from zstag import audio
-from zstag.acoustics import analyse_file, error_line
+from zstag.acoustics import analyse_file, error_cause, error_line, failure_line
 
 CACHE_FILE = "embeddings.sqlite"
-PIPELINE_VERSION = 3  # bump when decoding, features or inference change, so that old rows stop matching
+PIPELINE_VERSION = 4  # bump when decoding, features or inference change, so that old rows stop matching
 # 3: blocked STFT with a banded filterbank, GEMM musicnn front end, one torch thread per track (rounding-level)
+# 4: a WAV/AIFF cut short on disk is a truncation error (it was embedded from what was left)
 HASH_CHUNK = 1 << 20
 IN_FLIGHT_PER_WORKER = 2  # decoded tracks waiting per worker: keeps workers busy, bounds memory
 QUEUED_PER_THREAD = 1  # decoded tracks waiting per inference thread (heavy models), besides the one it embeds
@@ -73,20 +76,52 @@ CREATE TABLE IF NOT EXISTS embeddings (
     dim INTEGER NOT NULL, vector BLOB NOT NULL, stats TEXT,
     PRIMARY KEY (model_id, digest, start_s, max_s, version)
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS failures (
-    model_id TEXT, digest TEXT, start_s REAL, max_s REAL, version INTEGER, cause TEXT NOT NULL,
-    PRIMARY KEY (model_id, digest, start_s, max_s, version)
+CREATE TABLE IF NOT EXISTS decode_failures (
+    model_id TEXT, digest TEXT, start_s REAL, max_s REAL, version INTEGER, decoders TEXT, cause TEXT NOT NULL,
+    PRIMARY KEY (model_id, digest, start_s, max_s, version, decoders)
 ) WITHOUT ROWID;
 """
-# failures: keyed by model id like embeddings, though a decode failure depends only on the front end. The id
-# fixes the front end, so this is never wrong, and a front-end key would gain nothing: a model whose
-# embeddings of a folder are cached has decoded that folder itself, its bad files included.
+# decode_failures: keyed by model id like embeddings, though a decode failure depends only on the front end.
+# The id fixes the front end, so this is never wrong, and a front-end key would gain nothing: a model whose
+# embeddings of a folder are cached has decoded that folder itself, its bad files included. Also keyed by
+# the decoders (decoder_stamp): bytes one libsndfile or ffmpeg cannot read, another may.
 KEY_MATCH = "model_id=? AND digest=? AND start_s=? AND max_s=? AND version=?"  # both tables' key
 
 
 class ContentFailure(str):
     """decode_file's error line for an audio.ContentError: the one kind of failure the cache keeps. A str,
-    so it passes wherever an error line does (and pickles as itself from the workers)."""
+    so it passes wherever an error line does; .cause is the line without the file's name, as stored."""
+
+    def __new__(cls, path: str, cause: str):
+        line = super().__new__(cls, failure_line(path, cause))
+        line.cause = cause
+        return line
+
+    def __reduce__(self):  # it comes back from the workers pickled: the line and its cause as they were
+        return _content_failure, (str(self), self.cause)
+
+
+def _content_failure(line: str, cause: str) -> ContentFailure:
+    failure = str.__new__(ContentFailure, line)
+    failure.cause = cause
+    return failure
+
+
+@functools.lru_cache(maxsize=1)
+def decoder_stamp() -> str:
+    """What decides whether bytes that failed to decode still fail: soundfile's version (its wheel carries
+    libsndfile) and the ffmpeg on PATH (where, size, mtime). Cheap: no import of soundfile."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        soundfile = version("soundfile")
+    except PackageNotFoundError:
+        soundfile = "?"
+    ffmpeg = shutil.which("ffmpeg")
+    if ffmpeg:
+        st = os.stat(ffmpeg)
+        ffmpeg = f"{os.path.realpath(ffmpeg)}:{st.st_size}:{st.st_mtime_ns}"
+    return f"soundfile {soundfile}; ffmpeg {ffmpeg or 'none'}"
 
 
 @dataclass
@@ -180,15 +215,17 @@ class EmbeddingCache:
         )
 
     def get_failure(self, model_id: str, digest: str, offset: float, max_seconds: float | None) -> str | None:
-        """The cause (error line without the path) stored for content that failed to decode, or None."""
+        """The cause (error line without the path) stored for content that failed to decode with today's
+        decoders, or None."""
         row = self.db.execute(
-            f"SELECT cause FROM failures WHERE {KEY_MATCH}", _key(model_id, digest, offset, max_seconds)
+            f"SELECT cause FROM decode_failures WHERE {KEY_MATCH} AND decoders=?",
+            (*_key(model_id, digest, offset, max_seconds), decoder_stamp()),
         ).fetchone()
         return row[0] if row else None
 
     def put_failure(self, model_id, digest, offset, max_seconds, cause: str) -> None:
-        self.db.execute("INSERT OR REPLACE INTO failures VALUES (?, ?, ?, ?, ?, ?)",
-                        (*_key(model_id, digest, offset, max_seconds), cause))
+        self.db.execute("INSERT OR REPLACE INTO decode_failures VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (*_key(model_id, digest, offset, max_seconds), decoder_stamp(), cause))
 
     def count(self, model_id: str | None = None) -> int:
         if model_id is None:
@@ -307,7 +344,7 @@ def _embed(model, model_id, paths, results, cache, workers, offset, max_seconds,
         # bytes caused it (a crash, a missing ffmpeg, "cannot embed" may not happen next time).
         keep = not failed or isinstance(outcome, ContentFailure)
         if keep and cache is not None and i in digests and _stamp(paths[i]) == digests[i][1]:
-            _store(cache, paths[i], model_id, digests[i][0], offset, max_seconds, outcome, stats)
+            _store(cache, model_id, digests[i][0], offset, max_seconds, outcome, stats)
         bar.advance(1)
 
     todo = [(i, paths[i]) for i, r in enumerate(results) if r is None]
@@ -385,19 +422,19 @@ def _lookup(cache: EmbeddingCache, path, model_id, digest, offset, max_seconds) 
         return None
     if hit is not None:
         return TrackResult(path, hit[0], None, hit[1], cached=True)
-    return None if cause is None else TrackResult(path, None, f"{path}: {cause}", cached=True)
+    return None if cause is None else TrackResult(path, None, failure_line(path, cause), cached=True)
 
 
 def _warn_cache(exc: Exception) -> None:
     print(f"zstag: warning: embedding cache: {' '.join(str(exc).split())}", file=sys.stderr)
 
 
-def _store(cache, path, model_id, digest, offset, max_seconds, outcome, stats) -> None:
-    """outcome: the embedding, or a ContentFailure line, kept without its path (the same bytes may have
-    another name next time)."""
+def _store(cache, model_id, digest, offset, max_seconds, outcome, stats) -> None:
+    """outcome: the embedding, or a ContentFailure, kept as its cause without the file's name (the same
+    bytes may have another name next time)."""
     try:
-        if isinstance(outcome, str):
-            cache.put_failure(model_id, digest, offset, max_seconds, outcome.removeprefix(f"{path}: "))
+        if isinstance(outcome, ContentFailure):
+            cache.put_failure(model_id, digest, offset, max_seconds, outcome.cause)
         else:
             cache.put(model_id, digest, offset, max_seconds, outcome, stats)
     except sqlite3.Error as exc:  # a full disk or a locked cache must not lose the run's results
@@ -415,7 +452,7 @@ def decode_file(path: str, fe_dict: dict, offset: float = 0.0, max_seconds: floa
         mel, stats = analyse_file(path, fe, offset=offset, duration=max_seconds)
         return np.ascontiguousarray(audio.segment(mel, fe), dtype=np.float32), stats
     except audio.ContentError as exc:
-        return ContentFailure(error_line(path, exc))
+        return ContentFailure(path, error_cause(path, exc))
     except Exception as exc:  # a worker must answer for every file, whatever the decoder throws
         return error_line(path, exc)
 
@@ -559,7 +596,7 @@ def decode_files(
                     yield index, decode(path, fe_dict, offset, max_seconds)
                 return
             if isolating and len(lost) == 1:
-                yield lost[0][0], f"{lost[0][1]}: {CRASH_MESSAGE}"
+                yield lost[0][0], failure_line(lost[0][1], CRASH_MESSAGE)
             else:
                 suspects.extend(sorted(lost))
         finally:
@@ -640,13 +677,17 @@ class _Inference:
 
     def __enter__(self):
         self.settings.__enter__()  # before the pool starts: its threads take torch's count when they start
-        self.model.to(self.device)
-        if self.device.type == "cuda":
-            from zstag.devices import deterministic_cuda
+        try:
+            if self.device.type == "cuda":
+                from zstag.devices import deterministic_cuda
 
-            self.cuda = deterministic_cuda().__enter__()
-        if self.threads > 1:
-            self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="zstag-embed")
+                self.cuda = deterministic_cuda().__enter__()
+            self.model.to(self.device)
+            if self.threads > 1:
+                self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="zstag-embed")
+        except BaseException:  # e.g. the GPU is out of memory: leave threads, flags and the model as they were
+            self.__exit__(*sys.exc_info())
+            raise
         return self
 
     def __exit__(self, *exc):
@@ -654,10 +695,12 @@ class _Inference:
             if self.pool is not None:
                 self.pool.shutdown(wait=True, cancel_futures=True)
         finally:
-            if self.cuda is not None:
-                self.cuda.__exit__(*exc)
-            self.model.to(self.home)
-            self.settings.__exit__(*exc)
+            try:
+                if self.cuda is not None:
+                    self.cuda.__exit__(*exc)
+                self.model.to(self.home)
+            finally:
+                self.settings.__exit__(*exc)
 
     def submit(self, index: int, path: str, segments: np.ndarray, stats: dict) -> list[tuple]:
         """Embed a track; returns the tracks finished by now as (index, embedding or error line, stats)."""
@@ -686,7 +729,7 @@ class _Inference:
         try:
             return np.asarray(self.model.embed_track(segments), dtype=np.float32)
         except Exception as exc:  # never lose the run to one file
-            return " ".join(f"{path}: cannot embed: {type(exc).__name__}: {exc}".split())
+            return failure_line(path, " ".join(f"cannot embed: {type(exc).__name__}: {exc}".split()))
 
 
 def _blas_limit(user_api: str | None = None):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -43,7 +44,7 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
         with os.fdopen(fd, "wb") as handle:
             handle.write(payload)
             handle.flush()
-            os.fsync(handle.fileno())
+            _fsync(handle.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; outputs, models and caches are ordinary files
         os.replace(tmp, path)
     except BaseException:
@@ -51,6 +52,15 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
         raise
     _fsync_folder(path.parent)
     return path
+
+
+def _fsync(fd: int) -> None:
+    """os.fsync, except where the file system has none (some FUSE and network mounts): nothing to wait for."""
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
 
 
 def _fsync_folder(folder: Path) -> None:
