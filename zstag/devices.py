@@ -59,6 +59,8 @@ class deterministic_cuda:
     def __enter__(self):
         import torch
 
+        # cuBLAS is bit-reproducible only with a fixed workspace; read when it first starts in this process.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         cudnn = torch.backends.cudnn
         self.saved = (cudnn.deterministic, cudnn.benchmark, _tf32())
         cudnn.deterministic, cudnn.benchmark = True, False
@@ -97,10 +99,9 @@ def _set_tf32(flags) -> None:
 
 
 def deterministic_training() -> None:
-    """For a training process on a GPU: deterministic kernels (cuBLAS needs its workspace setting before it
-    starts), no TF32. Process-wide and left on: training is all that process does."""
+    """For a training process on a GPU: deterministic kernels, no TF32 (deterministic_cuda, which also fixes
+    cuBLAS's workspace). Process-wide and left on: training is all that process does."""
     import torch
 
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(True, warn_only=True)
     deterministic_cuda().__enter__()
