@@ -170,3 +170,12 @@ def test_torchrun_processes_may_not_share_one_named_gpu(monkeypatch):
     with pytest.raises(DeviceError, match="under torchrun each process takes the GPU of its local rank"):
         pick_device("cuda:0", local_rank=1)
     assert pick_device("cpu").type == "cpu"
+
+
+def test_a_fully_cached_run_embeds_nothing_and_does_not_check_the_gpu(music, tiny_model_dir):
+    """Documented: the device matters only when a file must be embedded (checking it needs torch)."""
+    first = tag(music, "--labels", "rock,jazz", "--model", tiny_model_dir, "-f", "json")
+    warm = tag(music, "--labels", "rock,jazz", "--model", tiny_model_dir, "-f", "json", "--device", "cuda:7")
+    assert first.exit_code == warm.exit_code == 0
+    assert json.loads(warm.stdout)["files"] == json.loads(first.stdout)["files"]
+    assert "(3 from the cache)" in warm.stderr
