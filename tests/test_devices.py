@@ -166,10 +166,12 @@ def test_a_failed_move_to_the_device_leaves_everything_as_it_was(tiny_model_dir,
 
 
 def test_torchrun_processes_may_not_share_one_named_gpu(monkeypatch):
-    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # two processes on this machine
     with pytest.raises(DeviceError, match="under torchrun each process takes the GPU of its local rank"):
         pick_device("cuda:0", local_rank=1)
     assert pick_device("cpu").type == "cpu"
+    assert pick_device(torch.device("cpu")).type == "cpu"  # a torch.device is taken as its name
 
 
 def test_a_fully_cached_run_embeds_nothing_and_does_not_check_the_gpu(music, tiny_model_dir):

@@ -298,6 +298,26 @@ def test_a_cached_failure_keeps_the_name_as_given_and_goes_with_the_decoders(mod
     assert not retried.cached and retried.error == first.error
 
 
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg (m4a)")
+def test_ffmpegs_message_is_cached_without_any_name(model, cache_dir, tmp_path):
+    """ffmpeg starts its complaint with the file's name: cut off even when it is not UTF-8 or holds a line
+    break, so the cached cause names no file and a renamed copy is reported under its own name."""
+    names = [os.fsdecode(b"bad\xff name.m4a"), "new\nline.m4a"]
+    for name in names:
+        (tmp_path / name).write_bytes(b"this is not an m4a file at all" * 20)
+    paths = [str(tmp_path / name) for name in names]
+    cold = embed_files(model, paths, workers=0, progress=False)
+    warm = embed_files(model, paths, workers=0, progress=False)
+    assert all(r.cached for r in warm) and [r.error for r in warm] == [r.error for r in cold]
+    for r in cold:
+        cause = r.error.split(": ", 1)[1]
+        assert "bad" not in cause and "line.m4a" not in cause and "cannot decode: ffmpeg: " in cause
+    copy = tmp_path / "renamed.m4a"
+    copy.write_bytes((tmp_path / names[0]).read_bytes())
+    (again,) = embed_files(model, [str(copy)], workers=0, progress=False)
+    assert again.cached and again.error == f"{copy}: {cold[0].error.split(': ', 1)[1]}"
+
+
 def test_error_line_names_the_file_once_as_given():
     assert acoustics.error_line("./a.wav", audio.AudioError("a.wav: empty file")) == "./a.wav: empty file"
     assert acoustics.error_line("a.wav", audio.AudioError("a.wav: empty file")) == "a.wav: empty file"

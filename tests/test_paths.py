@@ -51,3 +51,18 @@ def test_a_file_system_without_fsync_still_gets_the_file(tmp_path, monkeypatch):
     monkeypatch.setattr(paths.os, "fsync", unsupported)
     paths.atomic_write(tmp_path / "out.txt", "ok")
     assert (tmp_path / "out.txt").read_text() == "ok"
+
+
+def test_a_device_or_fifo_is_written_to_not_replaced(tmp_path):
+    import threading
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(open(fifo, "rb").read()))
+    reader.start()
+    paths.atomic_write(fifo, "through the pipe")
+    reader.join(timeout=10)
+    assert got == [b"through the pipe"] and stat.S_ISFIFO(os.stat(fifo).st_mode)
+    paths.atomic_write(os.devnull, "gone")
+    assert stat.S_ISCHR(os.stat(os.devnull).st_mode)  # /dev/null stays a device (a rename would replace it as root)

@@ -261,6 +261,17 @@ def _declared_frames(path: Path, container: str, present: int) -> int:
     return present
 
 
+def _ffmpeg_said(stderr: bytes, path: Path) -> str:
+    """ffmpeg's last complaint, without the file's name it starts with: matched on the raw bytes, so a name
+    that is not UTF-8 or holds a line break is cut off too (the cause must not name the file: it is cached)."""
+    name = os.fsencode(path.resolve()) + b": "
+    where = stderr.rfind(name)
+    if where >= 0:
+        stderr = stderr[where + len(name):]
+    lines = stderr.decode("utf-8", "replace").strip().splitlines()
+    return lines[-1].strip() if lines else ""
+
+
 def _downmix(block: np.ndarray) -> np.ndarray:
     """[frames, channels] → mono mean; column adds, since numpy's mean over a short axis is ~10× slower."""
     mono = block[:, 0].astype(np.float32)  # a native-endian copy (ffmpeg gives big-endian)
@@ -337,8 +348,7 @@ def _load_ffmpeg(path: Path, sample_rate: int, offset: float, duration: float | 
             returncode = proc.wait()
         if returncode != 0:
             errors.seek(0)
-            lines = errors.read().decode("utf-8", "replace").strip().splitlines()
-            said = lines[-1].removeprefix(f"{path.resolve()}: ") if lines else f"exit status {returncode}"
+            said = _ffmpeg_said(errors.read(), path) or f"exit status {returncode}"
             # < 0: killed by a signal; out of memory is no property of the file either
             kind = ContentError if returncode > 0 and "Cannot allocate memory" not in said else AudioError
             if soundfile_cause:

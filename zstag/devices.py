@@ -20,8 +20,11 @@ class DeviceError(ValueError):
     """A --device that is malformed or not present on this machine (one-line message)."""
 
 
-def check_device(name: str) -> str:
-    """The name, if it is one of DEVICE_HELP's forms; DeviceError otherwise. Imports no torch."""
+def check_device(name) -> str:
+    """The name (a str, or a torch.device as its str), if it is one of DEVICE_HELP's forms; DeviceError
+    otherwise. Imports no torch."""
+    if type(name).__name__ == "device" and type(name).__module__ == "torch":
+        name = str(name)
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise DeviceError(f"--device {name!r}: expected {DEVICE_HELP}")
     return name
@@ -34,10 +37,10 @@ def pick_device(name: str = "auto", local_rank: int = 0):
     (every process would take the same GPU)."""
     import torch
 
-    check_device(name)
+    name = check_device(name)
     if name == "auto" and not torch.cuda.is_available():
         return torch.device("cpu")
-    if name.startswith("cuda:") and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if name.startswith("cuda:") and int(os.environ.get("LOCAL_WORLD_SIZE", "1")) > 1:
         raise DeviceError(f"--device {name}: under torchrun each process takes the GPU of its local rank; "
                           "use --device cuda (or auto)")
     device = torch.device(f"cuda:{local_rank}" if name in ("auto", "cuda") else name)
@@ -62,40 +65,49 @@ class deterministic_cuda:
         # cuBLAS is bit-reproducible only with a fixed workspace; read when it first starts in this process.
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         cudnn = torch.backends.cudnn
-        self.saved = (cudnn.deterministic, cudnn.benchmark, _tf32())
+        self.saved = (cudnn.deterministic, cudnn.benchmark, _precision())
         cudnn.deterministic, cudnn.benchmark = True, False
-        _set_tf32((False, False))
+        _set_precision(None)
         return self
 
     def __exit__(self, *exc):
         import torch
 
-        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark, tf32 = self.saved
-        _set_tf32(tf32)
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark, precision = self.saved
+        _set_precision(precision)
 
 
-def _tf32():
-    """TF32 on for (convolutions, matrix products)? torch ≥ 2.9 refuses the old flags once a program has
-    used the new fp32_precision settings: then those are what is read and set."""
+def _precision_settings():
+    """torch ≥ 2.9's fp32_precision settings (cuDNN convolutions and RNNs, CUDA matrix products), or None
+    on older torch. Once a program uses them, torch refuses the old allow_tf32 flags, so they come first."""
     import torch
 
     try:
-        return torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    except RuntimeError:
-        return torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision
+        return (torch.backends.cudnn.conv, torch.backends.cudnn.rnn, torch.backends.cuda.matmul)
+    except AttributeError:
+        return None
 
 
-def _set_tf32(flags) -> None:
+def _precision():
+    """The current TF32 settings, exactly as they are, for _set_precision to put back."""
     import torch
 
-    conv, matmul = flags
-    if isinstance(conv, bool):
-        try:
-            torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = conv, matmul
-            return
-        except RuntimeError:
-            conv, matmul = ("tf32" if conv else "ieee"), ("tf32" if matmul else "ieee")
-    torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision = conv, matmul
+    settings = _precision_settings()
+    if settings is not None and all(hasattr(x, "fp32_precision") for x in settings):
+        return tuple(x.fp32_precision for x in settings)
+    return torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+
+
+def _set_precision(saved) -> None:
+    """saved: what _precision returned, or None for full float32 (no TF32) everywhere."""
+    import torch
+
+    settings = _precision_settings()
+    if settings is not None and all(hasattr(x, "fp32_precision") for x in settings):
+        for setting, value in zip(settings, saved or ("ieee",) * 3):
+            setting.fp32_precision = value
+    else:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved or (False, False)
 
 
 def deterministic_training() -> None:

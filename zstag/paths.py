@@ -32,13 +32,18 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
     os.replace, then the folder flushed too.
 
     A crash, kill -9 or power cut leaves either the old file or the new one, never half of one (without
-    the fsync before the rename, a power cut could leave the new name on an empty file). str is UTF-8.
+    the fsync before the rename, a power cut could leave the new name on an empty file). An existing path
+    that is no regular file (a device such as /dev/stdout, a FIFO) is written to directly. str is UTF-8.
     """
     import tempfile
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = data.encode("utf-8") if isinstance(data, str) else data
+    if path.exists() and not path.is_file():  # /dev/stdout, /dev/null, a FIFO: written to, never replaced
+        with open(path, "wb") as handle:
+            handle.write(payload)
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
