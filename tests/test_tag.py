@@ -286,6 +286,23 @@ def cli_subprocess(tmp_path, *args):
     return proc, sorted(set(HEAVY_MODULES) & set(json.loads(modules.read_text())))
 
 
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_decoder_notes_never_reach_stderr(model_dir, tmp_path, workers):
+    """An mp3 with garbage in the middle makes libmpg123 print resync notes to fd 2; with or without
+    decode workers, stderr holds only zstag's own lines."""
+    x = 0.3 * np.sin(np.arange(5 * 44100) / 20)
+    sf.write(tmp_path / "ok.mp3", x.astype(np.float32), 44100)
+    data = bytearray((tmp_path / "ok.mp3").read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 3000] = np.random.default_rng(0).integers(0, 256, 3000, dtype=np.uint8).tobytes()
+    (tmp_path / "garbled.mp3").write_bytes(bytes(data))
+    proc, _ = cli_subprocess(tmp_path, "tag", tmp_path / "garbled.mp3", "--labels", "rock", "--model", model_dir,
+                             "--no-cache", "-f", "csv", "--workers", workers)
+    lines = proc.stderr.strip().splitlines()
+    assert all(line.startswith("zstag: ") for line in lines), lines
+    assert len(lines) == 2 and "garbled.mp3: corrupt or truncated data" in lines[0] and proc.returncode == 1
+
+
 def test_warm_retag_imports_no_torch_and_matches_the_cold_run(music, model_dir, tmp_path):
     args = ["tag", music, "--model", model_dir, "--format", "json", "--workers", "0"]
     cold, cold_modules = cli_subprocess(tmp_path, *args, "--labels", ",".join(LABELS))

@@ -29,6 +29,7 @@ a rehash. Because rows are keyed by content, a copied, renamed or touched file s
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -568,7 +569,9 @@ def decode_files(
     """
     if workers == 0 or not jobs:
         for index, path in jobs:
-            yield index, decode(path, fe_dict, offset, max_seconds)
+            with _native_stderr_silenced():  # never across the yield: the consumer prints
+                outcome = decode(path, fe_dict, offset, max_seconds)
+            yield index, outcome
         return
     queue = deque(jobs)
     suspects: deque = deque()
@@ -604,7 +607,9 @@ def decode_files(
                 # for `python - < script`): decode the rest here rather than fail every file.
                 print("zstag: warning: decoder processes cannot start; decoding in this process", file=sys.stderr)
                 for index, path in sorted(lost) + list(suspects) + list(queue):
-                    yield index, decode(path, fe_dict, offset, max_seconds)
+                    with _native_stderr_silenced():
+                        outcome = decode(path, fe_dict, offset, max_seconds)
+                    yield index, outcome
                 return
             if isolating and len(lost) == 1:
                 yield lost[0][0], failure_line(lost[0][1], CRASH_MESSAGE)
@@ -612,6 +617,29 @@ def decode_files(
                 suspects.extend(sorted(lost))
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """fd 2 → /dev/null while a file decodes in this process, as in the workers (_init_worker): libmpg123
+    prints resync notes straight to fd 2, and the file's failure, if any, comes back as its one line. A
+    progress-bar refresh that falls in this window is skipped, nothing else is lost: nothing else prints."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no fd 2 at all: nothing to silence
+        saved = None
+    if saved is None:
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def start_decoders() -> None:
