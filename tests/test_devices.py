@@ -11,16 +11,11 @@ from typer.testing import CliRunner
 from zstag.cli import app
 from zstag.devices import DeviceError, check_device, pick_device
 
-from test_tag import LABELS, write_music
+from test_tag import LABELS, _fresh_cache, write_music  # noqa: F401  (_fresh_cache: autouse fixture)
 
 HAS_CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="torch sees no CUDA GPU on this machine")
 GPU_CPU_TOLERANCE = 2e-4  # embeddings: relative to their largest entry (different sums, no TF32)
-
-
-@pytest.fixture(autouse=True)
-def _fresh_cache(cache_dir):
-    return cache_dir
 
 
 @pytest.fixture()

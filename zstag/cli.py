@@ -287,7 +287,7 @@ def train_command(
             vectors_source=vectors, split_sha256=the_split.sha256, corpus_name=the_split.corpus, resume=resume,
             progress=not no_progress,
         )
-    except (TrainError, UnknownLabelError, VectorsError, FeatureCacheError, DeviceError) as exc:
+    except (TrainError, UnknownLabelError, VectorsError, FeatureCacheError) as exc:
         fail(str(exc))
     if "model_id" in result:
         typer.echo(f"{out}: model {result['model_id']}, best epoch {result['best_epoch']} of {result['epochs']} "
@@ -408,7 +408,7 @@ def eval_command(
         )
     except TagUsageError as exc:  # an empty --labels
         fail(str(exc), 2)
-    except (evaluate.EvalError, CorpusError, SplitError, ModelError, VectorsError, DeviceError) as exc:
+    except (evaluate.EvalError, CorpusError, SplitError, ModelError, VectorsError) as exc:
         fail(str(exc))
     report = result.report
     evaluate.render(report, Console())

@@ -95,17 +95,11 @@ class ContentFailure(str):
 
     def __new__(cls, path: str, cause: str):
         line = super().__new__(cls, failure_line(path, cause))
-        line.cause = cause
+        line.path, line.cause = path, cause
         return line
 
-    def __reduce__(self):  # it comes back from the workers pickled: the line and its cause as they were
-        return _content_failure, (str(self), self.cause)
-
-
-def _content_failure(line: str, cause: str) -> ContentFailure:
-    failure = str.__new__(ContentFailure, line)
-    failure.cause = cause
-    return failure
+    def __reduce__(self):  # it comes back from the workers pickled: rebuilt from its two parts
+        return ContentFailure, (self.path, self.cause)
 
 
 @functools.lru_cache(maxsize=1)
@@ -568,10 +562,7 @@ def decode_files(
     fresh pool; the one that kills its worker again is reported as failed, and the rest go on.
     """
     if workers == 0 or not jobs:
-        for index, path in jobs:
-            with _native_stderr_silenced():  # never across the yield: the consumer prints
-                outcome = decode(path, fe_dict, offset, max_seconds)
-            yield index, outcome
+        yield from _decode_here(jobs, decode, fe_dict, offset, max_seconds)
         return
     queue = deque(jobs)
     suspects: deque = deque()
@@ -606,10 +597,7 @@ def decode_files(
                 # Workers cannot even start (e.g. the parent's __main__ cannot be re-imported, as
                 # for `python - < script`): decode the rest here rather than fail every file.
                 print("zstag: warning: decoder processes cannot start; decoding in this process", file=sys.stderr)
-                for index, path in sorted(lost) + list(suspects) + list(queue):
-                    with _native_stderr_silenced():
-                        outcome = decode(path, fe_dict, offset, max_seconds)
-                    yield index, outcome
+                yield from _decode_here(sorted(lost) + list(suspects) + list(queue), decode, fe_dict, offset, max_seconds)
                 return
             if isolating and len(lost) == 1:
                 yield lost[0][0], failure_line(lost[0][1], CRASH_MESSAGE)
@@ -617,6 +605,14 @@ def decode_files(
                 suspects.extend(sorted(lost))
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _decode_here(jobs, decode, fe_dict, offset, max_seconds):
+    """decode_files in this process: (index, outcome) per job, decoder notes kept off stderr."""
+    for index, path in jobs:
+        with _native_stderr_silenced():  # never across the yield: the consumer prints
+            outcome = decode(path, fe_dict, offset, max_seconds)
+        yield index, outcome
 
 
 @contextlib.contextmanager

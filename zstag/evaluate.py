@@ -249,13 +249,12 @@ def evaluate(
     inputs before any audio is decoded, and EvalError when no track at all could be decoded.
     """
     from zstag.acoustics import corpus_summary
+    from zstag.audio import check_span
     from zstag.corpora import open_corpus
     from zstag.embeddings import embed_files
     from zstag.model import load_model
     from zstag.splits import check_split, load_split
     from zstag.words import UnknownLabelError, VectorsError, load_words
-
-    from zstag.audio import check_span
 
     try:
         check_span(0.0, max_seconds)
