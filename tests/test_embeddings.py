@@ -75,6 +75,63 @@ def test_embedding_is_the_whole_track_in_input_order(model, tracks, cache_dir):
         np.testing.assert_array_equal(a.embedding, b.embedding)
 
 
+def _build_after_first_decode(monkeypatch, build):
+    """A ModelBuild-style build that cannot finish before embed_files has received a decoded track, and
+    the list of how many tracks it received while building (one entry per embed_files call)."""
+    import threading
+
+    released, received = threading.Event(), []
+    real = embeddings._decoded_while_building
+
+    def spy(model_build, decoded):
+        def tap():
+            for item in decoded:
+                released.set()
+                yield item
+        early = real(model_build, tap())
+        received.append(len(early))
+        return early
+
+    monkeypatch.setattr(embeddings, "_decoded_while_building", spy)
+    return lambda: released.wait(60) and build(), received
+
+
+@pytest.mark.parametrize("workers", [2, 0])
+def test_decoding_starts_while_the_model_builds(model, tiny_model_dir, tracks, cache_dir, monkeypatch, workers):
+    """A ModelBuild gives the numbers of the built model; with workers the first tracks decode before
+    the model exists (no decode workers: the model comes first, as decoding would wait for it)."""
+    expected = embed_files(model, tracks, workers=workers, use_cache=False, progress=False)
+    build, received = _build_after_first_decode(monkeypatch, lambda: load_model(tiny_model_dir))
+    if workers == 0:
+        build = lambda: load_model(tiny_model_dir)  # noqa: E731  (waiting for a decode would deadlock)
+    pending = embeddings.ModelBuild(build, model.model_id, model.front_end.to_dict())
+    results = embed_files(pending, tracks, workers=workers, progress=False)
+    assert received == ([] if workers == 0 else [received[0]]) and (workers == 0 or received[0] >= 1)
+    for a, b in zip(expected, results):
+        assert b.ok and not b.cached
+        np.testing.assert_array_equal(a.embedding, b.embedding)
+    assert EmbeddingCache(cache_dir / CACHE_FILE).count(model.model_id) == len(tracks)
+
+
+def test_a_failed_model_build_stores_nothing(model, tracks, cache_dir, monkeypatch, tmp_path):
+    """Tracks decoded while the model was building are dropped when the build fails: no cache rows,
+    not even for content that cannot decode; the build's own error comes out."""
+    from zstag.modelfile import ModelError
+
+    (tmp_path / "empty.wav").write_bytes(b"")
+
+    def broken():
+        raise ModelError("models/x: weights and config do not match")
+
+    build, received = _build_after_first_decode(monkeypatch, broken)
+    pending = embeddings.ModelBuild(build, model.model_id, model.front_end.to_dict())
+    with pytest.raises(ModelError, match="do not match"):
+        embed_files(pending, [str(tmp_path / "empty.wav"), *tracks], workers=2, progress=False)
+    assert received and received[0] >= 1
+    with sqlite3.connect(cache_dir / CACHE_FILE) as db:
+        assert [db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in ("embeddings", "decode_failures")] == [0, 0]
+
+
 @pytest.fixture(scope="module")
 def musicnn_model(tmp_path_factory):
     from zstag.audio import MUSICNN

@@ -264,10 +264,15 @@ def test_offset_and_max_seconds_change_what_is_scored(music, model_dir):
 # --- the warm path: cached files need no torch ------------------------------------------------
 
 HEAVY_MODULES = ("torch", "librosa", "scipy", "soundfile", "soxr", "pyarrow", "sklearn")
-# Runs the CLI, then writes the top-level modules it had imported (at exit, whatever the exit code).
+# Runs the CLI, then writes the top-level modules it had imported (at exit, whatever the exit code), and
+# the code given to os._exit if the CLI ended that way (cli._exit_now) into the same file + ".exit".
 MODULES_PROBE = r"""
 import atexit, json, os, sys
 atexit.register(lambda: open(os.environ["ZSTAG_TEST_MODULES"], "w").write(json.dumps(sorted({m.split(".")[0] for m in sys.modules}))))
+def _exit(code, _real=os._exit):
+    open(os.environ["ZSTAG_TEST_MODULES"] + ".exit", "w").write(str(code))
+    _real(code)
+os._exit = _exit
 sys.argv = ["zstag", *sys.argv[1:]]
 from zstag.cli import main
 main()
@@ -280,9 +285,12 @@ def cli_subprocess(tmp_path, *args):
     import sys
 
     modules = tmp_path / "modules.json"
+    quick_exit = tmp_path / "modules.json.exit"
     modules.unlink(missing_ok=True)
+    quick_exit.unlink(missing_ok=True)
     proc = subprocess.run([sys.executable, "-c", MODULES_PROBE, *map(str, args)], capture_output=True, text=True,
                           check=False, env={**os.environ, "ZSTAG_TEST_MODULES": str(modules)}, timeout=300)
+    proc.quick_exit = int(quick_exit.read_text()) if quick_exit.exists() else None
     return proc, sorted(set(HEAVY_MODULES) & set(json.loads(modules.read_text())))
 
 
@@ -330,6 +338,8 @@ def test_warm_retag_with_bad_files_imports_no_torch_and_reports_them_alike(music
     cold, cold_modules = cli_subprocess(tmp_path, *args)
     warm, warm_modules = cli_subprocess(tmp_path, *args)
     assert cold.returncode == warm.returncode == 1 and "torch" in cold_modules and warm_modules == []
+    # With torch loaded, the CLI skips the interpreter's teardown (cli._exit_now): same code, output, stderr.
+    assert cold.quick_exit == 1 and warm.quick_exit is None
     assert warm.stdout == cold.stdout and len(json.loads(warm.stdout)["files"]) == 4
     cold_lines, warm_lines = cold.stderr.splitlines(), warm.stderr.splitlines()
     assert warm_lines[:-1] == cold_lines[:-1] and len(warm_lines) == len(bad) + 1  # the same line per bad file

@@ -6,6 +6,8 @@ Pipeline: worker processes (a forkserver pool: they never inherit torch or its t
 file, cut it into log-mel segments and compute a few acoustic statistics; the main process embeds each
 track while they decode the next files: the mean over *all* its segments (model.embed_track), never a
 random crop, each track on its own so that its embedding does not depend on which files share a batch.
+A cold `zstag tag` may pass a ModelBuild instead of a model: the workers start decoding while torch
+is imported and the model built on a thread (~1 s of a CLI start), and what they decode meanwhile waits.
 Each track is embedded on one torch thread; for the heavy musicnn backbones, several tracks at once on
 threads of this process (see _Inference). A worker that dies (decoder crash, out of memory) costs only
 its file; workers exit if the main process is killed. The thread count that a track's numbers depend on
@@ -42,10 +44,12 @@ import sys
 import threading
 import time
 from collections import deque
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool, ProcessPoolExecutor
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -67,6 +71,7 @@ WORKER_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THRE
 MALLOC_HEAP_MAX = 32 << 20  # workers: allocations up to this come from the heap, not mmap (glibc) ...
 MALLOC_KEEP = 64 << 20  # ... and up to this much freed heap is kept for the next file
 RESULT_PIPE_BYTES = 1 << 20  # the pipe results come back through (Linux; see _widen_result_pipe)
+WAITING_BYTES = 256 << 20  # decoded segments held while the model builds (~3 hours of audio)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS digests (
@@ -141,6 +146,33 @@ class TrackResult:
     @property
     def ok(self) -> bool:
         return self.embedding is not None
+
+
+class ModelBuild:
+    """A model being built on a thread of its own, for embed_files: a cold `zstag tag` starts decoding
+    at once instead of after torch's import and the model's construction (~1 s of a CLI start, while the
+    decoders' cores would idle). What decoding and the cache need is known without torch: the model id
+    and its front end (FrontEnd.to_dict()). build() must not be called by anything else meanwhile:
+    the importing thread holds torch's import lock."""
+
+    def __init__(self, build: Callable, model_id: str, front_end: dict):
+        self.model_id, self.front_end = model_id, front_end
+        self._future: Future = Future()
+        # Not a daemon: an early exit waits for the import rather than tearing it down half-way.
+        threading.Thread(target=self._run, args=(build,), name="zstag-model-build").start()
+
+    def _run(self, build: Callable) -> None:
+        try:
+            self._future.set_result(build())
+        except BaseException as exc:  # re-raised by result(), in the caller's thread
+            self._future.set_exception(exc)
+
+    def done(self) -> bool:
+        return self._future.done()
+
+    def result(self):
+        """The model (waits for it), or the exception its build raised."""
+        return self._future.result()
 
 
 def default_workers() -> int:
@@ -272,17 +304,22 @@ def embed_files(
 ) -> list[TrackResult]:
     """Embed each file as a whole track; results in input order. Never raises for a bad file.
 
-    workers: decode processes (None: all cores; 0: decode in this process). progress: a progress bar on
-    stderr when it is a terminal. cache: an open EmbeddingCache (default: the one in cache_dir()).
-    device: where the model runs (devices.DEVICE_HELP; DeviceError before any decoding if unusable); the
-    model is back where it was when this returns. Cache rows do not depend on it (see devices.py).
+    model: a model, or a ModelBuild (its build's exception is raised once the model is needed, after
+    the first files have decoded; nothing is written to the cache before). workers: decode processes
+    (None: all cores; 0: decode in this process). progress: a progress bar on stderr when it is a
+    terminal. cache: an open EmbeddingCache (default: the one in cache_dir()). device: where the model
+    runs (devices.DEVICE_HELP; DeviceError before any decoding if unusable, unless model is a
+    ModelBuild); the model is back where it was when this returns. Cache rows do not depend on it
+    (see devices.py).
     """
-    from zstag.devices import pick_device
+    from zstag.devices import check_device, pick_device
 
-    target = pick_device(device)
+    building = isinstance(model, ModelBuild)
+    device = check_device(device) if building else pick_device(device)  # a ModelBuild's thread imports torch
     paths = [str(p) for p in paths]
     workers = default_workers() if workers is None else max(0, int(workers))
-    model.eval()
+    if not building:
+        model.eval()
     results: list[TrackResult | None] = [None] * len(paths)
     model_id = getattr(model, "model_id", "untrained")
     own_cache = use_cache and model_id != "untrained" and cache is None  # an unsaved model has no stable id
@@ -292,7 +329,7 @@ def embed_files(
         cache = None
     try:
         with _Progress(len(paths), progress) as bar:
-            _embed(model, model_id, paths, results, cache, workers, offset, max_seconds, bar, target)
+            _embed(model, model_id, paths, results, cache, workers, offset, max_seconds, bar, device)
     finally:
         if own_cache and cache is not None:
             cache.close()
@@ -354,15 +391,39 @@ def _embed(model, model_id, paths, results, cache, workers, offset, max_seconds,
         bar.advance(1)
 
     todo = [(i, paths[i]) for i, r in enumerate(results) if r is None]
-    with _Inference(model, device, workers) as inference:
-        for i, outcome in decode_files(todo, model.front_end.to_dict(), offset, max_seconds, workers):
-            if isinstance(outcome, str):
-                finish(i, outcome, None)
-            else:
-                for done in inference.submit(i, paths[i], *outcome):
-                    finish(*done)
-        for done in inference.drain():
-            finish(*done)
+    if isinstance(model, ModelBuild) and (workers == 0 or not todo):
+        model = model.result().eval()  # decoding here would wait for the import anyway
+    front_end = model.front_end if isinstance(model, ModelBuild) else model.front_end.to_dict()
+    with contextlib.closing(decode_files(todo, front_end, offset, max_seconds, workers)) as decoded:
+        early = []
+        if isinstance(model, ModelBuild):
+            early = _decoded_while_building(model, decoded)
+            model = model.result().eval()
+        from zstag.devices import pick_device
+
+        with _Inference(model, pick_device(device), workers) as inference:
+            for i, outcome in chain(early, decoded):
+                if isinstance(outcome, str):
+                    finish(i, outcome, None)
+                else:
+                    for done in inference.submit(i, paths[i], *outcome):
+                        finish(*done)
+            for done in inference.drain():
+                finish(*done)
+
+
+def _decoded_while_building(build: ModelBuild, decoded) -> list:
+    """The (index, outcome) pairs that decoded tracks yield until the model is built, all of them
+    decoded, or WAITING_BYTES of segments held: taking them lets the workers go on (decode_files keeps
+    only a few in flight). Checked between tracks, so the model may wait for one decode."""
+    early, held = [], 0
+    while not build.done() and held < WAITING_BYTES:
+        item = next(decoded, None)
+        if item is None:
+            break
+        early.append(item)
+        held += 0 if isinstance(item[1], str) else item[1][0].nbytes
+    return early
 
 
 def _stamp(path: str) -> tuple | None:
@@ -608,11 +669,23 @@ def decode_files(
 
 
 def _decode_here(jobs, decode, fe_dict, offset, max_seconds):
-    """decode_files in this process: (index, outcome) per job, decoder notes kept off stderr."""
+    """decode_files in this process: (index, outcome) per job, decoder notes kept off stderr, and one
+    BLAS thread as in the workers (bit-identical features), also before _Inference has set it."""
+    blas = _blas_controller()
     for index, path in jobs:
-        with _native_stderr_silenced():  # never across the yield: the consumer prints
+        # Neither held across the yield: the consumer prints, and may change thread settings itself.
+        with _native_stderr_silenced(), (blas.limit(limits=1, user_api="blas") if blas else contextlib.nullcontext()):
             outcome = decode(path, fe_dict, offset, max_seconds)
         yield index, outcome
+
+
+def _blas_controller():
+    """threadpoolctl's view of this process's thread pools (scanned once per call), or None without it."""
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:
+        return None
+    return ThreadpoolController()
 
 
 @contextlib.contextmanager

@@ -22,6 +22,7 @@ stderr naming the file and the cause, and the exit code is 1.
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import os
@@ -354,9 +355,11 @@ def track_results(files, paths: list[str], *, workers: int | None = None, use_ca
                   device: str = "cpu") -> list:
     """A TrackResult per path, in order: all from the embedding cache when every file is there (no torch,
     no decoding); otherwise the model is built (torch) and ``embed_files`` embeds only the misses (their
-    digests are remembered, not hashed again) on device. files: modelfile.ModelFiles."""
+    digests are remembered, not hashed again) on device. On the CPU the model is built on a thread while
+    the first files decode. files: modelfile.ModelFiles."""
     from zstag.devices import DeviceError
-    from zstag.embeddings import EmbeddingCache, cached_results, embed_files, start_decoders
+    from zstag.embeddings import EmbeddingCache, ModelBuild, cached_results, embed_files, start_decoders
+    from zstag.modelfile import ModelError
 
     cache = EmbeddingCache.open_default() if use_cache else None
     try:
@@ -369,18 +372,16 @@ def track_results(files, paths: list[str], *, workers: int | None = None, use_ca
             return results
         if workers != 0:
             start_decoders()  # the decoders' fork server loads its modules while torch loads here
-        from zstag.model import ModelError, load_model
-
-        try:
-            net = load_model(files=files)
-        except ModelError as exc:
-            raise TagUsageError(str(exc)) from None
+        if device == "cpu":  # nothing to check first: decoding starts while torch is imported
+            net = ModelBuild(functools.partial(_build_model, files), files.model_id, _front_end(files))
+        else:  # a GPU is checked (torch) before any decoding, as eval and train do
+            net = _build_model(files)
         missing = [i for i, r in enumerate(results) if r is None]  # the hits are not looked up again
         try:
             embedded = embed_files(net, [paths[i] for i in missing], workers=workers, use_cache=cache is not None,
                                    cache=cache, offset=offset, max_seconds=max_seconds, progress=progress,
                                    device=device)
-        except DeviceError as exc:  # raised before any decoding
+        except (DeviceError, ModelError) as exc:
             raise TagUsageError(str(exc)) from None
         for i, result in zip(missing, embedded):
             results[i] = result
@@ -388,6 +389,24 @@ def track_results(files, paths: list[str], *, workers: int | None = None, use_ca
     finally:
         if cache is not None:
             cache.close()
+
+
+def _front_end(files) -> dict:
+    """The model's front end (audio.FrontEnd.to_dict()), read without torch."""
+    from zstag import modelfile
+    from zstag.audio import FrontEnd
+
+    try:
+        return FrontEnd.from_dict(files.config["front_end"]).to_dict()
+    except (KeyError, TypeError, ValueError) as exc:
+        raise TagUsageError(str(modelfile.damaged(files.folder, exc))) from None
+
+
+def _build_model(files):
+    """The torch model of a model folder already read (modelfile.ModelFiles)."""
+    from zstag.model import load_model
+
+    return load_model(files=files)
 
 
 def _terminal_width() -> int:
