@@ -170,18 +170,41 @@ def test_heavy_models_embed_several_tracks_at_once_with_the_same_numbers(musicnn
         for r, expected in zip(results, direct):
             np.testing.assert_array_equal(r.embedding, expected)
 
-    embed_track = musicnn_model.embed_track
+    segment_sum = musicnn_model.segment_sum
 
     def flaky(segments):
         if len(segments) == 3:  # the 8.5 s track
             raise RuntimeError("boom")
-        return embed_track(segments)
+        return segment_sum(segments)
 
-    monkeypatch.setattr(musicnn_model, "embed_track", flaky)
+    monkeypatch.setattr(musicnn_model, "segment_sum", flaky)
     results = embed_files(musicnn_model, paths, workers=2, use_cache=False, progress=False)
     assert [r.ok for r in results] == [True, True, True, False, True]
     assert results[3].error == f"{paths[3]}: cannot embed: RuntimeError: boom"
     np.testing.assert_array_equal(results[4].embedding, direct[4])
+
+
+def test_a_long_track_uses_every_inference_thread_with_the_same_numbers(musicnn_model, tmp_path, monkeypatch):
+    """A track longer than one forward pass (TRACK_BATCH segments) is split across the inference
+    threads; its passes are added in order, so the embedding equals one thread's, bit for bit."""
+    import threading
+
+    from zstag.model import TRACK_BATCH
+
+    monkeypatch.setattr(embeddings, "default_workers", lambda: 2)
+    path = write_tone(tmp_path / "long.wav", seconds=3.0 * (2 * TRACK_BATCH + 2), freq=330.0)  # 3 passes
+    expected = direct_embedding(musicnn_model, path)
+    segment_sum, passes = musicnn_model.segment_sum, []
+
+    def recording(segments):
+        passes.append((len(segments), threading.current_thread().name))
+        return segment_sum(segments)
+
+    monkeypatch.setattr(musicnn_model, "segment_sum", recording)
+    (result,) = embed_files(musicnn_model, [path], workers=2, use_cache=False, progress=False)
+    np.testing.assert_array_equal(result.embedding, expected)
+    assert sorted(n for n, _ in passes)[-2:] == [TRACK_BATCH, TRACK_BATCH] and len(passes) == 3
+    assert len({name for _, name in passes}) == 2 and all(n.startswith("zstag-embed") for _, n in passes)
 
 
 def test_heavy_model_inference_threads_follow_workers(musicnn_model, tmp_path, monkeypatch):
@@ -191,14 +214,14 @@ def test_heavy_model_inference_threads_follow_workers(musicnn_model, tmp_path, m
 
     monkeypatch.setattr(embeddings, "default_workers", lambda: 3)
     paths = [write_tone(tmp_path / f"t{i}.wav", seconds=1.0, freq=300.0 + 50 * i) for i in range(6)]
-    embed_track, threads = musicnn_model.embed_track, set()
+    segment_sum, threads = musicnn_model.segment_sum, set()
 
     def recording(segments):
         threads.add(threading.current_thread().name)
         time.sleep(0.05)  # long enough for every pool thread to take a track
-        return embed_track(segments)
+        return segment_sum(segments)
 
-    monkeypatch.setattr(musicnn_model, "embed_track", recording)
+    monkeypatch.setattr(musicnn_model, "segment_sum", recording)
     for workers, most in ((0, 1), (1, 1), (2, 2), (8, 3)):
         threads.clear()
         results = embed_files(musicnn_model, paths, workers=workers, use_cache=False, progress=False)

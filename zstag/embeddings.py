@@ -762,14 +762,17 @@ class _inference_threads:
 
 
 class _Inference:
-    """Embeds decoded tracks, each on one torch thread (see _inference_threads).
+    """Embeds decoded tracks, each forward pass on one torch thread (see _inference_threads).
 
     The paper's CNN1D (~2 ms per 30 s of audio, less than decoding it) runs inline. The musicnn
-    backbones (~0.25 s per 30 s on a CPU core) run on a thread pool, a track per thread (torch releases the
-    GIL), one thread per decode worker (--workers; at least one, at most one per core), while the workers
-    decode the next files; at most QUEUED_PER_THREAD decoded tracks per thread wait, so decoding never runs
-    far ahead of inference and memory stays bounded. On a GPU every model runs inline, a track per call,
-    with deterministic kernels (devices.deterministic_cuda), while the workers decode the next files.
+    backbones (~0.25 s per 30 s on a CPU core) run on a thread pool, one thread per decode worker
+    (--workers; at least one, at most one per core; torch releases the GIL), while the workers decode the
+    next files. The pool takes a track in its forward passes of TRACK_BATCH segments (~48 s of audio), so
+    a long track, or the last tracks of a run, use every thread; a track's passes are added in order
+    (ZeroShotModel.mean_of_sums), so its embedding is the same whichever threads ran them. At most
+    QUEUED_PER_THREAD decoded tracks per thread wait, so decoding never runs far ahead of inference and
+    memory stays bounded. On a GPU every model runs inline, a track per call, with deterministic kernels
+    (devices.deterministic_cuda), while the workers decode the next files.
     """
 
     def __init__(self, model, device, workers: int):
@@ -780,7 +783,8 @@ class _Inference:
         self.threads = 1 if device.type != "cpu" or cpu_light else max(1, min(workers, default_workers()))
         self.settings = _inference_threads()
         self.pool: ThreadPoolExecutor | None = None
-        self.pending: dict = {}  # future → (index, stats)
+        self.pending: dict = {}  # forward pass's future → its _Track
+        self.tracks: list[_Track] = []  # in submission order
         self.cuda = None
 
     def __enter__(self):
@@ -812,32 +816,72 @@ class _Inference:
 
     def submit(self, index: int, path: str, segments: np.ndarray, stats: dict) -> list[tuple]:
         """Embed a track; returns the tracks finished by now as (index, embedding or error line, stats)."""
-        if self.pool is None:
+        from zstag.model import track_chunks
+
+        chunks = track_chunks(segments)
+        if self.pool is None or not chunks:
             return [(index, self._embed(path, segments), stats)]
-        self.pending[self.pool.submit(self._embed, path, segments)] = (index, stats)
-        return self._collect(block=len(self.pending) > self.threads * (1 + QUEUED_PER_THREAD))
+        track = _Track(index, path, stats, len(segments), [None] * len(chunks))
+        self.tracks.append(track)
+        for k, chunk in enumerate(chunks):
+            self.pending[self.pool.submit(self._forward, chunk)] = (track, k)
+        return self._collect(block=len(self.tracks) > self.threads * (1 + QUEUED_PER_THREAD))
 
     def drain(self):
         """Yield the remaining tracks as they finish."""
-        while self.pending:
+        while self.tracks:
             yield from self._collect(block=True)
 
     def _collect(self, block: bool) -> list[tuple]:
+        """The tracks whose every forward pass is done (waiting for at least one pass if block)."""
         if block:
-            done, _ = wait(self.pending, return_when=FIRST_COMPLETED)
-        else:
-            done = [f for f in self.pending if f.done()]
+            wait(self.pending, return_when=FIRST_COMPLETED)
+        for future in [f for f in self.pending if f.done()]:
+            track, k = self.pending.pop(future)
+            track.sums[k] = future.result()
         finished = []
-        for future in done:
-            index, stats = self.pending.pop(future)
-            finished.append((index, future.result(), stats))
+        for track in [t for t in self.tracks if all(part is not None for part in t.sums)]:
+            self.tracks.remove(track)
+            finished.append((track.index, self._project(track), track.stats))
         return finished
+
+    def _forward(self, chunk: np.ndarray):
+        """One forward pass of a track (on a pool thread): its segment_sum, or the exception it raised."""
+        try:
+            return self.model.segment_sum(chunk)
+        except Exception as exc:  # never lose the run to one file
+            return exc
+
+    def _project(self, track: "_Track") -> np.ndarray | str:
+        failed = next((part for part in track.sums if isinstance(part, Exception)), None)
+        try:
+            if failed is not None:
+                raise failed
+            features = self.model.mean_of_sums(track.sums, track.n_segments)
+            return np.asarray(self.model.project_features(features[None])[0], dtype=np.float32)
+        except Exception as exc:
+            return _cannot_embed(track.path, exc)
 
     def _embed(self, path: str, segments: np.ndarray) -> np.ndarray | str:
         try:
             return np.asarray(self.model.embed_track(segments), dtype=np.float32)
         except Exception as exc:  # never lose the run to one file
-            return failure_line(path, " ".join(f"cannot embed: {type(exc).__name__}: {exc}".split()))
+            return _cannot_embed(path, exc)
+
+
+@dataclass
+class _Track:
+    """A track whose forward passes run on _Inference's pool."""
+
+    index: int
+    path: str
+    stats: dict
+    n_segments: int
+    sums: list  # per forward pass: its segment_sum, an exception, or None while it runs
+
+
+def _cannot_embed(path: str, exc: Exception) -> str:
+    return failure_line(path, " ".join(f"cannot embed: {type(exc).__name__}: {exc}".split()))
 
 
 def _blas_limit(user_api: str | None = None):

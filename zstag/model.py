@@ -186,14 +186,25 @@ class ZeroShotModel(nn.Module):
     @torch.no_grad()
     def track_features(self, segments: np.ndarray) -> np.ndarray:
         """[n_seg, n_mels, T] → [F]: segment features averaged over every segment of the track."""
-        total = None
-        for start in range(0, len(segments), TRACK_BATCH):
-            batch = torch.from_numpy(np.ascontiguousarray(segments[start : start + TRACK_BATCH], dtype=np.float32))
-            part = self.segment_features(batch.to(self.device)).double().sum(dim=0)
-            total = part if total is None else total + part
-        if total is None:
+        return self.mean_of_sums([self.segment_sum(chunk) for chunk in track_chunks(segments)], len(segments))
+
+    @torch.no_grad()
+    def segment_sum(self, segments: np.ndarray) -> torch.Tensor:
+        """float64 [F] on the CPU: the sum of the features of up to TRACK_BATCH segments, one forward pass.
+        A track's chunks (track_chunks) may run on different threads: mean_of_sums combines them."""
+        batch = torch.from_numpy(np.ascontiguousarray(segments, dtype=np.float32))
+        return self.segment_features(batch.to(self.device)).double().sum(dim=0).cpu()
+
+    @staticmethod
+    def mean_of_sums(sums: list[torch.Tensor], n_segments: int) -> np.ndarray:
+        """[F] float32: the mean over a track's segments from its chunks' segment_sum, added in chunk
+        order (so the same numbers, whichever threads computed them)."""
+        if not sums:
             raise ValueError("a track needs at least one segment")
-        return (total / len(segments)).float().cpu().numpy()
+        total = sums[0]
+        for part in sums[1:]:
+            total = total + part
+        return (total / n_segments).float().numpy()
 
     @torch.no_grad()
     def embed_track(self, segments: np.ndarray) -> np.ndarray:
@@ -217,6 +228,11 @@ class ZeroShotModel(nn.Module):
     def scores(track_emb: np.ndarray, label_emb: np.ndarray) -> np.ndarray:
         """Cosine similarity, [N, D] × [M, D] → [N, M] in [-1, 1]."""
         return modelfile.cosine_scores(track_emb, label_emb)
+
+
+def track_chunks(segments: np.ndarray) -> list[np.ndarray]:
+    """A track's segments in forward passes of TRACK_BATCH (the last one shorter)."""
+    return [segments[start : start + TRACK_BATCH] for start in range(0, len(segments), TRACK_BATCH)]
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
