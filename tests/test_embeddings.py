@@ -207,6 +207,47 @@ def test_a_long_track_uses_every_inference_thread_with_the_same_numbers(musicnn_
     assert len({name for _, name in passes}) == 2 and all(n.startswith("zstag-embed") for _, n in passes)
 
 
+def test_tracks_waiting_for_heavy_inference_stay_bounded(monkeypatch):
+    """Decoding outruns musicnn: submit blocks until tracks, not just forward passes, are done, so at
+    most threads × (1 + QUEUED_PER_THREAD) decoded tracks are held, however many passes each has."""
+    from zstag.model import TRACK_BATCH
+
+    class Slow:  # the model surface _Inference uses, 5 ms per forward pass
+        config = {"audio_encoder": {"type": "musicnn"}}
+        device = torch.device("cpu")
+        mean_of_sums = staticmethod(ZeroShotModel.mean_of_sums)
+
+        def to(self, device):
+            return self
+
+        def segment_sum(self, chunk):
+            time.sleep(0.005)
+            return torch.ones(4, dtype=torch.float64) * len(chunk)
+
+        def project_features(self, features):
+            return features
+
+    monkeypatch.setattr(embeddings, "default_workers", lambda: 2)
+    held, done = 0, []
+    with embeddings._Inference(Slow(), torch.device("cpu"), 2) as inference:
+        for i in range(12):  # tracks of 4 passes each
+            done += inference.submit(i, f"t{i}", np.zeros((4 * TRACK_BATCH, 1, 1), np.float32), {})
+            held = max(held, len(inference.tracks))
+        done += list(inference.drain())
+    assert held <= 2 * (1 + embeddings.QUEUED_PER_THREAD)
+    assert sorted(i for i, _, _ in done) == list(range(12)) and all(np.all(e == 1) for _, e, _ in done)
+
+
+def test_a_resolved_device_is_not_resolved_again(model, tracks, monkeypatch):
+    """embed_files resolves --device once (a second pick_device of cuda:0 fails under torchrun)."""
+    from zstag import devices
+
+    calls, real = [], devices.pick_device
+    monkeypatch.setattr(devices, "pick_device", lambda *a, **k: calls.append(a) or real(*a, **k))
+    assert all(r.ok for r in embed_files(model, tracks, workers=2, use_cache=False, progress=False))
+    assert calls == [("cpu",)]
+
+
 def test_heavy_model_inference_threads_follow_workers(musicnn_model, tmp_path, monkeypatch):
     """--workers N: at most N musicnn inference threads (one for 0 or 1), never more than the cores."""
     import threading

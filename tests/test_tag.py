@@ -4,6 +4,8 @@ import csv
 import io
 import json
 import os
+import shutil
+import sqlite3
 
 import numpy as np
 import pytest
@@ -259,6 +261,26 @@ def test_offset_and_max_seconds_change_what_is_scored(music, model_dir):
     assert whole != part
     result = run(music / "a.wav", "--labels", "rock", "--model", model_dir, "--offset", "60")
     assert result.exit_code == 1 and "past the end" in result.stderr
+
+
+@pytest.mark.parametrize("device", ["cpu", "auto"])
+def test_damaged_audio_weights_are_a_usage_error(music, model_dir, tmp_path, cache_dir, device):
+    """The label branch reads fine, the audio branch does not: found while the first files decode (the
+    torch model is built then), one line, exit 2, nothing written."""
+    from safetensors.numpy import load_file, save_file
+
+    broken = tmp_path / "broken"
+    shutil.copytree(model_dir, broken)
+    weights = load_file(broken / "weights.safetensors")
+    del weights[next(k for k in weights if k.startswith("segment_encoder."))]
+    save_file(weights, broken / "weights.safetensors")
+    out = tmp_path / "out.json"
+    result = run(music, "--labels", "rock", "--model", broken, "--device", device, "-o", out)
+    assert result.exit_code == 2 and not out.exists()
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"zstag: error: {broken}: weights and config do not match"), line
+    with sqlite3.connect(cache_dir / "embeddings.sqlite") as db:
+        assert [db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in ("embeddings", "decode_failures")] == [0, 0]
 
 
 # --- the warm path: cached files need no torch ------------------------------------------------

@@ -440,6 +440,8 @@ def eval_command(
 
 
 def main() -> None:
+    global _quick_exit
+    _quick_exit = False  # set again by the command, if it allows it
     try:
         app()
     except SystemExit as exc:
@@ -460,7 +462,8 @@ def _exit_now(code) -> None:
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         try:
-            stream.flush()
+            if stream is not None:  # None when Python started with that descriptor closed
+                stream.flush()
         except (OSError, ValueError):  # a closed pipe or stream: nothing more can reach it
             pass
     os._exit(code)

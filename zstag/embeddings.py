@@ -8,8 +8,8 @@ track while they decode the next files: the mean over *all* its segments (model.
 random crop, each track on its own so that its embedding does not depend on which files share a batch.
 A cold `zstag tag` may pass a ModelBuild instead of a model: the workers start decoding while torch
 is imported and the model built on a thread (~1 s of a CLI start), and what they decode meanwhile waits.
-Each track is embedded on one torch thread; for the heavy musicnn backbones, several tracks at once on
-threads of this process (see _Inference). A worker that dies (decoder crash, out of memory) costs only
+Each forward pass runs on one torch thread; for the heavy musicnn backbones, several passes at once
+(of one track or several) on threads of this process (see _Inference). A worker that dies (decoder crash, out of memory) costs only
 its file; workers exit if the main process is killed. The thread count that a track's numbers depend on
 is fixed, so results are bit-identical whatever --workers says, in a worker or in this process.
 
@@ -62,7 +62,7 @@ PIPELINE_VERSION = 4  # bump when decoding, features or inference change, so tha
 # 4: a WAV/AIFF cut short on disk is a truncation error (it was embedded from what was left)
 HASH_CHUNK = 1 << 20
 IN_FLIGHT_PER_WORKER = 2  # decoded tracks waiting per worker: keeps workers busy, bounds memory
-QUEUED_PER_THREAD = 1  # decoded tracks waiting per inference thread (heavy models), besides the one it embeds
+QUEUED_PER_THREAD = 1  # decoded tracks per inference thread (heavy models) waiting, besides those being embedded
 SQLITE_TIMEOUT_S = 30.0  # wait this long for another zstag process holding the write lock
 PARENT_POLL_S = 0.5  # how often a worker checks that the main process still runs
 CRASH_MESSAGE = "the decoder process died (crash or out of memory)"
@@ -152,8 +152,8 @@ class ModelBuild:
     """A model being built on a thread of its own, for embed_files: a cold `zstag tag` starts decoding
     at once instead of after torch's import and the model's construction (~1 s of a CLI start, while the
     decoders' cores would idle). What decoding and the cache need is known without torch: the model id
-    and its front end (FrontEnd.to_dict()). build() must not be called by anything else meanwhile:
-    the importing thread holds torch's import lock."""
+    and its front end (FrontEnd.to_dict()). The caller should not touch torch until result(): an import
+    of it would wait for the building thread's."""
 
     def __init__(self, build: Callable, model_id: str, front_end: dict):
         self.model_id, self.front_end = model_id, front_end
@@ -305,11 +305,11 @@ def embed_files(
     """Embed each file as a whole track; results in input order. Never raises for a bad file.
 
     model: a model, or a ModelBuild (its build's exception is raised once the model is needed, after
-    the first files have decoded; nothing is written to the cache before). workers: decode processes
+    the first files have decoded; no embedding or failure is stored before). workers: decode processes
     (None: all cores; 0: decode in this process). progress: a progress bar on stderr when it is a
     terminal. cache: an open EmbeddingCache (default: the one in cache_dir()). device: where the model
     runs (devices.DEVICE_HELP; DeviceError before any decoding if unusable, unless model is a
-    ModelBuild); the model is back where it was when this returns. Cache rows do not depend on it
+    ModelBuild, whose build should check it); the model is back where it was when this returns. Cache rows do not depend on it
     (see devices.py).
     """
     from zstag.devices import check_device, pick_device
@@ -391,18 +391,23 @@ def _embed(model, model_id, paths, results, cache, workers, offset, max_seconds,
         bar.advance(1)
 
     todo = [(i, paths[i]) for i, r in enumerate(results) if r is None]
-    if isinstance(model, ModelBuild) and (workers == 0 or not todo):
-        model = model.result().eval()  # decoding here would wait for the import anyway
-    front_end = model.front_end if isinstance(model, ModelBuild) else model.front_end.to_dict()
+    building = isinstance(model, ModelBuild)
+    if building and (workers == 0 or not todo):
+        model, building = model.result().eval(), False  # decoding here would wait for the import anyway
+    front_end = model.front_end if building else model.front_end.to_dict()
     with contextlib.closing(decode_files(todo, front_end, offset, max_seconds, workers)) as decoded:
-        early = []
-        if isinstance(model, ModelBuild):
+        early: deque = deque()
+        if building:
             early = _decoded_while_building(model, decoded)
             model = model.result().eval()
-        from zstag.devices import pick_device
+        if not isinstance(device, str):
+            target = device  # resolved by embed_files
+        else:  # a ModelBuild's name, now that torch is loaded
+            from zstag.devices import pick_device
 
-        with _Inference(model, pick_device(device), workers) as inference:
-            for i, outcome in chain(early, decoded):
+            target = pick_device(device)
+        with _Inference(model, target, workers) as inference:
+            for i, outcome in chain(_popping(early), decoded):
                 if isinstance(outcome, str):
                     finish(i, outcome, None)
                 else:
@@ -412,11 +417,11 @@ def _embed(model, model_id, paths, results, cache, workers, offset, max_seconds,
                 finish(*done)
 
 
-def _decoded_while_building(build: ModelBuild, decoded) -> list:
+def _decoded_while_building(build: ModelBuild, decoded) -> deque:
     """The (index, outcome) pairs that decoded tracks yield until the model is built, all of them
     decoded, or WAITING_BYTES of segments held: taking them lets the workers go on (decode_files keeps
     only a few in flight). Checked between tracks, so the model may wait for one decode."""
-    early, held = [], 0
+    early, held = deque(), 0
     while not build.done() and held < WAITING_BYTES:
         item = next(decoded, None)
         if item is None:
@@ -424,6 +429,12 @@ def _decoded_while_building(build: ModelBuild, decoded) -> list:
         early.append(item)
         held += 0 if isinstance(item[1], str) else item[1][0].nbytes
     return early
+
+
+def _popping(items: deque):
+    """Yield and forget each item: a track's segments are freed once it is embedded."""
+    while items:
+        yield items.popleft()
 
 
 def _stamp(path: str) -> tuple | None:
@@ -734,9 +745,9 @@ def _pool_starts() -> bool:
 class _inference_threads:
     """Thread settings while embedding: one torch thread, one BLAS thread, whatever the model.
 
-    One torch thread per track, because float sums split differently across thread counts: a fixed
-    count keeps a track's embedding, and its cache entry, the same whatever --workers says. Heavy
-    models get their parallelism from embedding several tracks at once instead (_Inference): as fast
+    One torch thread per forward pass, because float sums split differently across thread counts: a
+    fixed count keeps a track's embedding, and its cache entry, the same whatever --workers says. Heavy
+    models get their parallelism from running several passes at once instead (_Inference): as fast
     as torch's own threads on an idle machine (~3% faster for musicnn beside two decode workers), and
     far less fragile on a busy one, where OpenMP threads that wait for each other at every op stall
     whenever one is preempted (2-3x slower when other work shared the 2 cores). BLAS: one thread, as
@@ -825,7 +836,10 @@ class _Inference:
         self.tracks.append(track)
         for k, chunk in enumerate(chunks):
             self.pending[self.pool.submit(self._forward, chunk)] = (track, k)
-        return self._collect(block=len(self.tracks) > self.threads * (1 + QUEUED_PER_THREAD))
+        finished = self._collect(block=False)
+        while len(self.tracks) > self.threads * (1 + QUEUED_PER_THREAD):  # a pass done is not a track done
+            finished += self._collect(block=True)
+        return finished
 
     def drain(self):
         """Yield the remaining tracks as they finish."""

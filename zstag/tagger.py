@@ -43,7 +43,9 @@ SINGLE_NOTE = f"confidence: softmax over the given labels of cosine / {SOFTMAX_T
 
 
 class TagUsageError(Exception):
-    """Bad options or inputs that stop the run before any audio is decoded (exit code 2)."""
+    """Bad options or inputs that stop the run (exit code 2), before any result is written: most before any
+    audio is decoded; an unusable device or a model whose audio weights are damaged while the first files
+    decode (the torch model is built then)."""
 
 
 @dataclass
@@ -273,9 +275,10 @@ def run(
 ) -> int:
     """Tag the inputs and write the output; returns the exit code (0 ok, 1 some file failed).
 
-    Raises TagUsageError (bad options, model, word vectors, labels or device) before any audio is
-    decoded. Torch is imported only if some file is not in the embedding cache (or with use_cache=False).
-    device: where the audio model runs (devices.DEVICE_HELP), if any file must be embedded.
+    Raises TagUsageError (bad options, model, word vectors, labels or device) before any output or cache
+    row is written (see TagUsageError for when). Torch is imported only if some file is not in the
+    embedding cache (or with use_cache=False). device: where the audio model runs (devices.DEVICE_HELP),
+    checked only if some file must be embedded.
     """
     from zstag import modelfile
     from zstag.audio import check_span
@@ -355,8 +358,8 @@ def track_results(files, paths: list[str], *, workers: int | None = None, use_ca
                   device: str = "cpu") -> list:
     """A TrackResult per path, in order: all from the embedding cache when every file is there (no torch,
     no decoding); otherwise the model is built (torch) and ``embed_files`` embeds only the misses (their
-    digests are remembered, not hashed again) on device. On the CPU the model is built on a thread while
-    the first files decode. files: modelfile.ModelFiles."""
+    digests are remembered, not hashed again) on device. The device is checked and the model built on a
+    thread while the first files decode. files: modelfile.ModelFiles."""
     from zstag.devices import DeviceError
     from zstag.embeddings import EmbeddingCache, ModelBuild, cached_results, embed_files, start_decoders
     from zstag.modelfile import ModelError
@@ -372,10 +375,8 @@ def track_results(files, paths: list[str], *, workers: int | None = None, use_ca
             return results
         if workers != 0:
             start_decoders()  # the decoders' fork server loads its modules while torch loads here
-        if device == "cpu":  # nothing to check first: decoding starts while torch is imported
-            net = ModelBuild(functools.partial(_build_model, files), files.model_id, _front_end(files))
-        else:  # a GPU is checked (torch) before any decoding, as eval and train do
-            net = _build_model(files)
+        # Decoding starts while torch is imported, the device checked and the model built on a thread.
+        net = ModelBuild(functools.partial(_build_model, files, device), files.model_id, _front_end(files))
         missing = [i for i, r in enumerate(results) if r is None]  # the hits are not looked up again
         try:
             embedded = embed_files(net, [paths[i] for i in missing], workers=workers, use_cache=cache is not None,
@@ -402,10 +403,13 @@ def _front_end(files) -> dict:
         raise TagUsageError(str(modelfile.damaged(files.folder, exc))) from None
 
 
-def _build_model(files):
-    """The torch model of a model folder already read (modelfile.ModelFiles)."""
+def _build_model(files, device: str):
+    """The torch model of a model folder already read (modelfile.ModelFiles), once the device is known
+    to be usable (DeviceError otherwise, a usage error like a damaged model's ModelError)."""
+    from zstag.devices import pick_device
     from zstag.model import load_model
 
+    pick_device(device)
     return load_model(files=files)
 
 
