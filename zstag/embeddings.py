@@ -309,8 +309,8 @@ def embed_files(
     (None: all cores; 0: decode in this process). progress: a progress bar on stderr when it is a
     terminal. cache: an open EmbeddingCache (default: the one in cache_dir()). device: where the model
     runs (devices.DEVICE_HELP; DeviceError before any decoding if unusable, unless model is a
-    ModelBuild, whose build should check it); the model is back where it was when this returns. Cache rows do not depend on it
-    (see devices.py).
+    ModelBuild, whose build should check it); the model is back where it was when this returns. Cache
+    rows do not depend on it (see devices.py).
     """
     from zstag.devices import check_device, pick_device
 
@@ -794,7 +794,7 @@ class _Inference:
         self.threads = 1 if device.type != "cpu" or cpu_light else max(1, min(workers, default_workers()))
         self.settings = _inference_threads()
         self.pool: ThreadPoolExecutor | None = None
-        self.pending: dict = {}  # forward pass's future → its _Track
+        self.pending: dict = {}  # a forward pass's future → (its _Track, the pass's number)
         self.tracks: list[_Track] = []  # in submission order
         self.cuda = None
 
@@ -867,13 +867,14 @@ class _Inference:
             return exc
 
     def _project(self, track: "_Track") -> np.ndarray | str:
+        """The track's embedding from its passes, or its error line if one of them failed."""
         failed = next((part for part in track.sums if isinstance(part, Exception)), None)
+        if failed is not None:
+            return _cannot_embed(track.path, failed)
         try:
-            if failed is not None:
-                raise failed
             features = self.model.mean_of_sums(track.sums, track.n_segments)
             return np.asarray(self.model.project_features(features[None])[0], dtype=np.float32)
-        except Exception as exc:
+        except Exception as exc:  # never lose the run to one file
             return _cannot_embed(track.path, exc)
 
     def _embed(self, path: str, segments: np.ndarray) -> np.ndarray | str:
