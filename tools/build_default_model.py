@@ -319,7 +319,9 @@ class ProjectionConfig:
     pos_min: float = 0.1
     embed_dim: int = 100
     margin: float = 0.4
-    label: str = "trained"  # trained: a linear map learnt with the audio head | fixed: identity (joint space = GloVe)
+    # trained: a linear map learnt with the audio head | fixed: identity (joint space = GloVe) | orthogonal: trained,
+    # its weight kept semi-orthogonal (orthonormal columns: distances between words stay GloVe's; bias free)
+    label: str = "trained"
     center: str = "none"  # after training, subtract the mean training embedding: none | audio | both (audio and labels)
     # sampling: tracks (uniform) | sets (each track ∝ 1/sqrt(its set's size): no source dominates) | labels (each
     # (track, positive label) pair ∝ 1/sqrt(the label's positive count): frequent labels pull less, against hubs)
@@ -354,6 +356,8 @@ class Projection:
                 self.label.weight.copy_(torch.eye(word_dim))
                 self.label.bias.zero_()
             self.label.requires_grad_(False)
+        if config.label == "orthogonal":  # matrix_exp: householder's ±1 diagonal would be zeroed by AdamW's decay
+            torch.nn.utils.parametrizations.orthogonal(self.label, orthogonal_map="matrix_exp")
         self.mean = np.zeros(in_dim, np.float32)
         self.std = np.ones(in_dim, np.float32)
         # Hubness: every track embedding shares a common part, so one label can win the argmax for all
@@ -409,7 +413,7 @@ class Projection:
     def folded_label_state(self) -> dict:
         import torch
 
-        state = {k: v.detach().clone() for k, v in self.label.state_dict().items()}
+        state = {"weight": self.label.weight.detach().clone(), "bias": self.label.bias.detach().clone()}  # parametrized too
         if self.center == "both":
             state["bias"] = state["bias"] - torch.from_numpy(self.label_center)
         return state
@@ -644,6 +648,8 @@ def grid_configs(grid: str) -> list[ProjectionConfig]:
         return [replace(base, backbones=("MSD_musicnn",)), base]
     if grid == "balance":  # the shipped configuration against label-balanced sampling (MODEL_CARD.md)
         return [replace(base, backbones=("MSD_musicnn",)), replace(base, backbones=("MSD_musicnn",), balance="labels")]
+    if grid == "ortho":  # the shipped configuration against a semi-orthogonal trained label map (MODEL_CARD.md)
+        return [replace(base, backbones=("MSD_musicnn",)), replace(base, backbones=("MSD_musicnn",), label="orthogonal")]
     return configs[:3] if grid == "small" else configs
 
 
@@ -978,7 +984,7 @@ def main(argv=None) -> int:
     parser.add_argument("--music-sets", type=Path, default=None, help="tools/build_music_sets.py --out folder")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--seeds", type=int, default=3, help="dev: training seeds per configuration")
-    parser.add_argument("--grid", default="full", choices=("full", "small", "calib", "balance"), help="dev: which grid")
+    parser.add_argument("--grid", default="full", choices=("full", "small", "calib", "balance", "ortho"), help="dev: which grid")
     parser.add_argument("--out", type=Path, default=ROOT / "models", help="final: the models folder")
     parser.add_argument("--report", type=Path, default=WORK / "dev.json",
                         help="dev: where the report goes (and its table, as .md beside it); final reads it")
