@@ -237,6 +237,15 @@ def test_tracks_waiting_for_heavy_inference_stay_bounded(monkeypatch):
     assert held <= 2 * (1 + embeddings.QUEUED_PER_THREAD)
     assert sorted(i for i, _, _ in done) == list(range(12)) and all(np.all(e == 1) for _, e, _ in done)
 
+    class Odd(Slow):  # a pass that returns nothing usable: its track fails alone, nothing waits for it
+        def segment_sum(self, chunk):
+            return None if len(chunk) == 3 else super().segment_sum(chunk)
+
+    with embeddings._Inference(Odd(), torch.device("cpu"), 2) as inference:
+        done = inference.submit(0, "odd", np.zeros((TRACK_BATCH + 3, 1, 1), np.float32), {})
+        done += list(inference.drain())
+    assert len(done) == 1 and done[0][1].startswith("odd: cannot embed: ")
+
 
 def test_a_resolved_device_is_not_resolved_again(model, tracks, monkeypatch):
     """embed_files resolves --device once (a second pick_device of cuda:0 fails under torchrun)."""

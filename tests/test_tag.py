@@ -352,6 +352,21 @@ def test_warm_retag_imports_no_torch_and_matches_the_cold_run(music, model_dir, 
         assert retag.returncode == 0 and modules == [] and "3 from the cache" in retag.stderr and "piano" in retag.stdout
 
 
+def test_a_cold_run_with_stdout_closed_still_writes_its_output(music, model_dir, tmp_path):
+    """Started with fd 1 closed (sys.stdout is None), the quick exit after torch (cli._exit_now) still
+    ends with the run's code, and -o is written."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "out.jsonl"
+    proc = subprocess.run(
+        [sys.executable, "-m", "zstag", "tag", music, "--labels", "rock", "--model", model_dir, "-f", "jsonl", "-o", out],
+        stderr=subprocess.PIPE, text=True, preexec_fn=lambda: os.close(1), timeout=300, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert len(out.read_text().splitlines()) == 3 and "tagged 3 of 3 files (0 from the cache)" in proc.stderr
+
+
 def test_warm_retag_with_bad_files_imports_no_torch_and_reports_them_alike(music, model_dir, tmp_path):
     bad = write_bad_files(music)
     write_music(music / "short.wav", seconds=0.5, seed=3)

@@ -456,7 +456,7 @@ def _exit_now(code) -> None:
     import atexit
 
     if not isinstance(code, int):
-        if code is not None:
+        if code is not None and sys.stderr is not None:
             print(code, file=sys.stderr)
         code = 0 if code is None else 1
     atexit._run_exitfuncs()

@@ -9,8 +9,8 @@ random crop, each track on its own so that its embedding does not depend on whic
 A cold `zstag tag` may pass a ModelBuild instead of a model: the workers start decoding while torch
 is imported and the model built on a thread (~1 s of a CLI start), and what they decode meanwhile waits.
 Each forward pass runs on one torch thread; for the heavy musicnn backbones, several passes at once
-(of one track or several) on threads of this process (see _Inference). A worker that dies (decoder crash, out of memory) costs only
-its file; workers exit if the main process is killed. The thread count that a track's numbers depend on
+(of one track or several) on threads of this process (see _Inference). A worker that dies (decoder
+crash, out of memory) costs only its file; workers exit if the main process is killed. The thread count that a track's numbers depend on
 is fixed, so results are bit-identical whatever --workers says, in a worker or in this process.
 
 Cache: one SQLite file, ``cache_dir()/embeddings.sqlite`` in WAL mode. A row is keyed by
@@ -832,7 +832,7 @@ class _Inference:
         chunks = track_chunks(segments)
         if self.pool is None or not chunks:
             return [(index, self._embed(path, segments), stats)]
-        track = _Track(index, path, stats, len(segments), [None] * len(chunks))
+        track = _Track(index, path, stats, len(segments), [None] * len(chunks), len(chunks))
         self.tracks.append(track)
         for k, chunk in enumerate(chunks):
             self.pending[self.pool.submit(self._forward, chunk)] = (track, k)
@@ -853,8 +853,9 @@ class _Inference:
         for future in [f for f in self.pending if f.done()]:
             track, k = self.pending.pop(future)
             track.sums[k] = future.result()
+            track.running -= 1
         finished = []
-        for track in [t for t in self.tracks if all(part is not None for part in t.sums)]:
+        for track in [t for t in self.tracks if t.running == 0]:
             self.tracks.remove(track)
             finished.append((track.index, self._project(track), track.stats))
         return finished
@@ -892,7 +893,8 @@ class _Track:
     path: str
     stats: dict
     n_segments: int
-    sums: list  # per forward pass: its segment_sum, an exception, or None while it runs
+    sums: list  # per forward pass: its segment_sum, or the exception it raised
+    running: int  # passes not done yet
 
 
 def _cannot_embed(path: str, exc: Exception) -> str:
