@@ -201,6 +201,40 @@ def test_offset_past_the_end(tone, write_audio):
     one_line_error(excinfo, path)
 
 
+def test_offset_past_the_end_of_a_very_short_file_names_its_length(tone, write_audio):
+    path = write_audio("blip.wav", tone(0.05, 22050), 22050)
+    with pytest.raises(AudioError, match=r"past the end \(0\.05 s\)"):
+        load_audio(path, 22050, offset=1.0)
+
+
+def test_nan_samples_are_named_as_the_cause(tone, tmp_path):
+    import soundfile as sf
+
+    from zstag.acoustics import analyse_file
+
+    x = tone(4.0, 22050)
+    x[1000:1100] = np.nan
+    path = tmp_path / "nan.wav"
+    sf.write(path, x.astype(np.float32), 22050, subtype="FLOAT")
+    with pytest.raises(ContentError, match="NaN or infinite samples") as excinfo:
+        analyse_file(path, PAPER)
+    one_line_error(excinfo, path)
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg is not installed")
+def test_ffmpeg_cause_is_its_complaint_not_its_advice(tmp_path):
+    """An mp4 with video and no audio: ffmpeg says the map matches no streams, then how to ignore that."""
+    import subprocess
+
+    path = tmp_path / "video.mp4"
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i", "color=c=black:s=32x32:d=1",
+                    "-c:v", "mpeg4", str(path)], check=True)
+    with pytest.raises(ContentError) as excinfo:
+        load_audio(path, 22050)
+    message = one_line_error(excinfo, path)
+    assert "matches no streams" in message and "To ignore this" not in message, message
+
+
 def test_track_segments(tone, write_audio):
     path = write_audio("t.ogg", tone(7.0, 44100, noise=0.05), 44100)
     segments = track_segments(path, PAPER)

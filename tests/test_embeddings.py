@@ -280,6 +280,64 @@ def test_heavy_model_inference_threads_follow_workers(musicnn_model, tmp_path, m
     assert len(threads) >= 2  # with 8 workers on "3 cores", tracks did run side by side
 
 
+def test_a_fifo_or_device_is_reported_not_hashed(model, tracks, cache_dir, tmp_path):
+    """With the cache on, a FIFO among the inputs (or a link to /dev/zero) used to be hashed, which blocks
+    (or never ends): it is reported by the decoder like any non-regular file, the others are embedded."""
+    import threading
+
+    fifo = tmp_path / "audio" / "pipe.wav"
+    os.mkfifo(fifo)
+    link = tmp_path / "audio" / "link.wav"
+    link.symlink_to(fifo)
+
+    fired = []
+
+    def unblock():  # if a regression reads the FIFO, end the read (EOF) so the test fails instead of hanging
+        fired.append(True)
+        for _ in range(2):
+            try:
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            except OSError:
+                pass
+
+    watchdog = threading.Timer(20.0, unblock)
+    watchdog.start()
+    try:
+        results = embed_files(model, [str(fifo), str(link), *tracks], workers=2, progress=False)
+    finally:
+        watchdog.cancel()
+    assert not fired  # nothing was blocked on the FIFO
+    assert [r.ok for r in results] == [False, False, True, True, True]
+    assert all("not a regular file" in r.error for r in results[:2]), [r.error for r in results[:2]]
+
+
+@pytest.mark.parametrize("damage", ["garbage", "schema", "tables"])
+def test_a_damaged_cache_is_moved_aside_with_one_warning(model, tracks, cache_dir, capsys, damage):
+    """A cache file SQLite calls corrupt or not a database: one warning for the run (not one per file), the
+    file renamed to *.damaged, and the next run starts and fills a new cache."""
+    embed_files(model, tracks, workers=0, progress=False)
+    path = cache_dir / CACHE_FILE
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    data = bytearray(path.read_bytes())
+    if damage == "garbage":  # found when the cache is opened
+        data[:] = b"not a database at all " * 64
+    else:  # the header survives; the schema page ("schema", found on opening) or only the tables' pages
+        keep = 100 if damage == "schema" else 4096  # ("tables", found by the first lookup, mid-run)
+        assert len(data) > keep
+        data[keep:] = bytes(len(data) - keep)
+    path.write_bytes(bytes(data))
+    embeddings._warned.clear()
+    capsys.readouterr()
+    first = embed_files(model, tracks, workers=0, progress=False)
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "embedding cache" in line]
+    assert all(r.ok for r in first) and len(warnings) == 1 and "damaged" in warnings[0], warnings
+    assert (cache_dir / (CACHE_FILE + embeddings.DAMAGED_SUFFIX)).exists()
+    embed_files(model, tracks, workers=0, progress=False)
+    again = embed_files(model, tracks, workers=0, progress=False)
+    assert all(r.cached for r in again) and "embedding cache" not in capsys.readouterr().err
+
+
 def test_stats_describe_the_file(model, tmp_path, cache_dir):
     path = write_tone(tmp_path / "tone.wav", seconds=4.0, freq=1000.0, amplitude=0.5, sr=44100, noise=0.0)
     (result,) = embed_files(model, [path], workers=0, progress=False)

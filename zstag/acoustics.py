@@ -106,7 +106,8 @@ def analyse_file(path, front_end, offset: float = 0.0, duration: float | None = 
     samples = decoded.samples
     mel = audio.log_mel(samples, front_end)
     if mel.shape[1] == 0 or not np.isfinite(mel).all():
-        raise audio.ContentError(f"{path}: no usable log-mel frames")
+        cause = "NaN or infinite samples in the audio" if not np.isfinite(samples).all() else "no usable log-mel frames"
+        raise audio.ContentError(f"{path}: {cause}")
     # The header's rate and length where soundfile decoded it; for ffmpeg's files, the span decoded.
     seconds = decoded.native_seconds
     if seconds is None:

@@ -54,6 +54,7 @@ STREAMED_DATA_SIZE = 0x7FFF0000
 AU_MAGIC, AU_FLOAT32 = 0x2E736E64, 6  # ffmpeg writes Sun AU to the pipe: a 24-byte header, then samples
 RESAMPLE_QUALITY = "HQ"  # soxr quality; librosa's default res_type "soxr_hq" is the same
 
+FFMPEG_HINTS = ("To ignore this",)  # ffmpeg's advice printed after an error line (e.g. a -map with no audio)
 # Extensions libsndfile cannot read; they go straight to ffmpeg.
 FFMPEG_EXTENSIONS = {
     ".aac", ".m4a", ".m4b", ".mp4", ".alac", ".wma", ".webm", ".mka", ".mkv", ".mov",
@@ -195,7 +196,7 @@ def _load_soundfile(path: Path, sample_rate: int, offset: float, duration: float
         rate, declared = f.samplerate, _declared_frames(path, f.format, f.frames)
         start = round(offset * rate)
         if declared > 0 and start >= declared:
-            raise _error(path, f"offset {offset:g} s is past the end ({declared / rate:.1f} s)", ContentError)
+            raise _error(path, f"offset {offset:g} s is past the end ({declared / rate:.2f} s)", ContentError)
         end = declared if declared > 0 else sys.maxsize  # 0: length unknown, read to the end
         stop = end if duration is None else min(end, start + round(duration * rate))
 
@@ -268,8 +269,10 @@ def _ffmpeg_said(stderr: bytes, path: Path) -> str:
     where = stderr.rfind(name)
     if where >= 0:
         stderr = stderr[where + len(name):]
-    lines = stderr.decode("utf-8", "replace").strip().splitlines()
-    return lines[-1].strip() if lines else ""
+    lines = [line.strip() for line in stderr.decode("utf-8", "replace").splitlines() if line.strip()]
+    while len(lines) > 1 and lines[-1].startswith(FFMPEG_HINTS):  # advice after the complaint, not the cause
+        lines.pop()
+    return lines[-1] if lines else ""
 
 
 def _downmix(block: np.ndarray) -> np.ndarray:

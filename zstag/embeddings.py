@@ -40,6 +40,7 @@ import os
 import shutil
 import signal
 import sqlite3
+import stat
 import sys
 import threading
 import time
@@ -57,6 +58,8 @@ from zstag import audio
 from zstag.acoustics import analyse_file, error_cause, error_line, failure_line
 
 CACHE_FILE = "embeddings.sqlite"
+DAMAGED_SUFFIX = ".damaged"  # a database SQLite calls corrupt is renamed to this, and a new one started
+SQLITE_CORRUPT, SQLITE_NOTADB = 11, 26  # primary result codes (sqlite3.h)
 PIPELINE_VERSION = 4  # bump when decoding, features or inference change, so that old rows stop matching
 # 3: blocked STFT with a banded filterbank, GEMM musicnn front end, one torch thread per track (rounding-level)
 # 4: a WAV/AIFF cut short on disk is a truncation error (it was embedded from what was left)
@@ -198,6 +201,7 @@ class EmbeddingCache:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
+        self.set_aside = False  # move_aside has run
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(self.path, timeout=SQLITE_TIMEOUT_S, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
@@ -210,15 +214,28 @@ class EmbeddingCache:
         from zstag.paths import cache_dir
 
         path = cache_dir() / CACHE_FILE
-        try:
-            return cls(path)
-        except (OSError, sqlite3.Error) as exc:
-            print(f"zstag: warning: embedding cache {path} unusable ({' '.join(str(exc).split())}); "
-              "continuing without it", file=sys.stderr)
-            return None
+        for attempt in range(2):
+            try:
+                return cls(path)
+            except (OSError, sqlite3.Error) as exc:
+                cause = " ".join(str(exc).split())
+                if attempt == 0 and _damaged(exc) and _move_aside(path):
+                    print(f"zstag: warning: embedding cache {path} is damaged ({cause}); moved to "
+                          f"{path.name}{DAMAGED_SUFFIX}, starting a new one", file=sys.stderr)
+                    continue
+                print(f"zstag: warning: embedding cache {path} unusable ({cause}); continuing without it",
+                      file=sys.stderr)
+                return None
+        return None
 
     def close(self) -> None:
         self.db.close()
+
+    def move_aside(self) -> Path | None:
+        """Rename the database (and its WAL files) to *.damaged, once; this connection goes on reading the
+        old file. The new path, or None if it could not be renamed."""
+        self.set_aside = True
+        return self.path.with_name(self.path.name + DAMAGED_SUFFIX) if _move_aside(self.path) else None
 
     def known_digest(self, path: str, stamp: tuple) -> str | None:
         """The digest remembered for this path and stamp (size, mtime_ns, ctime_ns, inode), or None."""
@@ -269,6 +286,18 @@ class EmbeddingCache:
         if model_id is None:
             return self.db.execute("SELECT COUNT(*) FROM embeddings").fetchone()[0]
         return self.db.execute("SELECT COUNT(*) FROM embeddings WHERE model_id=?", (model_id,)).fetchone()[0]
+
+
+def _move_aside(path: Path) -> bool:
+    """path → path.damaged (replacing an older one), with its -wal and -shm files; False if it failed."""
+    try:
+        for suffix in ("", "-wal", "-shm"):
+            part = path.with_name(path.name + suffix)
+            if part.exists():
+                os.replace(part, path.with_name(path.name + DAMAGED_SUFFIX + suffix))
+    except OSError:
+        return False
+    return True
 
 
 def _path_key(path: str) -> str | bytes:
@@ -438,10 +467,14 @@ def _popping(items: deque):
 
 
 def _stamp(path: str) -> tuple | None:
-    """What changes whenever a file's content may have: size, mtime, ctime, inode (None if gone)."""
+    """What changes whenever a file's content may have: size, mtime, ctime, inode. None if it is gone or
+    not a regular file: a FIFO or device is never hashed (reading one may block for ever); the decoder
+    reports it."""
     try:
         st = os.stat(path)
     except OSError:
+        return None
+    if not stat.S_ISREG(st.st_mode):
         return None
     return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
 
@@ -453,7 +486,7 @@ def _digests(cache: EmbeddingCache, paths: list[str], workers: int) -> dict[int,
         real = os.path.realpath(path)
         stamp = _stamp(real)
         if stamp is None:
-            continue  # unreadable: the decoder will say why
+            continue  # gone or not a regular file: the decoder will say why
         known = _lookup_digest(cache, real, stamp)
         if known:
             digests[i] = (known, stamp)
@@ -470,7 +503,7 @@ def _digests(cache: EmbeddingCache, paths: list[str], workers: int) -> dict[int,
         try:
             cache.remember_digests(remember)
         except sqlite3.Error as exc:
-            _warn_cache(exc)
+            _warn_cache(exc, cache)
     return digests
 
 
@@ -487,7 +520,7 @@ def _lookup_digest(cache: EmbeddingCache, path: str, stamp: tuple) -> str | None
     try:
         return cache.known_digest(path, stamp)
     except sqlite3.Error as exc:
-        _warn_cache(exc)
+        _warn_cache(exc, cache)
         return None
 
 
@@ -496,15 +529,37 @@ def _lookup(cache: EmbeddingCache, path, model_id, digest, offset, max_seconds) 
         hit = cache.get(model_id, digest, offset, max_seconds)
         cause = None if hit is not None else cache.get_failure(model_id, digest, offset, max_seconds)
     except (sqlite3.Error, ValueError) as exc:  # a damaged row or page is a miss, not a crash
-        _warn_cache(exc)
+        _warn_cache(exc, cache)
         return None
     if hit is not None:
         return TrackResult(path, hit[0], None, hit[1], cached=True)
     return None if cause is None else TrackResult(path, None, failure_line(path, cause), cached=True)
 
 
-def _warn_cache(exc: Exception) -> None:
-    print(f"zstag: warning: embedding cache: {' '.join(str(exc).split())}", file=sys.stderr)
+_warned: set[str] = set()  # each cache warning is printed once per run
+
+
+def _warn_cache(exc: Exception, cache: EmbeddingCache | None = None) -> None:
+    """One line on stderr, once per distinct cause. A damaged database file (SQLite says corrupt or not a
+    database) is moved aside, so that the next run starts a new cache instead of failing on every file."""
+    cause = " ".join(str(exc).split())
+    if cache is not None and cache.set_aside:
+        return  # reported when it was moved aside; this run's other lookups fail the same way
+    if cache is not None and _damaged(exc):
+        aside = cache.move_aside()
+        text = f"embedding cache {cache.path} is damaged ({cause}); " + (
+            f"moved to {aside.name}: the next run starts a new one" if aside else "delete it to start a new one")
+    else:
+        text = f"embedding cache: {cause}"
+    if text not in _warned:
+        _warned.add(text)
+        print(f"zstag: warning: {text}", file=sys.stderr)
+
+
+def _damaged(exc: Exception) -> bool:
+    """SQLITE_CORRUPT or SQLITE_NOTADB: the file itself is bad (not a lock, a full disk or permissions)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(exc, sqlite3.DatabaseError) and code is not None and code & 0xFF in (SQLITE_CORRUPT, SQLITE_NOTADB)
 
 
 def _store(cache, model_id, digest, offset, max_seconds, outcome, stats) -> None:
@@ -516,7 +571,7 @@ def _store(cache, model_id, digest, offset, max_seconds, outcome, stats) -> None
         else:
             cache.put(model_id, digest, offset, max_seconds, outcome, stats)
     except sqlite3.Error as exc:  # a full disk or a locked cache must not lose the run's results
-        _warn_cache(exc)
+        _warn_cache(exc, cache)
 
 
 # --- decoding (runs in the worker processes) ----------------------------------------------------
