@@ -207,6 +207,27 @@ def test_resume_after_kill_9_gives_the_same_cache(tmp_path, tracks):
     assert cache_files(out) == cache_files(tmp_path / "whole")
 
 
+def test_a_missing_or_cut_shard_file_is_one_line_when_the_cache_opens(tmp_path, tracks):
+    preprocess(tracks, tmp_path / "cache", PAPER, shard_size=2, progress=False)
+    npy = tmp_path / "cache" / "shard-00001.npy"
+    whole = npy.read_bytes()
+    npy.unlink()
+    with pytest.raises(FeatureCacheError, match=r"shard-00001\.npy: missing; rerun `zstag preprocess`$"):
+        FeatureCache.open(tmp_path / "cache")
+    npy.write_bytes(whole[:1000])
+    with pytest.raises(FeatureCacheError, match=rf"shard-00001\.npy: truncated: 1000 of {len(whole)} bytes; rerun"):
+        FeatureCache.open(tmp_path / "cache")
+    (tmp_path / "cache" / INDEX_FILE).unlink()  # read from the shard tables: checked the same
+    with pytest.raises(FeatureCacheError, match="truncated: 1000 of"):
+        FeatureCache.open(tmp_path / "cache", allow_incomplete=True)
+    npy.write_bytes(whole[:40])  # cut inside the header
+    with pytest.raises(FeatureCacheError, match=r"shard-00001\.npy: truncated or not a \.npy file \(40 bytes\)"):
+        FeatureCache.open(tmp_path / "cache")
+    report = preprocess(tracks, tmp_path / "cache", PAPER, shard_size=2, progress=False)  # what the error says to do
+    assert report.shards_done == 1 and npy.read_bytes() == whole
+    assert len(FeatureCache.open(tmp_path / "cache")) == 9
+
+
 def test_parse_shard():
     assert parse_shard("2/5") == (2, 5)
     for bad in ("0/3", "4/3", "x", "1/2/3"):
@@ -229,7 +250,7 @@ def test_cli_preprocess_from_a_csv_manifest(tmp_path):
             "--shard-size", "2", "--no-progress"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert "2 failed" in result.output and "cache complete" in result.output
+    assert "4 tracks decoded, 2 failed" in result.output and "cache complete" in result.output
     cache = FeatureCache.open(tmp_path / "cache")
     assert sorted(e.id for e in cache.tracks) == [f"audio/{i:02d}.wav" for i in range(4)]
     assert json.loads((tmp_path / "cache" / CACHE_FILE).read_text())["source"]["kind"] == "csv"

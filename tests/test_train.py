@@ -245,3 +245,93 @@ def test_training_on_a_gpu_learns_repeats_and_matches_the_cpu(cache_dir, tmp_pat
     assert gpu[0]["model_id"] == gpu[1]["model_id"]
     # The same sampling and start; only float sums differ: the first epoch's loss agrees closely.
     assert history[0]["loss"] == pytest.approx(cpu["history"][0]["loss"], rel=1e-3)
+
+
+# --- the CLI refuses before it writes ----------------------------------------------------------------
+
+FAST = ["--epochs", "1", "--batch-size", "8", "--val-samples", "32", "--threads", "1", "--no-progress", "--device", "cpu"]
+
+
+def cli(*args):
+    from typer.testing import CliRunner
+
+    from zstag.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def files_in(folder: Path) -> dict:
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_cli_a_run_refused_for_its_out_leaves_the_model_untouched(cache_dir, tmp_path):
+    out = tmp_path / "m"
+    result = cli("train", "--features", cache_dir, "--out", out, "--unseen", "piano", "--vectors", "random:20:1", *FAST)
+    assert result.exit_code == 0, result.output
+    before = files_in(out)
+    result = cli("train", "--features", cache_dir, "--out", out, "--seed", "5", *FAST)  # another split
+    assert result.exit_code == 1 and "pass --resume" in result.output
+    assert files_in(out) == before  # split.json still the model's own
+
+
+@pytest.mark.parametrize("extra, code", [
+    (["--optimizer", "rmsprop"], 2), (["--lr", "-1"], 2), (["--vectors", "random:abc"], 2),
+    (["--val-fraction", "1"], 2), (["--unseen-fraction", "1"], 2), (["--split-by", "album"], 2),
+    (["--resume"], 1), (["--vectors", "/nowhere/vectors.txt"], 1),
+])
+def test_cli_a_refused_run_writes_nothing(cache_dir, tmp_path, extra, code):
+    result = cli("train", "--features", cache_dir, "--out", tmp_path / "m", *FAST, *extra)
+    assert result.exit_code == code, result.output
+    assert result.output.startswith("zstag: error:") and result.output.count("\n") == 1
+    assert not (tmp_path / "m").exists()
+
+
+def test_cli_a_split_of_another_corpus_writes_nothing(cache_dir, tmp_path):
+    from zstag.corpora import Corpus
+    from zstag.splits import make_split, save_split
+
+    tracks = [Track(f"t{i}", tmp_path / f"{i}.wav", (("rock", "polka")[i % 2],)) for i in range(10)]
+    save_split(make_split(Corpus("other", "csv", tmp_path, tracks, ["polka", "rock"], True), unseen=["polka"]),
+               tmp_path / "other.json")
+    result = cli("train", "--features", cache_dir, "--out", tmp_path / "m", "--split", tmp_path / "other.json", *FAST)
+    assert result.exit_code == 1 and "labels not in corpus" in result.output, result.output
+    assert not (tmp_path / "m").exists()
+
+
+def test_cli_train_on_a_cache_missing_a_shard_file(cache_dir, tmp_path):
+    shutil.copytree(cache_dir, tmp_path / "cache")
+    (tmp_path / "cache" / "shard-00001.npy").unlink()
+    result = cli("train", "--features", tmp_path / "cache", "--out", tmp_path / "m", *FAST)
+    assert result.exit_code == 1
+    assert result.output == f"zstag: error: {tmp_path / 'cache' / 'shard-00001.npy'}: missing; rerun `zstag preprocess`\n"
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("args", [
+    ["preprocess", "--root", "ROOT", "--out", "OUT", "--shard", "abc"],
+    ["preprocess", "--root", "ROOT", "--out", "OUT", "--front-end", "foo"],
+    ["preprocess", "--root", "ROOT", "--out", "OUT", "--corpus", "bogus"],
+    ["preprocess", "--root", "ROOT", "--out", "OUT", "--corpus", "folder", "--top-n", "3"],
+    ["split", "--out", "OUT"],
+    ["split", "--features", "FEAT", "--out", "OUT", "--split-by", "album"],
+    ["split", "--features", "FEAT", "--out", "OUT", "--val-fraction", "1"],
+    ["split", "--features", "FEAT", "--out", "OUT", "--unseen-fraction", "1"],
+])
+def test_cli_option_value_errors_are_usage_errors(cache_dir, tmp_path, args):
+    (tmp_path / "root").mkdir()
+    places = {"ROOT": tmp_path / "root", "OUT": tmp_path / "out", "FEAT": cache_dir}
+    result = cli(*(places.get(a, a) for a in args))
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("zstag: error:") and result.output.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_split_warnings_are_one_line(cache_dir, tmp_path):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a warning escaping the CLI would print Python's two-line form
+        result = cli("split", "--features", cache_dir, "--out", tmp_path / "s.json", "--unseen", "guitar",
+                     "--split-by", "artist", "--val-fraction", "0.01", "--test-fraction", "0")
+    assert result.exit_code == 0, result.output
+    assert "zstag: warning: corpus tones: the validation partition is empty" in result.stderr

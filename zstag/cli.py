@@ -104,8 +104,10 @@ CORPUS_HELP = "Corpus kind: msd, mtat, gtzan, folder, csv or auto."
 def _open_training_corpus(kind: str, root: Path, audio: Optional[Path], top_n: Optional[int],
                           min_tracks: Optional[int], min_val: Optional[float]):
     """open_corpus with only the reader options the user gave; one-line errors."""
-    from zstag.corpora import CorpusError, open_corpus
+    from zstag.corpora import KINDS, CorpusError, open_corpus
 
+    if kind != "auto" and kind not in KINDS:
+        fail(f"--corpus: unknown kind {kind!r}: expected one of {', '.join(KINDS)} or auto", 2)
     given = {"audio": audio, "top_n": top_n, "min_tracks": min_tracks, "min_val": min_val}
     options = {k: v for k, v in given.items() if v is not None}
     try:
@@ -116,22 +118,45 @@ def _open_training_corpus(kind: str, root: Path, audio: Optional[Path], top_n: O
         if "unexpected keyword argument" not in str(exc):
             raise
         name = str(exc).rsplit("'", 2)[-2].replace("_", "-")
-        fail(f"--{name} does not apply to a {kind} corpus")
+        fail(f"--{name} does not apply to a {kind} corpus", 2)
+
+
+def _unseen_names(unseen: Optional[str]) -> Optional[list[str]]:
+    return [x.strip() for x in unseen.split(",") if x.strip()] if unseen else None
+
+
+def _check_split_options(unseen, unseen_fraction, split_by, val_fraction, test_fraction) -> None:
+    """The split options' values, before any data is read: a bad one is a usage error (exit 2)."""
+    from zstag.splits import ARTIST_TEST_FRACTION, SplitError, check_fractions
+
+    if split_by not in ("artist", "tracks"):
+        fail(f"--split-by {split_by!r}: expected artist or tracks", 2)
+    if test_fraction is None:
+        test_fraction = ARTIST_TEST_FRACTION if split_by == "artist" else 0.0
+    try:
+        check_fractions(None if _unseen_names(unseen) else unseen_fraction, val_fraction, test_fraction)
+    except SplitError as exc:
+        fail(str(exc), 2)
 
 
 def _split_for(corpus, split_file, seed, unseen, unseen_fraction, split_by, val_fraction, test_fraction):
+    import warnings
+
     from zstag.splits import SplitError, load_split, make_split
 
     try:
         if split_file is not None:
             return load_split(split_file)
-        if split_by not in ("artist", "tracks"):
-            fail(f"--split-by {split_by!r}: expected artist or tracks")
-        names = [x.strip() for x in unseen.split(",") if x.strip()] if unseen else None
-        return make_split(corpus, seed=seed, unseen=names, unseen_fraction=unseen_fraction,
-                          by_artist=split_by == "artist", validation_fraction=val_fraction, test_fraction=test_fraction)
+        with warnings.catch_warnings(record=True) as caught:  # one line each, not Python's source-line format
+            warnings.simplefilter("always")
+            split = make_split(corpus, seed=seed, unseen=_unseen_names(unseen), unseen_fraction=unseen_fraction,
+                               by_artist=split_by == "artist", validation_fraction=val_fraction,
+                               test_fraction=test_fraction)
     except SplitError as exc:
         fail(str(exc))
+    for warning in caught:
+        typer.echo(f"zstag: warning: {warning.message}", err=True)
+    return split
 
 
 @app.command("preprocess")
@@ -154,11 +179,11 @@ def preprocess_command(
     from zstag.features import FeatureCacheError, parse_shard, preprocess
 
     if front_end not in FRONT_ENDS:
-        fail(f"--front-end {front_end!r}: expected one of {', '.join(FRONT_ENDS)}")
+        fail(f"--front-end {front_end!r}: expected one of {', '.join(FRONT_ENDS)}", 2)
     try:
         part = parse_shard(shard)
     except ValueError as exc:
-        fail(str(exc))
+        fail(str(exc), 2)
     data = _open_training_corpus(corpus, root, audio, top_n, min_tracks, min_val)
     if data.missing or data.skipped:
         typer.echo(f"{data.root}: {len(data.missing)} listed tracks have no audio file, "
@@ -171,9 +196,10 @@ def preprocess_command(
         fail(str(exc))
     except OSError as exc:
         fail(f"{exc.filename or out}: cannot write: {exc.strerror or exc}")
+    failed = len(report.failures)  # tracks_done counts every track this run tried, failed ones too
     typer.echo(
-        f"{report.tracks_done} tracks decoded into {report.shards_done} shards, {report.shards_skipped} shards "
-        f"already done, {len(report.failures)} failed ({report.seconds:.1f} s); "
+        f"{report.tracks_done - failed} tracks decoded, {failed} failed, in {report.shards_done} shards; "
+        f"{report.shards_skipped} shards already done ({report.seconds:.1f} s); "
         + ("cache complete" if report.complete else "other parts still missing")
     )
     for failure in report.failures[:10]:
@@ -199,7 +225,8 @@ def split_command(
     from zstag.splits import save_split
 
     if (features is None) == (root is None):
-        fail("give either --features or --root")
+        fail("give either --features or --root", 2)
+    _check_split_options(unseen, unseen_fraction, split_by, val_fraction, test_fraction)
     if features is not None:
         data = _cache_corpus(features)
     else:
@@ -259,10 +286,25 @@ def train_command(
     from zstag.features import FeatureCache, FeatureCacheError
     from zstag.splits import SplitError, check_split, save_split
     from zstag.train import SPLIT_FILE, TrainError, TrainOptions, train
-    from zstag.words import UnknownLabelError, VectorsError
+    from zstag.words import UnknownLabelError, VectorsError, parse_random_source
 
+    # Everything that can be checked is checked before anything is written: a refused run leaves --out as it was.
+    options = TrainOptions(
+        epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, negatives=negatives, lr_patience=lr_patience,
+        early_stop=early_stop, epoch_size=epoch_size, val_samples=val_samples, seed=seed, batch_norm=batch_norm, device=device,
+        loader_workers=loader_workers, threads=threads,
+    )
     try:
-        pick_device(device, int(os.environ.get("LOCAL_RANK", "0")))  # before anything is written to --out
+        options.check()
+        parse_random_source(vectors)
+    except TrainError as exc:
+        fail(str(exc), 2)
+    except VectorsError as exc:
+        fail(f"--vectors {exc}", 2)
+    if split is None:
+        _check_split_options(unseen, unseen_fraction, split_by, val_fraction, test_fraction)
+    try:
+        pick_device(device, int(os.environ.get("LOCAL_RANK", "0")))
     except DeviceError as exc:
         fail(str(exc), 2)
     try:
@@ -274,26 +316,26 @@ def train_command(
     if split is None and resume and saved_split.is_file():
         split = saved_split  # the resumed run keeps the split it was started with
     the_split = _split_for(data, split, seed, unseen, unseen_fraction, split_by, val_fraction, test_fraction)
-    # The model folder always keeps the split it was trained on; under torchrun only rank 0 writes.
-    if os.environ.get("RANK", "0") == "0" and (split is None or Path(split).resolve() != saved_split.resolve()):
-        _write_or_fail(saved_split, lambda: save_split(the_split, saved_split))
     if split is not None:
         try:
             absent = check_split(the_split, data)
         except SplitError as exc:
             fail(str(exc))
         if absent:
-            typer.echo(f"warning: {len(absent)} tracks of the split are not in the feature cache; skipped", err=True)
-    options = TrainOptions(
-        epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, negatives=negatives, lr_patience=lr_patience,
-        early_stop=early_stop, epoch_size=epoch_size, val_samples=val_samples, seed=seed, batch_norm=batch_norm, device=device,
-        loader_workers=loader_workers, threads=threads,
-    )
+            typer.echo(f"zstag: warning: {len(absent)} tracks of the split are not in the feature cache; skipped",
+                       err=True)
+
+    def save_the_split() -> None:
+        # The model folder always keeps the split it was trained on; train() calls this on rank 0 only, once
+        # the vectors, the resume state and --out have passed its checks.
+        if split is None or Path(split).resolve() != saved_split.resolve():
+            _write_or_fail(saved_split, lambda: save_split(the_split, saved_split))
+
     try:
         result = train(
             cache, the_split.tracks("train"), the_split.tracks("validation"), the_split.seen, out, options,
             vectors_source=vectors, split_sha256=the_split.sha256, corpus_name=the_split.corpus, resume=resume,
-            progress=not no_progress,
+            progress=not no_progress, on_start=save_the_split,
         )
     except (TrainError, UnknownLabelError, VectorsError, FeatureCacheError) as exc:
         fail(str(exc))

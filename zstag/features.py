@@ -22,6 +22,7 @@ import csv
 import hashlib
 import io
 import json
+import math
 import signal
 import time
 from collections import OrderedDict, deque
@@ -424,6 +425,7 @@ class FeatureCache:
             entries = _entries_from_index(folder / INDEX_FILE)
         else:
             entries = _entries_from_shard_tables(folder, manifest)
+        _check_shard_files(folder, manifest, entries, sorted(set(range(manifest["n_shards"])) - set(missing)))
         return cls(folder, manifest, entries)
 
     def __len__(self) -> int:
@@ -466,6 +468,42 @@ class FeatureCache:
         state = dict(self.__dict__)
         state["_shards"] = OrderedDict()
         return state
+
+
+def _check_shard_files(folder: Path, manifest: dict, entries: list[CachedTrack], shards: list[int]) -> None:
+    """Each listed shard's .npy is there, as long as its header says, and of the shape its table gives: a
+    missing or cut file is one line now, not a crash mid-training. Reads headers only (a few hundred bytes)."""
+    frames = dict.fromkeys(shards, 0)
+    for e in entries:
+        frames[e.shard] = frames.get(e.shard, 0) + e.n_frames  # a shard's tracks fill it back to back
+    expected = (np.dtype(DTYPE), int(manifest["front_end"]["n_mels"]))
+    for s in shards:
+        path = folder / f"{SHARD_PATTERN.format(s)}.npy"
+        problem = _npy_problem(path, frames[s], *expected)
+        if problem:
+            raise FeatureCacheError(f"{path}: {problem}; rerun `zstag preprocess`")
+
+
+def _npy_problem(path: Path, n_frames: int, dtype: np.dtype, n_mels: int) -> str | None:
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            fmt = np.lib.format
+            shape, _, found = (fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0)(f)
+            data_start = f.tell()
+    except FileNotFoundError:
+        return "missing"
+    except OSError as exc:
+        return f"unreadable ({exc.strerror or exc})"
+    except ValueError:  # cut inside the header, or not a .npy file
+        return f"truncated or not a .npy file ({size} bytes)"
+    needed = data_start + math.prod(shape) * found.itemsize
+    if size < needed:
+        return f"truncated: {size} of {needed} bytes"
+    if found != dtype or tuple(shape) != (n_frames, n_mels):
+        return f"holds {found} {tuple(shape)}, its table says {dtype} ({n_frames}, {n_mels})"
+    return None
 
 
 def _entries_from_index(path: Path) -> list[CachedTrack]:

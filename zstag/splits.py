@@ -233,6 +233,16 @@ def _cut(n: int, validation: float, test: float) -> tuple[int, int]:
     return n_train, n_val
 
 
+def check_fractions(unseen_fraction: Optional[float], validation_fraction: float, test_fraction: float) -> None:
+    """SplitError unless the fractions can make a split (unseen None: the unseen labels are named); needs no
+    corpus, so the CLI checks them as option values before reading any data."""
+    if unseen_fraction is not None and not 0.0 <= unseen_fraction < 1.0:
+        raise SplitError(f"unseen fraction {unseen_fraction}: must be in [0, 1)")
+    if validation_fraction < 0 or test_fraction < 0 or validation_fraction + test_fraction >= 1:
+        raise SplitError(f"validation ({validation_fraction}) and test ({test_fraction}) fractions must be >= 0 "
+                         "and leave something to train on")
+
+
 def make_split(corpus, *, seed: int = 0, unseen: Optional[Sequence[str]] = None,
                unseen_fraction: float = UNSEEN_FRACTION, by_artist: bool = False,
                validation_fraction: float = VALIDATION_FRACTION, test_fraction: Optional[float] = None) -> Split:
@@ -240,9 +250,7 @@ def make_split(corpus, *, seed: int = 0, unseen: Optional[Sequence[str]] = None,
     method = "artist" if by_artist else "track"
     if test_fraction is None:
         test_fraction = ARTIST_TEST_FRACTION if by_artist else 0.0
-    if validation_fraction < 0 or test_fraction < 0 or validation_fraction + test_fraction >= 1:
-        raise SplitError(f"validation ({validation_fraction}) and test ({test_fraction}) fractions must be >= 0 "
-                         "and leave something to train on")
+    check_fractions(None if unseen is not None else unseen_fraction, validation_fraction, test_fraction)
     seen, unseen_labels = split_labels(corpus.labels, seed, unseen, unseen_fraction)
     groups = group_tracks(corpus.tracks, seen, unseen_labels)
     group_of = {t: g for g in GROUPS for t in groups[g]}

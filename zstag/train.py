@@ -359,8 +359,12 @@ def train(
     resume: bool = False,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    on_start: Callable[[], None] | None = None,
 ) -> dict:
     """Train a CNN1D model on ``train_ids`` with the seen ``labels``; the best model is saved in ``out``.
+
+    ``on_start`` runs on rank 0 once every check has passed, before the first epoch (the CLI saves the
+    split there: a run refused for its options, vectors or ``out`` leaves ``out`` as it was).
 
     Returns {"model_id", "epochs", "best_epoch", "best_val_loss", "stopped_early", "history"}.
     """
@@ -425,6 +429,8 @@ def train(
     val_plan = sample_plan(monitored, val_rng, max(len(monitored), options.val_samples), options.negatives, frames)
     per_process_batch = options.batch_size // world
     stopped_early = False
+    if on_start is not None and rank == 0:
+        on_start()
     bar = _progress_bar(progress and rank == 0)
     with bar:
         epoch_task = bar.add_task("epochs", total=options.epochs, completed=start_epoch - 1, info="")
