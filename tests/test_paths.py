@@ -66,3 +66,42 @@ def test_a_device_or_fifo_is_written_to_not_replaced(tmp_path):
     assert got == [b"through the pipe"] and stat.S_ISFIFO(os.stat(fifo).st_mode)
     paths.atomic_write(os.devnull, "gone")
     assert stat.S_ISCHR(os.stat(os.devnull).st_mode)  # /dev/null stays a device (a rename would replace it as root)
+
+
+def test_a_link_is_followed_and_its_target_replaced(tmp_path):
+    folder = tmp_path / "real"
+    folder.mkdir()
+    target = folder / "out.json"
+    target.write_text("old")
+    link = tmp_path / "link.json"
+    link.symlink_to(target)
+    paths.atomic_write(link, "new")
+    assert link.is_symlink() and os.readlink(link) == str(target) and target.read_text() == "new"
+    assert os.listdir(folder) == ["out.json"] and sorted(os.listdir(tmp_path)) == ["link.json", "real"]
+    chain = tmp_path / "chain.json"  # a link to a link
+    chain.symlink_to(link)
+    paths.atomic_write(chain, "newer")
+    assert chain.is_symlink() and link.is_symlink() and target.read_text() == "newer"
+    dangling = tmp_path / "dangling.json"  # its target is created
+    dangling.symlink_to(folder / "later.json")
+    paths.atomic_write(dangling, "made")
+    assert dangling.is_symlink() and (folder / "later.json").read_text() == "made"
+
+
+def test_a_link_to_a_fifo_or_device_is_written_through(tmp_path):
+    import threading
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    link = tmp_path / "to-pipe"
+    link.symlink_to(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    paths.atomic_write(link, "through the link")
+    reader.join(timeout=10)
+    assert got == [b"through the link"] and link.is_symlink() and stat.S_ISFIFO(os.stat(fifo).st_mode)
+    null = tmp_path / "null"
+    null.symlink_to(os.devnull)
+    paths.atomic_write(null, "gone")
+    assert null.is_symlink() and stat.S_ISCHR(os.stat(os.devnull).st_mode)

@@ -118,6 +118,56 @@ def test_output_file_is_written_whole(music, model_dir, tmp_path):
     assert result.exit_code == 2 and "existing folder" in result.stderr
 
 
+@pytest.mark.parametrize("how", ["named", "in a folder", "a link", "a hard link"])
+def test_output_naming_an_input_is_a_usage_error_before_any_decoding(how, music, model_dir, tmp_path, monkeypatch,
+                                                                      forbid_decoding):
+    audio = music / "a.wav"
+    before = audio.read_bytes()
+    output = {"named": audio, "in a folder": music / "sub" / ".." / "a.wav", "a link": tmp_path / "link.wav",
+              "a hard link": tmp_path / "hard.wav"}[how]
+    if how == "a link":
+        output.symlink_to(audio)
+    elif how == "a hard link":
+        os.link(audio, output)
+    forbid_decoding(monkeypatch)
+    result = run(audio if how == "named" else music, "--labels", "rock", "--model", model_dir, "-f", "json",
+                 "-o", output)
+    assert result.exit_code == 2 and result.stdout == ""
+    (line,) = result.stderr.strip().splitlines()
+    assert line == f"zstag: error: {output}: --output is the input file {audio} (it would be overwritten)"
+    assert audio.read_bytes() == before
+
+
+def test_output_through_a_link_replaces_the_target_not_the_link(music, model_dir, tmp_path):
+    (tmp_path / "out").mkdir()
+    target = tmp_path / "out" / "tags.csv"
+    target.write_text("old")
+    link = tmp_path / "tags.csv"
+    link.symlink_to(target)
+    result = run(music, "--labels", "rock", "--model", model_dir, "--format", "csv", "-o", link)
+    assert result.exit_code == 0, result.stderr
+    assert link.is_symlink() and os.readlink(link) == str(target)
+    assert target.read_text().startswith("path,rank,label,score\n")
+
+
+@pytest.mark.parametrize("stdout", ["closed", "full"])
+def test_stdout_that_cannot_be_written_is_one_line(stdout, music, model_dir, tmp_path):
+    """Started with descriptor 1 closed, or on a full disk (/dev/full): one error line, exit 1, no traceback
+    (not at exit either, when the interpreter flushes stdout)."""
+    import subprocess
+    import sys
+
+    run(music, "--labels", "rock", "--model", model_dir)  # a warm run: no torch, the interpreter's own exit
+    with open(os.devnull if stdout == "closed" else "/dev/full", "wb") as sink:
+        proc = subprocess.run(
+            [sys.executable, "-m", "zstag", "tag", music, "--labels", "rock", "--model", model_dir, "-f", "jsonl"],
+            stdout=sink, stderr=subprocess.PIPE, text=True, check=False, timeout=300,
+            preexec_fn=(lambda: os.close(1)) if stdout == "closed" else None,
+        )
+    cause = "it is closed" if stdout == "closed" else "No space left on device"
+    assert proc.returncode == 1 and proc.stderr == f"zstag: error: cannot write to stdout: {cause}\n", proc.stderr
+
+
 def test_single_top_k_and_threshold(music, model_dir):
     multi = {f["path"]: {t["label"]: t["score"] for t in f["tags"]} for f in tag_json(music, model_dir)["files"]}
     single = tag_json(music, model_dir, "--single")
@@ -469,3 +519,12 @@ def test_non_finite_offset_or_length_is_a_usage_error(option, tmp_path):
     with pytest.raises(TagUsageError, match="finite"):
         run([str(tmp_path)], labels=["jazz"], offset=float(option[1]) if option[0] == "--offset" else 0.0,
             max_seconds=float(option[1]) if option[0] == "--max-seconds" else None)
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_non_finite_threshold_is_a_usage_error(value, music, model_dir):
+    for mode in ([], ["--single"]):
+        result = run(music, "--labels", "rock,jazz", "--model", model_dir, "--threshold", value, *mode)
+        assert result.exit_code == 2 and result.stdout == ""
+        (line,) = result.stderr.strip().splitlines()
+        assert line == f"zstag: error: --threshold {float(value)}: need a finite number (scores are cosines, -1..1)"

@@ -376,3 +376,20 @@ def test_parse_labels(tmp_path):
         parse_labels([" , "])
     with pytest.raises(LabelsError, match="missing.txt: cannot read"):
         parse_labels(["rock"], tmp_path / "missing.txt")
+
+
+def test_parse_labels_line_breaks_byte_order_mark_and_spellings(tmp_path):
+    from zstag.words import LabelsError, parse_labels
+
+    # a line break separates labels like a comma (it made csv raise before)
+    assert parse_labels(['rock\njazz, "drum, bass"\r\nlo-fi']) == ["rock", "jazz", "drum, bass", "lo-fi"]
+    for head in ("", "# moods\n"):
+        bom = tmp_path / "bom.txt"
+        bom.write_bytes(b"\xef\xbb\xbf" + f"{head}rock\njazz\n".encode())  # a BOM, as some editors save
+        assert parse_labels(None, bom) == ["rock", "jazz"]
+    # the same normalised label once, first spelling first; "hip hop" and "hip-hop" are two labels
+    assert parse_labels(["Hip-Hop, hip - hop ,HIP-HOP"]) == ["Hip-Hop"]
+    assert parse_labels(["Hip Hop,hip_hop,  hip   hop"]) == ["Hip Hop"]
+    assert parse_labels(["Hip Hop,hip-hop"]) == ["Hip Hop", "hip-hop"]
+    with pytest.raises(LabelsError, match="--labels: field larger than field limit"):
+        parse_labels(["x" * 200_000])

@@ -32,8 +32,10 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
     os.replace, then the folder flushed too.
 
     A crash, kill -9 or power cut leaves either the old file or the new one, never half of one (without
-    the fsync before the rename, a power cut could leave the new name on an empty file). An existing path
-    that is no regular file (a device such as /dev/stdout, a FIFO) is written to directly. str is UTF-8.
+    the fsync before the rename, a power cut could leave the new name on an empty file). A symbolic link is
+    followed: its final target is replaced (the temporary file sits in the target's folder), the link stays.
+    An existing path that is no regular file (a device such as /dev/stdout, a FIFO), directly or through
+    links, is written to directly. str is UTF-8.
     """
     import tempfile
 
@@ -43,19 +45,20 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
         with open(path, "wb") as handle:
             handle.write(payload)
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    target = Path(os.path.realpath(path))  # a link (to a regular file, or dangling): its target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(payload)
             handle.flush()
             _fsync(handle.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; outputs, models and caches are ordinary files
-        os.replace(tmp, path)
+        os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    _fsync_folder(path.parent)
+    _fsync_folder(target.parent)
     return path
 
 

@@ -25,9 +25,10 @@ import csv
 import functools
 import io
 import json
+import math
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +54,7 @@ class Found:
     files: list[str]  # audio files, in discovery order, each real file once
     problems: list[str]  # one-line errors: inputs that do not exist, folders or links that cannot be read
     duplicates: int  # paths skipped because they name a file already found
+    ids: dict[tuple[int, int], str] = field(default_factory=dict)  # (st_dev, st_ino) of each file → its path
 
 
 # --- labels -------------------------------------------------------------------------------------
@@ -101,7 +103,6 @@ def find_audio_files(inputs: list[str], extensions: frozenset[str]) -> Found:
     (listed twice, inside two given folders, through a link) is kept once, at its first position.
     """
     found = Found([], [], 0)
-    seen_files: set[tuple[int, int]] = set()
     seen_dirs: set[tuple[int, int]] = set()
 
     def add(path: str) -> None:
@@ -111,10 +112,10 @@ def find_audio_files(inputs: list[str], extensions: frozenset[str]) -> Found:
             found.problems.append(f"{path}: cannot read: {exc.strerror or exc}")
             return
         key = (st.st_dev, st.st_ino)
-        if key in seen_files:
+        if key in found.ids:
             found.duplicates += 1
         else:
-            seen_files.add(key)
+            found.ids[key] = path
             found.files.append(path)
 
     def unreadable_folder(exc: OSError) -> None:
@@ -296,6 +297,8 @@ def run(
         raise TagUsageError(f"unknown format {fmt!r} (choose from {', '.join(FORMATS)})")
     if single and top_k is not None:
         raise TagUsageError("--top-k does not apply with --single (one label per file)")
+    if threshold is not None and not math.isfinite(threshold):
+        raise TagUsageError(f"--threshold {threshold}: need a finite number (scores are cosines, -1..1)")
     if output is not None and (Path(output).is_dir() or not Path(output).absolute().parent.is_dir()):
         raise TagUsageError(f"{output}: --output must be a file in an existing folder")
     label_list = parse_labels(labels, labels_file)
@@ -307,7 +310,12 @@ def run(
     except (modelfile.ModelError, VectorsError, UnknownLabelError) as exc:
         raise TagUsageError(str(exc)) from None
 
+    if output is None and sys.stdout is None:  # started with descriptor 1 closed: nothing to decode for
+        print("zstag: error: cannot write to stdout: it is closed", file=sys.stderr)
+        return 1
     found = find_audio_files(inputs, extension_set)
+    if output is not None:
+        check_output_is_no_input(output, found)
     failures = list(found.problems)
     for line in found.problems:
         print(f"zstag: {line}", file=sys.stderr)
@@ -324,16 +332,14 @@ def run(
     else:
         scores = np.zeros((0, len(label_list)), dtype=np.float32)
     records = file_records([r.path for r in good], scores, label_list, single=single, top_k=top_k, threshold=threshold)
+    terminal = output is None and sys.stdout is not None and sys.stdout.isatty()
     text = render(records, fmt, single=single, labels=label_list, model_id=files.model_id,
-                  width=None if output or not sys.stdout.isatty() else _terminal_width())
-    # A file name that is not UTF-8 (os.fsdecode's lone surrogates) is written as its own bytes.
+                  width=_terminal_width() if terminal else None)
     if output is None:
-        try:
-            sys.stdout.write(text)
-        except UnicodeEncodeError:
-            sys.stdout.flush()
-            sys.stdout.buffer.write(text.encode(sys.stdout.encoding or "utf-8", "surrogateescape"))
-        sys.stdout.flush()
+        error = write_stdout(text)
+        if error:
+            print(f"zstag: error: cannot write to stdout: {error}", file=sys.stderr)
+            return 1
     else:
         try:
             atomic_write(output, text.encode("utf-8", "surrogateescape"))
@@ -351,6 +357,41 @@ def run(
         parts.append(f"{found.duplicates} duplicate path(s) skipped")
     print("zstag: " + "; ".join(parts), file=sys.stderr)
     return 1 if failures else 0
+
+
+def check_output_is_no_input(output: str, found: Found) -> None:
+    """TagUsageError when --output names (through links, or a hard link) one of the input files."""
+    try:
+        st = os.stat(output)
+    except OSError:  # not there yet: no input; unreadable: writing it will fail with one line
+        return
+    path = found.ids.get((st.st_dev, st.st_ino))
+    if path is not None:
+        raise TagUsageError(f"{output}: --output is the input file {path} (it would be overwritten)")
+
+
+def write_stdout(text: str) -> str | None:
+    """Write text to stdout and flush it; None when it got there, else the cause (stdout closed, disk full,
+    broken pipe). A file name that is not UTF-8 (os.fsdecode's lone surrogates) is written as its own bytes."""
+    if sys.stdout is None:  # Python started with descriptor 1 closed
+        return "it is closed"
+    try:
+        try:
+            sys.stdout.write(text)
+        except UnicodeEncodeError:
+            sys.stdout.flush()
+            sys.stdout.buffer.write(text.encode(sys.stdout.encoding or "utf-8", "surrogateescape"))
+        sys.stdout.flush()
+    except (OSError, ValueError) as exc:  # ValueError: sys.stdout closed inside Python
+        try:  # what is still buffered goes nowhere, instead of failing again (a traceback) at exit
+            fd = sys.stdout.fileno()
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, fd)
+            os.close(devnull)
+        except (OSError, ValueError):
+            pass
+        return getattr(exc, "strerror", None) or str(exc)
+    return None
 
 
 def track_results(files, paths: list[str], *, workers: int | None = None, use_cache: bool = True,

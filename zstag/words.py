@@ -117,16 +117,23 @@ def _normalise_ampersand(s: str) -> str:
 def parse_labels(values: list[str] | None, labels_file: str | os.PathLike | None = None) -> list[str]:
     """Labels from comma-separated --labels values (CSV quoting allowed) and a one-per-line file.
 
-    In the file, "#" starts a comment. Labels that normalise the same ("Hip Hop", "hip-hop ") are
-    kept once, first spelling wins. LabelsError when the file cannot be read or no label is left.
+    In a --labels value a line break separates labels as a comma does (each line is its own CSV row,
+    so a quoted label cannot span lines). The file is UTF-8, a leading byte-order mark ignored; "#"
+    starts a comment. Labels that normalise the same ("Hip-Hop", "hip - hop "; "Hip Hop", "hip_hop") are
+    kept once, first spelling wins. "hip hop" and "hip-hop" do not normalise the same and are both kept:
+    word vectors give them the same vector, the random-label baseline (and `zstag eval`) two labels.
+    LabelsError when a value cannot be parsed, the file cannot be read or no label is left.
     """
     labels = []
     for value in values or []:
-        for row in csv.reader([value], skipinitialspace=True):
-            labels += [field.strip() for field in row]
+        try:
+            for row in csv.reader(value.splitlines(), skipinitialspace=True):
+                labels += [field.strip() for field in row]
+        except csv.Error as exc:  # a field over csv's size limit
+            raise LabelsError(f"--labels: {exc}") from None
     if labels_file is not None:
         try:
-            text = Path(labels_file).read_text(encoding="utf-8")
+            text = Path(labels_file).read_text(encoding="utf-8-sig")
         except (OSError, UnicodeDecodeError) as exc:
             cause = getattr(exc, "strerror", None) or exc
             raise LabelsError(f"{labels_file}: cannot read labels file: {cause}") from None
