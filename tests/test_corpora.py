@@ -79,6 +79,19 @@ def test_folder(tmp_path):
     assert all(t.path.is_file() for t in corpus.tracks)
 
 
+def test_folder_file_linked_under_two_labels_is_one_track(tmp_path):
+    touch(tmp_path / "jazz" / "a.wav")
+    touch(tmp_path / "jazz" / "b.wav")
+    (tmp_path / "rock").mkdir()
+    (tmp_path / "rock" / "a.wav").symlink_to(tmp_path / "jazz" / "a.wav")
+    (tmp_path / "rock" / "gone.wav").symlink_to(tmp_path / "nowhere.wav")
+    corpus = open_corpus("folder", tmp_path)
+    assert [t.id for t in corpus.tracks] == ["jazz/a.wav", "jazz/b.wav"] and corpus.labels == ["jazz"]
+    assert corpus.skipped == [f"{tmp_path}: track rock/a.wav: listed twice (the same file as track jazz/a.wav), "
+                              "first one kept"]
+    assert corpus.missing == ["rock/gone.wav"]
+
+
 def test_folder_without_audio(tmp_path):
     touch(tmp_path / "a" / "x.txt")
     with pytest.raises(CorpusError, match="not a folder-per-label root"):
@@ -117,9 +130,9 @@ def test_csv_manifest(tmp_path):
         assert corpus.labels == ["salsa", "two step", "waltz"]
         assert not corpus.single_label
         assert corpus.missing == ["audio/gone.ogg"]
-        assert len(corpus.skipped) == 1 and ":6: empty path" in corpus.skipped[0]
+        assert [s.split("manifest.csv")[1] for s in corpus.skipped] == [":4: no labels", ":6: empty path"]
     kept = open_corpus("csv", path, keep_untagged=True)
-    assert kept.track("audio/c.wav").labels == ()
+    assert kept.track("audio/c.wav").labels == () and len(kept.skipped) == 1
     assert detect_kind(tmp_path / "dance") == "csv" and detect_kind(path) == "csv"
 
 
@@ -141,6 +154,68 @@ def test_csv_options_and_errors(tmp_path):
         open_corpus("csv", gone)
     with pytest.raises(CorpusError, match="unknown corpus kind 'mp3'"):
         open_corpus("mp3", tmp_path)
+
+
+def test_csv_rows_left_out_are_reported_in_file_order(tmp_path):
+    for name in ("a/1.wav", "a/2.wav", "b/3.wav", "b/4.wav"):
+        touch(tmp_path / name)
+    (tmp_path / "manifest.csv").write_text(
+        "path,labels\n"
+        "a/1.wav,jazz\n"
+        "a/1.wav,rock\n"          # 3: the same id again
+        "zz/missing.wav,jazz\n"   # 4: no such file
+        "a/2.wav,\n"              # 5: an empty labels cell
+        "b/3.wav,rock,guitar\n"   # 6: an extra, unquoted field: not truncated to "rock"
+        "b/4.wav\n"               # 7: no labels field
+        "b,rock\n",               # 8: a folder, not a file
+        encoding="utf-8")
+    corpus = open_corpus("csv", tmp_path)
+    assert [t.id for t in corpus.tracks] == ["a/1.wav"] and corpus.track("a/1.wav").labels == ("jazz",)
+    assert corpus.missing == ["b", "zz/missing.wav"]
+    assert [s.split("manifest.csv:")[1] for s in corpus.skipped] == [
+        "3: track a/1.wav: listed twice, first one kept",
+        "5: no labels",
+        "6: 3 fields, expected 2 (labels are separated by ';'; quote a field holding a comma)",
+        "7: no labels field",
+    ]
+    line = corpus.left_out()
+    assert "\n" not in line and line.startswith(f"{tmp_path}: 2 listed tracks have no audio file, 4 entries skipped")
+    assert line.endswith("manifest.csv:3: track a/1.wav: listed twice, first one kept)")
+    assert open_corpus("csv", tmp_path / "manifest.csv", keep_untagged=True).track("a/2.wav").labels == ()
+
+
+def test_csv_same_file_under_two_spellings_is_one_track(tmp_path):
+    touch(tmp_path / "m" / "jazz" / "x.wav")
+    touch(tmp_path / "m" / "jazz" / "y.wav")
+    (tmp_path / "m" / "link.wav").symlink_to("jazz/y.wav")
+    absolute = tmp_path / "m" / "jazz" / "x.wav"
+    (tmp_path / "m" / "manifest.csv").write_text(
+        f"path,labels\njazz/x.wav,jazz\n./jazz/x.wav,rock\n{absolute},pop\njazz/../jazz/x.wav,jazz\n"
+        "jazz/y.wav,jazz\nlink.wav,jazz\n", encoding="utf-8")
+    corpus = open_corpus("csv", tmp_path / "m")
+    assert [(t.id, t.labels) for t in corpus.tracks] == [("jazz/x.wav", ("jazz",)), ("jazz/y.wav", ("jazz",))]
+    assert corpus.labels == ["jazz"]   # the conflicting labels of the copies are not the corpus's
+    assert [s.split("manifest.csv:")[1] for s in corpus.skipped] == [
+        "3: track ./jazz/x.wav: listed twice (the same file as track jazz/x.wav), first one kept",
+        f"4: track {absolute}: listed twice (the same file as track jazz/x.wav), first one kept",
+        "5: track jazz/../jazz/x.wav: listed twice (the same file as track jazz/x.wav), first one kept",
+        "7: track link.wav: listed twice (the same file as track jazz/y.wav), first one kept",
+    ]
+
+
+def test_csv_unterminated_quote_is_one_line_naming_its_line(tmp_path):
+    touch(tmp_path / "a" / "1.wav")
+    touch(tmp_path / "b" / "3.wav")
+    path = tmp_path / "manifest.csv"
+    path.write_text('path,labels\n\na/1.wav,"jazz\nb/3.wav,rock\n', encoding="utf-8")
+    with pytest.raises(CorpusError) as e:
+        open_corpus("csv", tmp_path)
+    assert str(e.value) == f"{path}:3: unterminated quote? a quoted field runs on to line 4"
+    path.write_text('path,labels\r\na/1.wav,"jazz\r\nb/3.wav,rock\r\nb/3.wav,"x"\r\n', encoding="utf-8")
+    with pytest.raises(CorpusError, match=r"manifest\.csv:2: unterminated quote\? a quoted field runs on to line 4$"):
+        open_corpus("csv", tmp_path)
+    path.write_text('path,labels\r\n\r\n"a/1.wav","jazz;rock"\r\n', encoding="utf-8")  # CRLF and quotes: fine
+    assert open_corpus("csv", tmp_path).track("a/1.wav").labels == ("jazz", "rock")
 
 
 @pytest.mark.skipif(not (SHARED_DANCE / "manifest.csv").is_file(), reason="needs ../shared/data/dance")

@@ -300,3 +300,69 @@ def test_non_finite_max_seconds_is_an_eval_error_before_anything_loads(max_secon
 
     with pytest.raises(EvalError, match="finite"):
         evaluate("csv", tmp_path, model=str(tmp_path / "no-model"), max_seconds=max_seconds)
+
+
+def eval_cli(root, model_dir, *args, corpus="csv"):
+    return CliRunner().invoke(app, ["eval", "--corpus", corpus, "--root", str(root), "--model", str(model_dir),
+                                    "--workers", "0", *map(str, args)])
+
+
+def test_cli_reports_manifest_rows_left_out(tmp_path, model_dir):
+    for i, name in enumerate(("a/1.wav", "a/2.wav", "b/3.wav", "b/4.wav")):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        sf.write(tmp_path / name, tone(i), SR)
+    (tmp_path / "manifest.csv").write_text(
+        "path,labels\na/1.wav,jazz\n./a/1.wav,rock\nzz/missing.wav,jazz\na/2.wav,\nb/3.wav,rock,guitar\nb/4.wav,blues\n",
+        encoding="utf-8")
+    out = tmp_path / "report.json"
+    result = eval_cli(tmp_path, model_dir, "--out", out)
+    assert result.exit_code == 0, result.output
+    line = f"zstag: {tmp_path}: 1 listed tracks have no audio file, 3 entries skipped; going on with 2 tracks (first: "
+    [summary] = [s for s in result.stderr.splitlines() if s.startswith(line)]
+    assert summary.endswith("manifest.csv:3: track ./a/1.wav: listed twice (the same file as track a/1.wav), first one kept)")
+    corpus = json.loads(out.read_text())["corpus"]
+    assert (corpus["n_tracks"], corpus["n_missing"], corpus["n_skipped"]) == (2, 1, 3)
+    assert corpus["left_out"] == summary[len("zstag: "):]
+
+
+def test_one_label_warns_that_accuracy_is_trivial(tmp_path, model_dir, gtzan):
+    (tmp_path / "one" / "jazz").mkdir(parents=True)
+    for i in range(2):
+        sf.write(tmp_path / "one" / "jazz" / f"{i}.wav", tone(i), SR)
+    out = tmp_path / "report.json"
+    result = eval_cli(tmp_path / "one", model_dir, "--out", out, corpus="folder")
+    assert result.exit_code == 0, result.output
+    warning = "only one evaluation label (jazz): accuracy is trivially 1.0"
+    assert f"zstag: warning: {warning}\n" in result.stderr
+    report = json.loads(out.read_text())
+    assert report["warnings"] == [warning] and report["metrics"]["all"]["accuracy"] == 1.0
+    # one seen and one unseen label: each set's accuracy is trivial, the generalised one is not
+    assert run("gtzan", gtzan, model_dir, labels=["jazz", "rock"]).report["warnings"] == [
+        "only one seen label (rock): the seen accuracy is trivially 1.0",
+        "only one unseen label (jazz): the unseen accuracy is trivially 1.0",
+    ]
+    assert run("gtzan", gtzan, model_dir).report["warnings"] == []
+
+
+def test_cli_out_naming_a_folder_fails_before_the_evaluation(tmp_path):
+    for option in ("--out", "--plot"):  # before the model is loaded: there is none
+        result = eval_cli(tmp_path, tmp_path / "no-model", option, tmp_path, corpus="gtzan")
+        assert result.exit_code == 2 and result.stderr == f"zstag: error: {tmp_path}: {option} names a folder, not a file\n"
+
+
+def test_report_and_plot_are_written_although_stdout_is_closed(gtzan, model_dir, tmp_path):
+    """`zstag eval ... --out r.json | head -1`: the files are written before the table, which alone is cut."""
+    import subprocess
+    import sys
+
+    out, png = tmp_path / "r.json", tmp_path / "c.png"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "zstag", "eval", "-c", "gtzan", "-r", gtzan, "-m", model_dir, "--workers", "0",
+         "--out", out, "--plot", png], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # the reader is gone before the first line of the table
+    stderr = proc.stderr.read()
+    assert proc.wait(timeout=300) == 1  # as rich (and `zstag tag`) end on a closed stdout
+    assert json.loads(out.read_text())["tracks"]["evaluated"] == 8 and png.read_bytes()[:4] == b"\x89PNG"
+    lines = stderr.splitlines()
+    assert all(line.startswith("zstag: ") for line in lines), stderr
+    assert f"zstag: report written to {out}" in lines and f"zstag: confusion matrix written to {png}" in lines

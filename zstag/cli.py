@@ -454,6 +454,8 @@ def eval_command(
     for target, option in ((out, "--out"), (plot, "--plot")):
         if target is not None and not target.parent.is_dir():
             fail(f"{target}: the folder for {option} does not exist", 2)
+        if target is not None and target.is_dir():
+            fail(f"{target}: {option} names a folder, not a file", 2)
     try:
         chosen = parse_labels(labels) if labels else None
         result = evaluate.evaluate(
@@ -465,20 +467,27 @@ def eval_command(
     except (evaluate.EvalError, CorpusError, SplitError, ModelError, VectorsError) as exc:
         fail(str(exc))
     report = result.report
-    evaluate.render(report, Console())
+    # Files and stderr first, the table last: a reader that closes stdout early (| head) cuts only the table.
+    draw = plot is not None and report["task"] == "classification"
+    if out is not None:
+        _write_or_fail(out, lambda: evaluate.write_report(report, out))
+    if draw:
+        _write_or_fail(plot, lambda: evaluate.plot_confusion(report, plot))
+    if report["corpus"]["left_out"]:
+        typer.echo(f"zstag: {report['corpus']['left_out']}", err=True)
     for failure in report["tracks"]["failed"]:
         typer.echo(f"zstag: {failure['error']}", err=True)
+    for warning in report["warnings"]:
+        typer.echo(f"zstag: warning: {warning}", err=True)
+    if plot is not None and not draw:
+        typer.echo("zstag: warning: --plot draws the confusion matrix of single-label corpora; nothing drawn", err=True)
     typer.echo(f"zstag: evaluated {report['tracks']['evaluated']} of {report['tracks']['selected']} tracks "
                f"({result.cached} from the cache)", err=True)
     if out is not None:
-        _write_or_fail(out, lambda: evaluate.write_report(report, out))
         typer.echo(f"zstag: report written to {out}", err=True)
-    if plot is not None:
-        if report["task"] != "classification":
-            typer.echo("zstag: warning: --plot draws the confusion matrix of single-label corpora; nothing drawn", err=True)
-        else:
-            _write_or_fail(plot, lambda: evaluate.plot_confusion(report, plot))
-            typer.echo(f"zstag: confusion matrix written to {plot}", err=True)
+    if draw:
+        typer.echo(f"zstag: confusion matrix written to {plot}", err=True)
+    evaluate.render(report, Console())  # a closed stdout: rich sends the rest to /dev/null and exits 1
 
 
 def main() -> None:

@@ -22,7 +22,10 @@ Multi-label corpora: for each label set, every evaluated track with the set's la
 and PR-AUC per label (macro), annotation ROC-AUC and average precision per track, hit@k and P@k
 (None when k is not below the set's number of labels: every label would be in the top k).
 Labels without a word vector cannot be scored: they are listed and left out (for single-label corpora
-with their tracks). A file that cannot be decoded is listed and left out; the run goes on.
+with their tracks). A file that cannot be decoded is listed and left out; the run goes on. Entries the
+corpus reader left out (audio not found, malformed rows, files listed twice) are counted in the report's
+"corpus", with the first one's cause. A single-label set with one label (accuracy trivially 1.0) is
+reported in "warnings".
 
 Transfer report: the evaluation labels against the model's training vocabulary (exact matches after
 normalisation; nearest training label by word-vector cosine), and the evaluation corpus's acoustic
@@ -149,6 +152,14 @@ def set_figures(truth: np.ndarray, scores: np.ndarray, labels: list[str], subset
 
 def all_figures(truth, scores, labels, sets: dict[str, list[str]], single_label: bool) -> dict:
     return {name: set_figures(truth, scores, labels, sets[name], single_label) for name in SETS}
+
+
+def trivial_sets(figures: dict) -> list[str]:
+    """One warning per classification label set of one label with tracks: its argmax cannot be wrong."""
+    one = {name: f["confusion"]["labels"][0] for name, f in figures.items() if f["n_labels"] == 1 and f["n_tracks"]}
+    if "all" in one:
+        return [f"only one evaluation label ({one['all']}): accuracy is trivially 1.0"]
+    return [f"only one {name} label ({one[name]}): the {name} accuracy is trivially 1.0" for name in SETS if name in one]
 
 
 # --- transfer report ----------------------------------------------------------------------------
@@ -331,6 +342,7 @@ def evaluate(
     scores = net.scores(np.stack([r.embedding for _, r in good]), net.embed_label_vectors(words.vectors(eval_labels)))
     sets = label_sets(eval_labels, net.train_labels, the_split)
 
+    figures = all_figures(truth, scores, eval_labels, sets, corpus.single_label)
     train_summary, note = training_stats(net)
     eval_summary = corpus_summary(corpus.name, [r for _, r in good])
     report = {
@@ -348,6 +360,9 @@ def evaluate(
             "name": corpus.name,
             "root": str(root),
             "n_tracks": len(corpus.tracks),
+            "n_missing": len(corpus.missing),
+            "n_skipped": len(corpus.skipped),
+            "left_out": corpus.left_out(),
             "single_label": corpus.single_label,
             "options": options,
         },
@@ -357,7 +372,8 @@ def evaluate(
         "options": {"labels": labels or None, "top_n": top_n, "max_seconds": max_seconds},
         "labels": {**sets, "without_vector": no_vector},
         "tracks": {"selected": len(tracks), "evaluated": len(good), "failed": failed},
-        "metrics": all_figures(truth, scores, eval_labels, sets, corpus.single_label),
+        "warnings": trivial_sets(figures) if corpus.single_label else [],
+        "metrics": figures,
         "transfer": {
             "label_overlap": label_overlap(eval_labels, net.train_labels, words),
             "acoustics": acoustic_transfer(eval_summary, train_summary, note),

@@ -11,6 +11,8 @@ decode audio. Labels keep the corpus's own spelling; other modules normalise the
 from __future__ import annotations
 
 import os
+import re
+import stat
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,7 +47,7 @@ class Corpus:
     labels: list[str]            # sorted vocabulary: every label carried by at least one track
     single_label: bool           # one label per track by construction (GTZAN, folder) or in fact (csv)
     missing: list[str] = field(default_factory=list)   # ids whose audio file was not found
-    skipped: list[str] = field(default_factory=list)   # one line per unreadable row/file: "where: why"
+    skipped: list[str] = field(default_factory=list)   # one line per row/file left out: "where: why"
     options: dict = field(default_factory=dict)        # reader options that shaped this corpus
     _by_id: Optional[dict] = field(default=None, init=False, repr=False, compare=False)
 
@@ -60,6 +62,14 @@ class Corpus:
     @property
     def has_artists(self) -> bool:
         return any(t.artist for t in self.tracks)
+
+    def left_out(self) -> Optional[str]:
+        """One line on what the reader left out (counts and the first entry's cause), or None if nothing."""
+        if not (self.missing or self.skipped):
+            return None
+        first = self.skipped[0] if self.skipped else f"track {self.missing[0]}: no audio file"
+        return (f"{self.root}: {len(self.missing)} listed tracks have no audio file, {len(self.skipped)} entries "
+                f"skipped; going on with {len(self.tracks)} tracks (first: {first})")
 
 
 def open_corpus(kind: str, root, **options) -> Corpus:
@@ -120,6 +130,27 @@ def detect_kind(root: Path) -> str:
     return "folder"
 
 
+_WHERE = re.compile(r"(.*?):(\d+): ")  # "manifest.csv:12: cause"
+
+
+def _file_order(entry: str) -> tuple:
+    match = _WHERE.match(entry)
+    return (match[1], int(match[2])) if match else (entry, 0)
+
+
+def file_key(path) -> Optional[tuple]:
+    """The same key for every spelling of one regular file (x.wav, ./x.wav, its absolute path, a link to
+    it): (device, inode), or the resolved path where the file system has no inode numbers; None when
+    there is no regular file there."""
+    try:
+        info = os.stat(path)
+    except (OSError, ValueError):  # as os.path.isfile: missing, unreadable folder, NUL in the name
+        return None
+    if not stat.S_ISREG(info.st_mode):
+        return None
+    return (info.st_dev, info.st_ino) if info.st_ino else (os.path.realpath(path),)
+
+
 def is_audio(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in AUDIO_EXTENSIONS
 
@@ -161,7 +192,7 @@ def build_corpus(
     name: str,
     kind: str,
     root: Path,
-    rows: Iterable[tuple[str, Optional[Path], tuple[str, ...], Optional[str]]],
+    rows: Iterable[tuple],
     *,
     single_label: Optional[bool] = None,
     vocabulary=None,
@@ -175,37 +206,49 @@ def build_corpus(
 ) -> Corpus:
     """Common tail of every reader: label selection, untagged and missing tracks, sorting.
 
-    rows are (id, audio path or None, labels, artist). Label frequencies count every row, found audio
-    or not, so "top 50" means the corpus's usual top 50, not the top 50 of whatever audio is at hand.
-    single_label=None means "one label per track in fact".
+    rows are (id, audio path or None, labels, artist[, where]): where ("manifest.csv:12") names the row in
+    messages (default: the root). Label frequencies count every row, found audio or not, so "top 50" means
+    the corpus's usual top 50, not the top 50 of whatever audio is at hand. single_label=None means "one
+    label per track in fact". With check_files, a file listed under a second id (./x.wav, an absolute
+    path, a link) is skipped as listed twice, so one recording never becomes two tracks.
     """
     rows = list(rows)
     skipped = list(skipped or [])
     where = str(root)
-    counts = Counter(label for _, _, labels, _ in rows for label in labels)
+    counts = Counter(label for row in rows for label in row[2])
     if vocabulary is not None or top_n is not None or min_tracks > 1:
         keep = set(select_labels(counts, vocabulary, top_n, min_tracks, where))
-        rows = [(i, p, tuple(l for l in labels if l in keep), a) for i, p, labels, a in rows]
+        rows = [(row[0], row[1], tuple(label for label in row[2] if label in keep), *row[3:]) for row in rows]
 
     tracks: list[Track] = []
     missing: list[str] = []
     seen_ids: set[str] = set()
-    for track_id, path, labels, artist in rows:
+    seen_files: dict = {}  # file_key → the id of the track that has the file
+    for row in rows:
+        track_id, path, labels, artist = row[:4]
+        at = row[4] if len(row) > 4 else where
         if track_id in seen_ids:
-            skipped.append(f"{where}: track {track_id}: listed twice, first one kept")
+            skipped.append(f"{at}: track {track_id}: listed twice, first one kept")
             continue
         seen_ids.add(track_id)
         if not labels and not keep_untagged:
             continue
-        if path is None or (check_files and not os.path.isfile(path)):
+        if path is None or (check_files and (key := file_key(path)) is None):
             missing.append(track_id)
             continue
+        if check_files:
+            if key in seen_files:
+                skipped.append(f"{at}: track {track_id}: listed twice (the same file as track {seen_files[key]}), "
+                               "first one kept")
+                continue
+            seen_files[key] = track_id
         tracks.append(Track(track_id, Path(path), labels, artist or None))
     if not tracks:
         detail = f" ({len(missing)} listed tracks have no audio file)" if missing else ""
         raise CorpusError(f"{where}: no usable {kind} tracks found{detail}" + (f": {expected}" if expected else ""))
     tracks.sort(key=lambda t: t.id)
     missing.sort()
+    skipped.sort(key=_file_order)  # the reader's and these, merged in file order
     if single_label is None:
         single_label = all(len(t.labels) == 1 for t in tracks)
     labels = sorted({label for t in tracks for label in t.labels})

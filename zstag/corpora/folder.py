@@ -29,4 +29,4 @@ def read(root: Path, *, vocabulary=None) -> Corpus:
     if not rows:
         raise CorpusError(f"{root}: not a folder-per-label root: {EXPECTED}")
     return build_corpus(root.resolve().name or str(root), "folder", root, rows, single_label=True,
-                        vocabulary=vocabulary, options={"vocabulary": vocabulary}, check_files=False)
+                        vocabulary=vocabulary, options={"vocabulary": vocabulary})

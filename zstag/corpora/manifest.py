@@ -2,7 +2,10 @@
 
 The root is the manifest file itself or a folder holding manifest.csv. Relative paths are relative
 to the manifest's folder; the path as written is the track id. Rows whose audio file is missing go
-to corpus.missing, malformed rows to corpus.skipped; neither stops the read.
+to corpus.missing; malformed rows (more fields than the header, no labels field), rows without labels
+and rows naming a file already listed (under any spelling of its path) go to corpus.skipped, one
+"manifest.csv:LINE: cause" each; none of them stops the read. A row is one line: a field running over
+lines (an unterminated quote, which would swallow the rest of the file) is an error.
 """
 
 from __future__ import annotations
@@ -36,22 +39,39 @@ def read(root: Path, *, vocabulary=None, top_n: Optional[int] = None, min_tracks
     name = base.resolve().name if path.name == MANIFEST_NAME else path.stem
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            columns = {(c or "").strip().lower(): c for c in reader.fieldnames or []}
+            reader = csv.reader(f)
+            header = next(reader, [])
+            columns = {c.strip().lower(): i for i, c in enumerate(header)}
             absent = [c for c in REQUIRED_COLUMNS if c not in columns]
             if absent:
                 raise CorpusError(f"{path}: not a CSV manifest: missing column {', '.join(absent)}; {EXPECTED}")
-            path_col, labels_col, artist_col = columns["path"], columns["labels"], columns.get("artist")
+            i_path, i_labels, i_artist = columns["path"], columns["labels"], columns.get("artist")
             rows, skipped = [], []
-            for row in reader:
-                where = f"{path}:{reader.line_num}"
-                rel = (row.get(path_col) or "").strip()
+            end = reader.line_num
+            for fields in reader:
+                start, end = end + 1, reader.line_num  # a quoted line break makes a row span lines
+                where = f"{path}:{start}"
+                if not fields:  # a blank line
+                    continue
+                if start != end:
+                    raise CorpusError(f"{where}: unterminated quote? a quoted field runs on to line {end}")
+                if len(fields) > len(header):
+                    skipped.append(f"{where}: {len(fields)} fields, expected {len(header)} "
+                                   f"(labels are separated by '{LABEL_SEPARATOR}'; quote a field holding a comma)")
+                    continue
+                rel = fields[i_path].strip() if i_path < len(fields) else ""
                 if not rel:
                     skipped.append(f"{where}: empty path")
                     continue
-                labels = unique((row.get(labels_col) or "").split(LABEL_SEPARATOR))
-                artist = (row.get(artist_col) or "").strip() if artist_col else ""
-                rows.append((rel, base / rel, labels, artist or None))
+                if i_labels >= len(fields):
+                    skipped.append(f"{where}: no labels field")
+                    continue
+                labels = unique(fields[i_labels].split(LABEL_SEPARATOR))
+                if not labels and not keep_untagged:
+                    skipped.append(f"{where}: no labels")
+                    continue
+                artist = fields[i_artist].strip() if i_artist is not None and i_artist < len(fields) else ""
+                rows.append((rel, base / rel, labels, artist or None, where))
     except UnicodeDecodeError as e:
         raise CorpusError(f"{path}: not a UTF-8 CSV file ({e.reason} at byte {e.start})") from None
     except csv.Error as e:
@@ -59,3 +79,4 @@ def read(root: Path, *, vocabulary=None, top_n: Optional[int] = None, min_tracks
     options = {"vocabulary": vocabulary, "top_n": top_n, "min_tracks": min_tracks, "keep_untagged": keep_untagged}
     return build_corpus(name, "csv", root, rows, vocabulary=vocabulary, top_n=top_n, min_tracks=min_tracks,
                         keep_untagged=keep_untagged, skipped=skipped, options=options)
+
