@@ -325,6 +325,25 @@ def test_cli_reports_manifest_rows_left_out(tmp_path, model_dir):
     assert corpus["left_out"] == summary[len("zstag: "):]
 
 
+def test_split_and_preprocess_report_rows_left_out_alike(tmp_path):
+    """`zstag split --root` (silent before) and `preprocess` print the reader's one summary line."""
+    for i in range(12):
+        name = f"{'ab'[i % 2]}/{i}.wav"
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        sf.write(tmp_path / name, tone(i % 4), SR)
+    rows = [f"{'ab'[i % 2]}/{i}.wav,{['jazz', 'rock', 'blues', 'pop'][i % 4]}" for i in range(12)]
+    (tmp_path / "manifest.csv").write_text("path,labels\n" + "\n".join(rows + ["zz/missing.wav,jazz"]) + "\n")
+    line = f"zstag: {tmp_path}: 1 listed tracks have no audio file, 0 entries skipped; going on with 12 tracks"
+    split = CliRunner().invoke(app, ["split", "--corpus", "csv", "--root", str(tmp_path), "--out", str(tmp_path / "s.json"),
+                                     "--unseen", "pop"])
+    assert split.exit_code == 0, split.output
+    pre = CliRunner().invoke(app, ["preprocess", "--corpus", "csv", "--root", str(tmp_path), "--out", str(tmp_path / "f"),
+                                   "--no-progress"])
+    assert pre.exit_code == 0, pre.output
+    for result in (split, pre):
+        assert [s for s in result.stderr.splitlines() if s.startswith(line)], result.stderr
+
+
 def test_one_label_warns_that_accuracy_is_trivial(tmp_path, model_dir, gtzan):
     (tmp_path / "one" / "jazz").mkdir(parents=True)
     for i in range(2):

@@ -185,9 +185,8 @@ def preprocess_command(
     except ValueError as exc:
         fail(str(exc), 2)
     data = _open_training_corpus(corpus, root, audio, top_n, min_tracks, min_val)
-    if data.missing or data.skipped:
-        typer.echo(f"{data.root}: {len(data.missing)} listed tracks have no audio file, "
-                   f"{len(data.skipped)} entries unreadable; going on with {len(data.tracks)} tracks", err=True)
+    if data.left_out():
+        typer.echo(f"zstag: {data.left_out()}", err=True)
     source = {"name": data.name, "kind": data.kind, "root": str(root), "options": data.options}
     try:
         report = preprocess(data.tracks, out, FRONT_ENDS[front_end], workers=workers, shard=part,
@@ -231,6 +230,8 @@ def split_command(
         data = _cache_corpus(features)
     else:
         data = _open_training_corpus(corpus, root, None, None, None, None)
+        if data.left_out():
+            typer.echo(f"zstag: {data.left_out()}", err=True)
     split = _split_for(data, None, seed, unseen, unseen_fraction, split_by, val_fraction, test_fraction)
     _write_or_fail(out, lambda: save_split(split, out))
     counts = split.counts()
