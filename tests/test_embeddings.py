@@ -338,6 +338,26 @@ def test_a_damaged_cache_is_moved_aside_with_one_warning(model, tracks, cache_di
     assert all(r.cached for r in again) and "embedding cache" not in capsys.readouterr().err
 
 
+def test_a_damaged_cache_already_replaced_by_another_process_is_left_alone(model, tracks, cache_dir, capsys):
+    """Two runs had the damaged cache open; the first moved it aside and a new cache started. The second,
+    finding the damage later, must not move the new, healthy cache (its path no longer holds its file)."""
+    embed_files(model, tracks, workers=0, progress=False)
+    old = EmbeddingCache(cache_dir / CACHE_FILE)  # the second run's connection, opened before the move
+    assert embeddings._move_aside(old.path)
+    embed_files(model, tracks[:1], workers=0, progress=False)  # a new cache, in use
+    fresh = (cache_dir / CACHE_FILE).read_bytes()
+    embeddings._warned.clear()
+    capsys.readouterr()
+    embeddings._warn_cache(sqlite3.DatabaseError("database disk image is malformed"), old)  # no code: not damage
+    assert not old.set_aside
+    damage = sqlite3.DatabaseError("database disk image is malformed")
+    damage.sqlite_errorcode = embeddings.SQLITE_CORRUPT
+    embeddings._warn_cache(damage, old)
+    assert old.set_aside and "not moved" in capsys.readouterr().err
+    assert (cache_dir / CACHE_FILE).read_bytes() == fresh
+    assert EmbeddingCache(cache_dir / CACHE_FILE).count() == 1
+
+
 def test_stats_describe_the_file(model, tmp_path, cache_dir):
     path = write_tone(tmp_path / "tone.wav", seconds=4.0, freq=1000.0, amplitude=0.5, sr=44100, noise=0.0)
     (result,) = embed_files(model, [path], workers=0, progress=False)

@@ -385,3 +385,22 @@ def test_report_and_plot_are_written_although_stdout_is_closed(gtzan, model_dir,
     lines = stderr.splitlines()
     assert all(line.startswith("zstag: ") for line in lines), stderr
     assert f"zstag: report written to {out}" in lines and f"zstag: confusion matrix written to {png}" in lines
+
+
+@pytest.mark.parametrize("stdout", ["closed", "full"])
+def test_a_table_that_cannot_be_written_is_one_line_and_exit_1(gtzan, model_dir, tmp_path, stdout):
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "r.json"
+    args = [sys.executable, "-m", "zstag", "eval", "-c", "gtzan", "-r", gtzan, "-m", model_dir, "--workers", "0", "--out", out]
+    if stdout == "closed":
+        proc = subprocess.run(args, stderr=subprocess.PIPE, text=True, preexec_fn=lambda: os.close(1), timeout=300)
+    else:
+        with open("/dev/full", "w") as full:
+            proc = subprocess.run(args, stdout=full, stderr=subprocess.PIPE, text=True, timeout=300)
+    assert proc.returncode == 1 and json.loads(out.read_text())["tracks"]["evaluated"] == 8
+    lines = proc.stderr.splitlines()
+    assert all(line.startswith("zstag: ") for line in lines), proc.stderr
+    assert lines[-1].startswith("zstag: error: cannot write the table to stdout: "), lines[-1]

@@ -69,23 +69,55 @@ def test_a_device_or_fifo_is_written_to_not_replaced(tmp_path):
 
 
 def test_a_link_is_followed_and_its_target_replaced(tmp_path):
+    """follow_links (a user's output file, `tag -o`, `eval --out`): the link's final target is replaced."""
     folder = tmp_path / "real"
     folder.mkdir()
     target = folder / "out.json"
     target.write_text("old")
     link = tmp_path / "link.json"
     link.symlink_to(target)
-    paths.atomic_write(link, "new")
+    paths.atomic_write(link, "new", follow_links=True)
     assert link.is_symlink() and os.readlink(link) == str(target) and target.read_text() == "new"
     assert os.listdir(folder) == ["out.json"] and sorted(os.listdir(tmp_path)) == ["link.json", "real"]
     chain = tmp_path / "chain.json"  # a link to a link
     chain.symlink_to(link)
-    paths.atomic_write(chain, "newer")
+    paths.atomic_write(chain, "newer", follow_links=True)
     assert chain.is_symlink() and link.is_symlink() and target.read_text() == "newer"
-    dangling = tmp_path / "dangling.json"  # its target is created
+    dangling = tmp_path / "dangling.json"  # its target is created, in a folder that exists ...
     dangling.symlink_to(folder / "later.json")
-    paths.atomic_write(dangling, "made")
+    paths.atomic_write(dangling, "made", follow_links=True)
     assert dangling.is_symlink() and (folder / "later.json").read_text() == "made"
+    nowhere = tmp_path / "nowhere.json"  # ... but no folder is made for it
+    nowhere.symlink_to(tmp_path / "missing" / "x.json")
+    with pytest.raises(OSError):
+        paths.atomic_write(nowhere, "no", follow_links=True)
+    assert not (tmp_path / "missing").exists()
+
+
+def test_the_projects_own_files_replace_a_link_not_its_target(tmp_path):
+    """A model or cache file that is a link into a store shared elsewhere (DVC, git-annex, a hub cache)
+    gets its own new file; the shared one is never changed."""
+    shared = tmp_path / "store.bin"
+    shared.write_bytes(b"shared")
+    link = tmp_path / "model" / "weights.safetensors"
+    link.parent.mkdir()
+    link.symlink_to(shared)
+    paths.atomic_write(link, b"mine")
+    assert not link.is_symlink() and link.read_bytes() == b"mine" and shared.read_bytes() == b"shared"
+
+
+def test_the_file_stdout_goes_to_is_written_through_stdout(tmp_path):
+    """`-o /dev/stdout >> log`: the bytes go through this process's stdout (the redirection's append
+    kept), the file is not replaced. Run in a child whose stdout is the log, opened for appending."""
+    import subprocess
+    import sys
+
+    log = tmp_path / "log.txt"
+    log.write_text("before\n")
+    code = "import sys; from zstag import paths; print('printed'); paths.atomic_write('/dev/stdout', 'written\\n')"
+    with open(log, "ab") as handle:
+        subprocess.run([sys.executable, "-c", code], stdout=handle, check=True, timeout=60)
+    assert log.read_text() == "before\nprinted\nwritten\n"
 
 
 def test_a_link_to_a_fifo_or_device_is_written_through(tmp_path):

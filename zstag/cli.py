@@ -488,7 +488,12 @@ def eval_command(
         typer.echo(f"zstag: report written to {out}", err=True)
     if draw:
         typer.echo(f"zstag: confusion matrix written to {plot}", err=True)
-    evaluate.render(report, Console())  # a closed stdout: rich sends the rest to /dev/null and exits 1
+    if sys.stdout is None:  # started with descriptor 1 closed: the table has nowhere to go
+        fail("cannot write the table to stdout: it is closed")
+    try:
+        evaluate.render(report, Console())  # a pipe closed early (| head): rich sends the rest to /dev/null, exit 1
+    except OSError as exc:  # a full disk, an I/O error
+        fail(f"cannot write the table to stdout: {exc.strerror or exc}")
 
 
 def main() -> None:

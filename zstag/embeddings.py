@@ -204,6 +204,8 @@ class EmbeddingCache:
         self.set_aside = False  # move_aside has run
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(self.path, timeout=SQLITE_TIMEOUT_S, isolation_level=None)
+        st = os.stat(self.path)
+        self.identity = (st.st_dev, st.st_ino)  # the file opened: move_aside never renames another one
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a killed process never corrupts it
         self.db.executescript(SCHEMA)
@@ -232,10 +234,19 @@ class EmbeddingCache:
         self.db.close()
 
     def move_aside(self) -> Path | None:
-        """Rename the database (and its WAL files) to *.damaged, once; this connection goes on reading the
-        old file. The new path, or None if it could not be renamed."""
+        """Close this connection and rename the database (and its WAL files) to *.damaged, once, if the path
+        still holds the file opened (another zstag process may have moved it and started a new one). Closed
+        first: SQLite finds a WAL file by name, so an open connection to a renamed file could later remove
+        the new cache's. The new path, or None if nothing was renamed; later calls fail (sqlite3.Error)."""
         self.set_aside = True
-        return self.path.with_name(self.path.name + DAMAGED_SUFFIX) if _move_aside(self.path) else None
+        self.db.close()
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        if (st.st_dev, st.st_ino) != self.identity or not _move_aside(self.path):
+            return None
+        return self.path.with_name(self.path.name + DAMAGED_SUFFIX)
 
     def known_digest(self, path: str, stamp: tuple) -> str | None:
         """The digest remembered for this path and stamp (size, mtime_ns, ctime_ns, inode), or None."""
@@ -548,7 +559,8 @@ def _warn_cache(exc: Exception, cache: EmbeddingCache | None = None) -> None:
     if cache is not None and _damaged(exc):
         aside = cache.move_aside()
         text = f"embedding cache {cache.path} is damaged ({cause}); " + (
-            f"moved to {aside.name}: the next run starts a new one" if aside else "delete it to start a new one")
+            f"moved to {aside.name}: the next run starts a new one" if aside
+            else "not moved (another zstag process may have replaced it already; else delete it)")
     else:
         text = f"embedding cache: {cause}"
     if text not in _warned:

@@ -403,7 +403,7 @@ def _json_ready(value):
 def write_report(report: dict, path: str | os.PathLike) -> None:
     """The report as JSON (strict, 2-space indent), written atomically."""
     text = json.dumps(report, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
-    atomic_write(path, text.encode("utf-8"))
+    atomic_write(path, text.encode("utf-8"), follow_links=True)  # a user's file: a link's target is replaced
 
 
 def plot_confusion(report: dict, path: str | os.PathLike, label_set: str = "all") -> None:
@@ -437,7 +437,7 @@ def plot_confusion(report: dict, path: str | os.PathLike, label_set: str = "all"
 
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
-    atomic_write(path, buffer.getvalue())
+    atomic_write(path, buffer.getvalue(), follow_links=True)
 
 
 def _fmt(value, digits: int = 3) -> str:

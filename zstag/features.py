@@ -412,7 +412,9 @@ class FeatureCache:
         self._shards: OrderedDict[int, np.ndarray] = OrderedDict()
 
     @classmethod
-    def open(cls, folder: str | Path, allow_incomplete: bool = False) -> "FeatureCache":
+    def open(cls, folder: str | Path, allow_incomplete: bool = False, check_frames: bool = True) -> "FeatureCache":
+        """check_frames: each shard's .npy must be there and whole (what training reads); without it, only
+        the track tables are read (enough to make a split)."""
         folder = Path(folder)
         manifest = _read_manifest(folder)
         missing = [s for s in range(manifest["n_shards"]) if not (folder / f"{SHARD_PATTERN.format(s)}.json").is_file()]
@@ -425,7 +427,8 @@ class FeatureCache:
             entries = _entries_from_index(folder / INDEX_FILE)
         else:
             entries = _entries_from_shard_tables(folder, manifest)
-        _check_shard_files(folder, manifest, entries, sorted(set(range(manifest["n_shards"])) - set(missing)))
+        if check_frames:
+            _check_shard_files(folder, manifest, entries, sorted(set(range(manifest["n_shards"])) - set(missing)))
         return cls(folder, manifest, entries)
 
     def __len__(self) -> int:
@@ -527,7 +530,7 @@ def cache_corpus(folder: str | Path):
     """A zstag.corpora.Corpus of the tracks in a feature cache (for making a split without the audio)."""
     from zstag.corpora import Corpus, Track
 
-    cache = FeatureCache.open(folder)
+    cache = FeatureCache.open(folder, check_frames=False)  # the track tables only: no frames are read
     source = cache.manifest.get("source") or {}
     tracks = sorted((Track(e.id, Path(e.id), e.labels, e.artist) for e in cache.tracks), key=lambda t: t.id)
     labels = sorted({label for t in tracks for label in t.labels})

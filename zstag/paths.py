@@ -27,26 +27,35 @@ def models_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "models"
 
 
-def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
+def atomic_write(path: str | os.PathLike, data: bytes | str, follow_links: bool = False) -> Path:
     """Write a file whole or not at all: a temporary file in the same folder, flushed to disk, then
     os.replace, then the folder flushed too.
 
     A crash, kill -9 or power cut leaves either the old file or the new one, never half of one (without
-    the fsync before the rename, a power cut could leave the new name on an empty file). A symbolic link is
-    followed: its final target is replaced (the temporary file sits in the target's folder), the link stays.
-    An existing path that is no regular file (a device such as /dev/stdout, a FIFO), directly or through
-    links, is written to directly. str is UTF-8.
+    the fsync before the rename, a power cut could leave the new name on an empty file). An existing path
+    that is no regular file (a device such as /dev/null, a FIFO), directly or through links, is written to
+    directly, and so is the file this process's stdout or stderr goes to (``-o /dev/stdout >> log``: the
+    redirection's own append or truncation is kept). follow_links (a user's output file): a symbolic link
+    is followed and its final target replaced, the link stays; otherwise (the project's own files) the link
+    itself is replaced, so a file shared through links elsewhere is never changed. str is UTF-8.
     """
     import tempfile
 
     path = Path(path)
     payload = data.encode("utf-8") if isinstance(data, str) else data
-    if path.exists() and not path.is_file():  # /dev/stdout, /dev/null, a FIFO: written to, never replaced
+    stream = _standard_stream(path)
+    if stream is not None:
+        _write_all(stream, payload)
+        return path
+    if path.exists() and not path.is_file():  # /dev/null, a FIFO: written to, never replaced
         with open(path, "wb") as handle:
             handle.write(payload)
         return path
-    target = Path(os.path.realpath(path))  # a link (to a regular file, or dangling): its target
-    target.parent.mkdir(parents=True, exist_ok=True)
+    if follow_links:
+        target = Path(os.path.realpath(path))  # a link's final target (the folder must exist: nothing is created)
+    else:
+        target = path
+        target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -60,6 +69,32 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
         raise
     _fsync_folder(target.parent)
     return path
+
+
+def _standard_stream(path: Path) -> int | None:
+    """1 or 2 if path is the very file this process's stdout or stderr writes to, else None."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    for fd in (1, 2):
+        try:
+            if os.path.samestat(st, os.fstat(fd)):
+                return fd
+        except OSError:  # that descriptor is closed
+            continue
+    return None
+
+
+def _write_all(fd: int, payload: bytes) -> None:
+    import sys
+
+    for stream in (sys.stdout, sys.stderr):  # what Python still buffers goes first
+        if stream is not None:
+            stream.flush()
+    view = memoryview(payload)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def _fsync(fd: int) -> None:

@@ -342,7 +342,7 @@ def run(
             return 1
     else:
         try:
-            atomic_write(output, text.encode("utf-8", "surrogateescape"))
+            atomic_write(output, text.encode("utf-8", "surrogateescape"), follow_links=True)
         except OSError as exc:
             print(f"zstag: error: {output}: cannot write: {exc.strerror or exc}", file=sys.stderr)
             return 1
