@@ -344,6 +344,14 @@ def test_split_and_preprocess_report_rows_left_out_alike(tmp_path):
         assert [s for s in result.stderr.splitlines() if s.startswith(line)], result.stderr
 
 
+def test_options_that_cannot_work_are_usage_errors(gtzan, model_dir):
+    """Exit 2 and one line, as for preprocess: --top-n on a corpus kind without it; a non-finite
+    --max-seconds."""
+    for args in (["--top-n", "5"], ["--max-seconds", "nan"]):
+        result = eval_cli(gtzan, model_dir, *args, corpus="gtzan")
+        assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1, (args, result.stderr)
+
+
 def test_one_label_warns_that_accuracy_is_trivial(tmp_path, model_dir, gtzan):
     (tmp_path / "one" / "jazz").mkdir(parents=True)
     for i in range(2):

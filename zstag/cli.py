@@ -463,7 +463,7 @@ def eval_command(
             corpus, root, model=model, split=split, labels=chosen, top_n=top_n, vectors=vectors, workers=workers,
             use_cache=not no_cache, max_seconds=max_seconds, device=device,
         )
-    except TagUsageError as exc:  # an empty --labels
+    except (TagUsageError, evaluate.EvalUsageError) as exc:  # an empty --labels, options that cannot go together
         fail(str(exc), 2)
     except (evaluate.EvalError, CorpusError, SplitError, ModelError, VectorsError) as exc:
         fail(str(exc))

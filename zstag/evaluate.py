@@ -57,6 +57,10 @@ class EvalError(Exception):
     """Bad options or inputs for `zstag eval`; str(e) is one line."""
 
 
+class EvalUsageError(EvalError):
+    """Option values or combinations that cannot work, whatever the data (the CLI exits 2)."""
+
+
 @dataclass
 class Evaluation:
     report: dict  # JSON-ready and deterministic: every figure, the model, corpus, split and label lists
@@ -270,7 +274,7 @@ def evaluate(
     try:
         check_span(0.0, max_seconds)
     except ValueError as exc:
-        raise EvalError(f"--max-seconds: {exc}") from None
+        raise EvalUsageError(f"--max-seconds: {exc}") from None
     net = load_model(model)
     try:
         words = load_words(net, vectors)
@@ -281,11 +285,11 @@ def evaluate(
     options: dict = {}
     if the_split is not None:
         if top_n is not None:
-            raise EvalError("--top-n does not apply with --split: the split names the labels")
+            raise EvalUsageError("--top-n does not apply with --split: the split names the labels")
         options["vocabulary"] = the_split.labels
     elif top_n is not None:
         if kind not in TOP_N_KINDS:
-            raise EvalError(f"--top-n applies to {', '.join(TOP_N_KINDS)} corpora, not {kind}")
+            raise EvalUsageError(f"--top-n applies to {', '.join(TOP_N_KINDS)} corpora, not {kind}")
         options["top_n"] = top_n
     corpus = open_corpus(kind, root, **options)
 
