@@ -274,6 +274,18 @@ def test_cli_a_run_refused_for_its_out_leaves_the_model_untouched(cache_dir, tmp
     assert files_in(out) == before  # split.json still the model's own
 
 
+def test_cli_a_model_folder_without_checkpoints_is_not_trained_over(cache_dir, tmp_path, tiny_model_dir):
+    """A shipped or copied model (config.json, no checkpoints/) is refused as --out, untouched."""
+    import shutil
+
+    out = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, out)
+    before = files_in(out)
+    result = cli("train", "--features", cache_dir, "--out", out, *FAST)
+    assert result.exit_code == 1 and "holds a model already" in result.output, result.output
+    assert result.output.count("\n") == 1 and files_in(out) == before
+
+
 @pytest.mark.parametrize("extra, code", [
     (["--optimizer", "rmsprop"], 2), (["--lr", "-1"], 2), (["--vectors", "random:abc"], 2),
     (["--val-fraction", "1"], 2), (["--unseen-fraction", "1"], 2), (["--split-by", "album"], 2),

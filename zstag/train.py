@@ -36,7 +36,7 @@ from torch import nn
 from zstag.audio import segment
 from zstag.devices import deterministic_training, pick_device
 from zstag.features import FeatureCache
-from zstag.model import MARGIN, ZeroShotModel, cnn1d_config, save_model, triplet_hinge_loss
+from zstag.model import CONFIG_FILE, MARGIN, ZeroShotModel, cnn1d_config, save_model, triplet_hinge_loss
 from zstag.paths import atomic_write
 from zstag.words import RANDOM_DIM
 from zstag.words import RANDOM_SOURCE as RANDOM_VECTORS  # --vectors random[:DIM[:SEED]]: the random-label baseline
@@ -420,6 +420,8 @@ def train(
             log(f"resuming after epoch {meta['epoch']} (best validation loss {best_loss:.4f} at epoch {best_epoch})")
     elif (out / CHECKPOINT_DIR / LATEST_FILE).exists():
         raise TrainError(f"{out}: holds a training run already; pass --resume to continue it or choose another --out")
+    elif (out / CONFIG_FILE).exists():  # a finished or shipped model (models/default): never trained over
+        raise TrainError(f"{out}: holds a model already ({CONFIG_FILE}); choose another --out")
 
     n_samples = options.epoch_size or len(train_set)
     monitored = val_set if len(val_set) else train_set
