@@ -184,6 +184,16 @@ def test_csv_rows_left_out_are_reported_in_file_order(tmp_path):
     assert open_corpus("csv", tmp_path / "manifest.csv", keep_untagged=True).track("a/2.wav").labels == ()
 
 
+def test_csv_empty_trailing_fields_are_no_extra_data(tmp_path):
+    """A spreadsheet's trailing commas (`x.wav,rock;pop,,`) are not the "more fields than the header" error."""
+    touch(tmp_path / "x.wav")
+    touch(tmp_path / "y.wav")
+    (tmp_path / "manifest.csv").write_text("path,labels\nx.wav,rock;pop,,\ny.wav,jazz, \n", encoding="utf-8")
+    corpus = open_corpus("csv", tmp_path)
+    assert corpus.skipped == [] and corpus.track("x.wav").labels == ("rock", "pop")
+    assert corpus.track("y.wav").labels == ("jazz",)
+
+
 def test_csv_same_file_under_two_spellings_is_one_track(tmp_path):
     touch(tmp_path / "m" / "jazz" / "x.wav")
     touch(tmp_path / "m" / "jazz" / "y.wav")

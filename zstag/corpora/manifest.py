@@ -55,6 +55,8 @@ def read(root: Path, *, vocabulary=None, top_n: Optional[int] = None, min_tracks
                     continue
                 if start != end:
                     raise CorpusError(f"{where}: unterminated quote? a quoted field runs on to line {end}")
+                while len(fields) > len(header) and not fields[-1].strip():
+                    fields = fields[:-1]  # empty trailing fields (a spreadsheet's trailing commas) are no data
                 if len(fields) > len(header):
                     skipped.append(f"{where}: {len(fields)} fields, expected {len(header)} "
                                    f"(labels are separated by '{LABEL_SEPARATOR}'; quote a field holding a comma)")
