@@ -104,7 +104,7 @@ def test_decoding_starts_while_the_model_builds(model, tiny_model_dir, tracks, c
     build, received = _build_after_first_decode(monkeypatch, lambda: load_model(tiny_model_dir))
     if workers == 0:
         build = lambda: load_model(tiny_model_dir)  # noqa: E731  (waiting for a decode would deadlock)
-    pending = embeddings.ModelBuild(build, model.model_id, model.front_end.to_dict())
+    pending = embeddings.ModelBuild(build, model.model_id, model.front_end)
     results = embed_files(pending, tracks, workers=workers, progress=False)
     assert received == ([] if workers == 0 else [received[0]]) and (workers == 0 or received[0] >= 1)
     for a, b in zip(expected, results):
@@ -124,7 +124,7 @@ def test_a_failed_model_build_stores_nothing(model, tracks, cache_dir, monkeypat
         raise ModelError("models/x: weights and config do not match")
 
     build, received = _build_after_first_decode(monkeypatch, broken)
-    pending = embeddings.ModelBuild(build, model.model_id, model.front_end.to_dict())
+    pending = embeddings.ModelBuild(build, model.model_id, model.front_end)
     with pytest.raises(ModelError, match="do not match"):
         embed_files(pending, [str(tmp_path / "empty.wav"), *tracks], workers=2, progress=False)
     assert received and received[0] >= 1
@@ -224,8 +224,8 @@ def test_tracks_waiting_for_heavy_inference_stay_bounded(monkeypatch):
             time.sleep(0.005)
             return torch.ones(4, dtype=torch.float64) * len(chunk)
 
-        def project_features(self, features):
-            return features
+        def embed_sums(self, sums, n_segments):
+            return self.mean_of_sums(sums, n_segments)
 
     monkeypatch.setattr(embeddings, "default_workers", lambda: 2)
     held, done = 0, []

@@ -103,7 +103,8 @@ CORPUS_HELP = "Corpus kind: msd, mtat, gtzan, folder, csv or auto."
 
 def _open_training_corpus(kind: str, root: Path, audio: Optional[Path], top_n: Optional[int],
                           min_tracks: Optional[int], min_val: Optional[float]):
-    """open_corpus with only the reader options the user gave; one-line errors."""
+    """open_corpus with only the reader options the user gave; one-line errors; what the reader left out
+    (missing audio, malformed rows) is one line on stderr."""
     from zstag.corpora import KINDS, CorpusError, open_corpus
 
     if kind != "auto" and kind not in KINDS:
@@ -111,7 +112,7 @@ def _open_training_corpus(kind: str, root: Path, audio: Optional[Path], top_n: O
     given = {"audio": audio, "top_n": top_n, "min_tracks": min_tracks, "min_val": min_val}
     options = {k: v for k, v in given.items() if v is not None}
     try:
-        return open_corpus(kind, root, **options)
+        data = open_corpus(kind, root, **options)
     except CorpusError as exc:
         fail(str(exc))
     except TypeError as exc:
@@ -119,6 +120,10 @@ def _open_training_corpus(kind: str, root: Path, audio: Optional[Path], top_n: O
             raise
         name = str(exc).rsplit("'", 2)[-2].replace("_", "-")
         fail(f"--{name} does not apply to a {kind} corpus", 2)
+    left_out = data.left_out()
+    if left_out:
+        typer.echo(f"zstag: {left_out}", err=True)
+    return data
 
 
 def _unseen_names(unseen: Optional[str]) -> Optional[list[str]]:
@@ -185,8 +190,6 @@ def preprocess_command(
     except ValueError as exc:
         fail(str(exc), 2)
     data = _open_training_corpus(corpus, root, audio, top_n, min_tracks, min_val)
-    if data.left_out():
-        typer.echo(f"zstag: {data.left_out()}", err=True)
     source = {"name": data.name, "kind": data.kind, "root": str(root), "options": data.options}
     try:
         report = preprocess(data.tracks, out, FRONT_ENDS[front_end], workers=workers, shard=part,
@@ -230,8 +233,6 @@ def split_command(
         data = _cache_corpus(features)
     else:
         data = _open_training_corpus(corpus, root, None, None, None, None)
-        if data.left_out():
-            typer.echo(f"zstag: {data.left_out()}", err=True)
     split = _split_for(data, None, seed, unseen, unseen_fraction, split_by, val_fraction, test_fraction)
     _write_or_fail(out, lambda: save_split(split, out))
     counts = split.counts()

@@ -10,8 +10,9 @@ A cold `zstag tag` may pass a ModelBuild instead of a model: the workers start d
 is imported and the model built on a thread (~1 s of a CLI start), and what they decode meanwhile waits.
 Each forward pass runs on one torch thread; for the heavy musicnn backbones, several passes at once
 (of one track or several) on threads of this process (see _Inference). A worker that dies (decoder
-crash, out of memory) costs only its file; workers exit if the main process is killed. The thread count that a track's numbers depend on
-is fixed, so results are bit-identical whatever --workers says, in a worker or in this process.
+crash, out of memory) costs only its file; workers exit if the main process is killed. The thread count
+that a track's numbers depend on is fixed, so results are bit-identical whatever --workers says, in a
+worker or in this process.
 
 Cache: one SQLite file, ``cache_dir()/embeddings.sqlite`` in WAL mode. A row is keyed by
 (model id, content digest, offset, max_seconds, pipeline version) and holds the float32 joint-space
@@ -155,10 +156,10 @@ class ModelBuild:
     """A model being built on a thread of its own, for embed_files: a cold `zstag tag` starts decoding
     at once instead of after torch's import and the model's construction (~1 s of a CLI start, while the
     decoders' cores would idle). What decoding and the cache need is known without torch: the model id
-    and its front end (FrontEnd.to_dict()). The caller should not touch torch until result(): an import
+    and its front end (audio.FrontEnd). The caller should not touch torch until result(): an import
     of it would wait for the building thread's."""
 
-    def __init__(self, build: Callable, model_id: str, front_end: dict):
+    def __init__(self, build: Callable, model_id: str, front_end: audio.FrontEnd):
         self.model_id, self.front_end = model_id, front_end
         self._future: Future = Future()
         # Not a daemon: an early exit waits for the import rather than tearing it down half-way.
@@ -204,11 +205,15 @@ class EmbeddingCache:
         self.set_aside = False  # move_aside has run
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(self.path, timeout=SQLITE_TIMEOUT_S, isolation_level=None)
-        st = os.stat(self.path)
-        self.identity = (st.st_dev, st.st_ino)  # the file opened: move_aside never renames another one
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a killed process never corrupts it
-        self.db.executescript(SCHEMA)
+        try:
+            st = os.stat(self.path)
+            self.identity = (st.st_dev, st.st_ino)  # the file opened: move_aside never renames another one
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a killed process never corrupts it
+            self.db.executescript(SCHEMA)
+        except BaseException:  # closed now, not by the garbage collector after open_default moved the file
+            self.db.close()
+            raise
 
     @classmethod
     def open_default(cls) -> EmbeddingCache | None:
@@ -434,8 +439,7 @@ def _embed(model, model_id, paths, results, cache, workers, offset, max_seconds,
     building = isinstance(model, ModelBuild)
     if building and (workers == 0 or not todo):
         model, building = model.result().eval(), False  # decoding here would wait for the import anyway
-    front_end = model.front_end if building else model.front_end.to_dict()
-    with contextlib.closing(decode_files(todo, front_end, offset, max_seconds, workers)) as decoded:
+    with contextlib.closing(decode_files(todo, model.front_end.to_dict(), offset, max_seconds, workers)) as decoded:
         early: deque = deque()
         if building:
             early = _decoded_while_building(model, decoded)
@@ -940,8 +944,7 @@ class _Inference:
         if failed is not None:
             return _cannot_embed(track.path, failed)
         try:
-            features = self.model.mean_of_sums(track.sums, track.n_segments)
-            return np.asarray(self.model.project_features(features[None])[0], dtype=np.float32)
+            return np.asarray(self.model.embed_sums(track.sums, track.n_segments), dtype=np.float32)
         except Exception as exc:  # never lose the run to one file
             return _cannot_embed(track.path, exc)
 

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
+from numpy.lib import format as npy_format
 
 from zstag.audio import FrontEnd
 from zstag.paths import atomic_write, npy_bytes
@@ -491,9 +492,9 @@ def _npy_problem(path: Path, n_frames: int, dtype: np.dtype, n_mels: int) -> str
     try:
         size = path.stat().st_size
         with open(path, "rb") as f:
-            version = np.lib.format.read_magic(f)
-            fmt = np.lib.format
-            shape, _, found = (fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0)(f)
+            version = npy_format.read_magic(f)
+            read_header = npy_format.read_array_header_1_0 if version == (1, 0) else npy_format.read_array_header_2_0
+            shape, _, found = read_header(f)
             data_start = f.tell()
     except FileNotFoundError:
         return "missing"

@@ -184,11 +184,6 @@ class ZeroShotModel(nn.Module):
         return torch.device("cpu")
 
     @torch.no_grad()
-    def track_features(self, segments: np.ndarray) -> np.ndarray:
-        """[n_seg, n_mels, T] → [F]: segment features averaged over every segment of the track."""
-        return self.mean_of_sums([self.segment_sum(chunk) for chunk in track_chunks(segments)], len(segments))
-
-    @torch.no_grad()
     def segment_sum(self, segments: np.ndarray) -> torch.Tensor:
         """float64 [F] on the CPU: the sum of the features of up to TRACK_BATCH segments, one forward pass.
         A track's chunks (track_chunks) may run on different threads: mean_of_sums combines them."""
@@ -209,7 +204,11 @@ class ZeroShotModel(nn.Module):
     @torch.no_grad()
     def embed_track(self, segments: np.ndarray) -> np.ndarray:
         """[n_seg, n_mels, T] → [D]: the whole track in the joint space (deterministic, no crop)."""
-        return self.project_features(self.track_features(segments)[None])[0]
+        return self.embed_sums([self.segment_sum(chunk) for chunk in track_chunks(segments)], len(segments))
+
+    def embed_sums(self, sums: list[torch.Tensor], n_segments: int) -> np.ndarray:
+        """[D]: a track in the joint space from its forward passes' segment_sum (computed on any threads)."""
+        return self.project_features(self.mean_of_sums(sums, n_segments)[None])[0]
 
     @torch.no_grad()
     def project_features(self, features: np.ndarray) -> np.ndarray:

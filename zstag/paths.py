@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import sys
 from pathlib import Path
 
 CACHE_DIR_ENV = "ZSTAG_CACHE_DIR"  # overrides the platform cache folder (tests point it at tmp_path)
@@ -87,8 +88,6 @@ def _standard_stream(path: Path) -> int | None:
 
 
 def _write_all(fd: int, payload: bytes) -> None:
-    import sys
-
     for stream in (sys.stdout, sys.stderr):  # what Python still buffers goes first
         if stream is not None:
             stream.flush()

@@ -433,13 +433,13 @@ def track_results(files, paths: list[str], *, workers: int | None = None, use_ca
             cache.close()
 
 
-def _front_end(files) -> dict:
-    """The model's front end (audio.FrontEnd.to_dict()), read without torch."""
+def _front_end(files):
+    """The model's audio.FrontEnd, read without torch."""
     from zstag import modelfile
     from zstag.audio import FrontEnd
 
     try:
-        return FrontEnd.from_dict(files.config["front_end"]).to_dict()
+        return FrontEnd.from_dict(files.config["front_end"])
     except (KeyError, TypeError, ValueError) as exc:
         raise TagUsageError(str(modelfile.damaged(files.folder, exc))) from None
 
