@@ -144,6 +144,25 @@ def test_gtzan_seen_unseen_and_figures(gtzan, model_dir, words):
         assert figures["confusion"]["labels"] == [GENRES[i] for i in subset]
 
 
+def test_seen_means_the_same_word_vectors_as_a_training_label(tmp_path):
+    # GTZAN's genre folder is "hiphop"; the model learnt "Hip-Hop" (MSD's spelling). Both resolve to GloVe's
+    # "hip-hop", so the model cannot tell them apart: the label is seen, and an exact overlap.
+    root = tmp_path / "gtzan"
+    for seed, genre in enumerate(("hiphop", "jazz")):
+        (root / "genres" / genre).mkdir(parents=True)
+        sf.write(root / "genres" / genre / f"{genre}.00000.wav", tone(seed), SR)
+    model = make_model(tmp_path / "model", train_labels=["Hip-Hop", "rock"])
+    report = run("gtzan", root, model, use_cache=False).report
+    assert report["labels"]["seen"] == ["hiphop"] and report["labels"]["unseen"] == ["jazz"]
+    overlap = report["transfer"]["label_overlap"]
+    assert overlap["exact"] == ["hiphop"]
+    assert overlap["nearest"]["hiphop"] == {"train_label": "Hip-Hop", "cosine": pytest.approx(1.0, abs=1e-6)}
+    words = WordVectors.load()
+    assert evaluate.label_sets(["hip hop", "hiphop", "hip", "jazz"], ["Hip-Hop"], words=words)["seen"] == \
+        ["hip hop", "hiphop"]
+    assert evaluate.label_sets(["hip hop", "hiphop"], ["Hip-Hop"])["seen"] == []  # no vectors: spelling only
+
+
 def test_gtzan_transfer_report(gtzan, model_dir, words):
     report = run("gtzan", gtzan, model_dir).report
     overlap = report["transfer"]["label_overlap"]

@@ -69,6 +69,33 @@ def test_oov_word_finds_its_hyphenated_form(glove):
     assert glove.phrase("triphop").words == ("trip-hop",)
 
 
+def test_rare_closed_compound_takes_its_frequent_spelling(glove):
+    # GTZAN's genre folder "hiphop" is a GloVe word, but a rare one (rank ~101k; "hip-hop" ~16k) whose
+    # nearest words are not music ones; MSD's Last.fm tag "rnb" likewise against "r&b".
+    for label, token in [("hiphop", "hip-hop"), ("HipHop", "hip-hop"), ("rnb", "r&b"), ("postpunk", "post-punk"),
+                         ("kpop", "k-pop")]:
+        assert label.lower() in glove
+        phrase = glove.phrase(label)
+        assert phrase.words == (token,) and phrase.in_vocab, label
+        np.testing.assert_array_equal(phrase.vector, glove.matrix[glove.index[token]])
+    # Frequent closed words stay as they are, whatever rarer hyphenated spellings exist.
+    for word in ["online", "website", "weekend", "email", "synthpop", "jazz", "rocknroll"]:
+        assert glove.phrase(word).words == (word,), word
+    assert glove.phrase("hiphop dance").words == ("hip-hop", "dance")  # also inside a composed label
+
+
+def test_spelling_preference_follows_vocabulary_order(tmp_path):
+    # The rule reads frequency from the row order: the same words in another order give the other choice.
+    words = ["hip-hop", "r&b", "jazz", "hiphop", "rock", "rnb"]
+    matrix = np.eye(len(words), dtype=np.float32)
+    assert WordVectors(words, matrix, "t").phrase("hiphop").words == ("hip-hop",)
+    assert WordVectors(words, matrix, "t").phrase("rnb").words == ("r&b",)
+    flipped = ["hiphop", "rnb", "jazz", "hip-hop", "rock", "r&b"]  # closed spellings the frequent ones
+    assert WordVectors(flipped, matrix, "t").phrase("hiphop").words == ("hiphop",)
+    assert WordVectors(flipped, matrix, "t").phrase("rnb").words == ("rnb",)
+    # Only 2x more frequent counts: rows 1 and 2 are too close.
+    assert WordVectors(["jazz", "hip-hop", "hiphop"], np.eye(3, dtype=np.float32), "t").phrase("hiphop").words == ("hiphop",)
+
 def test_composed_phrase_is_the_mean_of_content_words(glove):
     phrase = glove.phrase("drum and bass")
     assert isinstance(phrase, LabelPhrase)

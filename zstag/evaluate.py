@@ -3,8 +3,9 @@
 Which tracks and labels
 -----------------------
 Without --split, every track of the corpus is evaluated over the corpus's labels (or the --labels
-subset). A label is *seen* when its normalised spelling (``words.normalise_label``) is in the model's
-training vocabulary (``model.train_labels``), *unseen* otherwise; *all* is both (generalised zero-shot).
+subset). A label is *seen* when it resolves to the same word-vector entries as a label of the model's
+training vocabulary (``model.train_labels``; "hip hop", "Hip-Hop" and "hiphop" are all "hip-hop", see
+``words.WordVectors.phrase``), *unseen* otherwise; *all* is both (generalised zero-shot).
 If the corpus is the one the model was trained on, the seen-label figures then include training tracks:
 use --split for held-out figures.
 
@@ -89,19 +90,34 @@ def choose_labels(available: list[str], requested: list[str] | None) -> list[str
     return [label for label in available if label in chosen]
 
 
-def label_sets(labels: list[str], train_labels=(), split=None) -> dict[str, list[str]]:
-    """{"seen", "unseen", "all"}: from the split's X / Y when given, else from the training vocabulary."""
-    from zstag.words import normalise_label
-
+def label_sets(labels: list[str], train_labels=(), split=None, words=None) -> dict[str, list[str]]:
+    """{"seen", "unseen", "all"}: from the split's X / Y when given, else from the training vocabulary
+    (a label is seen when it is a training label as far as the model can tell: see vocabulary_keys)."""
     if split is not None:
         seen_set = set(split.seen)
         seen = [label for label in labels if label in seen_set]
     else:
-        known = {normalise_label(label) for label in train_labels}
-        seen = [label for label in labels if normalise_label(label) in known]
+        known = set(vocabulary_keys(train_labels, words).values())
+        keys = vocabulary_keys(labels, words)
+        seen = [label for label in labels if keys[label] in known]
     seen_set = set(seen)
     unseen = [label for label in labels if label not in seen_set]
     return {"seen": seen, "unseen": unseen, "all": list(labels)}
+
+
+def vocabulary_keys(labels, words=None) -> dict[str, tuple[str, ...] | str]:
+    """label → what the model knows it by: the word-vector entries its phrase uses (words.phrase), so that
+    "hip hop", "Hip-Hop" and GTZAN's "hiphop" are all the training label "hip-hop"; its normalised spelling
+    when there are no word vectors or the label has none."""
+    from zstag.words import UnknownLabelError, normalise_label
+
+    keys = {}
+    for label in labels:
+        try:
+            keys[label] = words.phrase(label).words if words is not None else normalise_label(label)
+        except UnknownLabelError:
+            keys[label] = normalise_label(label)
+    return keys
 
 
 # --- figures ------------------------------------------------------------------------------------
@@ -170,11 +186,13 @@ def trivial_sets(figures: dict) -> list[str]:
 
 
 def label_overlap(eval_labels: list[str], train_labels: list[str], words) -> dict:
-    """Exact matches after normalisation, and each evaluation label's nearest training label (word cosine)."""
-    from zstag.words import UnknownLabelError, normalise_label
+    """Evaluation labels that are training labels (the same word-vector entries: vocabulary_keys), and each
+    evaluation label's nearest training label (word cosine)."""
+    from zstag.words import UnknownLabelError
 
-    known = {normalise_label(label) for label in train_labels}
-    exact = [label for label in eval_labels if normalise_label(label) in known]
+    known = set(vocabulary_keys(train_labels, words).values())
+    keys = vocabulary_keys(eval_labels, words)
+    exact = [label for label in eval_labels if keys[label] in known]
     usable, rows, no_vector = [], [], []
     for label in train_labels:
         try:
@@ -344,7 +362,7 @@ def evaluate(
             if label in label_index:
                 truth[i, label_index[label]] = True
     scores = net.scores(np.stack([r.embedding for _, r in good]), net.embed_label_vectors(words.vectors(eval_labels)))
-    sets = label_sets(eval_labels, net.train_labels, the_split)
+    sets = label_sets(eval_labels, net.train_labels, the_split, words)
 
     figures = all_figures(truth, scores, eval_labels, sets, corpus.single_label)
     train_summary, note = training_stats(net)

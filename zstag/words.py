@@ -24,6 +24,9 @@ How a label becomes a vector (`WordVectors.phrase`):
    "triphop" → "trip-hop"; the most frequent such form wins), then "r and b" → "r&b" and the
    words joined with "_" (word2vec phrase tokens). GloVe's tokenizer keeps hyphenated
    compounds, and these rare compound tokens sit among music genres, unlike averages of their parts.
+   A known closed compound gives way to such a spelling (or "rnb" → "r&b") that is at least twice as
+   frequent: GTZAN's "hiphop" (GloVe rank ~101k, nearest words worldbeat, rnb, avantgarde) → "hip-hop"
+   (rank ~16k, nearest r&b, rap), "postpunk" → "post-punk"; "online", "website", "synthpop" stay.
 3. Otherwise the label is composed: the mean of the vectors of its words (split at spaces,
    hyphens and slashes; each word resolved as in step 2). Function words (and, of, the, a, an, in, on, with,
    for, to, or) are left out of the mean, because their GloVe vectors are large and generic and
@@ -53,6 +56,10 @@ FUNCTION_WORDS = frozenset({"and", "of", "the", "a", "an", "in", "on", "with", "
 SPELLING_VOCAB = 100_000  # suggestions for unknown words come from the most frequent words only
 SPELLING_SUGGESTIONS = 5
 SPELLING_CUTOFF = 0.75  # difflib ratio
+# A closed compound ("hiphop") gives way to its spelling with "-" or "&" ("hip-hop", "r&b") when that is at least
+# this many times more frequent (vocabulary rank): a rare token's vector is poorly estimated. In GloVe 6B the
+# ~300 words it changes are all spelling variants ("scifi", "postpunk", "kpop"); below 2x, names start to split.
+SPELLING_FREQUENCY_RATIO = 2
 CACHE_SUBDIR = "vectors"
 INDEX_PARTS = ("text", "offsets", "rows", "hashes")  # a WordIndex's .npy files, in the order written
 INDEX_CHECKS = 64  # entries of a cached WordIndex re-hashed on every load: damage means a rebuild
@@ -204,8 +211,8 @@ class WordVectors:
         candidates += ["-".join(words), "".join(words)]
         if "and" in words[1:-1]:
             candidates.append("-".join(words).replace("-and-", "&"))  # "r and b" → "r&b"
-        if len(words) == 1:
-            candidates += self._hyphenations(words[0])
+        if len(words) == 1 and (token := self._resolve(words[0])) is not None:
+            candidates.insert(0, token)  # "hiphop" → "hip-hop", "lofi" → "lo-fi"
         candidates.append("_".join(words))  # word2vec phrase tokens (GoogleNews: "hip_hop")
         for token in candidates:
             if token in self.index:
@@ -214,7 +221,7 @@ class WordVectors:
         content = [w for w in words if w not in FUNCTION_WORDS] or words
         resolved, unknown = [], []
         for word in content:
-            token = word if word in self.index else next(iter(self._hyphenations(word)), None)
+            token = self._resolve(word)
             (resolved if token else unknown).append(token or word)
         if unknown:
             raise UnknownLabelError(self._unknown_message(label, normalised, unknown))
@@ -256,12 +263,17 @@ class WordVectors:
     def _vector(self, word: str) -> np.ndarray:
         return np.asarray(self.matrix[self.index[word]], dtype=np.float32)
 
-    def _hyphenations(self, word: str) -> list[str]:
-        """Hyphenated in-vocabulary spellings "a-b" of an unknown word "ab", most frequent first."""
-        if word in self.index:
-            return []
-        found = [f"{word[:i]}-{word[i:]}" for i in range(1, len(word))]
-        return sorted((w for w in found if w in self.index), key=self.index.__getitem__)
+    def _resolve(self, word: str) -> str | None:
+        """The vocabulary entry for one word: the word itself, unless a spelling of it with "-" or "&" is
+        SPELLING_FREQUENCY_RATIO times more frequent; for an unknown word, its most frequent such spelling
+        ("lofi" → "lo-fi"); None if there is none. Frequency is read from the row, as a rank (GloVe, word2vec
+        and fastText files list the most frequent words first; Zipf: frequency ~ 1 / rank)."""
+        row = self.index.get(word)
+        found = [(self.index[v], v) for v in _spelling_variants(word) if v in self.index]
+        best = min(found, default=None)
+        if best is not None and (row is None or (best[0] + 1) * SPELLING_FREQUENCY_RATIO <= row + 1):  # ranks from 1
+            return best[1]
+        return word if row is not None else None
 
     def _unknown_message(self, label: str, normalised: str, unknown: list[str]) -> str:
         hints = []
@@ -281,6 +293,15 @@ class WordVectors:
 
         vocab = self._words[:SPELLING_VOCAB] if self._words is not None else self.index.words(SPELLING_VOCAB)
         return difflib.get_close_matches(word, vocab, n, SPELLING_CUTOFF)
+
+
+def _spelling_variants(word: str) -> list[str]:
+    """Spellings of a closed compound with "-" ("hiphop" → "hi-phop", "hip-hop", …) and, for three letters
+    around an "n" standing for "and", with "&" ("rnb" → "r&b", as normalise_label keeps "r&b")."""
+    variants = [f"{word[:i]}-{word[i:]}" for i in range(1, len(word))]
+    if re.fullmatch(r"[^\W\d_]n[^\W\d_]", word):
+        variants.append(f"{word[0]}&{word[2]}")
+    return variants
 
 
 class RandomVectors(WordVectors):
