@@ -74,12 +74,16 @@ def gtzan(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def mtat(tmp_path_factory):
-    root = tmp_path_factory.mktemp("mtat")
+    return write_mtat(tmp_path_factory.mktemp("mtat"), MTAT_TAGS, MTAT_CLIPS)
+
+
+def write_mtat(root: Path, tags, clips: dict) -> Path:
+    """annotations_final.csv (tab-separated, every field quoted) and a tone per clip under its mp3_path."""
     with open(root / "annotations_final.csv", "w", newline="") as f:
         writer = csv.writer(f, delimiter="\t", quoting=csv.QUOTE_ALL)
-        writer.writerow(["clip_id", *MTAT_TAGS, "mp3_path"])
-        for seed, (clip, (rel, tags)) in enumerate(MTAT_CLIPS.items()):
-            writer.writerow([clip, *("1" if t in tags else "0" for t in MTAT_TAGS), rel])
+        writer.writerow(["clip_id", *tags, "mp3_path"])
+        for seed, (clip, (rel, on)) in enumerate(clips.items()):
+            writer.writerow([clip, *("1" if t in on else "0" for t in tags), rel])
             (root / rel).parent.mkdir(parents=True, exist_ok=True)
             sf.write(root / rel, tone(seed), SR)
     return root
@@ -245,6 +249,32 @@ def test_mtat_tagging_figures(mtat, model_dir, words):
         assert figures["top_k"] == pytest.approx(top)
     assert report["metrics"]["seen"]["annotation"]["skipped_no_positive"] == 2  # clips 6 and 10: neither guitar nor piano
     assert report["metrics"]["all"]["per_label"]["techno"]["n_positive"] == 2
+
+
+def test_mtat_negated_tag_is_scored_as_the_opposite(tmp_path, model_dir, words):
+    # MTAT's "no vocals" / "no voice" tags: unseen by the model, scored as the opposite of "vocals"/"voice"
+    # (modelfile.label_embeddings), not as the mean of the vectors of "no" and "vocals".
+    tags = ("vocals", "no vocals", "piano")
+    clips = {"1": ("0/a-0-29.mp3", ("vocals",)), "2": ("0/a-30-59.mp3", ("no vocals", "piano")),
+             "3": ("1/b-0-29.mp3", ("vocals", "piano")), "4": ("1/b-30-59.mp3", ("no vocals",)),
+             "5": ("2/c-0-29.mp3", ("no vocals",))}
+    write_mtat(tmp_path, tags, clips)
+    report = run("mtat", tmp_path, model_dir, use_cache=False).report
+    corpus = open_corpus("mtat", tmp_path)
+    naive = expected_scores(model_dir, [t.path for t in corpus.tracks], ["vocals", "no vocals"], words)
+    truth = np.array([[tag in t.labels for tag in ("vocals", "no vocals")] for t in corpus.tracks])
+    per_label = report["metrics"]["all"]["per_label"]
+    negated = metrics.retrieval(truth[:, 1:], -naive[:, :1])["roc_auc"]
+    assert per_label["no vocals"]["roc_auc"] == pytest.approx(negated)
+    assert negated != pytest.approx(metrics.retrieval(truth[:, 1:], naive[:, 1:])["roc_auc"])  # the test can fail
+    assert per_label["vocals"]["roc_auc"] == pytest.approx(metrics.retrieval(truth[:, :1], naive[:, :1])["roc_auc"])
+    # A model that trained on "No Vocals" scores it as trained.
+    trained = make_model(tmp_path / "trained", train_labels=["No Vocals", "piano"])
+    again = run("mtat", tmp_path, trained, use_cache=False).report["metrics"]["all"]["per_label"]
+    plain = expected_scores(trained, [t.path for t in corpus.tracks], ["no vocals"], words)
+    assert again["no vocals"]["roc_auc"] == pytest.approx(metrics.retrieval(truth[:, 1:], plain)["roc_auc"])
+    opposite = -expected_scores(trained, [t.path for t in corpus.tracks], ["vocals"], words)
+    assert again["no vocals"]["roc_auc"] != pytest.approx(metrics.retrieval(truth[:, 1:], opposite)["roc_auc"])
 
 
 def test_mtat_with_split(mtat, tmp_path, words):

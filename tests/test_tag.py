@@ -492,6 +492,25 @@ def test_model_trained_with_random_vectors_can_tag(music, tmp_path):
     np.testing.assert_array_equal(tagger.label_embeddings(files, load_words(files), labels), expected)
 
 
+def test_a_negated_label_scores_the_opposite(music, model_dir):
+    # "no vocals" is not a label the model trained on: its score is minus that of "vocals", for every file;
+    # the mean of the vectors of "no" and "vocals" would sit near "vocals" itself.
+    result = run(music, "--labels", "vocals,no vocals,without piano,piano,no-brainer", "--model", model_dir,
+                 "--format", "json")
+    assert result.exit_code == 0, result.stderr
+    for f in json.loads(result.stdout)["files"]:
+        score = {t["label"]: t["score"] for t in f["tags"]}
+        assert score["no vocals"] == -score["vocals"] != 0 and score["without piano"] == -score["piano"]
+        assert score["no-brainer"] != -score["vocals"]  # one GloVe token: no negation
+    from zstag.modelfile import read_model
+    from zstag.words import load_words
+
+    files = read_model(model_dir)
+    words = load_words(files)
+    naive = files.embed_label_vectors(words.vectors(["no vocals"]))
+    assert not np.allclose(tagger.label_embeddings(files, words, ["no vocals"]), naive)
+
+
 def test_parse_labels_errors_are_usage_errors():
     with pytest.raises(tagger.TagUsageError, match="no labels"):
         tagger.parse_labels([" "])

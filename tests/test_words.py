@@ -84,6 +84,15 @@ def test_rare_closed_compound_takes_its_frequent_spelling(glove):
     assert glove.phrase("hiphop dance").words == ("hip-hop", "dance")  # also inside a composed label
 
 
+@pytest.mark.parametrize("label, denied", [
+    ("no vocals", "vocals"), ("No-Vocals", "vocals"), ("without drums", "drums"), ("not sad", "sad"),
+    ("no drum and bass", "drum and bass"), ("no voice", "voice"),
+    ("no-brainer", None), ("non-stop", None), ("no", None), ("jazz", None), ("rock and roll", None), ("piano no", None),
+])
+def test_negated_labels(glove, label, denied):
+    assert glove.negated(label) == denied
+
+
 def test_spelling_preference_follows_vocabulary_order(tmp_path):
     # The rule reads frequency from the row order: the same words in another order give the other choice.
     words = ["hip-hop", "r&b", "jazz", "hiphop", "rock", "rnb"]

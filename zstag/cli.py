@@ -89,6 +89,9 @@ def labels(
         near = wv.nearest(phrase.vector, nearest + len(phrase.words)) if nearest else []
         near = [f"{w} {s:.2f}" for w, s in near if w not in phrase.words][:nearest]
         how = "yes" if phrase.in_vocab else f"composed ({len(phrase.words)} words)"
+        denied = wv.negated(name)
+        if denied is not None:  # modelfile.label_embeddings
+            how += f'; a model scores it as the opposite of "{denied}" (unless it trained on it)'
         table.add_row(name, phrase.normalised, " + ".join(phrase.words), how, ", ".join(near))
     if table.row_count:
         Console().print(table)

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from zstag import metrics
-from zstag.modelfile import cosine_scores
+from zstag.modelfile import cosine_scores, label_embeddings
 from zstag.paths import atomic_write
 
 REPORT_FORMAT = "zstag-eval/1"
@@ -92,7 +92,9 @@ def choose_labels(available: list[str], requested: list[str] | None) -> list[str
 
 def label_sets(labels: list[str], train_labels=(), split=None, words=None) -> dict[str, list[str]]:
     """{"seen", "unseen", "all"}: from the split's X / Y when given, else from the training vocabulary
-    (a label is seen when it is a training label as far as the model can tell: see vocabulary_keys)."""
+    (a label is seen when it is a training label as far as the model can tell: words.vocabulary_keys)."""
+    from zstag.words import vocabulary_keys
+
     if split is not None:
         seen_set = set(split.seen)
         seen = [label for label in labels if label in seen_set]
@@ -103,21 +105,6 @@ def label_sets(labels: list[str], train_labels=(), split=None, words=None) -> di
     seen_set = set(seen)
     unseen = [label for label in labels if label not in seen_set]
     return {"seen": seen, "unseen": unseen, "all": list(labels)}
-
-
-def vocabulary_keys(labels, words=None) -> dict[str, tuple[str, ...] | str]:
-    """label → what the model knows it by: the word-vector entries its phrase uses (words.phrase), so that
-    "hip hop", "Hip-Hop" and GTZAN's "hiphop" are all the training label "hip-hop"; its normalised spelling
-    when there are no word vectors or the label has none."""
-    from zstag.words import UnknownLabelError, normalise_label
-
-    keys = {}
-    for label in labels:
-        try:
-            keys[label] = words.phrase(label).words if words is not None else normalise_label(label)
-        except UnknownLabelError:
-            keys[label] = normalise_label(label)
-    return keys
 
 
 # --- figures ------------------------------------------------------------------------------------
@@ -186,9 +173,9 @@ def trivial_sets(figures: dict) -> list[str]:
 
 
 def label_overlap(eval_labels: list[str], train_labels: list[str], words) -> dict:
-    """Evaluation labels that are training labels (the same word-vector entries: vocabulary_keys), and each
-    evaluation label's nearest training label (word cosine)."""
-    from zstag.words import UnknownLabelError
+    """Evaluation labels that are training labels (the same word-vector entries: words.vocabulary_keys), and
+    each evaluation label's nearest training label (word cosine)."""
+    from zstag.words import UnknownLabelError, vocabulary_keys
 
     known = set(vocabulary_keys(train_labels, words).values())
     keys = vocabulary_keys(eval_labels, words)
@@ -361,7 +348,7 @@ def evaluate(
         for label in track.labels:
             if label in label_index:
                 truth[i, label_index[label]] = True
-    scores = net.scores(np.stack([r.embedding for _, r in good]), net.embed_label_vectors(words.vectors(eval_labels)))
+    scores = net.scores(np.stack([r.embedding for _, r in good]), label_embeddings(net, words, eval_labels))
     sets = label_sets(eval_labels, net.train_labels, the_split, words)
 
     figures = all_figures(truth, scores, eval_labels, sets, corpus.single_label)

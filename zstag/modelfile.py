@@ -84,6 +84,30 @@ def project_labels(config: dict, weights: dict[str, np.ndarray], vectors: np.nda
     return x.astype(np.float32)
 
 
+def label_embeddings(model, words, labels: list[str]) -> np.ndarray:
+    """[M, D] float32 joint-space embeddings of labels for a model (a ModelFiles or a ZeroShotModel: the same
+    numpy label branch); UnknownLabelError (one line) for labels without vectors.
+
+    A label that denies something ("no vocals", "without drums": WordVectors.negated) and is not one of the
+    model's training labels is embedded as the opposite of what it denies: its cosine with a track is minus
+    that of "vocals". The mean of the word vectors of "no" and "vocals" lies near "vocals" itself and ranked
+    the instrumental songs last (MODEL_CARD.md: held-out ROC-AUC 0.24-0.34 for MTAT's "no vocals", 0.77-0.80
+    negated).
+    """
+    from zstag.words import vocabulary_keys
+
+    emb = model.embed_label_vectors(words.vectors(labels))  # unknown labels stop here
+    denied = {j: words.negated(label) for j, label in enumerate(labels)}
+    denied = {j: d for j, d in denied.items() if d is not None}
+    if denied:
+        trained = set(vocabulary_keys(model.config.get("train_labels", []), words).values())
+        keys = vocabulary_keys([labels[j] for j in denied], words)
+        for j, what in denied.items():
+            if keys[labels[j]] not in trained:  # a training label is scored as it was trained
+                emb[j] = -model.embed_label_vectors(words.vectors([what]))[0]
+    return emb
+
+
 def cosine_scores(track_emb: np.ndarray, label_emb: np.ndarray) -> np.ndarray:
     """Cosine similarity, [N, D] × [M, D] → float32 [N, M] in [-1, 1]."""
     a = np.asarray(track_emb, dtype=np.float64)

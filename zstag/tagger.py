@@ -73,11 +73,12 @@ def parse_labels(values: list[str] | None, labels_file: str | os.PathLike | None
 
 
 def label_embeddings(model, words, labels: list[str]) -> np.ndarray:
-    """[M, D] joint-space label embeddings; UnknownLabelError (one line) for labels without vectors.
+    """[M, D] joint-space label embeddings (``modelfile.label_embeddings``: "no vocals" is the opposite of
+    "vocals"); UnknownLabelError (one line) for labels without vectors. model: modelfile.ModelFiles or a
+    ZeroShotModel (the same numpy label branch either way)."""
+    from zstag.modelfile import label_embeddings as embed
 
-    model: modelfile.ModelFiles or a ZeroShotModel (the same numpy label branch either way).
-    """
-    return model.embed_label_vectors(words.vectors(labels))
+    return embed(model, words, labels)
 
 
 # --- inputs -------------------------------------------------------------------------------------

@@ -34,6 +34,9 @@ How a label becomes a vector (`WordVectors.phrase`):
    made only of function words keeps them. Every remaining word must be in the vocabulary: a
    label with an unknown word raises UnknownLabelError (one line, with the nearest known
    spellings) rather than silently dropping the word or using a zero vector.
+4. A label made of a negation word (no, not, without) and more, that is not one vocabulary entry ("no
+   vocals", not "no-brainer"), still gets its phrase as above (the vector a model may have trained on);
+   `negated` says what it denies, and modelfile.label_embeddings scores an untrained one as its opposite.
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ from zstag.paths import atomic_write, cache_dir, npy_bytes
 
 DEFAULT_SOURCE = "glove-6B-50d"
 FUNCTION_WORDS = frozenset({"and", "of", "the", "a", "an", "in", "on", "with", "for", "to", "or"})
+NEGATIONS = frozenset({"no", "not", "without"})  # "no vocals" denies "vocals" (WordVectors.negated)
 SPELLING_VOCAB = 100_000  # suggestions for unknown words come from the most frequent words only
 SPELLING_SUGGESTIONS = 5
 SPELLING_CUTOFF = 0.75  # difflib ratio
@@ -228,6 +232,16 @@ class WordVectors:
         vector = np.mean([self._vector(w) for w in resolved], axis=0, dtype=np.float32)
         return LabelPhrase(label, normalised, tuple(resolved), vector, len(resolved) == 1)
 
+    def negated(self, label: str) -> str | None:
+        """What a label made of a negation word and more denies: "vocals" for "no vocals", "without vocals" or
+        "not vocals"; None for any other label, and for one that is a single vocabulary entry ("no-brainer",
+        "non-stop"). UnknownLabelError as phrase()."""
+        phrase = self.phrase(label)
+        words = [w for w in _SPLIT.split(phrase.normalised) if w]
+        if phrase.in_vocab or len(words) < 2 or words[0] not in NEGATIONS:
+            return None
+        return " ".join(words[1:])
+
     def vectors(self, labels: list[str]) -> np.ndarray:
         """float32 [n, dim], one row per label; UnknownLabelError names every unknown label."""
         rows, errors = [], []
@@ -302,6 +316,18 @@ def _spelling_variants(word: str) -> list[str]:
     if re.fullmatch(r"[^\W\d_]n[^\W\d_]", word):
         variants.append(f"{word[0]}&{word[2]}")
     return variants
+
+
+def vocabulary_keys(labels, words: WordVectors | None = None) -> dict[str, tuple[str, ...] | str]:
+    """label → what a model knows it by: the vocabulary entries its phrase uses, so that "hip hop", "Hip-Hop"
+    and GTZAN's "hiphop" are all "hip-hop"; its normalised spelling without word vectors or when it has none."""
+    keys = {}
+    for label in labels:
+        try:
+            keys[label] = words.phrase(label).words if words is not None else normalise_label(label)
+        except UnknownLabelError:
+            keys[label] = normalise_label(label)
+    return keys
 
 
 class RandomVectors(WordVectors):
