@@ -167,6 +167,27 @@ def test_seen_means_the_same_word_vectors_as_a_training_label(tmp_path):
     assert evaluate.label_sets(["hip hop", "hiphop"], ["Hip-Hop"])["seen"] == []  # no vectors: spelling only
 
 
+def test_warnings_when_the_model_learnt_from_the_corpus(gtzan, mtat, tmp_path):
+    sources = [{"corpus": "gtzan", "via": "a teacher tagger trained on GTZAN"}]
+    torch.manual_seed(0)
+    net = ZeroShotModel(cnn1d_config(PAPER, word_dim=50, words="glove-6B-50d", train_labels=TRAIN_LABELS))
+    save_model(net, tmp_path / "taught", extra_files={evaluate.STATS_FILE: {**TRAIN_STATS, "label_sources": sources}})
+    [warning] = run("gtzan", gtzan, tmp_path / "taught").report["warnings"]
+    assert warning.startswith("not zero-shot transfer: the model learnt from gtzan itself (a teacher tagger trained")
+    assert run("mtat", mtat, tmp_path / "taught").report["warnings"] == []
+
+    trained = make_model(tmp_path / "trained", training={"corpus": "gtzan"})  # as zstag train records it
+    [warning] = run("gtzan", gtzan, trained).report["warnings"]
+    assert "trained on a corpus named 'gtzan'" in warning and "--split" in warning
+    assert run("mtat", mtat, trained).report["warnings"] == []
+
+
+def test_shipped_models_declare_what_they_learnt_from():
+    for name in ("default", "conse"):
+        stats = json.loads((Path(__file__).resolve().parents[1] / "models" / name / evaluate.STATS_FILE).read_text())
+        assert [s["corpus"] for s in stats["label_sources"]] == ["msd", "mtat"]
+
+
 def test_gtzan_transfer_report(gtzan, model_dir, words):
     report = run("gtzan", gtzan, model_dir).report
     overlap = report["transfer"]["label_overlap"]

@@ -888,6 +888,13 @@ def dev_table(report: dict) -> str:
 
 # --- final models -------------------------------------------------------------------------------
 
+# Corpora whose labels the shipped models learnt from, for zstag eval's warnings (evaluate.provenance_warnings).
+LABEL_SOURCES = [
+    {"corpus": "msd", "via": "the MSD_musicnn backbone and its tag predictions (teacher labels) were trained on the "
+                             "Million Song Dataset's Last.fm tags"},
+    {"corpus": "mtat", "via": "its teacher labels include the predictions of MTT_musicnn, a tagger trained on "
+                              "MagnaTagATune"},
+]
 ACCEPTANCE_LABELS = ("jazz", "classical", "ragtime", "country", "electronic", "speech", "bird")
 
 
@@ -945,7 +952,7 @@ def final(rows_by_set: dict[str, list[dict]], report: dict, models_dir: Path, lo
         raise RuntimeError(f"folding the standardisation changed the embeddings (max gap {gap:.2e})")
 
     results = [SimpleNamespace(embedding=e, stats=tracks[i].stats) for e, i in zip(embeddings, train_idx)]
-    stats = corpus_summary("+".join(training_sets), results)
+    stats = {**corpus_summary("+".join(training_sets), results), "label_sources": LABEL_SOURCES}
     default_id = save_model(model, models_dir / "default", extra_files={"corpus_stats.json": stats})
     log(f"models/default: model {default_id}")
 
@@ -957,6 +964,7 @@ def final(rows_by_set: dict[str, list[dict]], report: dict, models_dir: Path, lo
         conse_emb = conse.audio_projection(torch.from_numpy(taggram.astype(np.float32))).numpy()
     conse_stats = corpus_summary("+".join(training_sets) + " (statistics only: ConSE is not trained)",
                                  [SimpleNamespace(embedding=e, stats=tracks[i].stats) for e, i in zip(conse_emb, train_idx)])
+    conse_stats["label_sources"] = LABEL_SOURCES
     conse_id = save_model(conse, models_dir / "conse", extra_files={"corpus_stats.json": conse_stats})
     log(f"models/conse: model {conse_id} (top-T {top_t})")
 

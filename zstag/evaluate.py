@@ -25,11 +25,12 @@ and PR-AUC per label (macro), annotation ROC-AUC and average precision per track
 Labels without a word vector cannot be scored: they are listed and left out (for single-label corpora
 with their tracks). A file that cannot be decoded is listed and left out; the run goes on. Entries the
 corpus reader left out (audio not found, malformed rows, files listed twice) are counted in the report's
-"corpus", with the first one's cause. A single-label set with one label (accuracy trivially 1.0) is
-reported in "warnings".
+"corpus", with the first one's cause. "warnings" reports a single-label set with one label (accuracy
+trivially 1.0), a corpus the model learnt from (``provenance_warnings``: the shipped models on MSD or
+MTAT), and a corpus named as the one a model was trained on, evaluated without --split.
 
-Transfer report: the evaluation labels against the model's training vocabulary (exact matches after
-normalisation; nearest training label by word-vector cosine), and the evaluation corpus's acoustic
+Transfer report: the evaluation labels against the model's training vocabulary (exact matches: the same
+word vectors; nearest training label by word-vector cosine), and the evaluation corpus's acoustic
 statistics beside those of the training corpus, when the model ships them (``corpus_stats.json``).
 """
 
@@ -230,6 +231,23 @@ def acoustic_transfer(eval_summary: dict, train_summary: dict | None, note: str 
     }
 
 
+def provenance_warnings(config: dict, train_summary: dict | None, corpus, split) -> list[str]:
+    """Why the figures may not measure transfer to this corpus: the model learnt from it (corpus_stats.json's
+    "label_sources": the shipped models' backbones and teacher taggers were trained on MSD and MTAT), or it was
+    trained on a corpus of the same name and no --split holds its training tracks out."""
+    warnings = []
+    for source in (train_summary or {}).get("label_sources") or []:
+        if isinstance(source, dict) and source.get("corpus") == corpus.kind:
+            warnings.append(f"not zero-shot transfer: the model learnt from {corpus.kind} itself ({source.get('via')}); "
+                            "compare its figures only with those of models that did too")
+    training = config.get("training")
+    trained_on = training.get("corpus") if isinstance(training, dict) else None
+    if split is None and trained_on is not None and trained_on == corpus.name:
+        warnings.append(f"the model was trained on a corpus named {trained_on!r}, as this one is: its training tracks "
+                        "are among those evaluated; pass its split (--split split.json) for held-out figures")
+    return warnings
+
+
 def training_stats(model) -> tuple[dict | None, str | None]:
     """(corpus_stats.json of the model or None, a note saying why it is missing or unusable)."""
     from zstag.model import read_model_file
@@ -381,7 +399,8 @@ def evaluate(
         "options": {"labels": labels or None, "top_n": top_n, "max_seconds": max_seconds},
         "labels": {**sets, "without_vector": no_vector},
         "tracks": {"selected": len(tracks), "evaluated": len(good), "failed": failed},
-        "warnings": trivial_sets(figures) if corpus.single_label else [],
+        "warnings": provenance_warnings(net.config, train_summary, corpus, the_split)
+                    + (trivial_sets(figures) if corpus.single_label else []),
         "metrics": figures,
         "transfer": {
             "label_overlap": label_overlap(eval_labels, net.train_labels, words),
