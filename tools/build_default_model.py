@@ -334,7 +334,8 @@ class ProjectionConfig:
         b = "+".join(x.split("_")[0] for x in self.backbones)
         return (f"{b}:{'+'.join(self.outputs)}/{self.head}/k{self.negatives}/s{self.steps}/wd{self.weight_decay:g}"
                 f"/top{self.top_k}/label-{self.label}/center-{self.center}" + ("" if self.balance == "tracks" else f"/balance-{self.balance}")
-                + ("" if self.score == "cosine" else f"/score-{self.score}"))
+                + ("" if self.score == "cosine" else f"/score-{self.score}")
+                + ("" if self.embed_dim == 100 else f"/dim{self.embed_dim}"))
 
 
 class Projection:
@@ -650,6 +651,8 @@ def grid_configs(grid: str) -> list[ProjectionConfig]:
         return [replace(base, backbones=("MSD_musicnn",)), replace(base, backbones=("MSD_musicnn",), balance="labels")]
     if grid == "ortho":  # the shipped configuration against a semi-orthogonal trained label map (MODEL_CARD.md)
         return [replace(base, backbones=("MSD_musicnn",)), replace(base, backbones=("MSD_musicnn",), label="orthogonal")]
+    if grid == "dim":  # the shipped configuration against smaller joint spaces (MODEL_CARD.md)
+        return [replace(base, backbones=("MSD_musicnn",), embed_dim=d) for d in (100, 64, 32)]
     return configs[:3] if grid == "small" else configs
 
 
@@ -992,7 +995,7 @@ def main(argv=None) -> int:
     parser.add_argument("--music-sets", type=Path, default=None, help="tools/build_music_sets.py --out folder")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--seeds", type=int, default=3, help="dev: training seeds per configuration")
-    parser.add_argument("--grid", default="full", choices=("full", "small", "calib", "balance", "ortho"), help="dev: which grid")
+    parser.add_argument("--grid", default="full", choices=("full", "small", "calib", "balance", "ortho", "dim"), help="dev: which grid")
     parser.add_argument("--out", type=Path, default=ROOT / "models", help="final: the models folder")
     parser.add_argument("--report", type=Path, default=WORK / "dev.json",
                         help="dev: where the report goes (and its table, as .md beside it); final reads it")
