@@ -532,6 +532,20 @@ def test_a_double_negation_undoes_itself(model_dir):
     assert np.isfinite(long).all()
 
 
+def test_a_model_whose_train_labels_are_null_negates(model_dir):
+    # A config.json edited by hand to "train_labels": null knows no training label (was a TypeError).
+    import dataclasses
+
+    from zstag.modelfile import read_model
+    from zstag.words import load_words
+
+    files = read_model(model_dir)
+    words = load_words(files)
+    unknown = dataclasses.replace(files, config={**files.config, "train_labels": None})
+    np.testing.assert_array_equal(tagger.label_embeddings(unknown, words, ["no vocals"]),
+                                  tagger.label_embeddings(files, words, ["no vocals"]))
+
+
 def test_parse_labels_errors_are_usage_errors():
     with pytest.raises(tagger.TagUsageError, match="no labels"):
         tagger.parse_labels([" "])

@@ -101,7 +101,7 @@ def label_embeddings(model, words, labels: list[str]) -> np.ndarray:
     emb = model.embed_label_vectors(words.vectors(labels))  # unknown labels stop here
     denying = [j for j, label in enumerate(labels) if words.negated(label) is not None]
     if denying:
-        trained = set(vocabulary_keys(model.config.get("train_labels", []), words).values())
+        trained = set(vocabulary_keys(model.config.get("train_labels") or [], words).values())  # null: none
         for j in denying:
             sign, what = undenied(words, labels[j], trained)
             if what != labels[j]:
