@@ -182,6 +182,21 @@ def test_warnings_when_the_model_learnt_from_the_corpus(gtzan, mtat, tmp_path):
     assert run("mtat", mtat, trained).report["warnings"] == []
 
 
+@pytest.mark.parametrize("sources, warned", [
+    (5, False), ("gtzan", False), ([None, "gtzan"], False), ({"corpus": "gtzan", "via": "x"}, True),
+    ([{"corpus": "GTZAN"}], True), ([{"corpus": "mtat"}], False),
+])
+def test_hand_written_label_sources_never_stop_an_evaluation(sources, warned):
+    # corpus_stats.json may be written by hand: a value that is not a list of objects gives no warning (it was a
+    # TypeError once every track had been embedded), one object alone counts, and the corpus is any case.
+    from types import SimpleNamespace
+
+    corpus = SimpleNamespace(kind="gtzan", name="gtzan")
+    warnings = evaluate.provenance_warnings({}, {"label_sources": sources}, corpus, None)
+    assert len(warnings) == warned
+    assert not any("(None)" in w for w in warnings)  # no "via": nothing said about it
+
+
 def test_shipped_models_declare_what_they_learnt_from():
     for name in ("default", "conse"):
         stats = json.loads((Path(__file__).resolve().parents[1] / "models" / name / evaluate.STATS_FILE).read_text())

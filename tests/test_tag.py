@@ -511,6 +511,41 @@ def test_a_negated_label_scores_the_opposite(music, model_dir):
     assert not np.allclose(tagger.label_embeddings(files, words, ["no vocals"]), naive)
 
 
+def test_a_double_negation_undoes_itself(model_dir):
+    # What a label denies is scored by the same rule: "not not sad" is "sad", not minus the mean of "not" and
+    # "sad"; "not no vocals" is "vocals", unless the model trained on "no vocals" (then minus that label).
+    import dataclasses
+
+    from zstag.modelfile import read_model
+    from zstag.words import load_words
+
+    files = read_model(model_dir)
+    words = load_words(files)
+    emb = tagger.label_embeddings(files, words, ["not not sad", "sad", "not no vocals", "vocals", "no vocals"])
+    np.testing.assert_array_equal(emb[0], emb[1])
+    np.testing.assert_array_equal(emb[2], emb[3])
+    trained = dataclasses.replace(files, config={**files.config, "train_labels": ["No Vocals"]})
+    emb = tagger.label_embeddings(trained, words, ["not no vocals", "no vocals"])
+    np.testing.assert_array_equal(emb[0], -emb[1])
+    np.testing.assert_array_equal(emb[1], files.embed_label_vectors(words.vectors(["no vocals"]))[0])
+    long = tagger.label_embeddings(files, words, ["not " * 500 + "sad"])  # a bounded number of passes
+    assert np.isfinite(long).all()
+
+
+def test_a_model_whose_train_labels_are_null_negates(model_dir):
+    # A config.json edited by hand to "train_labels": null knows no training label (was a TypeError).
+    import dataclasses
+
+    from zstag.modelfile import read_model
+    from zstag.words import load_words
+
+    files = read_model(model_dir)
+    words = load_words(files)
+    unknown = dataclasses.replace(files, config={**files.config, "train_labels": None})
+    np.testing.assert_array_equal(tagger.label_embeddings(unknown, words, ["no vocals"]),
+                                  tagger.label_embeddings(files, words, ["no vocals"]))
+
+
 def test_parse_labels_errors_are_usage_errors():
     with pytest.raises(tagger.TagUsageError, match="no labels"):
         tagger.parse_labels([" "])

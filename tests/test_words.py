@@ -93,6 +93,22 @@ def test_negated_labels(glove, label, denied):
     assert glove.negated(label) == denied
 
 
+def test_a_very_long_word_is_not_split_at_every_letter(glove):
+    # Each of a word's len(word) hyphenated spellings is a string of len(word): a 100k-letter label took ~10 GB.
+    import tracemalloc
+
+    from zstag import words
+
+    assert words._spelling_variants("a" * (words.SPELLING_MAX_CHARS + 1)) == []
+    assert "hip-hop" in words._spelling_variants("hiphop")
+    tracemalloc.start()
+    with pytest.raises(UnknownLabelError):
+        glove.phrase("q" * 10_000)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 30_000_000  # spelling suggestions read ~8 MB of words; the spellings took 200 MB
+
+
 def test_spelling_preference_follows_vocabulary_order(tmp_path):
     # The rule reads frequency from the row order: the same words in another order give the other choice.
     words = ["hip-hop", "r&b", "jazz", "hiphop", "rock", "rnb"]

@@ -1,8 +1,9 @@
 """How a negated label ("no vocals") should be scored: measured on songs held out of training.
 
-MTAT tags three negations ("no vocals", "no vocal", "no voice"). A zero-shot model that embeds such a tag as the
-mean of the word vectors of "no" and "vocals" puts it near "vocals"; zstag scores an untrained negated label as
-the opposite of what it denies (modelfile.label_embeddings). This compares, for the three MTAT tags:
+MTAT's top 50 tags (the MTT tagger's) have three negations ("no vocals", "no vocal", "no voice"). A zero-shot
+model that embeds such a tag as the mean of the word vectors of "no" and "vocals" puts it near "vocals"; zstag
+scores an untrained negated label as the opposite of what it denies (modelfile.label_embeddings). This compares,
+for the three tags:
 
 - naive: the label as its phrase (mean of "no" and "vocals"),
 - negated: minus the score of "vocals" (what zstag does),

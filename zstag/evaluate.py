@@ -236,9 +236,10 @@ def provenance_warnings(config: dict, train_summary: dict | None, corpus, split)
     "label_sources": the shipped models' backbones and teacher taggers were trained on MSD and MTAT), or it was
     trained on a corpus of the same name and no --split holds its training tracks out."""
     warnings = []
-    for source in (train_summary or {}).get("label_sources") or []:
-        if isinstance(source, dict) and source.get("corpus") == corpus.kind:
-            warnings.append(f"not zero-shot transfer: the model learnt from {corpus.kind} itself ({source.get('via')}); "
+    for source in label_sources(train_summary):
+        if str(source.get("corpus")).casefold() == corpus.kind:
+            via = f" ({source['via']})" if source.get("via") else ""
+            warnings.append(f"not zero-shot transfer: the model learnt from {corpus.kind} itself{via}; "
                             "compare its figures only with those of models that did too")
     training = config.get("training")
     trained_on = training.get("corpus") if isinstance(training, dict) else None
@@ -246,6 +247,14 @@ def provenance_warnings(config: dict, train_summary: dict | None, corpus, split)
         warnings.append(f"the model was trained on a corpus named {trained_on!r}, as this one is: its training tracks "
                         "are among those evaluated; pass its split (--split split.json) for held-out figures")
     return warnings
+
+
+def label_sources(train_summary: dict | None) -> list[dict]:
+    """corpus_stats.json's "label_sources" ({"corpus", "via"} objects; one alone counts as a list of one). A
+    hand-written file with anything else gives none: it must not stop an evaluation whose tracks are embedded."""
+    sources = (train_summary or {}).get("label_sources")
+    sources = [sources] if isinstance(sources, dict) else sources
+    return [source for source in sources if isinstance(source, dict)] if isinstance(sources, list) else []
 
 
 def training_stats(model) -> tuple[dict | None, str | None]:

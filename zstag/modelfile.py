@@ -27,6 +27,8 @@ WEIGHTS_FILE = "weights.safetensors"
 DEFAULT_MODEL = "default"
 LABEL_PREFIX = "label_projection."
 MLP_LAYERS = ("0", "3")  # nn.Sequential(Linear, ReLU, Dropout, Linear): the two Linear layers
+# "not not sad" is "sad"; a longer run of negations is not language, and each one read costs a pass over the label.
+MAX_DENIALS = 4
 
 
 class ModelError(Exception):
@@ -92,20 +94,34 @@ def label_embeddings(model, words, labels: list[str]) -> np.ndarray:
     model's training labels is embedded as the opposite of what it denies: its cosine with a track is minus
     that of "vocals". The mean of the word vectors of "no" and "vocals" lies near "vocals" itself and ranked
     the instrumental songs last (MODEL_CARD.md: held-out ROC-AUC 0.24-0.34 for MTAT's "no vocals", 0.77-0.80
-    negated).
+    negated). What is denied is scored by the same rule, so "not not sad" is "sad".
     """
     from zstag.words import vocabulary_keys
 
     emb = model.embed_label_vectors(words.vectors(labels))  # unknown labels stop here
-    denied = {j: words.negated(label) for j, label in enumerate(labels)}
-    denied = {j: d for j, d in denied.items() if d is not None}
-    if denied:
-        trained = set(vocabulary_keys(model.config.get("train_labels", []), words).values())
-        keys = vocabulary_keys([labels[j] for j in denied], words)
-        for j, what in denied.items():
-            if keys[labels[j]] not in trained:  # a training label is scored as it was trained
-                emb[j] = -model.embed_label_vectors(words.vectors([what]))[0]
+    denying = [j for j, label in enumerate(labels) if words.negated(label) is not None]
+    if denying:
+        trained = set(vocabulary_keys(model.config.get("train_labels") or [], words).values())  # null: none
+        for j in denying:
+            sign, what = undenied(words, labels[j], trained)
+            if what != labels[j]:
+                emb[j] = sign * model.embed_label_vectors(words.vectors([what]))[0]
     return emb
+
+
+def undenied(words, label: str, trained: set) -> tuple[int, str]:
+    """(sign, what): the label scores as sign × the label ``what``. "no vocals" → (-1, "vocals"), "not not sad"
+    → (1, "sad"); a label the model trained on (its vocabulary_keys in ``trained``) is scored as trained. At most
+    MAX_DENIALS negations are undone: "not " * 1000 + "sad" would cost 1000 passes over 1000 words."""
+    from zstag.words import vocabulary_keys
+
+    sign = 1
+    for _ in range(MAX_DENIALS):
+        denied = words.negated(label)
+        if denied is None or vocabulary_keys([label], words)[label] in trained:
+            break
+        sign, label = -sign, denied
+    return sign, label
 
 
 def cosine_scores(track_emb: np.ndarray, label_emb: np.ndarray) -> np.ndarray:

@@ -64,6 +64,7 @@ SPELLING_CUTOFF = 0.75  # difflib ratio
 # this many times more frequent (vocabulary rank): a rare token's vector is poorly estimated. In GloVe 6B the
 # ~300 words it changes are all spelling variants ("scifi", "postpunk", "kpop"); below 2x, names start to split.
 SPELLING_FREQUENCY_RATIO = 2
+SPELLING_MAX_CHARS = 100  # longer words get no "-" spellings: none is a vocabulary word (GloVe's longest: 68 chars)
 CACHE_SUBDIR = "vectors"
 INDEX_PARTS = ("text", "offsets", "rows", "hashes")  # a WordIndex's .npy files, in the order written
 INDEX_CHECKS = 64  # entries of a cached WordIndex re-hashed on every load: damage means a rebuild
@@ -312,6 +313,8 @@ class WordVectors:
 def _spelling_variants(word: str) -> list[str]:
     """Spellings of a closed compound with "-" ("hiphop" → "hi-phop", "hip-hop", …) and, for three letters
     around an "n" standing for "and", with "&" ("rnb" → "r&b", as normalise_label keeps "r&b")."""
+    if len(word) > SPELLING_MAX_CHARS:  # its len(word) spellings would take len(word)² bytes: 10 GB at 100k
+        return []
     variants = [f"{word[:i]}-{word[i:]}" for i in range(1, len(word))]
     if re.fullmatch(r"[^\W\d_]n[^\W\d_]", word):
         variants.append(f"{word[0]}&{word[2]}")
