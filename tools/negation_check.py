@@ -15,7 +15,7 @@ recordings, none of them trained on. Truth, for want of MTAT audio: the MTT_musi
 of the tag (a tagger trained on MTAT's annotations), positives = its top quarter. Figures: ROC-AUC of ranking
 the songs by the label's score, and Spearman's rho with the tagger's probability.
 
-    python tools/negation_check.py            # ~25 s; needs the cached features of build_default_model.py
+    python tools/negation_check.py            # ~20 s; needs the cached features of build_default_model.py
 """
 
 from __future__ import annotations
