@@ -165,6 +165,9 @@ def test_seen_means_the_same_word_vectors_as_a_training_label(tmp_path):
     assert evaluate.label_sets(["hip hop", "hiphop", "hip", "jazz"], ["Hip-Hop"], words=words)["seen"] == \
         ["hip hop", "hiphop"]
     assert evaluate.label_sets(["hip hop", "hiphop"], ["Hip-Hop"])["seen"] == []  # no vectors: spelling only
+    # A composed label is the mean of its words' vectors: the same label in any word order.
+    seen = evaluate.label_sets(["piano sad", "sad piano", "piano"], ["Sad Piano"], words=words)["seen"]
+    assert seen == ["piano sad", "sad piano"]
 
 
 def test_warnings_when_the_model_learnt_from_the_corpus(gtzan, mtat, tmp_path):

@@ -323,11 +323,12 @@ def _spelling_variants(word: str) -> list[str]:
 
 def vocabulary_keys(labels, words: WordVectors | None = None) -> dict[str, tuple[str, ...] | str]:
     """label → what a model knows it by: the vocabulary entries its phrase uses, so that "hip hop", "Hip-Hop"
-    and GTZAN's "hiphop" are all "hip-hop"; its normalised spelling without word vectors or when it has none."""
+    and GTZAN's "hiphop" are all "hip-hop", and "piano sad" is "sad piano" (a mean: the same vector in any
+    order); its normalised spelling without word vectors or when it has none."""
     keys = {}
     for label in labels:
         try:
-            keys[label] = words.phrase(label).words if words is not None else normalise_label(label)
+            keys[label] = tuple(sorted(words.phrase(label).words)) if words is not None else normalise_label(label)
         except UnknownLabelError:
             keys[label] = normalise_label(label)
     return keys
