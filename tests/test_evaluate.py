@@ -178,6 +178,13 @@ def test_warnings_when_the_model_learnt_from_the_corpus(gtzan, mtat, tmp_path):
     [warning] = run("gtzan", gtzan, tmp_path / "taught").report["warnings"]
     assert warning.startswith("not zero-shot transfer: the model learnt from gtzan itself (a teacher tagger trained")
     assert run("mtat", mtat, tmp_path / "taught").report["warnings"] == []
+    # Sources count even when the file has no acoustics to compare (or acoustics that are not an object).
+    for acoustics in (None, ["not", "an", "object"]):
+        stats = {"corpus": "x", "label_sources": sources, **({} if acoustics is None else {"acoustics": acoustics})}
+        save_model(net, tmp_path / "bare", extra_files={evaluate.STATS_FILE: stats})
+        report = run("gtzan", gtzan, tmp_path / "bare").report
+        assert report["warnings"][0].startswith("not zero-shot transfer")
+        assert "no acoustics" in report["transfer"]["acoustics"]["note"]
 
     trained = make_model(tmp_path / "trained", training={"corpus": "gtzan"})  # as zstag train records it
     [warning] = run("gtzan", gtzan, trained).report["warnings"]

@@ -208,7 +208,8 @@ def acoustic_transfer(eval_summary: dict, train_summary: dict | None, note: str 
     """The two corpora's acoustic distributions side by side, and the cosine of their mean embeddings."""
     from zstag.acoustics import STAT_FIELDS
 
-    train_acoustics = (train_summary or {}).get("acoustics") or {}
+    train_acoustics = (train_summary or {}).get("acoustics")
+    train_acoustics = train_acoustics if isinstance(train_acoustics, dict) else {}
     fields = {
         field: {"train": train_acoustics.get(field), "eval": eval_summary["acoustics"].get(field)}
         for field in STAT_FIELDS
@@ -267,8 +268,10 @@ def training_stats(model) -> tuple[dict | None, str | None]:
         return None, f"{STATS_FILE} of the model is unreadable ({' '.join(str(exc).split())})"
     if stats is None:
         return None, NO_STATS_NOTE
-    if not isinstance(stats, dict) or not isinstance(stats.get("acoustics"), dict):
-        return None, f"{STATS_FILE} of the model has no acoustics: not compared"
+    if not isinstance(stats, dict):
+        return None, f"{STATS_FILE} of the model is not a JSON object: not compared"
+    if not isinstance(stats.get("acoustics"), dict):  # kept: its label_sources still count (provenance_warnings)
+        return stats, f"{STATS_FILE} of the model has no acoustics: not compared"
     return stats, None
 
 
