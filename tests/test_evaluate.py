@@ -310,13 +310,19 @@ def test_mtat_negated_tag_is_scored_as_the_opposite(tmp_path, model_dir, words):
     naive = expected_scores(model_dir, [t.path for t in corpus.tracks], ["vocals", "no vocals"], words)
     truth = np.array([[tag in t.labels for tag in ("vocals", "no vocals")] for t in corpus.tracks])
     per_label = report["metrics"]["all"]["per_label"]
+    assert report["labels"]["scored_as"] == {"no vocals": "-vocals"}
+    console = Console(file=io.StringIO(), width=200)
+    evaluate.render(report, console)
+    assert "scored as -vocals" in console.file.getvalue()
     negated = metrics.retrieval(truth[:, 1:], -naive[:, :1])["roc_auc"]
     assert per_label["no vocals"]["roc_auc"] == pytest.approx(negated)
     assert negated != pytest.approx(metrics.retrieval(truth[:, 1:], naive[:, 1:])["roc_auc"])  # the test can fail
     assert per_label["vocals"]["roc_auc"] == pytest.approx(metrics.retrieval(truth[:, :1], naive[:, :1])["roc_auc"])
     # A model that trained on "No Vocals" scores it as trained.
     trained = make_model(tmp_path / "trained", train_labels=["No Vocals", "piano"])
-    again = run("mtat", tmp_path, trained, use_cache=False).report["metrics"]["all"]["per_label"]
+    again_report = run("mtat", tmp_path, trained, use_cache=False).report
+    assert again_report["labels"]["scored_as"] == {}
+    again = again_report["metrics"]["all"]["per_label"]
     plain = expected_scores(trained, [t.path for t in corpus.tracks], ["no vocals"], words)
     assert again["no vocals"]["roc_auc"] == pytest.approx(metrics.retrieval(truth[:, 1:], plain)["roc_auc"])
     opposite = -expected_scores(trained, [t.path for t in corpus.tracks], ["vocals"], words)

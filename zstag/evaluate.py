@@ -45,7 +45,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from zstag import metrics
-from zstag.modelfile import cosine_scores, label_embeddings
+from zstag.modelfile import cosine_scores, label_embeddings, scored_as
 from zstag.paths import atomic_write
 
 REPORT_FORMAT = "zstag-eval/1"
@@ -409,7 +409,9 @@ def evaluate(
         "task": "classification" if corpus.single_label else "tagging",
         "seen_from": "split" if the_split is not None else "model.train_labels",
         "options": {"labels": labels or None, "top_n": top_n, "max_seconds": max_seconds},
-        "labels": {**sets, "without_vector": no_vector},
+        "labels": {**sets, "without_vector": no_vector,
+                   "scored_as": {label: f"{'-' if sign < 0 else ''}{what}"  # "no vocals": "-vocals"
+                                 for label, (sign, what) in scored_as(net, words, eval_labels).items()}},
         "tracks": {"selected": len(tracks), "evaluated": len(good), "failed": failed},
         "warnings": provenance_warnings(net.config, train_summary, corpus, the_split)
                     + (trivial_sets(figures) if corpus.single_label else []),
@@ -549,6 +551,8 @@ def render(report: dict, console) -> None:
     for label, f in figures["all"]["per_label"].items():
         near = overlap["nearest"].get(label)
         near_text = f"{near['train_label']} {near['cosine']:.2f}" if near else "—"
+        if label in report["labels"].get("scored_as", {}):  # e.g. "no vocals" scores as minus "vocals"
+            near_text += f"; scored as {report['labels']['scored_as'][label]}"
         own = figures["seen" if label in seen else "unseen"]["per_label"][label]
         if single:
             values = [str(f["n_tracks"]), _fmt(own["recall"]), _fmt(f["recall"])]

@@ -96,17 +96,23 @@ def label_embeddings(model, words, labels: list[str]) -> np.ndarray:
     the instrumental songs last (MODEL_CARD.md: held-out ROC-AUC 0.24-0.34 for MTAT's "no vocals", 0.77-0.80
     negated). What is denied is scored by the same rule, so "not not sad" is "sad".
     """
+    emb = model.embed_label_vectors(words.vectors(labels))  # unknown labels stop here
+    for label, (sign, what) in scored_as(model, words, labels).items():
+        emb[labels.index(label)] = sign * model.embed_label_vectors(words.vectors([what]))[0]
+    return emb
+
+
+def scored_as(model, words, labels: list[str]) -> dict[str, tuple[int, str]]:
+    """label → (sign, what) for each label that label_embeddings scores as sign × another label ("no vocals"
+    → (-1, "vocals")); labels scored as themselves are left out."""
     from zstag.words import vocabulary_keys
 
-    emb = model.embed_label_vectors(words.vectors(labels))  # unknown labels stop here
-    denying = [j for j, label in enumerate(labels) if words.negated(label) is not None]
-    if denying:
-        trained = set(vocabulary_keys(model.config.get("train_labels") or [], words).values())  # null: none
-        for j in denying:
-            sign, what = undenied(words, labels[j], trained)
-            if what != labels[j]:
-                emb[j] = sign * model.embed_label_vectors(words.vectors([what]))[0]
-    return emb
+    denying = [label for label in labels if words.negated(label) is not None]
+    if not denying:
+        return {}
+    trained = set(vocabulary_keys(model.config.get("train_labels") or [], words).values())  # null: none
+    found = {label: undenied(words, label, trained) for label in denying}
+    return {label: (sign, what) for label, (sign, what) in found.items() if what != label}
 
 
 def undenied(words, label: str, trained: set) -> tuple[int, str]:
