@@ -679,6 +679,31 @@ def summarise_seeds(results: dict[str, list[tuple[float, float]]]) -> dict:
     return row
 
 
+def dev_fold(tracks: list[TrackData], split) -> tuple[dict[str, dict], list[int]]:
+    """(dev sets, training track indices) for one dance split: everything not held out and not a test set."""
+    sets = dev_sets(tracks, split)
+    dance_train = set(split.tracks("train")) | set(split.tracks("validation"))
+    train_idx = [i for i, t in enumerate(tracks)
+                 if t.set not in TEST_SETS + DEV_SETS and (t.set != "dance" or t.id in dance_train)]
+    return sets, train_idx
+
+
+def shipped_dev_models(words, seeds: int = 3):
+    """The setting of the side checks (tools/negation_check.py, tools/convex_labels_check.py): the adopted sets'
+    tracks, and per seed the shipped configuration trained on its dev fold as dev() trains it. Yields
+    (tracks, config, dev sets, training track indices, training vocabulary, Projection)."""
+    sets = {k: v for k, v in find_sets().items() if k not in NOT_ADOPTED_SETS}
+    tracks = load_tracks({n: extract_set(n, read_manifest(m), log=lambda *a: None) for n, m in sets.items()})
+    config = replace(ProjectionConfig(), backbones=("MSD_musicnn",))
+    for seed in range(seeds):
+        dev, train = dev_fold(tracks, dance_split(seed))
+        vocab = training_vocab(tracks, train, heldout_words(dev))
+        targets = make_targets([tracks[i] for i in train], vocab, config.top_k, config.pos_min)
+        patches = [patch_inputs(tracks[i], config.backbones, config.outputs) for i in train]
+        model = train_projection(patches, targets, words.vectors(vocab), config, seed, [tracks[i].set for i in train])
+        yield tracks, config, dev, train, vocab, model
+
+
 def dev(rows_by_set: dict[str, list[dict]], seeds: int = 3, grid: str = "full", log=print) -> dict:
     """(a) projection variants and (b) ConSE top-T, on labels and songs held out of training.
 
@@ -692,13 +717,7 @@ def dev(rows_by_set: dict[str, list[dict]], seeds: int = 3, grid: str = "full", 
     words = WordVectors.load()
     tracks = load_tracks(rows_by_set)
     splits = [dance_split(seed) for seed in range(seeds)]
-    folds = []  # per seed: (dev sets, training track indices)
-    for split in splits:
-        sets = dev_sets(tracks, split)
-        dance_train = set(split.tracks("train")) | set(split.tracks("validation"))
-        train_idx = [i for i, t in enumerate(tracks)
-                     if t.set not in TEST_SETS + DEV_SETS and (t.set != "dance" or t.id in dance_train)]
-        folds.append((sets, train_idx))
+    folds = [dev_fold(tracks, split) for split in splits]  # per seed: (dev sets, training track indices)
     names = list(folds[0][0])
     exclude = heldout_words(folds[0][0])
     vocabs = [training_vocab(tracks, train_idx, exclude) for _, train_idx in folds]

@@ -21,7 +21,6 @@ the songs by the label's score, and Spearman's rho with the tagger's probability
 from __future__ import annotations
 
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -41,21 +40,10 @@ def main() -> int:
     from zstag.words import WordVectors
 
     words = WordVectors.load()
-    sets = {k: v for k, v in B.find_sets().items() if k not in B.NOT_ADOPTED_SETS}
-    tracks = B.load_tracks({n: B.extract_set(n, B.read_manifest(m), log=lambda *a: None) for n, m in sets.items()})
-    taggram, tags = B.track_taggrams(tracks)["MTT_musicnn"], musicnn_tags("MTT_musicnn")
-    config = replace(B.ProjectionConfig(), backbones=("MSD_musicnn",))
+    tags = musicnn_tags("MTT_musicnn")
     results: dict[tuple[str, str], list[tuple[float, float]]] = {}
-    for seed in range(3):
-        split = B.dance_split(seed)
-        dev = B.dev_sets(tracks, split)
-        dance_train = set(split.tracks("train")) | set(split.tracks("validation"))
-        train = [i for i, t in enumerate(tracks)
-                 if t.set not in B.TEST_SETS + B.DEV_SETS and (t.set != "dance" or t.id in dance_train)]
-        vocab = B.training_vocab(tracks, train, B.heldout_words(dev))
-        targets = B.make_targets([tracks[i] for i in train], vocab, config.top_k, config.pos_min)
-        patches = [B.patch_inputs(tracks[i], config.backbones, config.outputs) for i in train]
-        model = B.train_projection(patches, targets, words.vectors(vocab), config, seed, [tracks[i].set for i in train])
+    for seed, (tracks, config, dev, train, vocab, model) in enumerate(B.shipped_dev_models(words)):
+        taggram = B.track_taggrams(tracks)["MTT_musicnn"]
         held_out = sorted(set(dev[B.POOLED_DEV]["tracks"]) | {i for i, t in enumerate(tracks) if t.set in B.TEST_SETS})
         assert not set(held_out) & set(train)
         audio = model.embed_audio(np.stack([B.patch_inputs(tracks[i], config.backbones, config.outputs).mean(axis=0)
