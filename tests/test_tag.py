@@ -546,6 +546,41 @@ def test_a_model_whose_train_labels_are_null_negates(model_dir):
                                   tagger.label_embeddings(files, words, ["no vocals"]))
 
 
+def test_a_label_in_another_number_than_a_training_label_gets_a_hint(music, tmp_path):
+    # The hint names the training label; the scores stay those of the label as typed (no substitution).
+    import torch
+
+    from zstag.audio import PAPER
+    from zstag.model import ZeroShotModel, cnn1d_config, save_model
+
+    torch.manual_seed(0)
+    folder = tmp_path / "m"
+    save_model(ZeroShotModel(cnn1d_config(PAPER, word_dim=50, words="glove-6B-50d",
+                                          train_labels=["drums", "vocals", "female vocals", "jazz"])), folder)
+    labels = "drum,vocal,Vocals,female vocal,jazz,piano"
+    result = run(music / "a.wav", "--labels", labels, "--model", folder, "--format", "json")
+    assert result.exit_code == 0, result.stderr
+    notes = [line for line in result.stderr.splitlines() if line.startswith("zstag: note:")]
+    assert notes == [
+        'zstag: note: "drum" is not among the model\'s training labels, "drums" is: use it if that is what you mean '
+        "(a label the model never trained on scores less reliably)",
+        'zstag: note: "female vocal" is not among the model\'s training labels, "female vocals" is: use it if that is '
+        "what you mean (a label the model never trained on scores less reliably)",
+    ]  # not "vocal": "Vocals" is among the labels already
+    from zstag.modelfile import _inflections, read_model, training_spellings
+    from zstag.words import load_words
+
+    files = read_model(folder)
+    words = load_words(files)
+    score = {t["label"]: t["score"] for t in json.loads(result.stdout)["files"][0]["tags"]}
+    assert score["drum"] != score["jazz"]
+    np.testing.assert_array_equal(tagger.label_embeddings(files, words, ["drum"]),
+                                  files.embed_label_vectors(words.vectors(["drum"])))
+    assert training_spellings(files, ["blue", "jazzes", "piano", "drums"]) == {"jazzes": "jazz"}
+    assert {"melodies", "boxes", "strings"} <= set(_inflections("melody") + _inflections("box") + _inflections("string"))
+    assert "melody" in _inflections("melodies") and "female vocals" in _inflections("female vocal")
+
+
 def test_parse_labels_errors_are_usage_errors():
     with pytest.raises(tagger.TagUsageError, match="no labels"):
         tagger.parse_labels([" "])

@@ -115,6 +115,45 @@ def scored_as(model, words, labels: list[str]) -> dict[str, tuple[int, str]]:
     return {label: (sign, what) for label, (sign, what) in found.items() if what != label}
 
 
+def training_spellings(model, labels: list[str]) -> dict[str, str]:
+    """label → the training label it is an inflection of ("vocal" → "vocals", "guitars" → "guitar", "female
+    vocal" → "female vocals"), for labels the model did not train on, compared as normalised spellings. A hint
+    for the user (zstag tag prints it), never a substitution: "blue" is not "blues". The trained map places
+    such pairs far apart although their word vectors are close (MODEL_CARD.md: "vocal" and "vocals" have
+    cosine 0.80 in GloVe, 0.04 in the default model's joint space)."""
+    from zstag.words import normalise_label
+
+    trained = {normalise_label(label): label for label in model.config.get("train_labels") or []}
+    given = {label: normalise_label(label) for label in labels}
+    hints = {}
+    for label, norm in given.items():
+        if norm in trained:
+            continue
+        variant = next((v for v in _inflections(norm) if v in trained), None)
+        if variant is not None and variant not in given.values():  # "vocal" beside "vocals": both given already
+            hints[label] = trained[variant]
+    return hints
+
+
+def _inflections(label: str) -> list[str]:
+    """The label with one of its words in the other number: "vocal" ↔ "vocals", "box" ↔ "boxes", "melody" ↔
+    "melodies" (English plural only; good enough for a hint)."""
+    words = label.split()
+    out = []
+    for i, word in enumerate(words):
+        forms = [word + "s", word + "es"]
+        if word.endswith("ies"):
+            forms.append(word[:-3] + "y")
+        if word.endswith("es"):
+            forms.append(word[:-2])
+        if word.endswith("s") and not word.endswith("ss"):
+            forms.append(word[:-1])
+        if word.endswith("y"):
+            forms.append(word[:-1] + "ies")
+        out += [" ".join(words[:i] + [form] + words[i + 1:]) for form in forms if form]
+    return out
+
+
 def undenied(words, label: str, trained: set) -> tuple[int, str]:
     """(sign, what): the label scores as sign × the label ``what``. "no vocals" → (-1, "vocals"), "not not sad"
     → (1, "sad"); a label the model trained on (its vocabulary_keys in ``trained``) is scored as trained. At most
