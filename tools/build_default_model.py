@@ -329,13 +329,17 @@ class ProjectionConfig:
     # scores: cosine | center (cos - mu_l) | z ((cos - mu_l) / sigma_l) | csls; mu_l, sigma_l: the label's cosine
     # statistics over the model's own training tracks (tools/score_calibration.py); csls: Conneau et al. 2018, k = CSLS_K
     score: str = "cosine"
+    # label-map smoothness: weight of a loss keeping the joint-space cosine of each training word and its
+    # SMOOTH_NEIGHBOURS nearest GloVe words (among the SMOOTH_VOCAB most frequent) at their GloVe cosine
+    smooth: float = 0.0
 
     def name(self) -> str:
         b = "+".join(x.split("_")[0] for x in self.backbones)
         return (f"{b}:{'+'.join(self.outputs)}/{self.head}/k{self.negatives}/s{self.steps}/wd{self.weight_decay:g}"
                 f"/top{self.top_k}/label-{self.label}/center-{self.center}" + ("" if self.balance == "tracks" else f"/balance-{self.balance}")
                 + ("" if self.score == "cosine" else f"/score-{self.score}")
-                + ("" if self.embed_dim == 100 else f"/dim{self.embed_dim}"))
+                + ("" if self.embed_dim == 100 else f"/dim{self.embed_dim}")
+                + ("" if not self.smooth else f"/smooth{self.smooth:g}"))
 
 
 class Projection:
@@ -420,8 +424,32 @@ class Projection:
         return state
 
 
+SMOOTH_NEIGHBOURS = 10
+SMOOTH_VOCAB = 50_000
+SMOOTH_BATCH = 256
+
+
+def smoothing_pairs(words, vocab: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(training word vectors [P, d], neighbour vectors [P, d], their GloVe cosines [P]): each training word
+    with its SMOOTH_NEIGHBOURS nearest words among the SMOOTH_VOCAB most frequent GloVe words (not training words)."""
+    def unit(x):
+        return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+    train = unit(words.vectors(vocab))
+    pool = np.asarray(words.matrix[:SMOOTH_VOCAB], np.float32)
+    pool_unit = unit(pool)
+    sims = train @ pool_unit.T
+    exclude = {words.index.get(t) for label in vocab for t in words.phrase(label).words}
+    sims[:, [r for r in exclude if r is not None and r < SMOOTH_VOCAB]] = -np.inf
+    top = np.argsort(-sims, axis=1)[:, :SMOOTH_NEIGHBOURS]
+    rows = np.repeat(np.arange(len(vocab)), SMOOTH_NEIGHBOURS)
+    cols = top.ravel()
+    return words.vectors(vocab)[rows], pool[cols], sims[rows, cols].astype(np.float32)
+
+
 def train_projection(patches: list[np.ndarray], targets: Targets, word_vectors: np.ndarray,
-                     config: ProjectionConfig, seed: int, groups: list[str] | None = None) -> Projection:
+                     config: ProjectionConfig, seed: int, groups: list[str] | None = None,
+                     smoothing: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> Projection:
     """The paper's objective on pooled backbone features: triplet hinge loss (cosine, margin 0.4),
     one positive and config.negatives sampled negatives per track, Adam(W). Each sample's audio is the
     mean of a random subset (half to all) of the track's patches, so that the head sees track means."""
@@ -482,6 +510,11 @@ def train_projection(patches: list[np.ndarray], targets: Targets, word_vectors: 
         audio = model.audio(audio_in)
         labels = model.label(words_t)
         loss = triplet_hinge_loss(audio, labels[p_idx], labels[n_idx], margin=config.margin)
+        if config.smooth and smoothing is not None:
+            pick = rng.integers(0, len(smoothing[2]), SMOOTH_BATCH)
+            joint = torch.nn.functional.cosine_similarity(model.label(torch.from_numpy(smoothing[0][pick])),
+                                                          model.label(torch.from_numpy(smoothing[1][pick])), dim=-1)
+            loss = loss + config.smooth * ((joint - torch.from_numpy(smoothing[2][pick])) ** 2).mean()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -651,6 +684,8 @@ def grid_configs(grid: str) -> list[ProjectionConfig]:
         return [replace(base, backbones=("MSD_musicnn",)), replace(base, backbones=("MSD_musicnn",), balance="labels")]
     if grid == "ortho":  # the shipped configuration against a semi-orthogonal trained label map (MODEL_CARD.md)
         return [replace(base, backbones=("MSD_musicnn",)), replace(base, backbones=("MSD_musicnn",), label="orthogonal")]
+    if grid == "smooth":  # the shipped configuration against a smoothness loss on the label map (MODEL_CARD.md)
+        return [replace(base, backbones=("MSD_musicnn",), smooth=w) for w in (0.0, 1.0, 0.1)]
     if grid == "dim":  # the shipped configuration against smaller joint spaces (MODEL_CARD.md)
         return [replace(base, backbones=("MSD_musicnn",), embed_dim=d) for d in (100, 64, 32)]
     return configs[:3] if grid == "small" else configs
@@ -770,7 +805,9 @@ def dev(rows_by_set: dict[str, list[dict]], seeds: int = 3, grid: str = "full", 
         for seed, ((sets, train_idx), vocab) in enumerate(zip(folds, vocabs)):
             targets = make_targets([tracks[i] for i in train_idx], vocab, config.top_k, config.pos_min)
             patches = [patch_inputs(tracks[i], config.backbones, config.outputs) for i in train_idx]
-            model = train_projection(patches, targets, words.vectors(vocab), config, seed, [tracks[i].set for i in train_idx])
+            smoothing = smoothing_pairs(words, vocab) if config.smooth else None
+            model = train_projection(patches, targets, words.vectors(vocab), config, seed, [tracks[i].set for i in train_idx],
+                                     smoothing)
             train_feats = np.stack([p.mean(axis=0) for p in patches])
             for name, s in sets.items():
                 feats = np.stack([patch_inputs(tracks[i], config.backbones, config.outputs).mean(axis=0) for i in s["tracks"]])
@@ -942,6 +979,7 @@ def final(rows_by_set: dict[str, list[dict]], report: dict, models_dir: Path, lo
     patches = [patch_inputs(tracks[i], config.backbones, config.outputs) for i in train_idx]
     log(f"final: {config.name()} on {len(train_idx)} tracks, {len(vocab)} words")
     projection = train_projection(patches, targets, words.vectors(vocab), config, seed=0,
+                                  smoothing=smoothing_pairs(words, vocab) if config.smooth else None,
                                   groups=[tracks[i].set for i in train_idx])
 
     training_sets = sorted({tracks[i].set for i in train_idx})
@@ -1014,7 +1052,7 @@ def main(argv=None) -> int:
     parser.add_argument("--music-sets", type=Path, default=None, help="tools/build_music_sets.py --out folder")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--seeds", type=int, default=3, help="dev: training seeds per configuration")
-    parser.add_argument("--grid", default="full", choices=("full", "small", "calib", "balance", "ortho", "dim"), help="dev: which grid")
+    parser.add_argument("--grid", default="full", choices=("full", "small", "calib", "balance", "ortho", "dim", "smooth"), help="dev: which grid")
     parser.add_argument("--out", type=Path, default=ROOT / "models", help="final: the models folder")
     parser.add_argument("--report", type=Path, default=WORK / "dev.json",
                         help="dev: where the report goes (and its table, as .md beside it); final reads it")
