@@ -530,6 +530,9 @@ def test_a_double_negation_undoes_itself(model_dir):
     np.testing.assert_array_equal(emb[1], files.embed_label_vectors(words.vectors(["no vocals"]))[0])
     long = tagger.label_embeddings(files, words, ["not " * 500 + "sad"])  # a bounded number of passes
     assert np.isfinite(long).all()
+    twice = tagger.label_embeddings(files, words, ["no vocals", "sad", "no vocals"])  # each row negated
+    np.testing.assert_array_equal(twice[2], twice[0])
+    np.testing.assert_array_equal(twice[0], -files.embed_label_vectors(words.vectors(["vocals"]))[0])
 
 
 def test_a_model_whose_train_labels_are_null_negates(model_dir):

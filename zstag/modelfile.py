@@ -97,8 +97,11 @@ def label_embeddings(model, words, labels: list[str]) -> np.ndarray:
     negated). What is denied is scored by the same rule, so "not not sad" is "sad".
     """
     emb = model.embed_label_vectors(words.vectors(labels))  # unknown labels stop here
-    for label, (sign, what) in scored_as(model, words, labels).items():
-        emb[labels.index(label)] = sign * model.embed_label_vectors(words.vectors([what]))[0]
+    found = scored_as(model, words, labels)
+    for j, label in enumerate(labels):  # every row: a label may be given twice
+        if label in found:
+            sign, what = found[label]
+            emb[j] = sign * model.embed_label_vectors(words.vectors([what]))[0]
     return emb
 
 
