@@ -549,6 +549,30 @@ def test_a_model_whose_train_labels_are_null_negates(model_dir):
                                   tagger.label_embeddings(files, words, ["no vocals"]))
 
 
+def test_train_labels_that_are_not_strings_are_no_training_labels(music, model_dir, tmp_path):
+    # A config.json edited by hand ("train_labels": [1, null, "Drums"], or a string): its strings count, the rest
+    # is ignored (the note about "drum" raised a TypeError on every run; "no vocals" did before it).
+    import dataclasses
+
+    from zstag.modelfile import read_model, training_spellings
+    from zstag.words import load_words
+
+    model_dir = shutil.copytree(model_dir, tmp_path / "m")
+    config = json.loads((model_dir / "config.json").read_text())
+    config["train_labels"] = [1, None, "Drums", ["x"]]
+    (model_dir / "config.json").write_text(json.dumps(config))
+    result = run(music, "--labels", "drum,no vocals,jazz", "--model", model_dir, "--format", "json")
+    assert result.exit_code == 0, result.stderr
+    assert '"drum" is not among the model\'s training labels, "Drums" is' in result.stderr
+    files = read_model(model_dir)
+    words = load_words(files)
+    plain = dataclasses.replace(files, config={**files.config, "train_labels": []})
+    np.testing.assert_array_equal(tagger.label_embeddings(files, words, ["no vocals"]),
+                                  tagger.label_embeddings(plain, words, ["no vocals"]))
+    text = dataclasses.replace(files, config={**files.config, "train_labels": "drums"})  # not a list: none
+    assert training_spellings(text, ["drum", "drums"]) == {}
+
+
 def test_a_label_in_another_number_than_a_training_label_gets_a_hint(music, tmp_path):
     # The hint names the training label; the scores stay those of the label as typed (no substitution).
     import torch

@@ -162,7 +162,7 @@ class ZeroShotModel(nn.Module):
 
     @property
     def train_labels(self) -> list[str]:
-        return list(self.config.get("train_labels") or [])
+        return modelfile.train_labels(self.config)
 
     def segment_features(self, x: torch.Tensor) -> torch.Tensor:
         """[B, n_mels, T] log-mel segments → [B, F] features before the audio projection."""

@@ -105,6 +105,13 @@ def label_embeddings(model, words, labels: list[str]) -> np.ndarray:
     return emb
 
 
+def train_labels(config: dict) -> list[str]:
+    """The config's training labels: the strings of its "train_labels" list. A config.json edited by hand (null,
+    a string, numbers in the list) must not stop a run: what is not a label is none."""
+    labels = config.get("train_labels")
+    return [label for label in labels if isinstance(label, str)] if isinstance(labels, list) else []
+
+
 def scored_as(model, words, labels: list[str]) -> dict[str, tuple[int, str]]:
     """label → (sign, what) for each label that label_embeddings scores as sign × another label ("no vocals"
     → (-1, "vocals")); labels scored as themselves are left out."""
@@ -113,7 +120,7 @@ def scored_as(model, words, labels: list[str]) -> dict[str, tuple[int, str]]:
     denying = [label for label in labels if words.negated(label) is not None]
     if not denying:
         return {}
-    trained = set(vocabulary_keys(model.config.get("train_labels") or [], words).values())  # null: none
+    trained = set(vocabulary_keys(train_labels(model.config), words).values())
     found = {label: undenied(words, label, trained) for label in denying}
     return {label: (sign, what) for label, (sign, what) in found.items() if what != label}
 
@@ -126,7 +133,7 @@ def training_spellings(model, labels: list[str]) -> dict[str, str]:
     cosine 0.80 in GloVe, 0.04 in the default model's joint space)."""
     from zstag.words import normalise_label
 
-    trained = {normalise_label(label): label for label in model.config.get("train_labels") or []}
+    trained = {normalise_label(label): label for label in train_labels(model.config)}
     given = {label: normalise_label(label) for label in labels}
     hints = {}
     for label, norm in given.items():
