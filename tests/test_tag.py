@@ -608,6 +608,23 @@ def test_a_label_in_another_number_than_a_training_label_gets_a_hint(music, tmp_
     assert "melody" in _inflections("melodies") and "female vocals" in _inflections("female vocal")
 
 
+def test_the_hint_for_a_long_label_costs_no_more_than_the_label(model_dir):
+    # Its inflections are one string of the label's length per word: a 20,000-word label took 4 GB and 20 s.
+    import dataclasses
+    import tracemalloc
+
+    from zstag.modelfile import read_model, training_spellings
+
+    files = read_model(model_dir)
+    files = dataclasses.replace(files, config={**files.config, "train_labels": ["drums", "female vocals"]})
+    tracemalloc.start()
+    assert training_spellings(files, ["jazz " * 3000 + "drum", "drum", "female vocal"]) == {
+        "drum": "drums", "female vocal": "female vocals"}
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 5_000_000  # 3,001 words: ~100 MB before
+
+
 def test_parse_labels_errors_are_usage_errors():
     with pytest.raises(tagger.TagUsageError, match="no labels"):
         tagger.parse_labels([" "])

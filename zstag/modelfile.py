@@ -134,10 +134,11 @@ def training_spellings(model, labels: list[str]) -> dict[str, str]:
     from zstag.words import normalise_label
 
     trained = {normalise_label(label): label for label in train_labels(model.config)}
+    sizes = {len(norm.split()) for norm in trained}  # an inflection has as many words as the label
     given = {label: normalise_label(label) for label in labels}
     hints = {}
     for label, norm in given.items():
-        if norm in trained:
+        if norm in trained or len(norm.split()) not in sizes:  # and a 20k-word label made 40k copies of itself
             continue
         variant = next((v for v in _inflections(norm) if v in trained), None)
         if variant is not None and variant not in given.values():  # "vocal" beside "vocals": both given already
