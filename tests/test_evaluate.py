@@ -207,6 +207,25 @@ def test_hand_written_label_sources_never_stop_an_evaluation(sources, warned):
     assert not any("(None)" in w for w in warnings)  # no "via": nothing said about it
 
 
+@pytest.mark.parametrize("stats", [
+    {"label_sources": [], "mean_embedding": "abc"}, {"mean_embedding": [[1.0, 2.0], [3.0]]},
+    {"mean_embedding": {"x": 1}}, {"acoustics": {"duration_s": 5}},
+    {"acoustics": {"duration_s": {"median": "x", "q25": 1, "q75": 2}}}, {"acoustics": {"duration_s": {"median": 1.0}}},
+])
+def test_hand_written_stats_never_stop_an_evaluation(gtzan, tmp_path, stats):
+    # A corpus_stats.json without acoustics is read since its label_sources count: a mean_embedding or a field that
+    # is not what zstag writes is left out of the comparison, not a crash after every track is embedded.
+    torch.manual_seed(0)
+    net = ZeroShotModel(cnn1d_config(PAPER, word_dim=50, words="glove-6B-50d", train_labels=TRAIN_LABELS))
+    save_model(net, tmp_path / "m", extra_files={evaluate.STATS_FILE: {"corpus": "hand", **stats}})
+    report = run("gtzan", gtzan, tmp_path / "m").report
+    acoustics = report["transfer"]["acoustics"]
+    assert acoustics["mean_embedding_cosine"] is None and acoustics["fields"]["duration_s"]["train"] is None
+    console = Console(file=io.StringIO(), width=200)
+    evaluate.render(report, console)
+    assert "training corpus hand" in console.file.getvalue()
+
+
 def test_shipped_models_declare_what_they_learnt_from():
     for name in ("default", "conse"):
         stats = json.loads((Path(__file__).resolve().parents[1] / "models" / name / evaluate.STATS_FILE).read_text())

@@ -211,11 +211,11 @@ def acoustic_transfer(eval_summary: dict, train_summary: dict | None, note: str 
     train_acoustics = (train_summary or {}).get("acoustics")
     train_acoustics = train_acoustics if isinstance(train_acoustics, dict) else {}
     fields = {
-        field: {"train": train_acoustics.get(field), "eval": eval_summary["acoustics"].get(field)}
+        field: {"train": _field_summary(train_acoustics.get(field)), "eval": eval_summary["acoustics"].get(field)}
         for field in STAT_FIELDS
     }
     cosine = None
-    train_mean = np.asarray((train_summary or {}).get("mean_embedding") or [], dtype=np.float64)
+    train_mean = _mean_embedding((train_summary or {}).get("mean_embedding"))
     eval_mean = np.asarray(eval_summary.get("mean_embedding") or [], dtype=np.float64)
     if train_mean.size and train_mean.shape == eval_mean.shape:
         cosine = float(cosine_scores(eval_mean[None], train_mean[None])[0, 0])
@@ -230,6 +230,23 @@ def acoustic_transfer(eval_summary: dict, train_summary: dict | None, note: str 
         "mean_embedding_cosine": cosine,
         "note": note if train_summary is not None else (note or NO_STATS_NOTE),
     }
+
+
+def _field_summary(value) -> dict | None:
+    """A training corpus's field summary as zstag writes it (median, q25, q75: numbers), else None: the file may
+    be written by hand, and a field that is not comparable must not stop an evaluation whose tracks are embedded."""
+    numbers = isinstance(value, dict) and all(
+        isinstance(value.get(key), (int, float)) and not isinstance(value.get(key), bool) for key in ("median", "q25", "q75"))
+    return value if numbers else None
+
+
+def _mean_embedding(value) -> np.ndarray:
+    """float64 [D]; empty (no cosine) when a hand-written file's mean_embedding is not a list of numbers."""
+    try:
+        mean = np.asarray(value or [], dtype=np.float64)
+    except (TypeError, ValueError):
+        return np.zeros(0)
+    return mean if mean.ndim == 1 else np.zeros(0)
 
 
 def provenance_warnings(config: dict, train_summary: dict | None, corpus, split) -> list[str]:
