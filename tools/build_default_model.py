@@ -429,9 +429,10 @@ SMOOTH_VOCAB = 50_000
 SMOOTH_BATCH = 256
 
 
-def smoothing_pairs(words, vocab: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def smoothing_pairs(words, vocab: list[str], held_out=()) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(training word vectors [P, d], neighbour vectors [P, d], their GloVe cosines [P]): each training word
-    with its SMOOTH_NEIGHBOURS nearest words among the SMOOTH_VOCAB most frequent GloVe words (not training words)."""
+    with its SMOOTH_NEIGHBOURS nearest words among the SMOOTH_VOCAB most frequent GloVe words (not training words,
+    nor the words of held_out labels: dev's unseen labels would enter training as neighbours, 45 of 980 pairs)."""
     def unit(x):
         return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
@@ -439,7 +440,7 @@ def smoothing_pairs(words, vocab: list[str]) -> tuple[np.ndarray, np.ndarray, np
     pool = np.asarray(words.matrix[:SMOOTH_VOCAB], np.float32)
     pool_unit = unit(pool)
     sims = train @ pool_unit.T
-    exclude = {words.index.get(t) for label in vocab for t in words.phrase(label).words}
+    exclude = {words.index.get(t) for label in [*vocab, *held_out] for t in words.phrase(label).words}
     sims[:, [r for r in exclude if r is not None and r < SMOOTH_VOCAB]] = -np.inf
     top = np.argsort(-sims, axis=1)[:, :SMOOTH_NEIGHBOURS]
     rows = np.repeat(np.arange(len(vocab)), SMOOTH_NEIGHBOURS)
@@ -807,7 +808,7 @@ def dev(rows_by_set: dict[str, list[dict]], seeds: int = 3, grid: str = "full", 
         for seed, ((sets, train_idx), vocab) in enumerate(zip(folds, vocabs)):
             targets = make_targets([tracks[i] for i in train_idx], vocab, config.top_k, config.pos_min)
             patches = [patch_inputs(tracks[i], config.backbones, config.outputs) for i in train_idx]
-            smoothing = smoothing_pairs(words, vocab) if config.smooth else None
+            smoothing = smoothing_pairs(words, vocab, exclude) if config.smooth else None
             model = train_projection(patches, targets, words.vectors(vocab), config, seed, [tracks[i].set for i in train_idx],
                                      smoothing)
             train_feats = np.stack([p.mean(axis=0) for p in patches])
