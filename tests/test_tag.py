@@ -584,15 +584,18 @@ def test_a_label_in_another_number_than_a_training_label_gets_a_hint(music, tmp_
     folder = tmp_path / "m"
     save_model(ZeroShotModel(cnn1d_config(PAPER, word_dim=50, words="glove-6B-50d",
                                           train_labels=["drums", "vocals", "female vocals", "jazz"])), folder)
-    labels = "drum,vocal,Vocals,female vocal,jazz,piano"
+    labels = "drum,vocal,Vocals,female vocal,jazz,piano,without drum"
     result = run(music / "a.wav", "--labels", labels, "--model", folder, "--format", "json")
     assert result.exit_code == 0, result.stderr
     notes = [line for line in result.stderr.splitlines() if line.startswith("zstag: note:")]
+    tail = "(a label the model never trained on scores less reliably)"
     assert notes == [
-        'zstag: note: "drum" is not among the model\'s training labels, "drums" is: use it if that is what you mean '
-        "(a label the model never trained on scores less reliably)",
-        'zstag: note: "female vocal" is not among the model\'s training labels, "female vocals" is: use it if that is '
-        "what you mean (a label the model never trained on scores less reliably)",
+        f'zstag: note: "drum" is not among the model\'s training labels, "drums" is: use "drums" if that is what '
+        f'you mean by "drum" {tail}',
+        f'zstag: note: "female vocal" is not among the model\'s training labels, "female vocals" is: use "female '
+        f'vocals" if that is what you mean by "female vocal" {tail}',
+        f'zstag: note: "drum" is not among the model\'s training labels, "drums" is: use "without drums" if that is '
+        f'what you mean by "without drum" {tail}',  # the word a negation denies
     ]  # not "vocal": "Vocals" is among the labels already
     from zstag.modelfile import _inflections, read_model, training_spellings
     from zstag.words import load_words
@@ -605,7 +608,8 @@ def test_a_label_in_another_number_than_a_training_label_gets_a_hint(music, tmp_
     assert score["drum"] != trained_score["drums"] and score["female vocal"] != trained_score["female vocals"]
     np.testing.assert_array_equal(tagger.label_embeddings(files, words, ["drum"]),
                                   files.embed_label_vectors(words.vectors(["drum"])))
-    assert training_spellings(files, ["blue", "jazzes", "piano", "drums"]) == {"jazzes": "jazz"}
+    assert training_spellings(files, ["blue", "jazzes", "piano", "drums", "no drums", "no vocal", "no vocals"]) == {
+        "jazzes": ("jazzes", "jazz", "jazz")}  # "no vocal" beside "no vocals": both given already
     assert {"melodies", "boxes", "strings"} <= set(_inflections("melody") + _inflections("box") + _inflections("string"))
     assert "melody" in _inflections("melodies") and "female vocals" in _inflections("female vocal")
 
@@ -620,8 +624,8 @@ def test_the_hint_for_a_long_label_costs_no_more_than_the_label(model_dir):
     files = read_model(model_dir)
     files = dataclasses.replace(files, config={**files.config, "train_labels": ["drums", "female vocals"]})
     tracemalloc.start()
-    assert training_spellings(files, ["jazz " * 3000 + "drum", "drum", "female vocal"]) == {
-        "drum": "drums", "female vocal": "female vocals"}
+    assert training_spellings(files, ["jazz " * 3000 + "drum", "no " + "jazz " * 3000, "drum", "female vocal"]) == {
+        "drum": ("drum", "drums", "drums"), "female vocal": ("female vocal", "female vocals", "female vocals")}
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert peak < 5_000_000  # 3,001 words: ~100 MB before

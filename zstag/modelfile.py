@@ -125,24 +125,29 @@ def scored_as(model, words, labels: list[str]) -> dict[str, tuple[int, str]]:
     return {label: (sign, what) for label, (sign, what) in found.items() if what != label}
 
 
-def training_spellings(model, labels: list[str]) -> dict[str, str]:
-    """label → the training label it is an inflection of ("vocal" → "vocals", "guitars" → "guitar", "female
-    vocal" → "female vocals"), for labels the model did not train on, compared as normalised spellings. A hint
-    for the user (zstag tag prints it), never a substitution: "blue" is not "blues". The trained map places
-    such pairs far apart although their word vectors are close (MODEL_CARD.md: "vocal" and "vocals" have
-    cosine 0.80 in GloVe, 0.04 in the default model's joint space)."""
-    from zstag.words import normalise_label
+def training_spellings(model, labels: list[str]) -> dict[str, tuple[str, str, str]]:
+    """label → (its untrained word, the training label that is its singular or plural, the label to type
+    instead), compared as normalised spellings: "vocal" → ("vocal", "vocals", "vocals"), "female vocal" →
+    ("female vocal", "female vocals", "female vocals"), and for a negation the word it denies: "no vocal" →
+    ("vocal", "vocals", "no vocals"). Only for labels the model did not train on. A hint for the user (zstag
+    tag prints it), never a substitution: "blue" is not "blues". The trained map places such pairs far apart
+    although their word vectors are close (MODEL_CARD.md: "vocal" and "vocals" have cosine 0.80 in GloVe,
+    0.04 in the default model's joint space)."""
+    from zstag.words import NEGATIONS, normalise_label
 
     trained = {normalise_label(label): label for label in train_labels(model.config)}
     sizes = {len(norm.split()) for norm in trained}  # an inflection has as many words as the label
     given = {label: normalise_label(label) for label in labels}
     hints = {}
     for label, norm in given.items():
-        if norm in trained or len(norm.split()) not in sizes:  # and a 20k-word label made 40k copies of itself
+        words = norm.split()
+        negation = len(words) > 1 and words[0] in NEGATIONS and norm not in trained
+        head, rest = (words[0] + " ", " ".join(words[1:])) if negation else ("", norm)
+        if rest in trained or len(rest.split()) not in sizes:  # and a 20k-word label made 40k copies of itself
             continue
-        variant = next((v for v in _inflections(norm) if v in trained), None)
-        if variant is not None and variant not in given.values():  # "vocal" beside "vocals": both given already
-            hints[label] = trained[variant]
+        variant = next((v for v in _inflections(rest) if v in trained), None)
+        if variant is not None and head + variant not in given.values():  # "vocal" beside "vocals": both given
+            hints[label] = (rest, trained[variant], head + variant)
     return hints
 
 

@@ -310,9 +310,10 @@ def run(
         label_emb = label_embeddings(files, words, label_list)  # unknown labels stop here, before any decoding
     except (modelfile.ModelError, VectorsError, UnknownLabelError) as exc:
         raise TagUsageError(str(exc)) from None
-    for label, trained in modelfile.training_spellings(files, label_list).items():
-        print(f'zstag: note: "{label}" is not among the model\'s training labels, "{trained}" is: use it if that '
-              "is what you mean (a label the model never trained on scores less reliably)", file=sys.stderr)
+    for label, (word, trained, instead) in modelfile.training_spellings(files, label_list).items():
+        print(f'zstag: note: "{word}" is not among the model\'s training labels, "{trained}" is: use "{instead}" if '
+              f'that is what you mean by "{label}" (a label the model never trained on scores less reliably)',
+              file=sys.stderr)
 
     if output is None and sys.stdout is None:  # started with descriptor 1 closed: nothing to decode for
         print("zstag: error: cannot write to stdout: it is closed", file=sys.stderr)
