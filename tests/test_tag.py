@@ -12,7 +12,7 @@ import pytest
 import soundfile as sf
 from typer.testing import CliRunner
 
-from zstag import cli, embeddings, tagger
+from zstag import cli, embeddings, modelfile, tagger
 from zstag.cli import app
 
 SR = 22050
@@ -489,7 +489,7 @@ def test_model_trained_with_random_vectors_can_tag(music, tmp_path):
 
     files = read_model(folder)
     expected = files.embed_label_vectors(label_vectors(labels, "random:8:2")[0])
-    np.testing.assert_array_equal(tagger.label_embeddings(files, load_words(files), labels), expected)
+    np.testing.assert_array_equal(modelfile.label_embeddings(files, load_words(files), labels), expected)
 
 
 def test_a_negated_label_scores_the_opposite(music, model_dir):
@@ -508,7 +508,7 @@ def test_a_negated_label_scores_the_opposite(music, model_dir):
     files = read_model(model_dir)
     words = load_words(files)
     naive = files.embed_label_vectors(words.vectors(["no vocals"]))
-    assert not np.allclose(tagger.label_embeddings(files, words, ["no vocals"]), naive)
+    assert not np.allclose(modelfile.label_embeddings(files, words, ["no vocals"]), naive)
 
 
 def test_a_double_negation_undoes_itself(model_dir):
@@ -521,16 +521,16 @@ def test_a_double_negation_undoes_itself(model_dir):
 
     files = read_model(model_dir)
     words = load_words(files)
-    emb = tagger.label_embeddings(files, words, ["not not sad", "sad", "not no vocals", "vocals", "no vocals"])
+    emb = modelfile.label_embeddings(files, words, ["not not sad", "sad", "not no vocals", "vocals", "no vocals"])
     np.testing.assert_array_equal(emb[0], emb[1])
     np.testing.assert_array_equal(emb[2], emb[3])
     trained = dataclasses.replace(files, config={**files.config, "train_labels": ["No Vocals"]})
-    emb = tagger.label_embeddings(trained, words, ["not no vocals", "no vocals"])
+    emb = modelfile.label_embeddings(trained, words, ["not no vocals", "no vocals"])
     np.testing.assert_array_equal(emb[0], -emb[1])
     np.testing.assert_array_equal(emb[1], files.embed_label_vectors(words.vectors(["no vocals"]))[0])
-    long = tagger.label_embeddings(files, words, ["not " * 500 + "sad"])  # a bounded number of passes
+    long = modelfile.label_embeddings(files, words, ["not " * 500 + "sad"])  # a bounded number of passes
     assert np.isfinite(long).all()
-    twice = tagger.label_embeddings(files, words, ["no vocals", "sad", "no vocals"])  # each row negated
+    twice = modelfile.label_embeddings(files, words, ["no vocals", "sad", "no vocals"])  # each row negated
     np.testing.assert_array_equal(twice[2], twice[0])
     np.testing.assert_array_equal(twice[0], -files.embed_label_vectors(words.vectors(["vocals"]))[0])
 
@@ -545,8 +545,8 @@ def test_a_model_whose_train_labels_are_null_negates(model_dir):
     files = read_model(model_dir)
     words = load_words(files)
     unknown = dataclasses.replace(files, config={**files.config, "train_labels": None})
-    np.testing.assert_array_equal(tagger.label_embeddings(unknown, words, ["no vocals"]),
-                                  tagger.label_embeddings(files, words, ["no vocals"]))
+    np.testing.assert_array_equal(modelfile.label_embeddings(unknown, words, ["no vocals"]),
+                                  modelfile.label_embeddings(files, words, ["no vocals"]))
 
 
 def test_train_labels_that_are_not_strings_are_no_training_labels(music, model_dir, tmp_path):
@@ -567,8 +567,8 @@ def test_train_labels_that_are_not_strings_are_no_training_labels(music, model_d
     files = read_model(model_dir)
     words = load_words(files)
     plain = dataclasses.replace(files, config={**files.config, "train_labels": []})
-    np.testing.assert_array_equal(tagger.label_embeddings(files, words, ["no vocals"]),
-                                  tagger.label_embeddings(plain, words, ["no vocals"]))
+    np.testing.assert_array_equal(modelfile.label_embeddings(files, words, ["no vocals"]),
+                                  modelfile.label_embeddings(plain, words, ["no vocals"]))
     text = dataclasses.replace(files, config={**files.config, "train_labels": "drums"})  # not a list: none
     assert training_spellings(text, ["drum", "drums"]) == {}
 
@@ -606,7 +606,7 @@ def test_a_label_in_another_number_than_a_training_label_gets_a_hint(music, tmp_
     trained = run(music / "a.wav", "--labels", "drums,female vocals", "--model", folder, "--format", "json")
     trained_score = {t["label"]: t["score"] for t in json.loads(trained.stdout)["files"][0]["tags"]}
     assert score["drum"] != trained_score["drums"] and score["female vocal"] != trained_score["female vocals"]
-    np.testing.assert_array_equal(tagger.label_embeddings(files, words, ["drum"]),
+    np.testing.assert_array_equal(modelfile.label_embeddings(files, words, ["drum"]),
                                   files.embed_label_vectors(words.vectors(["drum"])))
     assert training_spellings(files, ["blue", "jazzes", "piano", "drums", "no drums", "no vocal", "no vocals"]) == {
         "jazzes": ("jazzes", "jazz", "jazz")}  # "no vocal" beside "no vocals": both given already

@@ -93,19 +93,25 @@ def choose_labels(available: list[str], requested: list[str] | None) -> list[str
 
 def label_sets(labels: list[str], train_labels=(), split=None, words=None) -> dict[str, list[str]]:
     """{"seen", "unseen", "all"}: from the split's X / Y when given, else from the training vocabulary
-    (a label is seen when it is a training label as far as the model can tell: words.vocabulary_keys)."""
-    from zstag.words import vocabulary_keys
-
+    (a label is seen when it is a training label as far as the model can tell: training_labels_among)."""
     if split is not None:
         seen_set = set(split.seen)
         seen = [label for label in labels if label in seen_set]
     else:
-        known = set(vocabulary_keys(train_labels, words).values())
-        keys = vocabulary_keys(labels, words)
-        seen = [label for label in labels if keys[label] in known]
+        seen = training_labels_among(labels, train_labels, words)
     seen_set = set(seen)
     unseen = [label for label in labels if label not in seen_set]
     return {"seen": seen, "unseen": unseen, "all": list(labels)}
+
+
+def training_labels_among(labels: list[str], train_labels, words=None) -> list[str]:
+    """The labels that are training labels as far as the model can tell: the same word-vector entries
+    (words.vocabulary_keys; the normalised spelling without word vectors)."""
+    from zstag.words import vocabulary_keys
+
+    known = set(vocabulary_keys(train_labels, words).values())
+    keys = vocabulary_keys(labels, words)
+    return [label for label in labels if keys[label] in known]
 
 
 # --- figures ------------------------------------------------------------------------------------
@@ -176,11 +182,9 @@ def trivial_sets(figures: dict) -> list[str]:
 def label_overlap(eval_labels: list[str], train_labels: list[str], words) -> dict:
     """Evaluation labels that are training labels (the same word-vector entries: words.vocabulary_keys), and
     each evaluation label's nearest training label (word cosine)."""
-    from zstag.words import UnknownLabelError, vocabulary_keys
+    from zstag.words import UnknownLabelError
 
-    known = set(vocabulary_keys(train_labels, words).values())
-    keys = vocabulary_keys(eval_labels, words)
-    exact = [label for label in eval_labels if keys[label] in known]
+    exact = training_labels_among(eval_labels, train_labels, words)
     usable, rows, no_vector = [], [], []
     for label in train_labels:
         try:

@@ -72,15 +72,6 @@ def parse_labels(values: list[str] | None, labels_file: str | os.PathLike | None
         raise TagUsageError(str(exc)) from None
 
 
-def label_embeddings(model, words, labels: list[str]) -> np.ndarray:
-    """[M, D] joint-space label embeddings (``modelfile.label_embeddings``: "no vocals" is the opposite of
-    "vocals"); UnknownLabelError (one line) for labels without vectors. model: modelfile.ModelFiles or a
-    ZeroShotModel (the same numpy label branch either way)."""
-    from zstag.modelfile import label_embeddings as embed
-
-    return embed(model, words, labels)
-
-
 # --- inputs -------------------------------------------------------------------------------------
 
 
@@ -307,7 +298,7 @@ def run(
     try:
         files = modelfile.read_model(model)
         words = load_words(files, vectors)
-        label_emb = label_embeddings(files, words, label_list)  # unknown labels stop here, before any decoding
+        label_emb = modelfile.label_embeddings(files, words, label_list)  # unknown labels stop here, before any decoding
     except (modelfile.ModelError, VectorsError, UnknownLabelError) as exc:
         raise TagUsageError(str(exc)) from None
     for label, (word, trained, instead) in modelfile.training_spellings(files, label_list).items():
