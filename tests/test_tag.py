@@ -450,6 +450,28 @@ def test_a_bad_file_that_is_fixed_is_tagged(music, model_dir, monkeypatch, forbi
     assert "tagged 4 of 7 files (3 from the cache); 3 failed" in fixed.stderr
 
 
+def test_without_ffmpeg_a_corrupt_file_is_remembered_until_ffmpeg_comes(music, model_dir, monkeypatch, forbid_decoding):
+    """libsndfile's verdict on bytes it cannot parse is cached when no ffmpeg could try them (it was
+    tried again on every run); the decoder stamp names the missing ffmpeg, so installing one retries."""
+    write_bad_files(music)
+    which = shutil.which
+    with monkeypatch.context() as m:
+        m.setattr(shutil, "which", lambda name, *a, **k: None if name == "ffmpeg" else which(name, *a, **k))
+        embeddings.decoder_stamp.cache_clear()
+        args = [music, "--labels", "rock", "--model", model_dir, "--format", "jsonl", "--workers", "0"]
+        first = run(*args)
+        assert first.exit_code == 1 and "corrupt.mp3: cannot decode: unrecognised audio format" in first.stderr
+        assert "(ffmpeg:" not in first.stderr and "no ffmpeg" in embeddings.decoder_stamp()
+        forbid_decoding(m)  # nothing is decoded again: each failure comes from the cache
+        again = run(*args)
+    assert again.exit_code == 1 and again.stdout == first.stdout and again.stderr == first.stderr.replace(
+        "(0 from the cache)", "(3 from the cache)")
+    embeddings.decoder_stamp.cache_clear()
+    if which("ffmpeg") is not None:  # with ffmpeg on PATH the stamp differs, and ffmpeg tries the file
+        retried = run(*args)
+        assert "corrupt.mp3: cannot decode: unrecognised audio format or corrupt data (ffmpeg:" in retried.stderr
+
+
 def test_warm_retag_does_not_build_the_torch_model(music, model_dir, monkeypatch):
     from zstag import model as model_module
 

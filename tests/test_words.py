@@ -253,6 +253,19 @@ def test_bad_vector_file(tmp_path, content, cause):
         WordVectors.load(tmp_path / "missing.txt")
 
 
+def test_a_vector_file_without_gensim_is_a_one_line_error(tmp_path, monkeypatch):
+    """gensim is a dependency, but an install without it says so instead of a traceback."""
+    import sys
+
+    path = tmp_path / "tiny.txt"
+    path.write_text("rock 0.1 0.2 0.3\n")
+    monkeypatch.setitem(sys.modules, "gensim", None)  # `import gensim...` now raises ImportError
+    monkeypatch.setitem(sys.modules, "gensim.models", None)
+    with pytest.raises(VectorsError, match="needs gensim") as excinfo:
+        WordVectors.load(path)
+    assert str(excinfo.value).startswith(f"{path}: ") and "\n" not in str(excinfo.value)
+
+
 # --- paths --------------------------------------------------------------------------------------
 
 

@@ -55,6 +55,7 @@ AU_MAGIC, AU_FLOAT32 = 0x2E736E64, 6  # ffmpeg writes Sun AU to the pipe: a 24-b
 RESAMPLE_QUALITY = "HQ"  # soxr quality; librosa's default res_type "soxr_hq" is the same
 
 FFMPEG_HINTS = ("To ignore this",)  # ffmpeg's advice printed after an error line (e.g. a -map with no audio)
+SOUNDFILE_CONTENT_CODES = (1, 7, 18)  # libsndfile: format not recognised, "does not exist" (its word for unparseable data), unimplemented format
 # Extensions libsndfile cannot read; they go straight to ffmpeg.
 FFMPEG_EXTENSIONS = {
     ".aac", ".m4a", ".m4b", ".mp4", ".alac", ".wma", ".webm", ".mka", ".mkv", ".mov",
@@ -172,7 +173,10 @@ def decode_audio(path, sample_rate: int, offset: float = 0.0, duration: float | 
         except sf.LibsndfileError as e:
             cause = _soundfile_cause(e)
             if shutil.which("ffmpeg") is None:
-                raise _error(path, f"cannot decode: {cause}") from None
+                # The bytes are to blame as far as the decoders here can tell; the cache keys that verdict
+                # by them (embeddings.decoder_stamp: installing ffmpeg makes the file be tried again).
+                kind = ContentError if e.code in SOUNDFILE_CONTENT_CODES else AudioError
+                raise _error(path, f"cannot decode: {cause}", kind) from None
             decoded = Decoded(_load_ffmpeg(path, sample_rate, offset, duration, soundfile_cause=cause), None, None)
 
     if decoded.samples.size == 0:
@@ -183,7 +187,7 @@ def decode_audio(path, sample_rate: int, offset: float = 0.0, duration: float | 
 def _soundfile_cause(e) -> str:
     # libsndfile says "File does not exist or is not a regular file" for data it cannot parse;
     # we checked the file exists, so say what it means.
-    if e.code in (1, 7, 18):
+    if e.code in SOUNDFILE_CONTENT_CODES:
         return "unrecognised audio format or corrupt data"
     return f"decoding failed ({e.error_string})"
 

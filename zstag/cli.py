@@ -384,8 +384,8 @@ def tag_command(
     offset: float = typer.Option(0.0, "--offset", min=0.0, help="Start this many seconds into each file."),
     max_seconds: Optional[float] = typer.Option(None, "--max-seconds", min=0.001, help="Use at most this many seconds"),
     device: str = typer.Option(
-        "cpu", "--device",
-        help="Where the audio model runs: cpu, cuda, cuda:N or auto (a GPU when torch sees one); checked when a file must be embedded.",
+        "auto", "--device",
+        help="Where the audio model runs: auto (a GPU when torch sees one, else the CPU), cpu, cuda or cuda:N; checked when a file must be embedded.",
     ),
 ) -> None:
     from zstag import tagger
@@ -436,7 +436,7 @@ def eval_command(
     ),
     no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the embedding cache."),
     max_seconds: Optional[float] = typer.Option(None, "--max-seconds", min=0.001, help="Use at most this many seconds per track."),
-    device: str = typer.Option("cpu", "--device", help="Where the audio model runs: cpu, cuda, cuda:N or auto (a GPU when torch sees one)."),
+    device: str = typer.Option("auto", "--device", help="Where the audio model runs: auto (a GPU when torch sees one, else the CPU), cpu, cuda or cuda:N."),
 ) -> None:
     from rich.console import Console
 

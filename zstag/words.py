@@ -560,9 +560,18 @@ def _load_file(path: Path) -> WordVectors:
     return WordVectors(words, matrix, str(path))
 
 
-def _parse_with_gensim(path: Path, head: bytes):
-    from gensim.models import KeyedVectors
+def _keyed_vectors(path: Path):
+    """gensim's KeyedVectors class; VectorsError (one line) when gensim, a dependency, is missing."""
+    try:
+        from gensim.models import KeyedVectors
+    except ImportError as e:
+        raise VectorsError(f"{path}: reading word-vector files needs gensim, which cannot be imported ({e}); "
+                           "pip install 'gensim>=4.3'") from None
+    return KeyedVectors
 
+
+def _parse_with_gensim(path: Path, head: bytes):
+    KeyedVectors = _keyed_vectors(path)
     first = head.split(b"\n", 1)[0].split()
     has_header = len(first) == 2 and all(t.isdigit() for t in first)
     binary = has_header and not _looks_like_text(head.split(b"\n", 1)[1] if b"\n" in head else b"")
@@ -584,8 +593,7 @@ def _looks_like_text(data: bytes) -> bool:
 
 
 def _load_gensim_native(path: Path) -> WordVectors:
-    from gensim.models import KeyedVectors
-
+    KeyedVectors = _keyed_vectors(path)
     try:
         kv = KeyedVectors.load(str(path), mmap="r")
     except Exception as e:
