@@ -3,6 +3,7 @@
     python benchmarks/tag_throughput.py                 # 200 synthetic 30 s mp3 files in a temp folder
     python benchmarks/tag_throughput.py --n 50 --folder ~/bench --model default
     python benchmarks/tag_throughput.py --n 60 --model default --device cuda   # the model on a GPU
+    python benchmarks/tag_throughput.py --n 20 --model default --bf16          # bfloat16 products on a CPU
 
 Prints, in one run:
 - CPU time per file on one thread, stage by stage (decode + resample, log-mel, statistics and segments
@@ -25,6 +26,7 @@ a randomly initialised paper CNN1D (speed does not depend on training); pass --m
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import resource
 import shutil
@@ -248,13 +250,13 @@ def _decode_stages(paths: list[str], fe_dict: dict) -> tuple[dict, list]:
     return stages, segments
 
 
-def stage_cpu_ms(files: list[Path], model: str, device: str) -> tuple[dict[str, float], int]:
+def stage_cpu_ms(files: list[Path], model: str, device: str, bf16: bool = False) -> tuple[dict[str, float], int]:
     """CPU ms per file on one thread, per stage of what tag does to a file: the decode side in a decode
     worker, hashing and embedding in this process, as tag runs them. "decode + resample" is the floor's
     work, the rest is what tag adds (not counted: moving segments between processes, scheduling). On a
     GPU, "embed" is this thread's CPU time for a track, waiting for the GPU included."""
     from zstag import embeddings
-    from zstag.devices import deterministic_cuda, pick_device
+    from zstag.devices import cpu_bfloat16, deterministic_cuda, pick_device
     from zstag.model import load_model
 
     net = load_model(model).to(pick_device(device))
@@ -263,7 +265,7 @@ def stage_cpu_ms(files: list[Path], model: str, device: str) -> tuple[dict[str, 
         stages, segments = pool.submit(_decode_stages, [str(f) for f in files], net.front_end.to_dict()).result()
     finally:
         pool.shutdown()
-    with embeddings._inference_threads(), deterministic_cuda():  # one torch thread, as tag embeds each track
+    with embeddings._inference_threads(), deterministic_cuda(), cpu_bfloat16() if bf16 else contextlib.nullcontext():
         net.embed_track(segments[0])
         _timed(stages, "hash", embeddings.content_digest, files)
         _timed(stages, "embed", net.embed_track, segments)
@@ -279,22 +281,25 @@ def cpu_text(stages: dict[str, float]) -> str:
             f"all tag work {total:.1f} ms ({total / floor:.2f}× the floor's)")
 
 
-def tag_in_process(folder: Path, model: str, labels: list[str], workers: int, out: Path, device: str) -> float:
+def tag_in_process(folder: Path, model: str, labels: list[str], workers: int, out: Path, device: str,
+                   bf16: bool = False) -> float:
     from zstag import tagger
 
     start = time.perf_counter()
     code = tagger.run([str(folder)], labels=[",".join(labels)], model=model, fmt="jsonl", output=str(out),
-                      workers=workers, progress=False, device=device)
+                      workers=workers, progress=False, device=device, bf16=bf16)
     elapsed = time.perf_counter() - start
     if code != 0:
         raise SystemExit(f"tag exited with {code}")
     return elapsed
 
 
-def tag_cli(inputs: list[str], model: str, labels: list[str], workers: int, cache: Path, out: Path, device: str):
+def tag_cli(inputs: list[str], model: str, labels: list[str], workers: int, cache: Path, out: Path, device: str,
+            bf16: bool = False):
     """(seconds, TreeMemory) of `zstag tag` as a subprocess."""
     cmd = [sys.executable, "-m", "zstag", "tag", *inputs, "--labels", ",".join(labels), "--model", model,
            "--format", "jsonl", "--output", str(out), "--workers", str(workers), "--device", device]
+    cmd += ["--bf16"] if bf16 else []
     env = {**os.environ, "ZSTAG_CACHE_DIR": str(cache)}
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
@@ -312,7 +317,7 @@ def _import_seconds(modules: str) -> float:
     return time.perf_counter() - start
 
 
-def seed_cache(scratch: Path, model: str, device: str) -> Path:
+def seed_cache(scratch: Path, model: str, device: str, bf16: bool = False) -> Path:
     """A cache folder holding what any machine has after its first run (the vocabulary list, the mel
     filterbank) but no track embeddings: "cold" below means a cold embedding cache, not a new machine."""
     from zstag import tagger
@@ -321,7 +326,7 @@ def seed_cache(scratch: Path, model: str, device: str) -> Path:
     os.environ["ZSTAG_CACHE_DIR"] = str(seed)
     write_mp3(scratch / "warm-up.mp3", 3.0, seed=12345)
     tagger.run([str(scratch / "warm-up.mp3")], labels=["rock"], model=model, fmt="jsonl",
-               output=str(scratch / "warm-up.jsonl"), workers=0, progress=False, device=device)
+               output=str(scratch / "warm-up.jsonl"), workers=0, progress=False, device=device, bf16=bf16)
     (seed / "embeddings.sqlite").unlink()
     return seed
 
@@ -353,6 +358,7 @@ def main() -> None:
     parser.add_argument("--model", help="model folder or name (default: a random paper CNN1D)")
     parser.add_argument("--workers", type=int, default=default_workers())
     parser.add_argument("--device", default="cpu", help="where the model runs, as `zstag tag --device` (default cpu)")
+    parser.add_argument("--bf16", action="store_true", help="bfloat16 products on the CPU, as `zstag tag --bf16`")
     args = parser.parse_args()
 
     from zstag.tagger import find_audio_files, parse_extensions
@@ -379,14 +385,14 @@ def run_benchmark(args, folder: Path, files: list[Path], scratch: Path) -> None:
     audio_s = sum(sf.info(str(f)).duration for f in files)
     print(f"{len(files)} files ({audio_s / 60:.1f} min of audio) in {folder}; "
           f"workers {args.workers}; cores {default_workers()}; model {args.model or 'random paper CNN1D'}; "
-          f"device {args.device}")
+          f"device {args.device}{' (--bf16)' if args.bf16 else ''}")
 
     import torch  # noqa: F401  (imported before timing, as the CLI imports it before tagging)
 
     print(f"load average before: {' '.join(f'{x:.1f}' for x in os.getloadavg())} "
           "(other work on the machine skews wall times)")
-    seed = seed_cache(scratch, model, args.device)  # and ZSTAG_CACHE_DIR points at it from here on
-    stages, rate = stage_cpu_ms(files[:CPU_FILES], model, args.device)
+    seed = seed_cache(scratch, model, args.device, args.bf16)  # and ZSTAG_CACHE_DIR points at it from here on
+    stages, rate = stage_cpu_ms(files[:CPU_FILES], model, args.device, args.bf16)
     print(cpu_text(stages))
     tag_cpu = sum(stages.values())
 
@@ -396,10 +402,11 @@ def run_benchmark(args, folder: Path, files: list[Path], scratch: Path) -> None:
         floors.append(floor_seconds(files, args.workers, rate))
         os.environ["ZSTAG_CACHE_DIR"] = str(fresh_cache(seed, scratch / f"cache-in-process-{k}"))
         cpu = time.process_time()
-        colds.append(tag_in_process(folder, model, LABELS_COLD, args.workers, scratch / "cold.jsonl", args.device))
+        colds.append(tag_in_process(folder, model, LABELS_COLD, args.workers, scratch / "cold.jsonl", args.device,
+                                    args.bf16))
         main_cpu.append(time.process_time() - cpu)
     floor, cold = min(floors), min(colds)
-    warm = tag_in_process(folder, model, LABELS_WARM, args.workers, scratch / "warm.jsonl", args.device)
+    warm = tag_in_process(folder, model, LABELS_WARM, args.workers, scratch / "warm.jsonl", args.device, args.bf16)
     cores = default_workers()
     bound = len(files) * tag_cpu / 1000 / cores
     floor_bound = len(files) * stages["decode + resample"] / 1000 / min(cores, max(args.workers, 1))
@@ -418,8 +425,10 @@ def run_benchmark(args, folder: Path, files: list[Path], scratch: Path) -> None:
     print(f"  main process peak RSS so far: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
 
     cache = fresh_cache(seed, scratch / "cache-cli")
-    cold_cli, cold_mem = tag_cli([str(folder)], model, LABELS_COLD, args.workers, cache, scratch / "c.jsonl", args.device)
-    warm_cli, warm_mem = tag_cli([str(folder)], model, LABELS_WARM, args.workers, cache, scratch / "w.jsonl", args.device)
+    cold_cli, cold_mem = tag_cli([str(folder)], model, LABELS_COLD, args.workers, cache, scratch / "c.jsonl", args.device,
+                                 args.bf16)
+    warm_cli, warm_mem = tag_cli([str(folder)], model, LABELS_WARM, args.workers, cache, scratch / "w.jsonl", args.device,
+                                 args.bf16)
     print(f"cold tag (CLI end to end)           {cold_cli:7.2f} s  {len(files) / cold_cli:6.1f} files/s  "
           f"{cold_cli / floor:.2f}× the floor; {cold_mem.text()}")
     print(f"warm re-tag (CLI end to end)        {warm_cli:7.2f} s  cold/warm {cold_cli / warm_cli:.1f}×; "
@@ -431,7 +440,7 @@ def run_benchmark(args, folder: Path, files: list[Path], scratch: Path) -> None:
         long_file = scratch / "long.mp3"
         write_mp3(long_file, args.long_minutes * 60, seed=999)
         seconds, memory = tag_cli([str(long_file)], model, LABELS_COLD, args.workers,
-                                  fresh_cache(seed, scratch / "cache-long"), scratch / "long.jsonl", args.device)
+                                  fresh_cache(seed, scratch / "cache-long"), scratch / "long.jsonl", args.device, args.bf16)
         print(f"{args.long_minutes:g}-minute file (CLI, cold)        {seconds:7.2f} s  {memory.text()} (target ≤ 1 GB)")
     print(f"load average after: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
 

@@ -176,3 +176,44 @@ def test_a_fully_cached_run_embeds_nothing_and_does_not_check_the_gpu(music, tin
     assert first.exit_code == warm.exit_code == 0
     assert json.loads(warm.stdout)["files"] == json.loads(first.stdout)["files"]
     assert "(3 from the cache)" in warm.stderr
+
+
+# --- --bf16 (bfloat16 products on a CPU that has them) -----------------------------------------
+
+
+def _bf16_problem_here():
+    from zstag.devices import bf16_problem
+
+    return bf16_problem(torch.device("cpu"))
+
+
+@pytest.mark.skipif(_bf16_problem_here() is not None, reason=f"{_bf16_problem_here()}")
+def test_bf16_is_close_to_float32_repeats_exactly_and_is_cached_apart(music):
+    args = [music, "--labels", "rock,jazz,classical,electronic,speech", "-f", "json", "--device", "cpu"]
+    exact = tag(*args, "--no-cache")
+    fast, again = tag(*args, "--bf16"), tag(*args, "--bf16")
+    assert exact.exit_code == fast.exit_code == again.exit_code == 0, fast.stderr
+    assert torch.backends.mkldnn.matmul.fp32_precision == "none"  # put back after the run
+    assert "(0 from the cache)" in fast.stderr and "(3 from the cache)" in again.stderr
+    assert fast.stdout == again.stdout  # and a fresh bf16 embedding repeats to the last digit:
+    assert tag(*args, "--bf16", "--no-cache").stdout == fast.stdout
+    exact_scores = [t["score"] for f in json.loads(exact.stdout)["files"] for t in sorted(f["tags"], key=str)]
+    fast_scores = [t["score"] for f in json.loads(fast.stdout)["files"] for t in sorted(f["tags"], key=str)]
+    assert fast_scores != exact_scores  # bfloat16 did run ...
+    assert fast_scores == pytest.approx(exact_scores, abs=0.02)  # ... and moved scores by little
+    cached_exact = tag(*args)  # float32 does not take the bfloat16 rows
+    assert "(0 from the cache)" in cached_exact.stderr and cached_exact.stdout == exact.stdout
+
+
+def test_bf16_where_it_cannot_run_is_a_usage_error(music, tiny_model_dir, tmp_path, monkeypatch):
+    from zstag import devices
+
+    monkeypatch.setattr(devices, "bf16_problem", lambda device: "--bf16: no bfloat16 here")
+    out = tmp_path / "out.json"
+    result = tag(music, "--labels", "rock", "--model", tiny_model_dir, "--bf16", "-o", out)
+    assert result.exit_code == 2 and result.stderr.strip().splitlines() == ["zstag: error: --bf16: no bfloat16 here"]
+    assert not out.exists()
+    monkeypatch.undo()
+    from zstag.devices import bf16_problem
+
+    assert "CPU only" in bf16_problem(torch.device("cuda")) and "--device cpu" in bf16_problem(torch.device("cuda"))

@@ -387,6 +387,10 @@ def tag_command(
         "auto", "--device",
         help="Where the audio model runs: auto (a GPU when torch sees one, else the CPU), cpu, cuda or cuda:N; checked when a file must be embedded.",
     ),
+    bf16: bool = typer.Option(
+        False, "--bf16",
+        help="On a CPU with native bfloat16 (AMX, AVX512-BF16): ~2x faster embedding, scores within ~0.01 of float32; cached apart.",
+    ),
 ) -> None:
     from zstag import tagger
 
@@ -396,7 +400,7 @@ def tag_command(
         code = tagger.run(
             paths, labels=labels, labels_file=labels_file, model=model, vectors=vectors, extensions=extensions,
             single=single, top_k=top_k, threshold=threshold, fmt=fmt, output=output, workers=workers,
-            use_cache=not no_cache, offset=offset, max_seconds=max_seconds, device=device,
+            use_cache=not no_cache, offset=offset, max_seconds=max_seconds, device=device, bf16=bf16,
         )
     except tagger.TagUsageError as exc:
         fail(str(exc), 2)

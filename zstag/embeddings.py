@@ -346,6 +346,7 @@ def embed_files(
     progress: bool = True,
     cache: EmbeddingCache | None = None,
     device: str = "cpu",
+    bf16: bool = False,
 ) -> list[TrackResult]:
     """Embed each file as a whole track; results in input order. Never raises for a bad file.
 
@@ -355,12 +356,16 @@ def embed_files(
     terminal. cache: an open EmbeddingCache (default: the one in cache_dir()). device: where the model
     runs (devices.DEVICE_HELP; DeviceError before any decoding if unusable, unless model is a
     ModelBuild, whose build should check it); the model is back where it was when this returns. Cache
-    rows do not depend on it (see devices.py).
+    rows do not depend on it (see devices.py). bf16: run the model's float32 products in bfloat16 on a
+    CPU that has it natively (devices.cpu_bfloat16; DeviceError otherwise, when checked as device is);
+    such rows are cached under the model id + devices.BF16_CACHE_SUFFIX.
     """
-    from zstag.devices import check_device, pick_device
+    from zstag.devices import BF16_CACHE_SUFFIX, DeviceError, bf16_problem, check_device, pick_device
 
     building = isinstance(model, ModelBuild)
     device = check_device(device) if building else pick_device(device)  # a ModelBuild's thread imports torch
+    if bf16 and not building and bf16_problem(device):
+        raise DeviceError(bf16_problem(device))
     paths = [str(p) for p in paths]
     workers = default_workers() if workers is None else max(0, int(workers))
     if not building:
@@ -372,9 +377,10 @@ def embed_files(
         cache = EmbeddingCache.open_default()
     if not use_cache or model_id == "untrained":
         cache = None
+    cache_id = model_id + BF16_CACHE_SUFFIX if bf16 else model_id
     try:
         with _Progress(len(paths), progress) as bar:
-            _embed(model, model_id, paths, results, cache, workers, offset, max_seconds, bar, device)
+            _embed(model, cache_id, paths, results, cache, workers, offset, max_seconds, bar, device, bf16)
     finally:
         if own_cache and cache is not None:
             cache.close()
@@ -418,7 +424,7 @@ def _fill_hits(cache, model_id, paths, digests, offset, max_seconds, results) ->
         results[i] = _lookup(cache, paths[i], model_id, digest, offset, max_seconds)
 
 
-def _embed(model, model_id, paths, results, cache, workers, offset, max_seconds, bar, device) -> None:
+def _embed(model, model_id, paths, results, cache, workers, offset, max_seconds, bar, device, bf16) -> None:
     digests: dict[int, tuple[str, tuple]] = {}  # index → (content digest, stat stamp when hashed)
     if cache is not None:
         digests = _digests(cache, paths, workers)
@@ -447,10 +453,12 @@ def _embed(model, model_id, paths, results, cache, workers, offset, max_seconds,
         if not isinstance(device, str):
             target = device  # resolved by embed_files
         else:  # a ModelBuild's name, now that torch is loaded
-            from zstag.devices import pick_device
+            from zstag.devices import DeviceError, bf16_problem, pick_device
 
             target = pick_device(device)
-        with _Inference(model, target, workers) as inference:
+            if bf16 and bf16_problem(target):
+                raise DeviceError(bf16_problem(target))
+        with _Inference(model, target, workers, bf16) as inference:
             for i, outcome in chain(_popping(early), decoded):
                 if isinstance(outcome, str):
                     finish(i, outcome, None)
@@ -857,7 +865,7 @@ class _Inference:
     (devices.deterministic_cuda), while the workers decode the next files.
     """
 
-    def __init__(self, model, device, workers: int):
+    def __init__(self, model, device, workers: int, bf16: bool = False):
         self.model = model
         self.device = device
         self.home = model.device  # where the caller's model goes back to
@@ -868,6 +876,7 @@ class _Inference:
         self.pending: dict = {}  # a forward pass's future → (its _Track, the pass's number)
         self.tracks: list[_Track] = []  # in submission order
         self.cuda = None
+        self.bf16, self.bfloat16 = bf16, None  # the latter: the active devices.cpu_bfloat16
 
     def __enter__(self):
         self.settings.__enter__()  # before the pool starts: its threads take torch's count when they start
@@ -876,6 +885,10 @@ class _Inference:
                 from zstag.devices import deterministic_cuda
 
                 self.cuda = deterministic_cuda().__enter__()
+            if self.bf16:
+                from zstag.devices import cpu_bfloat16
+
+                self.bfloat16 = cpu_bfloat16().__enter__()
             self.model.to(self.device)
             if self.threads > 1:
                 self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="zstag-embed")
@@ -892,6 +905,8 @@ class _Inference:
             try:
                 if self.cuda is not None:
                     self.cuda.__exit__(*exc)
+                if self.bfloat16 is not None:
+                    self.bfloat16.__exit__(*exc)
                 self.model.to(self.home)
             finally:
                 self.settings.__exit__(*exc)

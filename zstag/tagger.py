@@ -265,13 +265,15 @@ def run(
     max_seconds: float | None = None,
     progress: bool = True,
     device: str = "cpu",
+    bf16: bool = False,
 ) -> int:
     """Tag the inputs and write the output; returns the exit code (0 ok, 1 some file failed).
 
     Raises TagUsageError (bad options, model, word vectors, labels or device) before any output or cache
     row is written (see TagUsageError for when). Torch is imported only if some file is not in the
     embedding cache (or with use_cache=False). device: where the audio model runs (devices.DEVICE_HELP),
-    checked only if some file must be embedded.
+    checked only if some file must be embedded; so is bf16 (embeddings.embed_files), which has its own
+    cache rows.
     """
     from zstag import modelfile
     from zstag.audio import check_span
@@ -316,7 +318,7 @@ def run(
     for line in found.problems:
         print(f"zstag: {line}", file=sys.stderr)
     results = track_results(files, found.files, workers=workers, use_cache=use_cache, offset=offset,
-                            max_seconds=max_seconds, progress=progress, device=device)
+                            max_seconds=max_seconds, progress=progress, device=device, bf16=bf16)
     good = [r for r in results if r.ok]
     for r in results:
         if not r.ok:
@@ -392,19 +394,21 @@ def write_stdout(text: str) -> str | None:
 
 def track_results(files, paths: list[str], *, workers: int | None = None, use_cache: bool = True,
                   offset: float = 0.0, max_seconds: float | None = None, progress: bool = True,
-                  device: str = "cpu") -> list:
+                  device: str = "cpu", bf16: bool = False) -> list:
     """A TrackResult per path, in order: all from the embedding cache when every file is there (no torch,
     no decoding); otherwise the model is built (torch) and ``embed_files`` embeds only the misses (their
     digests are remembered, not hashed again) on device. The device is checked and the model built on a
-    thread while the first files decode. files: modelfile.ModelFiles."""
-    from zstag.devices import DeviceError
+    thread while the first files decode, and so is bf16's need of a CPU with native bfloat16.
+    files: modelfile.ModelFiles."""
+    from zstag.devices import BF16_CACHE_SUFFIX, DeviceError
     from zstag.embeddings import EmbeddingCache, ModelBuild, cached_results, embed_files, start_decoders
     from zstag.modelfile import ModelError
 
     cache = EmbeddingCache.open_default() if use_cache else None
     try:
         if cache is not None:
-            results = cached_results(files.model_id, paths, offset=offset, max_seconds=max_seconds, workers=workers,
+            cache_id = files.model_id + BF16_CACHE_SUFFIX if bf16 else files.model_id
+            results = cached_results(cache_id, paths, offset=offset, max_seconds=max_seconds, workers=workers,
                                      cache=cache)
         else:
             results = [None] * len(paths)
@@ -413,12 +417,12 @@ def track_results(files, paths: list[str], *, workers: int | None = None, use_ca
         if workers != 0:
             start_decoders()  # the decoders' fork server loads its modules while torch loads here
         # Decoding starts while torch is imported, the device checked and the model built on a thread.
-        net = ModelBuild(functools.partial(_build_model, files, device), files.model_id, _front_end(files))
+        net = ModelBuild(functools.partial(_build_model, files, device, bf16), files.model_id, _front_end(files))
         missing = [i for i, r in enumerate(results) if r is None]  # the hits are not looked up again
         try:
             embedded = embed_files(net, [paths[i] for i in missing], workers=workers, use_cache=cache is not None,
                                    cache=cache, offset=offset, max_seconds=max_seconds, progress=progress,
-                                   device=device)
+                                   device=device, bf16=bf16)
         except (DeviceError, ModelError) as exc:
             raise TagUsageError(str(exc)) from None
         for i, result in zip(missing, embedded):
@@ -440,13 +444,15 @@ def _front_end(files):
         raise TagUsageError(str(modelfile.damaged(files.folder, exc))) from None
 
 
-def _build_model(files, device: str):
-    """The torch model of a model folder already read (modelfile.ModelFiles), once the device is known
-    to be usable (DeviceError otherwise, a usage error like a damaged model's ModelError)."""
-    from zstag.devices import pick_device
+def _build_model(files, device: str, bf16: bool = False):
+    """The torch model of a model folder already read (modelfile.ModelFiles), once the device (and bf16
+    on it) is known to be usable (DeviceError otherwise, a usage error like a damaged model's ModelError)."""
+    from zstag.devices import DeviceError, bf16_problem, pick_device
     from zstag.model import load_model
 
-    pick_device(device)
+    target = pick_device(device)
+    if bf16 and bf16_problem(target):
+        raise DeviceError(bf16_problem(target))
     return load_model(files=files)
 
 
