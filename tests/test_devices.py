@@ -217,3 +217,24 @@ def test_bf16_where_it_cannot_run_is_a_usage_error(music, tiny_model_dir, tmp_pa
     from zstag.devices import bf16_problem
 
     assert "CPU only" in bf16_problem(torch.device("cuda")) and "--device cpu" in bf16_problem(torch.device("cuda"))
+
+
+def test_eval_bf16_is_in_the_report_and_a_usage_error_where_it_cannot_run(tmp_path, monkeypatch):
+    from zstag import devices
+
+    corpus = tmp_path / "corpus"
+    for label, seed in (("rock", 0), ("rock", 4), ("jazz", 9)):
+        (corpus / label).mkdir(parents=True, exist_ok=True)
+        write_music(corpus / label / f"{seed}.wav", seconds=5.0, seed=seed)
+    args = ["eval", "--corpus", "folder", "--root", str(corpus), "--device", "cpu", "--out"]
+    if _bf16_problem_here() is None:
+        exact = CliRunner().invoke(app, [*args, str(tmp_path / "exact.json")])
+        fast = CliRunner().invoke(app, [*args, str(tmp_path / "fast.json"), "--bf16"])
+        assert exact.exit_code == fast.exit_code == 0, fast.stderr
+        assert "bfloat16 products" in fast.stdout and "bfloat16" not in exact.stdout
+        reports = [json.loads((tmp_path / f"{name}.json").read_text()) for name in ("exact", "fast")]
+        assert [r["model"]["bf16"] for r in reports] == [False, True]
+    monkeypatch.setattr(devices, "bf16_problem", lambda device: "--bf16: no bfloat16 here")
+    result = CliRunner().invoke(app, [*args, str(tmp_path / "never.json"), "--bf16"])
+    assert result.exit_code == 2 and result.stderr.strip().splitlines() == ["zstag: error: --bf16: no bfloat16 here"]
+    assert not (tmp_path / "never.json").exists()

@@ -441,12 +441,13 @@ def eval_command(
     no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the embedding cache."),
     max_seconds: Optional[float] = typer.Option(None, "--max-seconds", min=0.001, help="Use at most this many seconds per track."),
     device: str = typer.Option("auto", "--device", help="Where the audio model runs: auto (a GPU when torch sees one, else the CPU), cpu, cuda or cuda:N."),
+    bf16: bool = typer.Option(False, "--bf16", help="As tag --bf16 (CPU with native bfloat16, ~2x faster; the report says so)."),
 ) -> None:
     from rich.console import Console
 
     from zstag import evaluate
     from zstag.corpora import KINDS, CorpusError
-    from zstag.devices import DeviceError, pick_device
+    from zstag.devices import DeviceError, bf16_problem, pick_device
     from zstag.model import ModelError
     from zstag.splits import SplitError
     from zstag.tagger import TagUsageError, parse_labels
@@ -457,9 +458,11 @@ def eval_command(
     if corpus not in KINDS:
         fail(f"--corpus: unknown kind {corpus!r}: expected one of {', '.join(KINDS)}", 2)
     try:
-        pick_device(device)  # eval loads torch anyway: an unusable GPU is a usage error before any work
+        target = pick_device(device)  # eval loads torch anyway: an unusable GPU is a usage error before any work
     except DeviceError as exc:
         fail(str(exc), 2)
+    if bf16 and bf16_problem(target):
+        fail(bf16_problem(target), 2)
     for target, option in ((out, "--out"), (plot, "--plot")):
         if target is not None and not target.parent.is_dir():
             fail(f"{target}: the folder for {option} does not exist", 2)
@@ -469,7 +472,7 @@ def eval_command(
         chosen = parse_labels(labels) if labels else None
         result = evaluate.evaluate(
             corpus, root, model=model, split=split, labels=chosen, top_n=top_n, vectors=vectors, workers=workers,
-            use_cache=not no_cache, max_seconds=max_seconds, device=device,
+            use_cache=not no_cache, max_seconds=max_seconds, device=device, bf16=bf16,
         )
     except (TagUsageError, evaluate.EvalUsageError) as exc:  # an empty --labels, options that cannot go together
         fail(str(exc), 2)

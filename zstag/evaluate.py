@@ -313,8 +313,10 @@ def evaluate(
     max_seconds: float | None = None,
     progress: bool = True,
     device: str = "cpu",
+    bf16: bool = False,
 ) -> Evaluation:
-    """Evaluate a model on a corpus; see the module docstring.
+    """Evaluate a model on a corpus; see the module docstring. bf16: as embeddings.embed_files (recorded in
+    the report's model.bf16: its figures are of bfloat16 embeddings).
 
     Raises EvalError, CorpusError, SplitError, ModelError, VectorsError or DeviceError (all one line): bad options and
     inputs before any audio is decoded, and EvalError when no track at all could be decoded.
@@ -387,7 +389,7 @@ def evaluate(
         raise EvalError(f"{root}: no track to evaluate" + (" in the split's test partition" if the_split else ""))
 
     results = embed_files(net, [t.path for t in tracks], workers=workers, use_cache=use_cache,
-                          max_seconds=max_seconds, progress=progress, device=device)
+                          max_seconds=max_seconds, progress=progress, device=device, bf16=bf16)
     good = [(t, r) for t, r in zip(tracks, results) if r.ok]
     failed = [{"id": t.id, "error": r.error} for t, r in zip(tracks, results) if not r.ok]
     if not good:
@@ -414,6 +416,7 @@ def evaluate(
             "words": words.source,
             "split_sha256": net.config.get("split_sha256"),
             "train_labels": net.train_labels,
+            "bf16": bf16,
         },
         "corpus": {
             "kind": corpus.kind,
@@ -513,7 +516,8 @@ def render(report: dict, console) -> None:
 
     model, corpus, tracks = report["model"], report["corpus"], report["tracks"]
     console.print(
-        f"model [bold]{model['id']}[/] ({model['name'] or 'unnamed'}, {len(model['train_labels'])} training labels) "
+        f"model [bold]{model['id']}[/] ({model['name'] or 'unnamed'}, {len(model['train_labels'])} training labels"
+        + (", bfloat16 products" if model.get("bf16") else "") + ") "
         f"on {corpus['kind']} corpus [bold]{corpus['name']}[/]: {tracks['evaluated']} of {tracks['selected']} tracks"
         + (f", {len(tracks['failed'])} failed" if tracks["failed"] else "")
     )
