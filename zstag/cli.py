@@ -389,7 +389,7 @@ def tag_command(
     ),
     bf16: bool = typer.Option(
         False, "--bf16",
-        help="On a CPU with native bfloat16 (AMX, AVX512-BF16): ~2x faster embedding, scores within ~0.01 of float32; cached apart.",
+        help="On a CPU with native bfloat16 products (AMX): ~2x faster embedding, scores within ~0.01 of float32; cached apart.",
     ),
 ) -> None:
     from zstag import tagger
