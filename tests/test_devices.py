@@ -238,3 +238,17 @@ def test_eval_bf16_is_in_the_report_and_a_usage_error_where_it_cannot_run(tmp_pa
     result = CliRunner().invoke(app, [*args, str(tmp_path / "never.json"), "--bf16"])
     assert result.exit_code == 2 and result.stderr.strip().splitlines() == ["zstag: error: --bf16: no bfloat16 here"]
     assert not (tmp_path / "never.json").exists()
+
+
+@pytest.mark.parametrize("isa", ["AVX512_CORE_BF16", "AVX512_CORE"])
+def test_bf16_is_refused_where_onednn_would_keep_float32_products(isa):
+    """oneDNN capped below AMX (as on a Cooper Lake, Zen 4 or Skylake CPU) ignores the bf16 setting, though
+    torch calls such CPUs bf16-capable: --bf16 would be no faster, yet cached apart as if it ran."""
+    import os
+    import subprocess
+    import sys
+
+    code = "import torch; from zstag.devices import bf16_problem; print(bf16_problem(torch.device('cpu')))"
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": isa}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.startswith("--bf16: ") and "float32" in out and len(out.strip().splitlines()) == 1

@@ -266,6 +266,27 @@ def test_a_vector_file_without_gensim_is_a_one_line_error(tmp_path, monkeypatch)
     assert str(excinfo.value).startswith(f"{path}: ") and "\n" not in str(excinfo.value)
 
 
+@pytest.mark.parametrize("error", ["ImportError('cannot import name\\n  triu')",
+                                   "ValueError('numpy.dtype size changed, may indicate binary incompatibility')"])
+def test_a_broken_gensim_is_a_one_line_error(tmp_path, monkeypatch, error):
+    """A gensim that fails to import (built for another numpy or scipy: ValueError, or a message of
+    several lines) is reported like a missing one."""
+    import sys
+
+    fake = tmp_path / "fake" / "gensim"
+    (fake / "models").mkdir(parents=True)
+    (fake / "__init__.py").write_text("")
+    (fake / "models" / "__init__.py").write_text(f"raise {error}\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "fake"))
+    for name in [n for n in sys.modules if n == "gensim" or n.startswith("gensim.")]:
+        monkeypatch.delitem(sys.modules, name)
+    path = tmp_path / "tiny.txt"
+    path.write_text("rock 0.1 0.2 0.3\n")
+    with pytest.raises(VectorsError, match="needs gensim") as excinfo:
+        WordVectors.load(path)
+    assert "\n" not in str(excinfo.value)
+
+
 # --- paths --------------------------------------------------------------------------------------
 
 

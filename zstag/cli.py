@@ -389,7 +389,7 @@ def tag_command(
     ),
     bf16: bool = typer.Option(
         False, "--bf16",
-        help="On a CPU with native bfloat16 (AMX, AVX512-BF16): ~2x faster embedding, scores within ~0.01 of float32; cached apart.",
+        help="On a CPU with native bfloat16 products (AMX): ~2x faster embedding, scores within ~0.01 of float32; cached apart.",
     ),
 ) -> None:
     from zstag import tagger
@@ -441,7 +441,7 @@ def eval_command(
     no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the embedding cache."),
     max_seconds: Optional[float] = typer.Option(None, "--max-seconds", min=0.001, help="Use at most this many seconds per track."),
     device: str = typer.Option("auto", "--device", help="Where the audio model runs: auto (a GPU when torch sees one, else the CPU), cpu, cuda or cuda:N."),
-    bf16: bool = typer.Option(False, "--bf16", help="As tag --bf16 (CPU with native bfloat16, ~2x faster; the report says so)."),
+    bf16: bool = typer.Option(False, "--bf16", help="As tag --bf16 (a CPU with AMX: ~2x faster embedding; the report says so)."),
 ) -> None:
     from rich.console import Console
 

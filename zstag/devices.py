@@ -9,6 +9,7 @@ Training on a GPU uses deterministic algorithms too, so a seed gives the same we
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 
@@ -115,18 +116,32 @@ BF16_CACHE_SUFFIX = "+bf16"  # appended to a model id in the embedding cache: bf
 
 def bf16_problem(device) -> str | None:
     """Why `--bf16` cannot run on device (a torch.device), in one line; None when it can: a CPU whose
-    oneDNN has native bfloat16 (AVX512-BF16 or AMX). Without it oneDNN would emulate bfloat16, slower than
-    float32; on a GPU zstag runs float32 only (deterministic kernels, see deterministic_cuda)."""
+    oneDNN really takes bfloat16 inputs for float32 products (AMX; _bf16_in_effect, which sets cpu_bfloat16
+    for a moment: call it before inference starts). Elsewhere oneDNN keeps float32 products, no faster; on a
+    GPU zstag runs float32 only (deterministic kernels, see deterministic_cuda)."""
     import torch
 
     if device.type != "cpu":
         return f"--bf16: bfloat16 inference is for the CPU only (the model would run on {device}): add --device cpu"
     mkldnn = torch.backends.mkldnn
     native = mkldnn.is_available() and getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)()
-    if not native or not hasattr(getattr(mkldnn, "matmul", None), "fp32_precision"):
+    if not native or not hasattr(getattr(mkldnn, "matmul", None), "fp32_precision") or not _bf16_in_effect():
         return (f"--bf16: this CPU or torch {torch.__version__} has no native bfloat16 matrix products "
-                "(AVX512-BF16 or AMX, torch >= 2.9); float32 (without --bf16) is faster here")
+                "(AMX, torch >= 2.9); float32 (without --bf16) is as fast here")
     return None
+
+
+@functools.lru_cache(maxsize=1)
+def _bf16_in_effect() -> bool:
+    """Whether oneDNN really takes bfloat16 inputs under cpu_bfloat16. torch's bf16 check passes on any
+    AVX512 CPU, but oneDNN (torch 2.13) ignores the setting below AMX and keeps float32 products: then
+    --bf16 would be no faster, yet cached apart. 1 + 2**-10 is not a bfloat16 (7 mantissa bits)."""
+    import torch
+
+    x = torch.full((64, 64), 1 + 2 ** -10)
+    with torch.no_grad(), cpu_bfloat16():
+        product = (x @ torch.eye(64))[0, 0].item()
+    return product != x[0, 0].item()
 
 
 class cpu_bfloat16:

@@ -564,8 +564,9 @@ def _keyed_vectors(path: Path):
     """gensim's KeyedVectors class; VectorsError (one line) when gensim, a dependency, is missing."""
     try:
         from gensim.models import KeyedVectors
-    except ImportError as e:
-        raise VectorsError(f"{path}: reading word-vector files needs gensim, which cannot be imported ({e}); "
+    except Exception as e:  # a gensim built for another numpy raises ValueError; messages may span lines
+        cause = " ".join(f"{type(e).__name__}: {e}".split())
+        raise VectorsError(f"{path}: reading word-vector files needs gensim, which cannot be imported ({cause}); "
                            "pip install 'gensim>=4.3'") from None
     return KeyedVectors
 
