@@ -201,6 +201,7 @@ def test_bf16_is_close_to_float32_repeats_exactly_and_is_cached_apart(music):
     fast_scores = [t["score"] for f in json.loads(fast.stdout)["files"] for t in sorted(f["tags"], key=str)]
     assert fast_scores != exact_scores  # bfloat16 did run ...
     assert fast_scores == pytest.approx(exact_scores, abs=0.02)  # ... and moved scores by little
+    assert [json.loads(r.stdout)["precision"] for r in (exact, fast)] == ["float32", "bfloat16"]
     cached_exact = tag(*args)  # float32 does not take the bfloat16 rows
     assert "(0 from the cache)" in cached_exact.stderr and cached_exact.stdout == exact.stdout
 

@@ -183,12 +183,14 @@ def file_records(
 
 
 def render(
-    records: list[dict], fmt: str, *, single: bool, labels: list[str], model_id: str, width: int | None = None
+    records: list[dict], fmt: str, *, single: bool, labels: list[str], model_id: str, width: int | None = None,
+    bf16: bool = False,
 ) -> str:
-    """The records as text in one of FORMATS."""
+    """The records as text in one of FORMATS (json's header names the model and its precision: --bf16)."""
     if fmt == "json":
         return json.dumps({
             "model": model_id,
+            "precision": "bfloat16" if bf16 else "float32",
             "labels": labels,
             "mode": "single" if single else "multi",
             "score": SCORE_NOTE + ("; " + SINGLE_NOTE if single else ""),
@@ -331,7 +333,7 @@ def run(
         scores = np.zeros((0, len(label_list)), dtype=np.float32)
     records = file_records([r.path for r in good], scores, label_list, single=single, top_k=top_k, threshold=threshold)
     terminal = output is None and sys.stdout is not None and sys.stdout.isatty()
-    text = render(records, fmt, single=single, labels=label_list, model_id=files.model_id,
+    text = render(records, fmt, single=single, labels=label_list, model_id=files.model_id, bf16=bf16,
                   width=_terminal_width() if terminal else None)
     if output is None:
         error = write_stdout(text)
