@@ -447,7 +447,7 @@ def eval_command(
 
     from zstag import evaluate
     from zstag.corpora import KINDS, CorpusError
-    from zstag.devices import DeviceError, bf16_problem, pick_device
+    from zstag.devices import DeviceError, check_bf16, pick_device
     from zstag.model import ModelError
     from zstag.splits import SplitError
     from zstag.tagger import TagUsageError, parse_labels
@@ -459,10 +459,10 @@ def eval_command(
         fail(f"--corpus: unknown kind {corpus!r}: expected one of {', '.join(KINDS)}", 2)
     try:
         target = pick_device(device)  # eval loads torch anyway: an unusable GPU is a usage error before any work
+        if bf16:
+            check_bf16(target)
     except DeviceError as exc:
         fail(str(exc), 2)
-    if bf16 and bf16_problem(target):
-        fail(bf16_problem(target), 2)
     for target, option in ((out, "--out"), (plot, "--plot")):
         if target is not None and not target.parent.is_dir():
             fail(f"{target}: the folder for {option} does not exist", 2)

@@ -131,6 +131,13 @@ def bf16_problem(device) -> str | None:
     return None
 
 
+def check_bf16(device) -> None:
+    """DeviceError (bf16_problem's line) when `--bf16` cannot run on device."""
+    problem = bf16_problem(device)
+    if problem:
+        raise DeviceError(problem)
+
+
 @functools.lru_cache(maxsize=1)
 def _bf16_in_effect() -> bool:
     """Whether oneDNN really takes bfloat16 inputs under cpu_bfloat16. torch's bf16 check passes on any

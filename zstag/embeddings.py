@@ -360,12 +360,12 @@ def embed_files(
     CPU that has it natively (devices.cpu_bfloat16; DeviceError otherwise, when checked as device is);
     such rows are cached under the model id + devices.BF16_CACHE_SUFFIX.
     """
-    from zstag.devices import BF16_CACHE_SUFFIX, DeviceError, bf16_problem, check_device, pick_device
+    from zstag.devices import BF16_CACHE_SUFFIX, check_bf16, check_device, pick_device
 
     building = isinstance(model, ModelBuild)
     device = check_device(device) if building else pick_device(device)  # a ModelBuild's thread imports torch
-    if bf16 and not building and bf16_problem(device):
-        raise DeviceError(bf16_problem(device))
+    if bf16 and not building:
+        check_bf16(device)
     paths = [str(p) for p in paths]
     workers = default_workers() if workers is None else max(0, int(workers))
     if not building:
@@ -453,11 +453,11 @@ def _embed(model, model_id, paths, results, cache, workers, offset, max_seconds,
         if not isinstance(device, str):
             target = device  # resolved by embed_files
         else:  # a ModelBuild's name, now that torch is loaded
-            from zstag.devices import DeviceError, bf16_problem, pick_device
+            from zstag.devices import check_bf16, pick_device
 
             target = pick_device(device)
-            if bf16 and bf16_problem(target):
-                raise DeviceError(bf16_problem(target))
+            if bf16:
+                check_bf16(target)
         with _Inference(model, target, workers, bf16) as inference:
             for i, outcome in chain(_popping(early), decoded):
                 if isinstance(outcome, str):

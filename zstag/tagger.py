@@ -449,12 +449,12 @@ def _front_end(files):
 def _build_model(files, device: str, bf16: bool = False):
     """The torch model of a model folder already read (modelfile.ModelFiles), once the device (and bf16
     on it) is known to be usable (DeviceError otherwise, a usage error like a damaged model's ModelError)."""
-    from zstag.devices import DeviceError, bf16_problem, pick_device
+    from zstag.devices import check_bf16, pick_device
     from zstag.model import load_model
 
     target = pick_device(device)
-    if bf16 and bf16_problem(target):
-        raise DeviceError(bf16_problem(target))
+    if bf16:
+        check_bf16(target)
     return load_model(files=files)
 
 
