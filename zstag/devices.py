@@ -111,9 +111,6 @@ def _set_precision(saved) -> None:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved or (False, False)
 
 
-BF16_CACHE_SUFFIX = "+bf16"  # appended to a model id in the embedding cache: bfloat16 rows are other numbers
-
-
 def bf16_problem(device) -> str | None:
     """Why `--bf16` cannot run on device (a torch.device), in one line; None when it can: a CPU whose
     oneDNN really takes bfloat16 inputs for float32 products (AMX; _bf16_in_effect, which sets cpu_bfloat16

@@ -76,6 +76,7 @@ MALLOC_HEAP_MAX = 32 << 20  # workers: allocations up to this come from the heap
 MALLOC_KEEP = 64 << 20  # ... and up to this much freed heap is kept for the next file
 RESULT_PIPE_BYTES = 1 << 20  # the pipe results come back through (Linux; see _widen_result_pipe)
 WAITING_BYTES = 256 << 20  # decoded segments held while the model builds (~3 hours of audio)
+BF16_CACHE_SUFFIX = "+bf16"  # appended to a model id in the cache: bfloat16 rows are other numbers (--bf16)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS digests (
@@ -358,9 +359,9 @@ def embed_files(
     ModelBuild, whose build should check it); the model is back where it was when this returns. Cache
     rows do not depend on it (see devices.py). bf16: run the model's float32 products in bfloat16 on a
     CPU that has it natively (devices.cpu_bfloat16; DeviceError otherwise, when checked as device is);
-    such rows are cached under the model id + devices.BF16_CACHE_SUFFIX.
+    such rows are cached apart (cache_id).
     """
-    from zstag.devices import BF16_CACHE_SUFFIX, check_bf16, check_device, pick_device
+    from zstag.devices import check_bf16, check_device, pick_device
 
     building = isinstance(model, ModelBuild)
     device = check_device(device) if building else pick_device(device)  # a ModelBuild's thread imports torch
@@ -377,14 +378,19 @@ def embed_files(
         cache = EmbeddingCache.open_default()
     if not use_cache or model_id == "untrained":
         cache = None
-    cache_id = model_id + BF16_CACHE_SUFFIX if bf16 else model_id
     try:
         with _Progress(len(paths), progress) as bar:
-            _embed(model, cache_id, paths, results, cache, workers, offset, max_seconds, bar, device, bf16)
+            _embed(model, cache_id(model_id, bf16), paths, results, cache, workers, offset, max_seconds, bar, device,
+                   bf16)
     finally:
         if own_cache and cache is not None:
             cache.close()
     return results
+
+
+def cache_id(model_id: str, bf16: bool = False) -> str:
+    """The model id that the cache keys a model's rows by: bfloat16 embeddings (--bf16) have their own."""
+    return model_id + BF16_CACHE_SUFFIX if bf16 else model_id
 
 
 def cached_results(

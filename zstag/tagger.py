@@ -402,15 +402,14 @@ def track_results(files, paths: list[str], *, workers: int | None = None, use_ca
     digests are remembered, not hashed again) on device. The device is checked and the model built on a
     thread while the first files decode, and so is bf16's need of a CPU with native bfloat16.
     files: modelfile.ModelFiles."""
-    from zstag.devices import BF16_CACHE_SUFFIX, DeviceError
-    from zstag.embeddings import EmbeddingCache, ModelBuild, cached_results, embed_files, start_decoders
+    from zstag.devices import DeviceError
+    from zstag.embeddings import EmbeddingCache, ModelBuild, cache_id, cached_results, embed_files, start_decoders
     from zstag.modelfile import ModelError
 
     cache = EmbeddingCache.open_default() if use_cache else None
     try:
         if cache is not None:
-            cache_id = files.model_id + BF16_CACHE_SUFFIX if bf16 else files.model_id
-            results = cached_results(cache_id, paths, offset=offset, max_seconds=max_seconds, workers=workers,
+            results = cached_results(cache_id(files.model_id, bf16), paths, offset=offset, max_seconds=max_seconds, workers=workers,
                                      cache=cache)
         else:
             results = [None] * len(paths)
