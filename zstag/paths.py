@@ -24,8 +24,11 @@ def cache_dir() -> Path:
 
 
 def models_dir() -> Path:
-    """The `models/` folder next to the `zstag` package (the repository's models folder)."""
-    return Path(__file__).resolve().parent.parent / "models"
+    """The shipped models: `zstag/models/` in an installed wheel (pyproject maps the repository's top-level
+    `models/` there), else the `models/` folder beside the package (a source checkout or editable install)."""
+    package = Path(__file__).resolve().parent
+    installed = package / "models"
+    return installed if installed.is_dir() else package.parent / "models"
 
 
 def atomic_write(path: str | os.PathLike, data: bytes | str, follow_links: bool = False) -> Path:
