@@ -204,7 +204,9 @@ def preprocess_command(
     failed = len(report.failures)  # tracks_done counts every track this run tried, failed ones too
     typer.echo(
         f"{report.tracks_done - failed} tracks decoded, {failed} failed, in {report.shards_done} shards; "
-        f"{report.shards_skipped} shards already done ({report.seconds:.1f} s); "
+        f"{report.shards_skipped} shards already done"
+        + (f", {report.tracks_resumed} tracks kept from unfinished ones" if report.tracks_resumed else "")
+        + f" ({report.seconds:.1f} s); "
         + ("cache complete" if report.complete else "other parts still missing")
     )
     for failure in report.failures[:10]:
@@ -290,7 +292,7 @@ def train_command(
     from zstag.devices import DeviceError, pick_device
     from zstag.features import FeatureCache, FeatureCacheError
     from zstag.splits import SplitError, check_split, save_split
-    from zstag.train import SPLIT_FILE, TrainError, TrainOptions, train
+    from zstag.train import SPLIT_FILE, TrainError, TrainOptions, has_checkpoint, train
     from zstag.words import UnknownLabelError, VectorsError, parse_random_source
 
     # Everything that can be checked is checked before anything is written: a refused run leaves --out as it was.
@@ -330,9 +332,13 @@ def train_command(
             typer.echo(f"zstag: warning: {len(absent)} tracks of the split are not in the feature cache; skipped",
                        err=True)
 
+    afresh = resume and not has_checkpoint(out)  # the run to resume stopped before its first checkpoint
+
     def save_the_split() -> None:
         # The model folder always keeps the split it was trained on; train() calls this on rank 0 only, once
         # the vectors, the resume state and --out have passed its checks.
+        if afresh:
+            typer.echo(f"zstag: note: {out}: no checkpoint to resume from yet; starting at epoch 1", err=True)
         if split is None or Path(split).resolve() != saved_split.resolve():
             _write_or_fail(saved_split, lambda: save_split(the_split, saved_split))
 

@@ -622,7 +622,7 @@ def decode_file(path: str, fe_dict: dict, offset: float = 0.0, max_seconds: floa
 
 def _init_worker(main_pid: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
-    threading.Thread(target=_exit_with, args=(main_pid,), daemon=True).start()
+    watch_main(main_pid)
     # Decoders print notes straight to fd 2 (libmpg123: "Note: Illegal Audio-MPEG-Header ..."); the
     # worker reports each failure as one line through its result instead.
     devnull = os.open(os.devnull, os.O_WRONLY)
@@ -648,8 +648,24 @@ def _keep_freed_memory() -> None:
 
 
 def _exit_with(main_pid: int) -> None:
-    """Exit when the main process is gone: a worker of a killed run would otherwise wait forever on
-    its task queue (its parent is the fork server, which in turn waits for its workers)."""
+    """Exit when the main process is gone, however it ended (kill -9 too): a worker of a killed run would
+    otherwise wait for ever on its task queue, whose write end it holds itself, and keep the fork server
+    and resource tracker alive with it (they exit once no worker holds their pipes). Waits on a pidfd
+    (Linux ≥ 5.3), which also wakes while the dead main process is an unreaped zombie; elsewhere polls.
+    Run on a daemon thread by each worker, tag's and preprocess's alike."""
+    try:
+        fd = os.pidfd_open(main_pid)
+    except ProcessLookupError:
+        os._exit(1)
+    except (AttributeError, OSError):  # not Linux, an old kernel, or a sandbox that forbids it
+        fd = None
+    if fd is not None:
+        import select
+
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        poller.poll()  # readable once the process has ended
+        os._exit(1)
     while True:
         time.sleep(PARENT_POLL_S)
         try:
@@ -658,6 +674,11 @@ def _exit_with(main_pid: int) -> None:
             os._exit(1)
         except PermissionError:
             pass  # the pid exists (owned by another user): not proof of death
+
+
+def watch_main(main_pid: int) -> None:
+    """In a worker process: exit as soon as the process ``main_pid`` (the one that made the pool) ends."""
+    threading.Thread(target=_exit_with, args=(main_pid,), daemon=True, name="zstag-watch-main").start()
 
 
 def _context():

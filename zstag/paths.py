@@ -31,7 +31,7 @@ def models_dir() -> Path:
     return installed if installed.is_dir() else package.parent / "models"
 
 
-def atomic_write(path: str | os.PathLike, data: bytes | str, follow_links: bool = False) -> Path:
+def atomic_write(path: str | os.PathLike, data: bytes | str | list, follow_links: bool = False) -> Path:
     """Write a file whole or not at all: a temporary file in the same folder, flushed to disk, then
     os.replace, then the folder flushed too.
 
@@ -41,19 +41,20 @@ def atomic_write(path: str | os.PathLike, data: bytes | str, follow_links: bool 
     directly, and so is the file this process's stdout or stderr goes to (``-o /dev/stdout >> log``: the
     redirection's own append or truncation is kept). follow_links (a user's output file): a symbolic link
     is followed and its final target replaced, the link stays; otherwise (the project's own files) the link
-    itself is replaced, so a file shared through links elsewhere is never changed. str is UTF-8.
+    itself is replaced, so a file shared through links elsewhere is never changed. str is UTF-8; a list
+    of bytes-like pieces is written one after the other (a large file, never joined in memory).
     """
     import tempfile
 
     path = Path(path)
-    payload = data.encode("utf-8") if isinstance(data, str) else data
+    pieces = data if isinstance(data, list) else [data.encode("utf-8") if isinstance(data, str) else data]
     stream = _standard_stream(path)
     if stream is not None:
-        _write_all(stream, payload)
+        _write_all(stream, pieces)
         return path
     if path.exists() and not path.is_file():  # /dev/null, a FIFO: written to, never replaced
         with open(path, "wb") as handle:
-            handle.write(payload)
+            _write_pieces(handle, pieces)
         return path
     if follow_links:
         target = Path(os.path.realpath(path))  # a link's final target (the folder must exist: nothing is created)
@@ -63,7 +64,7 @@ def atomic_write(path: str | os.PathLike, data: bytes | str, follow_links: bool 
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
+            _write_pieces(handle, pieces)
             handle.flush()
             _fsync(handle.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; outputs, models and caches are ordinary files
@@ -90,13 +91,19 @@ def _standard_stream(path: Path) -> int | None:
     return None
 
 
-def _write_all(fd: int, payload: bytes) -> None:
+def _write_pieces(handle, pieces: list) -> None:
+    for piece in pieces:
+        handle.write(piece)
+
+
+def _write_all(fd: int, pieces: list) -> None:
     for stream in (sys.stdout, sys.stderr):  # what Python still buffers goes first
         if stream is not None:
             stream.flush()
-    view = memoryview(payload)
-    while view:
-        view = view[os.write(fd, view):]
+    for piece in pieces:
+        view = memoryview(piece).cast("B")
+        while view:
+            view = view[os.write(fd, view):]
 
 
 def _fsync(fd: int) -> None:
