@@ -532,3 +532,23 @@ def test_a_table_that_cannot_be_written_is_one_line_and_exit_1(gtzan, model_dir,
     lines = proc.stderr.splitlines()
     assert all(line.startswith("zstag: ") for line in lines), proc.stderr
     assert lines[-1].startswith("zstag: error: cannot write the table to stdout: "), lines[-1]
+
+
+def test_file_names_that_are_not_utf8_give_a_valid_utf8_report(tmp_path, model_dir):
+    """A decodable and an undecodable file whose names are Latin-1 (os.fsdecode: lone surrogates): the report
+    is strict JSON in valid UTF-8, each bad byte as U+FFFD (it was a UnicodeEncodeError traceback)."""
+    import os
+
+    root = tmp_path / "corpus"
+    for label, seed in (("rock", 0), ("jazz", 1)):
+        (root / label).mkdir(parents=True)
+        sf.write(root / label / "plain.wav", tone(seed), SR)
+    os.rename(root / "jazz" / "plain.wav", os.fsencode(root / "jazz") + b"/caf\xe9.wav")
+    (root / "rock" / os.fsdecode(b"d\xe9mo.wav")).write_bytes(b"not audio")
+    out = tmp_path / "report.json"
+    result = eval_cli(root, model_dir, "--out", out, corpus="folder")
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_bytes().decode("utf-8"))  # strict: invalid UTF-8 raises
+    assert report["tracks"]["evaluated"] == 2
+    assert [f["id"] for f in report["tracks"]["failed"]] == ["rock/d\ufffdmo.wav"]
+    assert f"{root}/rock/d\ufffdmo.wav: cannot decode" in result.stderr

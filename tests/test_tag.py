@@ -6,6 +6,9 @@ import json
 import os
 import shutil
 import sqlite3
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -658,19 +661,67 @@ def test_parse_labels_errors_are_usage_errors():
         tagger.parse_labels([" "])
 
 
-def test_a_file_name_that_is_not_utf8_is_tagged_and_written_as_its_bytes(tmp_path, model_dir):
-    """os.fsdecode gives such a name lone surrogates: it is decoded, cached, and written out (stdout
-    and --output) as the very bytes of the name, cold and warm, instead of a traceback."""
+def test_a_file_name_that_is_not_utf8_is_tagged_and_written_as_valid_utf8(tmp_path, model_dir):
+    """os.fsdecode gives such a name lone surrogates: it is decoded and cached, and every format is valid
+    UTF-8, on stdout and in --output, cold and warm: json/jsonl/csv carry the name with U+FFFD in "path"
+    and its very bytes, percent-encoded, in "path_bytes"; the table shows the byte as \\xNN."""
+    from urllib.parse import unquote_to_bytes
+
     name = os.fsencode(str(tmp_path)) + b"/caf\xe9.wav"  # Latin-1 "café"
     os.rename(write_music(tmp_path / "plain.wav", seed=3), name)
+    shown = f"{tmp_path}/caf\ufffd.wav"
     for _ in ("cold", "warm"):
         result = run(os.fsdecode(name), "--labels", "rock", "--model", model_dir, "--format", "jsonl")
         assert result.exit_code == 0, result.stderr
-        assert json.loads(result.stdout_bytes.decode("utf-8", "surrogateescape"))["path"] == os.fsdecode(name)
-    out = tmp_path / "out.csv"
-    result = run(os.fsdecode(name), "--labels", "rock", "--model", model_dir, "--format", "csv", "-o", out)
+        record = json.loads(result.stdout_bytes.decode("utf-8"))  # strict: invalid UTF-8 raises
+        assert list(record) == ["path", "path_bytes", "tags"] and record["path"] == shown
+        assert unquote_to_bytes(record["path_bytes"]) == name
+    out = tmp_path / "out.json"
+    result = run(os.fsdecode(name), "--labels", "rock", "--model", model_dir, "--format", "json", "-o", out)
     assert result.exit_code == 0 and "(1 from the cache)" in result.stderr
-    assert name + b",1,rock," in out.read_bytes()
+    checked = subprocess.run([sys.executable, "-m", "json.tool", out], capture_output=True, check=False)
+    assert checked.returncode == 0, checked.stderr
+    (record,) = json.loads(out.read_bytes().decode("utf-8"))["files"]
+    assert record["path"] == shown and unquote_to_bytes(record["path_bytes"]) == name
+    result = run(os.fsdecode(name), tmp_path / "plain2.wav", "--labels", "rock", "--model", model_dir, "-f", "csv")
+    rows = list(csv.DictReader(io.StringIO(result.stdout_bytes.decode("utf-8"))))
+    assert [(r["path"], unquote_to_bytes(r["path_bytes"])) for r in rows] == [(shown, name)]
+    result = run(os.fsdecode(name), "--labels", "rock", "--model", model_dir)
+    assert "caf\\xe9.wav" in result.stdout_bytes.decode("utf-8")
+
+
+def test_a_line_break_or_markup_in_a_name_never_splits_a_row(tmp_path, model_dir):
+    """json, jsonl and csv keep the name as it is (escaped or quoted by the format, read back whole); the
+    table shows a control character as its escape and a "[...]" as text, not rich markup."""
+    folder = tmp_path / "music"
+    folder.mkdir()
+    names = ["two\nlines.wav", "[bold]x tab\there.wav"]
+    for seed, name in enumerate(names):
+        write_music(folder / name, seed=seed)
+    result = run(folder, "--labels", "rock,jazz", "--model", model_dir, "-f", "jsonl")
+    assert result.exit_code == 0, result.stderr
+    assert sorted(os.path.basename(json.loads(line)["path"]) for line in result.stdout.splitlines()) == sorted(names)
+    result = run(folder, "--labels", "rock,jazz", "--model", model_dir, "-f", "csv")
+    assert {os.path.basename(r["path"]) for r in csv.DictReader(io.StringIO(result.stdout))} == set(names)
+    for mode in ([], ["--single"]):
+        result = run(folder, "--labels", "rock,jazz", "--model", model_dir, *mode)
+        assert result.exit_code == 0, result.stderr
+        rows = [line for line in result.stdout.splitlines() if line.startswith("│")]
+        assert len(rows) == 2, result.stdout
+        assert "two\\nlines.wav" in rows[1] and "[bold]x tab\\there.wav" in rows[0]
+
+
+def test_a_folder_tree_deeper_than_the_recursion_limit_is_walked(music, model_dir, deep_folder):
+    """1,100 nested folders beside the files (os.walk raised RecursionError: nothing was tagged)."""
+    deepest = deep_folder(music / "sub", sys.getrecursionlimit() + 100)
+    result = run(music, "--labels", "rock", "--model", model_dir, "-f", "jsonl")
+    assert result.exit_code == 0, result.stderr
+    paths = [json.loads(line)["path"] for line in result.stdout.splitlines()]
+    assert paths == [str(music / "a.wav"), str(music / "c.mp3"), str(music / "sub" / "b.flac")]
+    # The walk reaches the bottom (a file there is not decoded here: libsndfile refuses paths this long).
+    (Path(deepest) / "deep.wav").write_bytes(b"")
+    found = tagger.find_audio_files([str(music)], tagger.parse_extensions(None))
+    assert found.files == [*paths, os.path.join(deepest, "deep.wav")] and not found.problems
 
 
 @pytest.mark.parametrize("option", [["--offset", "nan"], ["--offset", "inf"], ["--max-seconds", "nan"]])

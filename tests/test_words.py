@@ -464,6 +464,18 @@ def test_parse_labels(tmp_path):
         parse_labels(["rock"], tmp_path / "missing.txt")
 
 
+def test_a_label_that_is_not_utf8_is_one_line_not_a_traceback():
+    """os.fsdecode gives undecodable argument bytes lone surrogates, which no output (nor the random
+    baseline's hash) can encode."""
+    import os
+
+    from zstag.words import LabelsError, parse_labels
+
+    with pytest.raises(LabelsError) as caught:
+        parse_labels(["rock", os.fsdecode(b"jazz\xe9")])
+    assert str(caught.value) == '--labels: "jazz\\xe9" is not UTF-8 text'
+
+
 def test_parse_labels_line_breaks_byte_order_mark_and_spellings(tmp_path):
     from zstag.words import LabelsError, parse_labels
 

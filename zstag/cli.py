@@ -48,6 +48,16 @@ def fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
+def _check_output(output, option: str, inputs, **how) -> None:
+    """paths.check_output: an output that would replace one of the run's inputs is a usage error (exit 2)."""
+    from zstag.paths import OutputIsInputError, check_output
+
+    try:
+        check_output(output, option, inputs, **how)
+    except OutputIsInputError as exc:
+        fail(str(exc), 2)
+
+
 def _write_or_fail(path, write) -> None:
     """Run write(); an unwritable destination is a one-line error, not a traceback."""
     try:
@@ -184,6 +194,7 @@ def preprocess_command(
 ) -> None:
     """Decode a corpus into log-mel features for training (resumable; bad files are listed, not fatal)."""
     from zstag.audio import FRONT_ENDS
+    from zstag.corpora import corpus_inputs
     from zstag.features import FeatureCacheError, parse_shard, preprocess
 
     if front_end not in FRONT_ENDS:
@@ -193,6 +204,7 @@ def preprocess_command(
     except ValueError as exc:
         fail(str(exc), 2)
     data = _open_training_corpus(corpus, root, audio, top_n, min_tracks, min_val)
+    _check_output(out, "--out", corpus_inputs(data), folder=True)
     source = {"name": data.name, "kind": data.kind, "root": str(root), "options": data.options}
     try:
         report = preprocess(data.tracks, out, FRONT_ENDS[front_end], workers=workers, shard=part,
@@ -229,6 +241,8 @@ def split_command(
     test_fraction: Optional[float] = typer.Option(None, "--test-fraction", help="Seen-label test share (artist split: 0.1)."),
 ) -> None:
     """Make the paper's seen/unseen label split and train/validation/test partitions; save it as JSON."""
+    from zstag.corpora import corpus_inputs
+    from zstag.paths import Input
     from zstag.splits import save_split
 
     if (features is None) == (root is None):
@@ -236,8 +250,11 @@ def split_command(
     _check_split_options(unseen, unseen_fraction, split_by, val_fraction, test_fraction)
     if features is not None:
         data = _cache_corpus(features)
+        inputs = [Input("the feature cache", features, whole=True)]
     else:
         data = _open_training_corpus(corpus, root, None, None, None, None)
+        inputs = corpus_inputs(data)
+    _check_output(out, "--out", inputs)
     split = _split_for(data, None, seed, unseen, unseen_fraction, split_by, val_fraction, test_fraction)
     _write_or_fail(out, lambda: save_split(split, out))
     counts = split.counts()
@@ -291,6 +308,7 @@ def train_command(
 
     from zstag.devices import DeviceError, pick_device
     from zstag.features import FeatureCache, FeatureCacheError
+    from zstag.paths import Input
     from zstag.splits import SplitError, check_split, save_split
     from zstag.train import SPLIT_FILE, TrainError, TrainOptions, has_checkpoint, train
     from zstag.words import UnknownLabelError, VectorsError, parse_random_source
@@ -320,6 +338,9 @@ def train_command(
         fail(str(exc))
     data = _cache_corpus(features)
     saved_split = out / SPLIT_FILE
+    read = [Input("the feature cache", features, whole=True)]  # and --split, --vectors when they are files
+    read += [Input(what, path) for what, path in (("the split file", split), ("the word-vector file", vectors)) if path]
+    _check_output(out, "--out", read, folder=True, allowed=[saved_split])  # a split kept in --out is read back
     if split is None and resume and saved_split.is_file():
         split = saved_split  # the resumed run keeps the split it was started with
     the_split = _split_for(data, split, seed, unseen, unseen_fraction, split_by, val_fraction, test_fraction)
@@ -455,6 +476,7 @@ def eval_command(
     from zstag.corpora import KINDS, CorpusError
     from zstag.devices import DeviceError, check_bf16, pick_device
     from zstag.model import ModelError
+    from zstag.paths import OutputIsInputError, check_distinct
     from zstag.splits import SplitError
     from zstag.tagger import TagUsageError, parse_labels
     from zstag.words import VectorsError
@@ -475,10 +497,15 @@ def eval_command(
         if target is not None and target.is_dir():
             fail(f"{target}: {option} names a folder, not a file", 2)
     try:
+        check_distinct({"--out": out, "--plot": plot})
+    except OutputIsInputError as exc:
+        fail(str(exc), 2)
+    try:
         chosen = parse_labels(labels) if labels else None
         result = evaluate.evaluate(
             corpus, root, model=model, split=split, labels=chosen, top_n=top_n, vectors=vectors, workers=workers,
             use_cache=not no_cache, max_seconds=max_seconds, device=device, bf16=bf16,
+            outputs={"--out": out, "--plot": plot},  # refused if one would replace an input, before any decoding
         )
     except (TagUsageError, evaluate.EvalUsageError) as exc:  # an empty --labels, options that cannot go together
         fail(str(exc), 2)

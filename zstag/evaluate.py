@@ -46,7 +46,7 @@ import numpy as np
 
 from zstag import metrics
 from zstag.modelfile import cosine_scores, label_embeddings, scored_as
-from zstag.paths import atomic_write
+from zstag.paths import atomic_write, valid_text
 
 REPORT_FORMAT = "zstag-eval/1"
 STATS_FILE = "corpus_stats.json"  # written beside a model by training: acoustics.corpus_summary
@@ -296,6 +296,29 @@ def training_stats(model) -> tuple[dict | None, str | None]:
     return stats, None
 
 
+def check_outputs(outputs: dict, corpus, model_folder, vectors, split) -> None:
+    """EvalUsageError when an output (option → path) would replace one of the run's inputs
+    (paths.check_output): a file the corpus reader read (the manifest, annotations), the corpus root,
+    an audio file, the split, the word vectors or the model's files. A new report beside them is fine."""
+    from pathlib import Path
+
+    from zstag.corpora import corpus_inputs
+    from zstag.modelfile import CONFIG_FILE, WEIGHTS_FILE
+    from zstag.paths import Input, OutputIsInputError, check_output
+
+    named = (("the split file", split), ("the word-vector file", vectors))
+    inputs = corpus_inputs(corpus) + [Input(what, path) for what, path in named if path is not None]
+    if model_folder is not None:
+        inputs += [Input("the model file", Path(model_folder) / name)
+                   for name in (CONFIG_FILE, WEIGHTS_FILE, STATS_FILE)]
+    try:
+        for option, path in outputs.items():
+            if path is not None:
+                check_output(path, option, inputs)
+    except OutputIsInputError as exc:
+        raise EvalUsageError(str(exc)) from None
+
+
 # --- the run ------------------------------------------------------------------------------------
 
 
@@ -314,9 +337,11 @@ def evaluate(
     progress: bool = True,
     device: str = "cpu",
     bf16: bool = False,
+    outputs: dict | None = None,
 ) -> Evaluation:
     """Evaluate a model on a corpus; see the module docstring. bf16: as embeddings.embed_files (recorded in
-    the report's model.bf16: its figures are of bfloat16 embeddings).
+    the report's model.bf16: its figures are of bfloat16 embeddings). outputs: option → path the caller
+    will write (--out, --plot), refused as check_outputs says once the corpus is read, before any decoding.
 
     Raises EvalError, CorpusError, SplitError, ModelError, VectorsError or DeviceError (all one line): bad options and
     inputs before any audio is decoded, and EvalError when no track at all could be decoded.
@@ -350,6 +375,7 @@ def evaluate(
             raise EvalUsageError(f"--top-n applies to {', '.join(TOP_N_KINDS)} corpora, not {kind}")
         options["top_n"] = top_n
     corpus = open_corpus(kind, root, **options)
+    check_outputs(outputs or {}, corpus, getattr(net, "folder", None), vectors, split)
 
     if the_split is not None:
         check_split(the_split, corpus)
@@ -449,9 +475,12 @@ def evaluate(
 
 
 def _json_ready(value):
-    """NaN/inf → None and numpy scalars → Python, so the report is strict JSON."""
+    """NaN/inf → None, numpy scalars → Python and file names' bytes that are not UTF-8 → U+FFFD
+    (paths.valid_text), so the report is strict JSON in valid UTF-8."""
+    if isinstance(value, str):
+        return valid_text(value)
     if isinstance(value, dict):
-        return {str(k): _json_ready(v) for k, v in value.items()}
+        return {valid_text(str(k)): _json_ready(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_json_ready(v) for v in value]
     if isinstance(value, (np.integer,)):
