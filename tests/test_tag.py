@@ -450,6 +450,40 @@ def test_a_bad_file_that_is_fixed_is_tagged(music, model_dir, monkeypatch, forbi
     assert "tagged 4 of 7 files (3 from the cache); 3 failed" in fixed.stderr
 
 
+def test_silent_or_too_short_audio_is_reported_not_tagged_and_remembered(model_dir, tmp_path, monkeypatch,
+                                                                        forbid_decoding):
+    """Nothing to hear gets no confident tags: one line each, exit 1; the verdict is cached like a corrupt
+    file's. Quiet but real music is still tagged."""
+    folder = tmp_path / "quiet"
+    folder.mkdir()
+    sf.write(folder / "one-sample.wav", np.full(1, 0.5, np.float32), SR)
+    sf.write(folder / "zeros.wav", np.zeros(60 * SR, np.float32), SR)
+    hiss = 1e-6 * np.random.default_rng(0).standard_normal(60 * SR)  # RMS -120 dBFS (float: 16 bits round it to 0)
+    sf.write(folder / "hiss.wav", hiss.astype(np.float32), SR, subtype="FLOAT")
+    causes = {"one-sample.wav": "too short: 0.045 ms (need 250 ms)", "zeros.wav": "silent (all samples zero",
+              "hiss.wav": "silent (peak -10"}  # the tiny model (paper front end) decodes at 22050 Hz: 1 sample
+    args = [folder, "--labels", "speech,rock", "--model", model_dir, "--format", "jsonl", "--workers", "0"]
+    first = run(*args)
+    assert first.exit_code == 1 and first.stdout == ""
+    lines = first.stderr.splitlines()
+    assert lines[-1] == "zstag: tagged 0 of 3 files (0 from the cache); 3 failed" and len(lines) == 4
+    for name, cause in causes.items():
+        [line] = [line for line in lines if name in line]
+        assert line.startswith(f"zstag: {folder / name}: {cause}"), line
+    with monkeypatch.context() as m:
+        forbid_decoding(m)  # each verdict comes from the cache
+        again = run(*args)
+    assert again.exit_code == 1 and again.stderr == first.stderr
+
+    scale = 10 ** (-50 / 20) / 0.8  # write_music peaks at 0.8: this one at -50 dBFS
+    write_music(folder / "soft.wav", seed=2)
+    data, rate = sf.read(folder / "soft.wav", dtype="float32")
+    sf.write(folder / "soft.wav", data * scale, rate)
+    soft = run(*args)
+    assert soft.exit_code == 1 and [json.loads(line)["path"] for line in soft.stdout.splitlines()] == [
+        str(folder / "soft.wav")]
+
+
 def test_without_ffmpeg_a_corrupt_file_is_remembered_until_ffmpeg_comes(music, model_dir, monkeypatch, forbid_decoding):
     """libsndfile's verdict on bytes it cannot parse is cached when no ffmpeg could try them (it was
     tried again on every run); the decoder stamp names the missing ffmpeg, so installing one retries."""

@@ -53,6 +53,13 @@ HEADER_CHUNKS_MAX = 64  # WAV/AIFF chunks walked to find the audio data chunk (s
 STREAMED_DATA_SIZE = 0x7FFF0000
 AU_MAGIC, AU_FLOAT32 = 0x2E736E64, 6  # ffmpeg writes Sun AU to the pipe: a 24-byte header, then samples
 RESAMPLE_QUALITY = "HQ"  # soxr quality; librosa's default res_type "soxr_hq" is the same
+# Audio too thin to tag is a ContentError (the same bytes always fail), judged on the whole span decoded, in mono.
+# Silent: no sample reaches two steps of a 16-bit converter (2^-14, -84.3 dBFS peak): digital silence or only the
+# +-1-step dither / noise floor of a recording (resampling overshoots a step a little); no music is that quiet.
+SILENT_PEAK = 2.0 ** -14
+# Too short: below this a wrap-padded ~3 s model segment repeats the audio 12+ times over, so the scores
+# describe the loop's buzz, not the sound (half a second, looped 6 times, still scores as its sound).
+MIN_AUDIO_SECONDS = 0.25
 
 FFMPEG_HINTS = ("To ignore this",)  # ffmpeg's advice printed after an error line (e.g. a -map with no audio)
 SOUNDFILE_CONTENT_CODES = (1, 7, 18)  # libsndfile: format not recognised, "does not exist" (its word for unparseable data), unimplemented format
@@ -136,7 +143,8 @@ def load_audio(path, sample_rate: int, offset: float = 0.0, duration: float | No
     """Decode `path` to float32 mono at `sample_rate`; `offset`/`duration` in seconds select a span.
 
     Raises AudioError (one line naming the file) for a missing, empty, unreadable or truncated
-    file, a file without samples, and a span that starts past the end. Truncation is caught for
+    file, a file without samples, a span that starts past the end, and audio (of the span) shorter than
+    MIN_AUDIO_SECONDS or silent (peak under SILENT_PEAK): ContentErrors, those the bytes cause. Truncation is caught for
     soundfile formats whose header declares the length (wav, flac, mp3 with a Xing/Info header);
     ffmpeg decodes what it can of a damaged file.
     """
@@ -181,7 +189,22 @@ def decode_audio(path, sample_rate: int, offset: float = 0.0, duration: float | 
 
     if decoded.samples.size == 0:
         raise _error(path, "no audio samples" + (f" after offset {offset:g} s" if offset else ""), ContentError)
+    _check_content(path, decoded.samples, sample_rate, offset or duration is not None)
     return decoded
+
+
+def _check_content(path: Path, samples: np.ndarray, sample_rate: int, span: bool) -> None:
+    """ContentError for audio too short or too quiet to tag (MIN_AUDIO_SECONDS, SILENT_PEAK)."""
+    where = " in the span selected" if span else ""
+    seconds = len(samples) / sample_rate
+    if seconds < MIN_AUDIO_SECONDS:
+        ms = seconds * 1000
+        length = f"{ms:.0f}" if ms >= 10 else f"{ms:.2g}"  # a 1-sample file is "0.062 ms", not "0 ms"
+        raise _error(path, f"too short: {length} ms{where} (need {MIN_AUDIO_SECONDS * 1000:.0f} ms)", ContentError)
+    peak = max(float(samples.max()), -float(samples.min()))  # no |x| temporary; NaN is caught later (not silent)
+    if peak < SILENT_PEAK:
+        level = f"peak {20 * math.log10(peak):.0f} dBFS" if peak > 0 else "all samples zero"
+        raise _error(path, f"silent{where} ({level}; under {20 * math.log10(SILENT_PEAK):.1f} dBFS)", ContentError)
 
 
 def _soundfile_cause(e) -> str:
