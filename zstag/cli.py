@@ -418,7 +418,8 @@ hit@k and P@k for k = 1, 5, 10. Seen labels are those in the model's training vo
 they are the split's seen labels and only the split's test partition (groups B and C, plus any held-out
 group-A tracks) is evaluated. A transfer report compares the labels and the acoustic conditions with the
 model's training corpus. Track embeddings are cached, so a second run decodes nothing. Files that
-cannot be decoded are reported on stderr and left out. --out writes every figure as JSON.
+cannot be decoded (or are silent or too short) are reported on stderr and left out, and the exit code is 1
+(the report is still written); 2 for usage errors. --out writes every figure as JSON.
 """
 
 
@@ -493,8 +494,9 @@ def eval_command(
         typer.echo(f"zstag: warning: {warning}", err=True)
     if plot is not None and not draw:
         typer.echo("zstag: warning: --plot draws the confusion matrix of single-label corpora; nothing drawn", err=True)
+    failed = len(report["tracks"]["failed"])
     typer.echo(f"zstag: evaluated {report['tracks']['evaluated']} of {report['tracks']['selected']} tracks "
-               f"({result.cached} from the cache)", err=True)
+               f"({result.cached} from the cache)" + (f"; {failed} failed" if failed else ""), err=True)
     if out is not None:
         typer.echo(f"zstag: report written to {out}", err=True)
     if draw:
@@ -505,6 +507,8 @@ def eval_command(
         evaluate.render(report, Console())  # a pipe closed early (| head): rich sends the rest to /dev/null, exit 1
     except OSError as exc:  # a full disk, an I/O error
         fail(f"cannot write the table to stdout: {exc.strerror or exc}")
+    if failed:  # as tag: the figures leave those tracks out
+        raise typer.Exit(1)
 
 
 def main() -> None:
