@@ -490,10 +490,11 @@ def test_split_and_preprocess_report_rows_left_out_alike(tmp_path):
         assert [s for s in result.stderr.splitlines() if s.startswith(line)], result.stderr
 
 
-def test_options_that_cannot_work_are_usage_errors(gtzan, model_dir):
-    """Exit 2 and one line, as for preprocess: --top-n on a corpus kind without it; a non-finite
-    --max-seconds."""
-    for args in (["--top-n", "5"], ["--max-seconds", "nan"]):
+def test_options_that_cannot_work_are_usage_errors(gtzan, model_dir, tmp_path):
+    """Exit 2 and one line, as for preprocess and tag: --top-n on a corpus kind without it; a non-finite
+    --max-seconds; a label the corpus does not have; a model or word vectors that cannot be read."""
+    for args in (["--top-n", "5"], ["--max-seconds", "nan"], ["--labels", "jazz,qwxzvbk"], ["--model", tmp_path],
+                 ["--vectors", tmp_path / "nowhere.txt"]):
         result = eval_cli(gtzan, model_dir, *args, corpus="gtzan")
         assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1, (args, result.stderr)
 
@@ -621,3 +622,15 @@ def test_every_figure_is_printed_with_its_digits_at_any_width(mtat, model_dir, t
                 printed = [cell for block in rows[f"{j} {label}"] for cell in block]
                 assert printed == [str(n) if n else "." for n in counts]
             assert len(rows["0 blues"]) > 1  # in blocks
+
+
+def test_a_label_that_is_likely_a_typo_is_noted(tmp_path, model_dir):
+    for i, label in enumerate(("jaz", "rock")):
+        sf.write(tmp_path / f"{i}.wav", tone(i), SR)
+    (tmp_path / "manifest.csv").write_text("path,labels\n0.wav,jaz\n1.wav,rock\n")
+    out = tmp_path / "report.json"
+    result = eval_cli(tmp_path, model_dir, "--out", out)
+    assert result.exit_code == 0, result.output
+    note = '"jaz" is a rare word (rank 79726); did you mean "jazz" (rank 3282)?'
+    assert f"zstag: note: {note}\n" in result.stderr
+    assert json.loads(out.read_text())["labels"]["likely_typos"] == [note]

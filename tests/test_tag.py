@@ -184,7 +184,7 @@ def test_single_top_k_and_threshold(music, model_dir):
     kept = tag_json(music, model_dir, "--threshold", str(cut))
     assert sum(len(f["tags"]) for f in kept["files"]) == sum(s >= cut for v in multi.values() for s in v.values())
     assert all(t["score"] >= cut for f in kept["files"] for t in f["tags"])
-    unlabelled = tag_json(music, model_dir, "--single", "--threshold", "1.01")  # above any cosine
+    unlabelled = tag_json(music, model_dir, "--single", "--threshold", "1")  # above any cosine these tracks get
     assert all(f["label"] is None for f in unlabelled["files"])
     assert f"softmax(cosine / {tagger.SOFTMAX_TEMPERATURE})" in " ".join(cli.TAG_HELP.split())  # help tells the truth
     assert run(music, "--labels", "rock,jazz", "--model", model_dir, "--single", "--top-k", "1").exit_code == 2
@@ -687,6 +687,15 @@ def test_the_hint_for_a_long_label_costs_no_more_than_the_label(model_dir):
     assert peak < 5_000_000  # 3,001 words: ~100 MB before
 
 
+def test_a_label_that_is_likely_a_typo_gets_a_note(music, model_dir):
+    """"jaz" has a GloVe vector (rank 79726; nearest words "4-wheel", "az-zahir"): scored, but noted."""
+    result = run(music, "--labels", "jaz,rock", "--model", model_dir, "--format", "jsonl")
+    assert result.exit_code == 0, result.stderr
+    assert result.stderr.splitlines()[0] == ('zstag: note: "jaz" is a rare word (rank 79726); did you mean "jazz" '
+                                             '(rank 3282)?')
+    assert len(result.stdout.splitlines()) == 3
+
+
 def test_parse_labels_errors_are_usage_errors():
     with pytest.raises(tagger.TagUsageError, match="no labels"):
         tagger.parse_labels([" "])
@@ -716,10 +725,10 @@ def test_non_finite_offset_or_length_is_a_usage_error(option, tmp_path):
             max_seconds=float(option[1]) if option[0] == "--max-seconds" else None)
 
 
-@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
-def test_non_finite_threshold_is_a_usage_error(value, music, model_dir):
-    for mode in ([], ["--single"]):
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "5", "-1.5", "1.000001"])
+def test_a_threshold_outside_the_cosine_range_is_a_usage_error(value, music, model_dir):
+    for mode in ([], ["--single"]):  # 5 was taken, and kept no label at all
         result = run(music, "--labels", "rock,jazz", "--model", model_dir, "--threshold", value, *mode)
         assert result.exit_code == 2 and result.stdout == ""
         (line,) = result.stderr.strip().splitlines()
-        assert line == f"zstag: error: --threshold {float(value)}: need a finite number (scores are cosines, -1..1)"
+        assert line == f"zstag: error: --threshold {float(value)}: need a number in -1..1 (scores are cosines)"

@@ -23,7 +23,8 @@ Multi-label corpora: for each label set, every evaluated track with the set's la
 and PR-AUC per label (macro), annotation ROC-AUC and average precision per track, hit@k and P@k
 (None when k is not below the set's number of labels: every label would be in the top k).
 Labels without a word vector cannot be scored: they are listed and left out (for single-label corpora
-with their tracks). A file that cannot be decoded is listed and left out; the run goes on. Entries the
+with their tracks). A label whose word is likely a typo of a music word ("jaz") is noted (labels.likely_typos:
+zstag.spelling). A file that cannot be decoded is listed and left out; the run goes on. Entries the
 corpus reader left out (audio not found, malformed rows, files listed twice) are counted in the report's
 "corpus", with the first one's cause. "warnings" reports a single-label set with one label (accuracy
 trivially 1.0), a corpus the model learnt from (``provenance_warnings``: the shipped models on MSD or
@@ -88,7 +89,7 @@ def choose_labels(available: list[str], requested: list[str] | None) -> list[str
     if unknown:
         close = difflib.get_close_matches(unknown[0], available, n=3)
         hint = f" (nearest: {', '.join(close)})" if close else ""
-        raise EvalError(f"--labels: not evaluation labels of this corpus: {', '.join(unknown)}{hint}")
+        raise EvalUsageError(f"--labels: not evaluation labels of this corpus: {', '.join(unknown)}{hint}")
     chosen = {by_norm[norm] for norm in wanted}
     return [label for label in available if label in chosen]
 
@@ -339,6 +340,7 @@ def evaluate(
     from zstag.corpora import open_corpus
     from zstag.embeddings import embed_files
     from zstag.model import load_model
+    from zstag.spelling import typo_note
     from zstag.splits import check_split, load_split
     from zstag.words import UnknownLabelError, VectorsError, load_words
 
@@ -350,7 +352,7 @@ def evaluate(
     try:
         words = load_words(net, vectors)
     except VectorsError as exc:
-        raise EvalError(str(exc)) from None
+        raise EvalUsageError(str(exc)) from None
     the_split = load_split(split) if split is not None else None
 
     options: dict = {}
@@ -447,6 +449,7 @@ def evaluate(
         "seen_from": "split" if the_split is not None else "model.train_labels",
         "options": {"labels": labels or None, "top_n": top_n, "max_seconds": max_seconds},
         "labels": {**sets, "without_vector": no_vector,
+                   "likely_typos": [note for note in (typo_note(words, label) for label in eval_labels) if note],
                    "scored_as": {label: f"{'-' if sign < 0 else ''}{what}"  # "no vocals": "-vocals"
                                  for label, (sign, what) in scored_as(net, words, eval_labels).items()}},
         "tracks": {"selected": len(tracks), "evaluated": len(good), "failed": failed},
