@@ -53,7 +53,8 @@ HEADER_CHUNKS_MAX = 64  # WAV/AIFF chunks walked to find the audio data chunk (s
 STREAMED_DATA_SIZE = 0x7FFF0000
 AU_MAGIC, AU_FLOAT32 = 0x2E736E64, 6  # ffmpeg writes Sun AU to the pipe: a 24-byte header, then samples
 RESAMPLE_QUALITY = "HQ"  # soxr quality; librosa's default res_type "soxr_hq" is the same
-# Audio too thin to tag is a ContentError (the same bytes always fail), judged on the whole span decoded, in mono.
+# Audio too thin to tag (check_content) is a ContentError: the same bytes always fail. Judged on the whole span
+# decoded, in mono.
 # Silent: no sample reaches two steps of a 16-bit converter (2^-14, -84.3 dBFS peak): digital silence or only the
 # +-1-step dither / noise floor of a recording (resampling overshoots a step a little); no music is that quiet.
 SILENT_PEAK = 2.0 ** -14
@@ -143,8 +144,7 @@ def load_audio(path, sample_rate: int, offset: float = 0.0, duration: float | No
     """Decode `path` to float32 mono at `sample_rate`; `offset`/`duration` in seconds select a span.
 
     Raises AudioError (one line naming the file) for a missing, empty, unreadable or truncated
-    file, a file without samples, a span that starts past the end, and audio (of the span) shorter than
-    MIN_AUDIO_SECONDS or silent (peak under SILENT_PEAK): ContentErrors, those the bytes cause. Truncation is caught for
+    file, a file without samples, and a span that starts past the end. Truncation is caught for
     soundfile formats whose header declares the length (wav, flac, mp3 with a Xing/Info header);
     ffmpeg decodes what it can of a damaged file.
     """
@@ -189,12 +189,13 @@ def decode_audio(path, sample_rate: int, offset: float = 0.0, duration: float | 
 
     if decoded.samples.size == 0:
         raise _error(path, "no audio samples" + (f" after offset {offset:g} s" if offset else ""), ContentError)
-    _check_content(path, decoded.samples, sample_rate, offset or duration is not None)
     return decoded
 
 
-def _check_content(path: Path, samples: np.ndarray, sample_rate: int, span: bool) -> None:
-    """ContentError for audio too short or too quiet to tag (MIN_AUDIO_SECONDS, SILENT_PEAK)."""
+def check_content(path, samples: np.ndarray, sample_rate: int, span: bool = False) -> None:
+    """ContentError for decoded audio too short or too quiet to tag (MIN_AUDIO_SECONDS, SILENT_PEAK); span: the
+    samples are a part of the file (--offset / --max-seconds), which the message says. Not done by decode_audio:
+    a silent window of a long track is still audio (tools/build_default_model.py reads windows)."""
     where = " in the span selected" if span else ""
     seconds = len(samples) / sample_rate
     if seconds < MIN_AUDIO_SECONDS:
