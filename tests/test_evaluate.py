@@ -194,7 +194,7 @@ def test_warnings_when_the_model_learnt_from_the_corpus(gtzan, mtat, tmp_path):
 
 
 def test_a_corpus_named_as_a_training_set_is_no_transfer(gtzan, tmp_path):
-    """tools/build_default_model.py records its training sets as training.sets (the default model: dance,
+    """recipes/build_default_model.py records its training sets as training.sets (the default model: dance,
     gcompris and ten more); a corpus of one of those names gets a warning, as training.corpus does."""
     trained = make_model(tmp_path / "trained", training={"sets": ["asc", "Dance", "gcompris"]})
     folder = tmp_path / "dance"

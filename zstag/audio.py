@@ -195,7 +195,7 @@ def decode_audio(path, sample_rate: int, offset: float = 0.0, duration: float | 
 def check_content(path, samples: np.ndarray, sample_rate: int, span: bool = False) -> None:
     """ContentError for decoded audio too short or too quiet to tag (MIN_AUDIO_SECONDS, SILENT_PEAK); span: the
     samples are a part of the file (--offset / --max-seconds), which the message says. Not done by decode_audio:
-    a silent window of a long track is still audio (tools/build_default_model.py reads windows)."""
+    a silent window of a long track is still audio (recipes/build_default_model.py reads windows)."""
     where = " in the span selected" if span else ""
     seconds = len(samples) / sample_rate
     if seconds < MIN_AUDIO_SECONDS:

@@ -260,7 +260,7 @@ def provenance_warnings(config: dict, train_summary: dict | None, corpus, split)
     """Why the figures may not measure transfer to this corpus: the model learnt from it (corpus_stats.json's
     "label_sources": the shipped models' backbones and teacher taggers were trained on MSD and MTAT), or it was
     trained on a corpus of the same name (config "training": "corpus", as `zstag train` records it, and "sets",
-    the sets tools/build_default_model.py trained on) and no --split of that training holds its tracks out.
+    the sets recipes/build_default_model.py trained on) and no --split of that training holds its tracks out.
     Names are compared case-blind: a folder's name is the corpus name, and file systems may fold case."""
     warnings = []
     for source in label_sources(train_summary):
