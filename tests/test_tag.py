@@ -187,7 +187,7 @@ def test_single_top_k_and_threshold(music, model_dir):
     kept = tag_json(music, model_dir, "--threshold", str(cut))
     assert sum(len(f["tags"]) for f in kept["files"]) == sum(s >= cut for v in multi.values() for s in v.values())
     assert all(t["score"] >= cut for f in kept["files"] for t in f["tags"])
-    unlabelled = tag_json(music, model_dir, "--single", "--threshold", "1.01")  # above any cosine
+    unlabelled = tag_json(music, model_dir, "--single", "--threshold", "1")  # above any cosine these tracks get
     assert all(f["label"] is None for f in unlabelled["files"])
     assert f"softmax(cosine / {tagger.SOFTMAX_TEMPERATURE})" in " ".join(cli.TAG_HELP.split())  # help tells the truth
     assert run(music, "--labels", "rock,jazz", "--model", model_dir, "--single", "--top-k", "1").exit_code == 2
@@ -453,6 +453,40 @@ def test_a_bad_file_that_is_fixed_is_tagged(music, model_dir, monkeypatch, forbi
     assert "tagged 4 of 7 files (3 from the cache); 3 failed" in fixed.stderr
 
 
+def test_silent_or_too_short_audio_is_reported_not_tagged_and_remembered(model_dir, tmp_path, monkeypatch,
+                                                                        forbid_decoding):
+    """Nothing to hear gets no confident tags: one line each, exit 1; the verdict is cached like a corrupt
+    file's. Quiet but real music is still tagged."""
+    folder = tmp_path / "quiet"
+    folder.mkdir()
+    sf.write(folder / "one-sample.wav", np.full(1, 0.5, np.float32), SR)
+    sf.write(folder / "zeros.wav", np.zeros(60 * SR, np.float32), SR)
+    hiss = 1e-6 * np.random.default_rng(0).standard_normal(60 * SR)  # RMS -120 dBFS (float: 16 bits round it to 0)
+    sf.write(folder / "hiss.wav", hiss.astype(np.float32), SR, subtype="FLOAT")
+    causes = {"one-sample.wav": "too short: 0.045 ms (need 250 ms)", "zeros.wav": "silent (all samples zero",
+              "hiss.wav": "silent (peak -10"}  # the tiny model (paper front end) decodes at 22050 Hz: 1 sample
+    args = [folder, "--labels", "speech,rock", "--model", model_dir, "--format", "jsonl", "--workers", "0"]
+    first = run(*args)
+    assert first.exit_code == 1 and first.stdout == ""
+    lines = first.stderr.splitlines()
+    assert lines[-1] == "zstag: tagged 0 of 3 files (0 from the cache); 3 failed" and len(lines) == 4
+    for name, cause in causes.items():
+        [line] = [line for line in lines if name in line]
+        assert line.startswith(f"zstag: {folder / name}: {cause}"), line
+    with monkeypatch.context() as m:
+        forbid_decoding(m)  # each verdict comes from the cache
+        again = run(*args)
+    assert again.exit_code == 1 and again.stderr == first.stderr
+
+    scale = 10 ** (-50 / 20) / 0.8  # write_music peaks at 0.8: this one at -50 dBFS
+    write_music(folder / "soft.wav", seed=2)
+    data, rate = sf.read(folder / "soft.wav", dtype="float32")
+    sf.write(folder / "soft.wav", data * scale, rate)
+    soft = run(*args)
+    assert soft.exit_code == 1 and [json.loads(line)["path"] for line in soft.stdout.splitlines()] == [
+        str(folder / "soft.wav")]
+
+
 def test_without_ffmpeg_a_corrupt_file_is_remembered_until_ffmpeg_comes(music, model_dir, monkeypatch, forbid_decoding):
     """libsndfile's verdict on bytes it cannot parse is cached when no ffmpeg could try them (it was
     tried again on every run); the decoder stamp names the missing ffmpeg, so installing one retries."""
@@ -656,6 +690,15 @@ def test_the_hint_for_a_long_label_costs_no_more_than_the_label(model_dir):
     assert peak < 5_000_000  # 3,001 words: ~100 MB before
 
 
+def test_a_label_that_is_likely_a_typo_gets_a_note(music, model_dir):
+    """"jaz" has a GloVe vector (rank 79726; nearest words "4-wheel", "az-zahir"): scored, but noted."""
+    result = run(music, "--labels", "jaz,rock", "--model", model_dir, "--format", "jsonl")
+    assert result.exit_code == 0, result.stderr
+    assert result.stderr.splitlines()[0] == ('zstag: note: "jaz" is a rare word (rank 79726); did you mean "jazz" '
+                                             '(rank 3282)?')
+    assert len(result.stdout.splitlines()) == 3
+
+
 def test_parse_labels_errors_are_usage_errors():
     with pytest.raises(tagger.TagUsageError, match="no labels"):
         tagger.parse_labels([" "])
@@ -733,10 +776,10 @@ def test_non_finite_offset_or_length_is_a_usage_error(option, tmp_path):
             max_seconds=float(option[1]) if option[0] == "--max-seconds" else None)
 
 
-@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
-def test_non_finite_threshold_is_a_usage_error(value, music, model_dir):
-    for mode in ([], ["--single"]):
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "5", "-1.5", "1.000001"])
+def test_a_threshold_outside_the_cosine_range_is_a_usage_error(value, music, model_dir):
+    for mode in ([], ["--single"]):  # 5 was taken, and kept no label at all
         result = run(music, "--labels", "rock,jazz", "--model", model_dir, "--threshold", value, *mode)
         assert result.exit_code == 2 and result.stdout == ""
         (line,) = result.stderr.strip().splitlines()
-        assert line == f"zstag: error: --threshold {float(value)}: need a finite number (scores are cosines, -1..1)"
+        assert line == f"zstag: error: --threshold {float(value)}: need a number in -1..1 (scores are cosines)"

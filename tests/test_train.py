@@ -178,8 +178,8 @@ def test_cli_split_then_train(cache_dir, tmp_path):
 
     runner = CliRunner()
     split_file = tmp_path / "split.json"
-    result = runner.invoke(app, ["split", "--features", str(cache_dir), "--out", str(split_file), "--unseen", "guitar",
-                                 "--split-by", "artist", "--test-fraction", "0"])
+    result = runner.invoke(app, ["split", "--features", str(cache_dir), "--out", str(split_file), "--unseen", " Guitar",
+                                 "--split-by", "artist", "--test-fraction", "0"])  # named as labels are looked up
     assert result.exit_code == 0, result.output
     split = load_split(split_file)
     assert split.unseen == ["guitar"] and split.corpus == "tones"
@@ -289,7 +289,7 @@ def test_cli_a_model_folder_without_checkpoints_is_not_trained_over(cache_dir, t
 @pytest.mark.parametrize("extra, code", [
     (["--optimizer", "rmsprop"], 2), (["--lr", "-1"], 2), (["--vectors", "random:abc"], 2),
     (["--val-fraction", "1"], 2), (["--unseen-fraction", "1"], 2), (["--split-by", "album"], 2),
-    (["--vectors", "/nowhere/vectors.txt"], 1),
+    (["--vectors", "/nowhere/vectors.txt"], 2), (["--unseen", "qwxzvbk"], 2),
 ])
 def test_cli_a_refused_run_writes_nothing(cache_dir, tmp_path, extra, code):
     result = cli("train", "--features", cache_dir, "--out", tmp_path / "m", *FAST, *extra)
@@ -328,6 +328,7 @@ def test_cli_train_on_a_cache_missing_a_shard_file(cache_dir, tmp_path):
     ["split", "--features", "FEAT", "--out", "OUT", "--split-by", "album"],
     ["split", "--features", "FEAT", "--out", "OUT", "--val-fraction", "1"],
     ["split", "--features", "FEAT", "--out", "OUT", "--unseen-fraction", "1"],
+    ["split", "--features", "FEAT", "--out", "OUT", "--unseen", "guitar,qwxzvbk"],  # a label the corpus lacks
 ])
 def test_cli_option_value_errors_are_usage_errors(cache_dir, tmp_path, args):
     (tmp_path / "root").mkdir()

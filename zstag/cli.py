@@ -80,12 +80,13 @@ def labels(
     from rich.console import Console
     from rich.table import Table
 
+    from zstag.spelling import typo_note
     from zstag.words import UnknownLabelError, VectorsError, WordVectors
 
     try:
         wv = WordVectors.load(vectors)
     except VectorsError as e:
-        fail(str(e))
+        fail(str(e), 2)
     table = Table(title=f"labels in {wv.source} ({wv.dim}-d)")
     for column in ("label", "normalised", "words used", "in vocabulary", "nearest words"):
         table.add_column(column)
@@ -103,10 +104,13 @@ def labels(
         if denied is not None:  # modelfile.label_embeddings
             how += f'; a model scores it as the opposite of "{denied}" (unless it trained on it)'
         table.add_row(name, phrase.normalised, " + ".join(phrase.words), how, ", ".join(near))
+        note = typo_note(wv, name)
+        if note:
+            typer.echo(f"zstag: note: {note}", err=True)
     if table.row_count:
         Console().print(table)
-    if errors:
-        fail("; ".join(errors))
+    if errors:  # an unknown label is a usage error, as in tag
+        fail("; ".join(errors), 2)
 
 
 # --- preprocess / train (features.py, train.py) ------------------------------
@@ -160,7 +164,7 @@ def _check_split_options(unseen, unseen_fraction, split_by, val_fraction, test_f
 def _split_for(corpus, split_file, seed, unseen, unseen_fraction, split_by, val_fraction, test_fraction):
     import warnings
 
-    from zstag.splits import SplitError, load_split, make_split
+    from zstag.splits import SplitError, SplitLabelError, load_split, make_split
 
     try:
         if split_file is not None:
@@ -170,6 +174,8 @@ def _split_for(corpus, split_file, seed, unseen, unseen_fraction, split_by, val_
             split = make_split(corpus, seed=seed, unseen=_unseen_names(unseen), unseen_fraction=unseen_fraction,
                                by_artist=split_by == "artist", validation_fraction=val_fraction,
                                test_fraction=test_fraction)
+    except SplitLabelError as exc:  # --unseen names a label the corpus does not have
+        fail(str(exc), 2)
     except SplitError as exc:
         fail(str(exc))
     for warning in caught:
@@ -369,7 +375,9 @@ def train_command(
             vectors_source=vectors, split_sha256=the_split.sha256, corpus_name=the_split.corpus, resume=resume,
             progress=not no_progress, on_start=save_the_split,
         )
-    except (TrainError, UnknownLabelError, VectorsError, FeatureCacheError) as exc:
+    except (UnknownLabelError, VectorsError) as exc:  # labels and word vectors: usage errors, as in tag and eval
+        fail(str(exc), 2)
+    except (TrainError, FeatureCacheError) as exc:
         fail(str(exc))
     if "model_id" in result:
         typer.echo(f"{out}: model {result['model_id']}, best epoch {result['best_epoch']} of {result['epochs']} "
@@ -400,7 +408,7 @@ def tag_command(
     extensions: Optional[str] = typer.Option(None, "--extensions", help="Extensions to take from folders: mp3,wav."),
     single: bool = typer.Option(False, "--single", help="One label per file (argmax) with a softmax confidence."),
     top_k: Optional[int] = typer.Option(None, "--top-k", min=1, help="Keep the k best labels per file."),
-    threshold: Optional[float] = typer.Option(None, "--threshold", help="Keep labels whose cosine score is >= this."),
+    threshold: Optional[float] = typer.Option(None, "--threshold", help="Keep labels whose cosine score is >= this (-1..1)."),
     fmt: str = typer.Option("table", "--format", "-f", help="table, json, jsonl or csv."),
     output: Optional[str] = typer.Option(None, "--output", "-o", help="Write here (atomically) instead of stdout."),
     workers: Optional[int] = typer.Option(
@@ -445,7 +453,8 @@ hit@k and P@k for k = 1, 5, 10. Seen labels are those in the model's training vo
 they are the split's seen labels and only the split's test partition (groups B and C, plus any held-out
 group-A tracks) is evaluated. A transfer report compares the labels and the acoustic conditions with the
 model's training corpus. Track embeddings are cached, so a second run decodes nothing. Files that
-cannot be decoded are reported on stderr and left out. --out writes every figure as JSON.
+cannot be decoded (or are silent or too short) are reported on stderr and left out, and the exit code is 1
+(the report is still written); 2 for usage errors. --out writes every figure as JSON.
 """
 
 
@@ -507,9 +516,9 @@ def eval_command(
             use_cache=not no_cache, max_seconds=max_seconds, device=device, bf16=bf16,
             outputs={"--out": out, "--plot": plot},  # refused if one would replace an input, before any decoding
         )
-    except (TagUsageError, evaluate.EvalUsageError) as exc:  # an empty --labels, options that cannot go together
-        fail(str(exc), 2)
-    except (evaluate.EvalError, CorpusError, SplitError, ModelError, VectorsError) as exc:
+    except (TagUsageError, evaluate.EvalUsageError, ModelError, VectorsError) as exc:  # as tag: labels, options,
+        fail(str(exc), 2)  # the model and its word vectors
+    except (evaluate.EvalError, CorpusError, SplitError) as exc:
         fail(str(exc))
     report = result.report
     # Files and stderr first, the table last: a reader that closes stdout early (| head) cuts only the table.
@@ -524,10 +533,13 @@ def eval_command(
         typer.echo(f"zstag: {failure['error']}", err=True)
     for warning in report["warnings"]:
         typer.echo(f"zstag: warning: {warning}", err=True)
+    for note in report["labels"]["likely_typos"]:
+        typer.echo(f"zstag: note: {note}", err=True)
     if plot is not None and not draw:
         typer.echo("zstag: warning: --plot draws the confusion matrix of single-label corpora; nothing drawn", err=True)
+    failed = len(report["tracks"]["failed"])
     typer.echo(f"zstag: evaluated {report['tracks']['evaluated']} of {report['tracks']['selected']} tracks "
-               f"({result.cached} from the cache)", err=True)
+               f"({result.cached} from the cache)" + (f"; {failed} failed" if failed else ""), err=True)
     if out is not None:
         typer.echo(f"zstag: report written to {out}", err=True)
     if draw:
@@ -538,6 +550,8 @@ def eval_command(
         evaluate.render(report, Console())  # a pipe closed early (| head): rich sends the rest to /dev/null, exit 1
     except OSError as exc:  # a full disk, an I/O error
         fail(f"cannot write the table to stdout: {exc.strerror or exc}")
+    if failed:  # as tag: the figures leave those tracks out
+        raise typer.Exit(1)
 
 
 def main() -> None:

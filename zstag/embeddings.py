@@ -18,7 +18,7 @@ Cache: one SQLite file, ``cache_dir()/embeddings.sqlite`` in WAL mode. A row is 
 (model id, content digest, offset, max_seconds, pipeline version) and holds the float32 joint-space
 embedding and the statistics as JSON. Each file's row is committed on its own, so a killed run loses
 at most the files in flight and leaves the cache readable. A file whose bytes cannot give audio
-(audio.ContentError: empty, corrupt, not audio, no samples) gets a row of the same key in a second
+(audio.ContentError: empty, corrupt, not audio, no samples, silent, too short) gets a row of the same key in a second
 table, its error line without the path and keyed by the decoders too (decoder_stamp), so a warm re-tag
 reports it without torch or decoding. Failures that may not happen again (unreadable or changed file,
 decoder crash, no ffmpeg, "cannot embed") are never stored.
@@ -61,9 +61,10 @@ from zstag.acoustics import analyse_file, error_cause, error_line, failure_line
 CACHE_FILE = "embeddings.sqlite"
 DAMAGED_SUFFIX = ".damaged"  # a database SQLite calls corrupt is renamed to this, and a new one started
 SQLITE_CORRUPT, SQLITE_NOTADB = 11, 26  # primary result codes (sqlite3.h)
-PIPELINE_VERSION = 4  # bump when decoding, features or inference change, so that old rows stop matching
+PIPELINE_VERSION = 5  # bump when decoding, features or inference change, so that old rows stop matching
 # 3: blocked STFT with a banded filterbank, GEMM musicnn front end, one torch thread per track (rounding-level)
 # 4: a WAV/AIFF cut short on disk is a truncation error (it was embedded from what was left)
+# 5: silent or too short audio is a content failure (audio.SILENT_PEAK, MIN_AUDIO_SECONDS; it was embedded)
 HASH_CHUNK = 1 << 20
 IN_FLIGHT_PER_WORKER = 2  # decoded tracks waiting per worker: keeps workers busy, bounds memory
 QUEUED_PER_THREAD = 1  # decoded tracks per inference thread (heavy models) waiting, besides those being embedded

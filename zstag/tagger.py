@@ -320,8 +320,8 @@ def run(
         raise TagUsageError(f"unknown format {fmt!r} (choose from {', '.join(FORMATS)})")
     if single and top_k is not None:
         raise TagUsageError("--top-k does not apply with --single (one label per file)")
-    if threshold is not None and not math.isfinite(threshold):
-        raise TagUsageError(f"--threshold {threshold}: need a finite number (scores are cosines, -1..1)")
+    if threshold is not None and not (math.isfinite(threshold) and -1.0 <= threshold <= 1.0):  # 5 kept nothing
+        raise TagUsageError(f"--threshold {threshold}: need a number in -1..1 (scores are cosines)")
     if output is not None and (Path(output).is_dir() or not Path(output).absolute().parent.is_dir()):
         raise TagUsageError(f"{output}: --output must be a file in an existing folder")
     label_list = parse_labels(labels, labels_file)
@@ -332,6 +332,10 @@ def run(
         label_emb = modelfile.label_embeddings(files, words, label_list)  # unknown labels stop here, before any decoding
     except (modelfile.ModelError, VectorsError, UnknownLabelError) as exc:
         raise TagUsageError(str(exc)) from None
+    from zstag.spelling import typo_note
+
+    for note in filter(None, (typo_note(words, label) for label in label_list)):  # "jaz": did you mean "jazz"?
+        print(f"zstag: note: {note}", file=sys.stderr)
     for label, (word, trained, instead) in modelfile.training_spellings(files, label_list).items():
         print(f'zstag: note: "{word}" is not among the model\'s training labels, "{trained}" is: use "{instead}" if '
               f'that is what you mean by "{label}" (a label the model never trained on scores less reliably)',
