@@ -37,29 +37,24 @@ class Track:
 class Library:
     tracks: list[Track]
     failures: list[str] = field(default_factory=list)  # one line each
-    ids: dict = field(default_factory=dict)  # (st_dev, st_ino) → path of the files found under the PATHs
     cached: int = 0
+    from_cache: bool = False  # no PATH given: the embedding cache's tracks
 
 
-def load_library(files, inputs: list[str], *, first: list[str] = (), extensions: str | None = None,
-                 workers: int | None = None, use_cache: bool = True, progress: bool = True,
-                 device: str = "cpu") -> tuple[Library, list]:
-    """(the library, the TrackResults of `first`): the files under inputs, embedded where the cache misses
-    them, or without inputs the cache's tracks (EmbeddingCache.library). first: files embedded in the
-    same pass (similar's query track). files: modelfile.ModelFiles."""
-    from zstag.tagger import find_audio_files, parse_extensions, track_results
+def load_library(files, found, *, first: list[str] = (), workers: int | None = None, use_cache: bool = True,
+                 progress: bool = True, device: str = "cpu") -> tuple[Library, list]:
+    """(the library, the TrackResults of `first`): the files found (tagger.Found) under the PATHs, embedded
+    where the cache misses them, or, found None, the cache's tracks (cached_library). first: files embedded
+    in the same pass (similar's query track). files: modelfile.ModelFiles."""
+    from zstag.tagger import track_results
 
-    found = None
-    paths = list(first)
-    if inputs:
-        found = find_audio_files(inputs, parse_extensions(extensions))
-        paths += found.files
+    paths = list(first) + (found.files if found is not None else [])
     results = track_results(files, paths, workers=workers, use_cache=use_cache, progress=progress, device=device)
     head, rest = results[:len(first)], results[len(first):]
     if found is None:
         return cached_library(files.model_id, use_cache), head
     library = Library([Track(r.path, r.embedding, r.stats) for r in rest if r.ok], list(found.problems),
-                      found.ids, sum(r.cached for r in rest if r.ok))
+                      sum(r.cached for r in rest if r.ok))
     library.failures += [r.error for r in rest if not r.ok]
     return library, head
 
@@ -76,7 +71,7 @@ def cached_library(model_id: str, use_cache: bool = True) -> Library:
     finally:
         cache.close()
     tracks = [Track(path, emb, stats) for path, stamp, emb, stats in rows if _stamp(path) == stamp]
-    return Library(tracks, cached=len(tracks))
+    return Library(tracks, cached=len(tracks), from_cache=True)
 
 
 def query_embeddings(files, words, labels: list[str]) -> np.ndarray:
@@ -174,7 +169,7 @@ def run(query: str | None, inputs: list[str], *, labels: list[str] | None = None
     TagUsageError for bad options, model, words or device, before any output."""
     from zstag import modelfile
     from zstag.devices import DeviceError, check_device
-    from zstag.tagger import check_output_is_no_input, parse_labels
+    from zstag.tagger import check_output_is_no_input, find_audio_files, parse_extensions, parse_labels
     from zstag.words import VectorsError, load_words
 
     if fmt not in FORMATS:
@@ -203,8 +198,11 @@ def run(query: str | None, inputs: list[str], *, labels: list[str] | None = None
             raise TagUsageError(f"{similar_to}: no such file")
         about = {"similar_to": similar_to}
 
-    library, head = load_library(files, inputs, first=[similar_to] if similar_to else [], extensions=extensions,
-                                 workers=workers, use_cache=use_cache, progress=progress, device=device)
+    found = find_audio_files(inputs, parse_extensions(extensions)) if inputs else None
+    if output is not None and found is not None:
+        check_output_is_no_input(output, found)
+    library, head = load_library(files, found, first=[similar_to] if similar_to else [], workers=workers,
+                                 use_cache=use_cache, progress=progress, device=device)
     for line in library.failures:
         print(f"zstag: {line}", file=sys.stderr)
     exclude = None
@@ -213,10 +211,6 @@ def run(query: str | None, inputs: list[str], *, labels: list[str] | None = None
             print(f"zstag: error: {head[0].error}", file=sys.stderr)
             return 1
         query_emb, exclude = head[0].embedding, {_file_id(similar_to)}
-    if output is not None and library.ids:
-        from zstag.tagger import Found
-
-        check_output_is_no_input(output, Found([], [], 0, library.ids))
     records = rank(library.tracks, query_emb, limit, exclude)
     return _write(records, fmt, about, files.model_id, output, library)
 
@@ -232,7 +226,7 @@ def _write(records, fmt, about, model_id, output, library) -> int:
     print(f"zstag: searched {len(library.tracks)} tracks ({library.cached} from the cache)"
           + (f"; {len(library.failures)} failed" if library.failures else ""), file=sys.stderr)
     if not library.tracks:
-        print("zstag: no embedded tracks to search" + ("" if library.ids else
-              " (give the files or folders to search)"), file=sys.stderr)
+        hint = " in the embedding cache: give the files or folders to search" if library.from_cache else ""
+        print(f"zstag: no tracks to search{hint}", file=sys.stderr)
         return 1
     return 1 if library.failures else 0
