@@ -288,3 +288,53 @@ def test_new_values_append_without_duplicates():
     assert tagfiles.new_values([], ["a", "b"], append=False) == ["a; b"]
     assert tagfiles.new_values(["Rock; Jazz"], ["jazz", "piano"], append=True) == ["Rock; Jazz", "piano"]
     assert tagfiles.new_values(["Rock", "piano"], ["Piano"], append=True) == ["Rock", "piano"]
+
+
+RAW_KEYS = {  # where Picard and beets look for each standard field
+    "mp3": {"genre": "TCON", "mood": "TMOO", "grouping": "TIT1", "comment": "COMM::eng"},
+    "m4a": {"genre": "\xa9gen", "mood": "----:com.apple.iTunes:MOOD", "grouping": "\xa9grp", "comment": "\xa9cmt"},
+    "vorbis": {"genre": "GENRE", "mood": "MOOD", "grouping": "GROUPING", "comment": "COMMENT"},
+}
+
+
+@pytest.mark.parametrize("ext", [fmt_param(e) for e in FORMATS])
+def test_standard_fields_land_where_other_tools_read_them(ext, folder):
+    path = write_track(folder / f"song.{ext}")
+    payload = audio_bytes(path)
+    for field, key in RAW_KEYS.get(ext, RAW_KEYS["vorbis"]).items():
+        tagfiles.write(str(path), ["jazz", "piano"], "m1", digest=content_digest(path), field=field)
+        raw = mutagen.File(path).tags[key]
+        values = [bytes(v).decode() for v in raw] if ext == "m4a" and key.startswith("----") else \
+            list(getattr(raw, "text", raw))
+        assert values == ["jazz; piano"], (field, values)
+        change, written = tagfiles.write(str(path), ["piano", "jazz"], "m1", digest=None, field=field, append=True)
+        assert not change.changed and written is None  # both labels there already: nothing to write
+    assert audio_bytes(path) == payload
+
+
+def test_owner_links_and_refusals_in_a_dry_run(folder):
+    path = write_track(folder / "song.flac")
+    link = folder / "link.flac"
+    link.symlink_to(path.name)
+    if os.geteuid() == 0:  # only root can give a file away: the tagged copy must get the owner back
+        os.chown(path, 4321, 4322)
+    tagfiles.write(str(link), ["jazz"], "m1", digest=content_digest(path))
+    assert link.is_symlink() and read_field(path, "ZSTAG") == ["jazz"]
+    if os.geteuid() == 0:
+        assert (os.stat(path).st_uid, os.stat(path).st_gid) == (4321, 4322)
+    os.link(path, folder / "hard.flac")
+    with pytest.raises(tagfiles.TagWriteError, match="has 2 hard links"):
+        tagfiles.write(str(path), ["piano"], "m1", digest=None, dry_run=True)
+    os.unlink(folder / "hard.flac")
+    os.chmod(path, 0o444)
+    with pytest.raises(tagfiles.TagWriteError, match="read-only file"):
+        tagfiles.write(str(path), ["piano"], "m1", digest=None, dry_run=True)
+    change, _ = tagfiles.write(str(path), ["jazz"], "m1", digest=None, dry_run=True)  # nothing to change: no refusal
+    assert not change.changed
+
+
+def test_no_cache_write_tags_checks_the_digest_without_the_cache(folder, tiny_model_dir, cache_dir):
+    path = write_track(folder / "song.ogg")
+    result = tag(path, "-l", LABELS, "--top-k", "1", "-m", tiny_model_dir, "--write-tags", "--no-cache")
+    assert result.exit_code == 0, result.stderr
+    assert len(read_field(path, "ZSTAG")) == 1 and not (cache_dir / "embeddings.sqlite").exists()

@@ -452,10 +452,13 @@ def file_digests(paths: list[str], *, workers: int | None = None, use_cache: boo
     workers = default_workers() if workers is None else max(1, int(workers))
     cache = EmbeddingCache.open_default() if use_cache else None
     if cache is None:
+        def digest(path: str) -> str | None:
+            real = os.path.realpath(path)
+            stamp = _stamp(real)
+            return _try_digest(real, stamp) if stamp is not None else None
+
         with ThreadPoolExecutor(workers) as pool:
-            stamps = [_stamp(os.path.realpath(p)) for p in paths]
-            return list(pool.map(lambda job: job[1] and _try_digest(os.path.realpath(job[0]), job[1]),
-                                 zip(paths, stamps)))
+            return list(pool.map(digest, paths))
     try:
         digests = _digests(cache, paths, workers)
     finally:

@@ -186,17 +186,12 @@ def write(path: str, labels: list[str], model_id: str, *, digest: str | None, fi
     from zstag.embeddings import content_digest
 
     change, audio = plan(path, labels, model_id, field=field, append=append)
-    if dry_run or not change.changed:
+    if not change.changed:
         return change, None
     target = os.path.realpath(path)  # a symbolic link stays; its target gets the tags
-    try:
-        st = os.stat(target)
-    except OSError as exc:
-        raise TagWriteError(f"{path}: cannot read: {_cause(exc)}") from None
-    if not st.st_mode & 0o222 or not os.access(target, os.W_OK):  # the bits too: root may write anything
-        raise TagWriteError(f"{path}: read-only file: not tagged")
-    if st.st_nlink > 1:
-        raise TagWriteError(f"{path}: has {st.st_nlink} hard links: replacing it would split them; not tagged")
+    st = _replaceable(path, target)
+    if dry_run:
+        return change, None
     folder, name = os.path.split(target)
     base, ext = os.path.splitext(name)
     try:  # the copy keeps the extension: mutagen recognises some formats (mp3) by it
@@ -229,6 +224,19 @@ def write(path: str, labels: list[str], model_id: str, *, digest: str | None, fi
         raise
     _fsync_folder(folder or ".")
     return change, new_digest
+
+
+def _replaceable(path: str, target: str) -> os.stat_result:
+    """target's stat, or TagWriteError when zstag should not replace it (a dry run says so too)."""
+    try:
+        st = os.stat(target)
+    except OSError as exc:
+        raise TagWriteError(f"{path}: cannot read: {_cause(exc)}") from None
+    if not st.st_mode & 0o222 or not os.access(target, os.W_OK):  # the bits too: root may write anything
+        raise TagWriteError(f"{path}: read-only file: not tagged")
+    if st.st_nlink > 1:
+        raise TagWriteError(f"{path}: has {st.st_nlink} hard links: replacing it would split them; not tagged")
+    return st
 
 
 def _apply(cls, tmp: str, change: Change) -> None:
