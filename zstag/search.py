@@ -201,6 +201,9 @@ def run(query: str | None, inputs: list[str], *, labels: list[str] | None = None
     found = find_audio_files(inputs, parse_extensions(extensions)) if inputs else None
     if output is not None and found is not None:
         check_output_is_no_input(output, found)
+    if found is not None and similar_to is not None:  # embedded once, as the query; never its own neighbour
+        query_id = _file_id(similar_to)
+        found.files = [p for p in found.files if _file_id(p) != query_id]
     library, head = load_library(files, found, first=[similar_to] if similar_to else [], workers=workers,
                                  use_cache=use_cache, progress=progress, device=device)
     for line in library.failures:
