@@ -85,3 +85,38 @@ def forbid_decoding():
         monkeypatch.setattr(embeddings, "decode_files", guarded)
 
     return install
+
+
+@pytest.fixture()
+def deep_folder():
+    """deep_folder(parent, levels) -> the deepest of `levels` nested folders "d" made under parent.
+
+    Made and removed one level at a time, relative to the level above (os.makedirs and shutil.rmtree, and so
+    pytest's clean-up of old temporary folders, recurse once per level: RecursionError past ~1,000); files
+    a test writes in the deepest folder are removed with it."""
+    made = []
+
+    def make(parent, levels: int) -> str:
+        fd = os.open(parent, os.O_RDONLY)
+        try:
+            for _ in range(levels):
+                os.mkdir("d", dir_fd=fd)
+                fd, above = os.open("d", os.O_RDONLY, dir_fd=fd), fd
+                os.close(above)
+        finally:
+            os.close(fd)
+        made.append((str(parent), levels))
+        return os.path.join(str(parent), *["d"] * levels)
+
+    yield make
+    here = os.getcwd()
+    try:
+        for parent, levels in made:
+            os.chdir(os.path.join(parent, *["d"] * levels))
+            for name in os.listdir("."):
+                os.unlink(name)
+            for _ in range(levels):
+                os.chdir("..")
+                os.rmdir("d")
+    finally:
+        os.chdir(here)

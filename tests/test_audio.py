@@ -306,6 +306,43 @@ def test_wav_without_samples(write_audio):
     one_line_error(excinfo, path)
 
 
+def dbfs(level: float) -> float:
+    return 10.0 ** (level / 20.0)
+
+
+@pytest.mark.parametrize("name, samples, subtype, cause", [
+    ("one-sample.wav", np.full(1, 0.5, np.float32), "PCM_16", "too short: 0.045 ms (need 250 ms)"),
+    ("blip.wav", np.full(2205, 0.5, np.float32), "PCM_16", "too short: 100 ms (need 250 ms)"),
+    ("zeros.wav", np.zeros(60 * 22050, np.float32), "PCM_16", "silent (all samples zero; under -84.3 dBFS)"),
+    # RMS -120 dBFS: its peak (~-104 dBFS) is far under 2 steps of 16 bits; float, since 16 bits would round it to 0
+    ("hiss.wav", dbfs(-120) * np.random.default_rng(0).standard_normal(60 * 22050).astype(np.float32), "FLOAT",
+     "silent (peak -10"),
+])
+def test_silent_or_too_short_audio_is_a_content_error(write_audio, name, samples, subtype, cause):
+    from zstag.acoustics import analyse_file
+
+    path = write_audio(name, samples, 22050, subtype=subtype)
+    with pytest.raises(ContentError) as excinfo:
+        analyse_file(path, PAPER)  # what tag, eval and preprocess decode with
+    assert one_line_error(excinfo, path).startswith(f"{path}: {cause}")
+    assert len(load_audio(path, 22050)) == len(samples)  # the decoder itself reads any audio: tools read windows
+
+
+def test_quiet_or_partly_silent_audio_is_audio(tone, write_audio):
+    from zstag.acoustics import analyse_file
+
+    quiet = tone(2.0, 22050, amplitude=dbfs(-50))  # quiet but real: 103 steps of 16 bits
+    assert analyse_file(write_audio("quiet.wav", quiet, 22050), MUSICNN)[1]["duration_s"] == 2.0
+    gap = np.concatenate([np.zeros(10 * 22050, np.float32), tone(1.0, 22050)])  # 10 s of silence, then a tone
+    path = write_audio("gap.wav", gap, 22050)
+    assert analyse_file(path, PAPER)[1]["duration_s"] == 11.0
+    # only the span decoded counts: its silent part alone is silent, its tail alone too short
+    with pytest.raises(ContentError, match=r"^\S+: silent in the span selected \(all samples zero"):
+        analyse_file(path, PAPER, offset=1.0, duration=5.0)
+    with pytest.raises(ContentError, match=r"too short: 100 ms in the span selected"):
+        analyse_file(path, PAPER, offset=10.9)
+
+
 @pytest.mark.parametrize("with_ffmpeg", [False, True])
 def test_text_file_named_mp3(with_ffmpeg, tmp_path, monkeypatch):
     if with_ffmpeg and shutil.which("ffmpeg") is None:

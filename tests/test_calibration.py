@@ -1,20 +1,14 @@
-"""tools/score_calibration.py: per-label standardisation of cosine scores (measured by the dev protocol of
-tools/build_default_model.py; not shipped)."""
+"""zstag/calibration.py: per-label standardisation of cosine scores (measured by the dev protocol of
+recipes/build_default_model.py)."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-_SPEC = importlib.util.spec_from_file_location(
-    "score_calibration", Path(__file__).resolve().parents[1] / "tools" / "score_calibration.py")
-calibration = sys.modules["score_calibration"] = importlib.util.module_from_spec(_SPEC)  # dataclasses look it up
-_SPEC.loader.exec_module(calibration)
-Calibration, CalibrationError = calibration.Calibration, calibration.CalibrationError
+from zstag import calibration
+from zstag.calibration import Calibration, CalibrationError
 
 
 def _unit(x):

@@ -92,6 +92,20 @@ def test_folder_file_linked_under_two_labels_is_one_track(tmp_path):
     assert corpus.missing == ["rock/gone.wav"]
 
 
+def test_folders_deeper_than_the_recursion_limit_are_read(tmp_path, deep_folder):
+    """folder per label and MSD walk their trees without recursion (os.walk: RecursionError)."""
+    import sys
+
+    touch(tmp_path / "jazz" / "a.wav")
+    deepest = Path(deep_folder(tmp_path / "jazz", sys.getrecursionlimit() + 100))
+    touch(deepest / "TRAAAAW128F429D538.mp3")
+    corpus = open_corpus("folder", tmp_path)
+    assert [t.path for t in corpus.tracks] == [tmp_path / "jazz" / "a.wav", deepest / "TRAAAAW128F429D538.mp3"]
+    from zstag.corpora.msd import scan
+
+    assert scan(tmp_path).audio == {"TRAAAAW128F429D538": str(deepest / "TRAAAAW128F429D538.mp3")}
+
+
 def test_folder_without_audio(tmp_path):
     touch(tmp_path / "a" / "x.txt")
     with pytest.raises(CorpusError, match="not a folder-per-label root"):
@@ -131,6 +145,7 @@ def test_csv_manifest(tmp_path):
         assert not corpus.single_label
         assert corpus.missing == ["audio/gone.ogg"]
         assert [s.split("manifest.csv")[1] for s in corpus.skipped] == [":4: no labels", ":6: empty path"]
+        assert corpus.sources == [path]  # what no output may replace
     kept = open_corpus("csv", path, keep_untagged=True)
     assert kept.track("audio/c.wav").labels == () and len(kept.skipped) == 1
     assert detect_kind(tmp_path / "dance") == "csv" and detect_kind(path) == "csv"
@@ -282,6 +297,7 @@ def test_mtat(tmp_path):
     assert corpus.missing == ["12"]
     assert any("3 fields, expected 7" in s for s in corpus.skipped)
     assert detect_kind(tmp_path) == "mtat"
+    assert corpus.sources == [tmp_path / "annotations_final.csv", tmp_path / "clip_info_final.csv"]  # no output's
 
 
 def test_mtat_options(tmp_path):
@@ -357,6 +373,7 @@ def test_msd_sqlite(tmp_path):
     assert first.path.name == "TRAAAAW128F429D538.clip.mp3" and first.path.is_file()
     assert corpus.missing == ["TRAAAEF128F4273421"]
     assert corpus.labels == ["80s", "Hip-Hop", "pop", "rock"]
+    assert corpus.sources == [tmp_path / "lastfm_tags.db", tmp_path / "unique_tracks.txt"]  # what no output may replace
 
     strict = open_corpus("msd", tmp_path, min_val=50)
     assert set(strict.track("TRAAADZ128F9348C2E").labels) == {"pop", "80s"}

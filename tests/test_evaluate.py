@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -190,6 +191,29 @@ def test_warnings_when_the_model_learnt_from_the_corpus(gtzan, mtat, tmp_path):
     [warning] = run("gtzan", gtzan, trained).report["warnings"]
     assert "trained on a corpus named 'gtzan'" in warning and "--split" in warning
     assert run("mtat", mtat, trained).report["warnings"] == []
+
+
+def test_a_corpus_named_as_a_training_set_is_no_transfer(gtzan, tmp_path):
+    """recipes/build_default_model.py records its training sets as training.sets (the default model: dance,
+    gcompris and ten more); a corpus of one of those names gets a warning, as training.corpus does."""
+    trained = make_model(tmp_path / "trained", training={"sets": ["asc", "Dance", "gcompris"]})
+    folder = tmp_path / "dance"
+    (folder / "audio").mkdir(parents=True)
+    for i in range(2):
+        sf.write(folder / "audio" / f"{i}.wav", tone(i), SR)
+    (folder / "manifest.csv").write_text("path,labels\naudio/0.wav,waltz\naudio/1.wav,tango\n")
+    [warning] = run("csv", folder, trained).report["warnings"]
+    assert warning.startswith("the model was trained on a set named 'Dance' (one of its 3 training sets)")
+    assert run("gtzan", gtzan, trained).report["warnings"] == []
+
+
+@pytest.mark.skipif(not SHARED_DANCE.is_dir(), reason="needs the real dance corpus in ../shared/data/dance")
+def test_the_default_model_warns_on_the_dance_corpus_it_trained_on():
+    from zstag.modelfile import read_model
+
+    config = read_model("default").config
+    [warning] = evaluate.provenance_warnings(config, None, open_corpus("csv", SHARED_DANCE), None)
+    assert "trained on a set named 'dance'" in warning
 
 
 @pytest.mark.parametrize("sources, warned", [
@@ -390,8 +414,10 @@ def test_cli_writes_report_and_plot(gtzan, model_dir, tmp_path):
     out, png = tmp_path / "report.json", tmp_path / "confusion.png"
     result = CliRunner().invoke(app, ["eval", "--corpus", "gtzan", "--root", str(gtzan), "--model", str(model_dir),
                                       "--workers", "0", "--out", str(out), "--plot", str(png)])
-    assert result.exit_code == 0, result.output
-    assert "accuracy" in result.stdout and "confusion matrix" in result.stdout
+    assert result.exit_code == 1, result.output  # rock.00009.wav is not audio: as tag, a failed file is exit 1 ...
+    assert "accuracy" in result.stdout and "confusion matrix" in result.stdout  # ... after the whole output
+    [summary] = [line for line in result.stderr.splitlines() if line.startswith("zstag: evaluated ")]
+    assert re.fullmatch(r"zstag: evaluated 8 of 9 tracks \(\d from the cache\); 1 failed", summary), summary
     report = json.loads(out.read_text())
     assert report["model"]["id"] == load_model(model_dir).model_id
     assert report["corpus"]["kind"] == "gtzan" and report["labels"]["unseen"] == ["country", "jazz"]
@@ -410,7 +436,7 @@ def test_cli_mtat_plot_is_a_warning(mtat, model_dir, tmp_path):
     result = CliRunner().invoke(app, ["eval", "-c", "mtat", "-r", str(mtat), "-m", str(model_dir), "--workers", "0",
                                       "--plot", str(tmp_path / "x.png")])
     assert result.exit_code == 0, result.output
-    assert "retr ROC-AUC" in result.stdout and "nothing drawn" in result.stderr
+    assert "retrieval ROC-AUC" in result.stdout and "nothing drawn" in result.stderr
     assert not (tmp_path / "x.png").exists()
 
 
@@ -464,10 +490,11 @@ def test_split_and_preprocess_report_rows_left_out_alike(tmp_path):
         assert [s for s in result.stderr.splitlines() if s.startswith(line)], result.stderr
 
 
-def test_options_that_cannot_work_are_usage_errors(gtzan, model_dir):
-    """Exit 2 and one line, as for preprocess: --top-n on a corpus kind without it; a non-finite
-    --max-seconds."""
-    for args in (["--top-n", "5"], ["--max-seconds", "nan"]):
+def test_options_that_cannot_work_are_usage_errors(gtzan, model_dir, tmp_path):
+    """Exit 2 and one line, as for preprocess and tag: --top-n on a corpus kind without it; a non-finite
+    --max-seconds; a label the corpus does not have; a model or word vectors that cannot be read."""
+    for args in (["--top-n", "5"], ["--max-seconds", "nan"], ["--labels", "jazz,qwxzvbk"], ["--model", tmp_path],
+                 ["--vectors", tmp_path / "nowhere.txt"]):
         result = eval_cli(gtzan, model_dir, *args, corpus="gtzan")
         assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1, (args, result.stderr)
 
@@ -532,3 +559,98 @@ def test_a_table_that_cannot_be_written_is_one_line_and_exit_1(gtzan, model_dir,
     lines = proc.stderr.splitlines()
     assert all(line.startswith("zstag: ") for line in lines), proc.stderr
     assert lines[-1].startswith("zstag: error: cannot write the table to stdout: "), lines[-1]
+
+
+def test_file_names_that_are_not_utf8_give_a_valid_utf8_report(tmp_path, model_dir):
+    """A decodable and an undecodable file whose names are Latin-1 (os.fsdecode: lone surrogates): the report
+    is strict JSON in valid UTF-8, each bad byte as U+FFFD (it was a UnicodeEncodeError traceback)."""
+    import os
+
+    root = tmp_path / "corpus"
+    for label, seed in (("rock", 0), ("jazz", 1)):
+        (root / label).mkdir(parents=True)
+        sf.write(root / label / "plain.wav", tone(seed), SR)
+    os.rename(root / "jazz" / "plain.wav", os.fsencode(root / "jazz") + b"/caf\xe9.wav")
+    (root / "rock" / os.fsdecode(b"d\xe9mo.wav")).write_bytes(b"not audio")
+    out = tmp_path / "report.json"
+    result = eval_cli(root, model_dir, "--out", out, corpus="folder")
+    assert result.exit_code == 1, result.output  # one track failed; the report is written all the same
+    report = json.loads(out.read_bytes().decode("utf-8"))  # strict: invalid UTF-8 raises
+    assert report["tracks"]["evaluated"] == 2
+    assert [f["id"] for f in report["tracks"]["failed"]] == ["rock/d\ufffdmo.wav"]
+    assert f"{root}/rock/d\ufffdmo.wav: cannot decode" in result.stderr
+
+
+def table_rows(text: str) -> dict[str, list[list[str]]]:
+    """The cells of every table row printed (rich's "│" lines), by first cell; a name printed in several tables
+    or blocks (the confusion matrix's row names) has a list per printing."""
+    printed, previous = [], None
+    for line in text.splitlines():
+        if not line.startswith("│"):
+            previous = None
+            continue
+        cells = [cell.strip() for cell in line.strip().strip("│").split("│")]
+        if previous and all(not c for c, p in zip(cells, previous) if re.fullmatch(r"[\d.—]+|yes|no", p)):
+            previous[:] = [f"{p} {c}".strip() for p, c in zip(previous, cells)]  # a folded text cell goes on
+        else:
+            previous = cells
+            printed.append(cells)
+    rows: dict[str, list[list[str]]] = {}
+    for cells in printed:
+        rows.setdefault(cells[0], []).append(cells[1:])
+    return rows
+
+
+# 23 single-label classes, as the dance corpus has: its confusion matrix is wider than 80 columns
+CLASSES = ("blues", "country", "jazz", "rock", "waltz", "tango", "salsa", "samba", "polka", "reggae", "soul", "funk",
+           "disco", "techno", "opera", "folk", "gospel", "punk", "metal", "swing", "rumba", "mambo", "ska")
+
+
+@pytest.mark.parametrize("columns", ["80", "44", None])  # None: CliRunner's output is no terminal (a pipe)
+def test_every_figure_is_printed_with_its_digits_at_any_width(mtat, model_dir, tmp_path, columns):
+    """At 80 columns (or fewer), or piped, no number is cut to "0.…": each figure of the JSON report is in its
+    table row with all its digits, the confusion matrix in blocks of columns."""
+    root = tmp_path / "classes"
+    for seed, name in enumerate(CLASSES):
+        (root / name).mkdir(parents=True)
+        sf.write(root / name / "0.wav", tone(seed % 9), SR)
+    for kind, corpus in (("folder", root), ("mtat", mtat)):
+        out = tmp_path / f"{kind}.json"
+        env = {"COLUMNS": columns} if columns else {"COLUMNS": None}
+        result = CliRunner().invoke(app, ["eval", "-c", kind, "-r", str(corpus), "-m", str(model_dir), "--workers", "0",
+                                          "--out", str(out)], env=env)
+        assert result.exit_code == 0, result.output
+        assert "…" not in result.stdout
+        report, rows = json.loads(out.read_text()), table_rows(result.stdout)
+        figures = report["metrics"]
+        single = kind == "folder"
+        if single:
+            expected = {"accuracy": "accuracy", "mean recall": "mean_recall"}
+            for name, key in expected.items():
+                assert rows[name] == [[evaluate._fmt(figures[s][key]) for s in ("seen", "unseen", "all")]]
+        else:
+            for name, (section, key) in {"retrieval ROC-AUC": ("retrieval", "roc_auc"), "P@1": ("top_k", "P@1"),
+                                         "annotation AP": ("annotation", "average_precision")}.items():
+                assert rows[name] == [[evaluate._fmt(figures[s][section][key]) for s in ("seen", "unseen", "all")]]
+        for label, f in figures["all"]["per_label"].items():
+            [cells] = [r for r in rows[label] if r[0] in ("yes", "no")]
+            numbers = [f["recall"]] if single else [f["roc_auc"], f["pr_auc"]]
+            assert all(evaluate._fmt(n) in cells[2:5] for n in numbers), (label, cells)
+        if single:  # each true label's counts, over the blocks in order
+            confusion = figures["all"]["confusion"]
+            for j, (label, counts) in enumerate(zip(confusion["labels"], confusion["matrix"])):
+                printed = [cell for block in rows[f"{j} {label}"] for cell in block]
+                assert printed == [str(n) if n else "." for n in counts]
+            assert len(rows["0 blues"]) > 1  # in blocks
+
+
+def test_a_label_that_is_likely_a_typo_is_noted(tmp_path, model_dir):
+    for i, label in enumerate(("jaz", "rock")):
+        sf.write(tmp_path / f"{i}.wav", tone(i), SR)
+    (tmp_path / "manifest.csv").write_text("path,labels\n0.wav,jaz\n1.wav,rock\n")
+    out = tmp_path / "report.json"
+    result = eval_cli(tmp_path, model_dir, "--out", out)
+    assert result.exit_code == 0, result.output
+    note = '"jaz" is a rare word (rank 79726); did you mean "jazz" (rank 3282)?'
+    assert f"zstag: note: {note}\n" in result.stderr
+    assert json.loads(out.read_text())["labels"]["likely_typos"] == [note]

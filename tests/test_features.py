@@ -17,6 +17,7 @@ from zstag.audio import PAPER, load_audio, log_mel
 from zstag.corpora import Track
 from zstag.features import (CACHE_FILE, FAILURES_FILE, INDEX_FILE, FeatureCache, FeatureCacheError, cache_corpus,
                             parse_shard, preprocess)
+from zstag.paths import npy_bytes
 
 SR = 22050
 
@@ -169,17 +170,18 @@ CHILD = textwrap.dedent(
         return compute(task)
 
     features._compute_task = slow
-    features.preprocess(tracks, spec["out"], PAPER, shard_size=spec["shard_size"], progress=False)
+    features.preprocess(tracks, spec["out"], PAPER, shard_size=spec["shard_size"], progress=False,
+                        part_seconds=spec.get("part_seconds", features.SHARD_SECONDS))
     """
 )
 
 
-def test_resume_after_kill_9_gives_the_same_cache(tmp_path, tracks):
-    preprocess(tracks, tmp_path / "whole", PAPER, shard_size=2, progress=False)
-    out, ready = tmp_path / "killed", tmp_path / "ready"
+def kill_inside(tmp_path, tracks, out: Path, block: int, **options) -> None:
+    """Run preprocess on tracks into out in a child process and SIGKILL it inside track number block."""
+    ready = tmp_path / "ready"
     spec = {
         "tracks": [{"id": t.id, "path": str(t.path), "labels": list(t.labels), "artist": t.artist} for t in tracks],
-        "out": str(out), "shard_size": 2, "block_path": str(tracks[6].path), "ready": str(ready),
+        "out": str(out), "block_path": str(tracks[block].path), "ready": str(ready), **options,
     }
     (tmp_path / "spec.json").write_text(json.dumps(spec))
     (tmp_path / "child.py").write_text(CHILD)
@@ -194,6 +196,12 @@ def test_resume_after_kill_9_gives_the_same_cache(tmp_path, tracks):
         child.send_signal(signal.SIGKILL)
         child.wait()
     assert child.returncode == -signal.SIGKILL
+
+
+def test_resume_after_kill_9_gives_the_same_cache(tmp_path, tracks):
+    preprocess(tracks, tmp_path / "whole", PAPER, shard_size=2, progress=False)
+    out = tmp_path / "killed"
+    kill_inside(tmp_path, tracks, out, 6, shard_size=2)
     done = sorted(p.name for p in out.glob("shard-*.json"))
     assert done == ["shard-00000.json", "shard-00001.json", "shard-00002.json"]  # tracks 0-5; 6 is in shard 3
     # What a kill during a write would leave: a temp file, and frames whose table never got written.
@@ -205,6 +213,78 @@ def test_resume_after_kill_9_gives_the_same_cache(tmp_path, tracks):
     assert not list(out.glob(".*.tmp"))
     assert (out / "shard-00000.json").stat().st_mtime == 0
     assert cache_files(out) == cache_files(tmp_path / "whole")
+
+
+def recording_computed(monkeypatch, stop_at: str | None = None) -> list[str]:
+    """From now on, the paths preprocess computes (in this process) are appended to the list returned;
+    the one named stop_at raises KeyboardInterrupt (Ctrl-C) instead."""
+    import zstag.features as features
+
+    computed = []
+
+    def compute(task):
+        if task[0] == stop_at:
+            raise KeyboardInterrupt
+        computed.append(task[0])
+        return features.compute_frames(*task)
+
+    monkeypatch.setattr(features, "_compute_task", compute)
+    return computed
+
+
+def stopped_inside(tmp_path, tracks, monkeypatch, index: int, **options) -> Path:
+    """tmp_path/whole: the whole cache; tmp_path/stopped: a run interrupted (Ctrl-C) inside track index."""
+    preprocess(tracks, tmp_path / "whole", PAPER, progress=False)
+    recording_computed(monkeypatch, stop_at=str(tracks[index].path))
+    with pytest.raises(KeyboardInterrupt):
+        preprocess(tracks, tmp_path / "stopped", PAPER, progress=False, **options)
+    return tmp_path / "stopped"
+
+
+def rerun_computes_only(tmp_path, tracks, monkeypatch, out: Path, first: int):
+    """Rerun preprocess into out: it computes tracks[first:] only, and the cache is the whole one."""
+    computed = recording_computed(monkeypatch)
+    report = preprocess(tracks, out, PAPER, progress=False)
+    assert computed == [str(t.path) for t in tracks[first:]]
+    assert report.tracks_resumed == first and report.complete
+    assert cache_files(out) == cache_files(tmp_path / "whole")  # the parts are gone; the index is the same
+    return report
+
+
+def test_a_shard_open_too_long_is_kept_in_parts_that_a_rerun_goes_on_from(tmp_path, tracks, monkeypatch):
+    """One shard (the default size holds all 11 tracks) and a time limit of 0 s: each track is written out
+    as a part at once. A run killed inside track 6 keeps tracks 0-5; the rerun computes only the rest."""
+    preprocess(tracks, tmp_path / "whole", PAPER, progress=False)
+    out = tmp_path / "killed"
+    kill_inside(tmp_path, tracks, out, 6, shard_size=256, part_seconds=0)
+    assert not (out / "shard-00000.json").exists()
+    parts = sorted(p.name for p in out.glob("shard-00000.part-*.json"))
+    assert parts == [f"shard-00000.part-{i:05d}.json" for i in range(6)]  # the corrupt file's failure too
+    report = rerun_computes_only(tmp_path, tracks, monkeypatch, out, 6)
+    assert report.tracks_done == 5 and report.shards_done == 1
+    frames = out / "shard-00000.npy"  # joined from parts and memory, as np.save writes the whole array
+    assert frames.read_bytes() == npy_bytes(np.load(frames))
+    (out / "shard-00000.part-00000.json").write_text("{}")  # as a kill just after the shard was written leaves
+    assert preprocess(tracks, out, PAPER, progress=False).tracks_done == 0
+    assert cache_files(out) == cache_files(tmp_path / "whole")
+
+
+def test_a_shard_is_also_kept_in_parts_by_size_and_a_cut_part_is_computed_again(tmp_path, tracks, monkeypatch):
+    out = stopped_inside(tmp_path, tracks, monkeypatch, 7, part_seconds=1e9, part_bytes=1)  # a track fills a part
+    # Tracks 0-6 in 6 parts: the corrupt file (3) has no frames, so it waits for track 4 in part 3.
+    tables = [json.loads(p.read_text()) for p in sorted(out.glob("shard-00000.part-*.json"))]
+    assert [(t["first"], t["count"]) for t in tables] == [(0, 1), (1, 1), (2, 1), (3, 2), (5, 1), (6, 1)]
+    assert [f["id"] for f in tables[3]["failures"]] == ["corrupt"]
+    cut = out / "shard-00000.part-00004.npy"  # track 5's part, as a full disk could leave it
+    cut.write_bytes(cut.read_bytes()[:200])
+    rerun_computes_only(tmp_path, tracks, monkeypatch, out, 5)  # parts 0-3 kept; 4 is cut, so 5 and 6 go too
+
+
+def test_ctrl_c_writes_the_tracks_done_so_far_as_a_part(tmp_path, tracks, monkeypatch):
+    out = stopped_inside(tmp_path, tracks, monkeypatch, 7, part_seconds=1e9)  # no part written before
+    (part,) = out.glob("shard-00000.part-*.json")
+    assert json.loads(part.read_text())["count"] == 7
+    rerun_computes_only(tmp_path, tracks, monkeypatch, out, 7)
 
 
 def test_a_missing_or_cut_shard_file_is_one_line_when_the_cache_opens(tmp_path, tracks):

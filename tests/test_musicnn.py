@@ -1,10 +1,9 @@
 """The torch port of musicnn against the original TensorFlow graph, and the TF checkpoint reader.
 
-tests/data/musicnn_reference* come from tools/make_musicnn_reference.py (TensorFlow 2.15.1 running the
+tests/data/musicnn_reference* come from recipes/make_musicnn_reference.py (TensorFlow 2.15.1 running the
 wheel's own models.py on the wheel's checkpoints); see that script's header.
 """
 
-import importlib.util
 import json
 import os
 import zipfile
@@ -15,6 +14,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+from zstag.backbones import convert_musicnn as convert
 from zstag.backbones import musicnn
 from zstag.backbones.musicnn import N_MELS, MusicnnError, MusiCNN, load_musicnn, musicnn_tags
 
@@ -26,14 +26,6 @@ ATOL = 1e-4  # TF's own float32 rounding is ~1e-5 relative on the largest pooled
 POOL_RTOL = 1e-5
 
 
-def _tool():
-    spec = importlib.util.spec_from_file_location("convert_musicnn", ROOT / "tools" / "convert_musicnn.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-convert = _tool()
 
 
 @pytest.fixture(scope="module")

@@ -137,3 +137,108 @@ def test_a_link_to_a_fifo_or_device_is_written_through(tmp_path):
     null.symlink_to(os.devnull)
     paths.atomic_write(null, "gone")
     assert null.is_symlink() and stat.S_ISCHR(os.stat(os.devnull).st_mode)
+
+
+# --- check_output: no command writes over its own inputs ----------------------------------------
+
+
+def test_an_output_that_is_an_input_under_any_spelling_is_refused(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    source = data / "labels.txt"
+    source.write_text("jazz\n")
+    (tmp_path / "soft.txt").symlink_to(source)
+    os.link(source, tmp_path / "hard.txt")
+    inputs = [paths.Input("the input file", tmp_path / "other.wav"), paths.Input("the labels file", source)]
+    for output in (source, data / ".." / "data" / "labels.txt", tmp_path / "soft.txt", tmp_path / "hard.txt"):
+        with pytest.raises(paths.OutputIsInputError) as caught:
+            paths.check_output(output, "-o", inputs)
+        assert str(caught.value) == f"{output}: -o is the labels file {source} (it would be overwritten)"
+    paths.check_output(data / "new.json", "-o", inputs)  # beside an input, not one: fine
+    paths.check_output(os.devnull, "-o", [paths.Input("the input file", os.devnull)])  # written to, not replaced
+
+
+def test_nothing_may_be_written_inside_a_folder_read_as_a_whole(tmp_path):
+    cache = tmp_path / "features"
+    cache.mkdir()
+    (tmp_path / "alias").symlink_to(cache)
+    whole = [paths.Input("the feature cache", cache, whole=True)]
+    for output in (cache / "cache.json", cache / "new.json", tmp_path / "alias" / "new.json", cache / "sub" / "m"):
+        with pytest.raises(paths.OutputIsInputError, match=f"lies inside the feature cache {cache} "):
+            paths.check_output(output, "--out", whole)
+    paths.check_output(tmp_path / "features.json", "--out", whole)  # a name that only starts like the folder's
+
+
+def test_a_folder_output_may_not_hold_an_input_except_the_allowed_ones(tmp_path):
+    out = tmp_path / "model"
+    (out / "sub").mkdir(parents=True)
+    (out / "split.json").write_text("{}")
+    (out / "sub" / "vectors.txt").write_text("jazz 1\n")
+    split = paths.Input("the split file", out / "split.json")
+    paths.check_output(out, "--out", [split], folder=True, allowed=[out / "split.json"])
+    paths.check_output(out, "--out", [paths.Input("the word-vector file", "random:50:0")], folder=True)  # no file
+    for item in (split, paths.Input("the word-vector file", out / "sub" / "vectors.txt")):
+        with pytest.raises(paths.OutputIsInputError) as caught:
+            paths.check_output(out, "--out", [item], folder=True)
+        assert str(caught.value) == (f"{out}: --out holds {item.what} {item.path} "
+                                     "(the command writes its own files there)")
+    with pytest.raises(paths.OutputIsInputError, match="is the corpus root"):
+        paths.check_output(out, "--out", [paths.Input("the corpus root", out / "sub" / "..")], folder=True)
+    paths.check_output(tmp_path / "new", "--out", [split], folder=True)  # not there yet: holds nothing
+
+
+def test_two_outputs_naming_one_file_are_refused(tmp_path):
+    (tmp_path / "sub").mkdir()
+    with pytest.raises(paths.OutputIsInputError) as caught:
+        paths.check_distinct({"--out": tmp_path / "r.json", "--plot": tmp_path / "sub" / ".." / "r.json"})
+    plot = tmp_path / "sub" / ".." / "r.json"
+    assert str(caught.value) == f"{plot}: --plot is the --out file {tmp_path / 'r.json'} (one would overwrite the other)"
+    paths.check_distinct({"--out": tmp_path / "r.json", "--plot": tmp_path / "r.png"})
+    paths.check_distinct({"--out": tmp_path / "r.json", "--plot": None})
+
+
+# --- walk ---------------------------------------------------------------------------------------
+
+
+def test_walk_is_os_walk_topdown(tmp_path):
+    for folder in ("a/x", "a/y/z", "b", ".hidden/q"):
+        (tmp_path / folder).mkdir(parents=True)
+    for name in ("a/1.wav", "a/y/z/2.wav", "b/3.wav", "top.wav"):
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "b" / "to_a").symlink_to(tmp_path / "a")
+    for follow in (False, True):
+        assert list(paths.walk(tmp_path, follow_links=follow)) == list(os.walk(tmp_path, followlinks=follow))
+    walked = []
+    for folder, dirs, _ in paths.walk(tmp_path):
+        walked.append(os.path.relpath(folder, tmp_path))
+        dirs[:] = sorted(d for d in dirs if d not in (".hidden", "y"))  # pruned and ordered in place
+    assert walked == [".", "a", "a/x", "b"]
+    errors = []
+    assert list(paths.walk(tmp_path / "missing", onerror=errors.append)) == []
+    assert [e.filename for e in errors] == [str(tmp_path / "missing")]
+
+
+def test_walk_goes_deeper_than_the_recursion_limit(tmp_path, deep_folder):
+    import sys
+
+    levels = sys.getrecursionlimit() + 100  # 1,100 by default
+    deepest = deep_folder(tmp_path, levels)
+    assert [folder for folder, _, _ in paths.walk(tmp_path)][-1] == deepest
+    if sys.version_info < (3, 12):  # os.walk, which find_audio_files and the corpus readers called, recurses
+        with pytest.raises(RecursionError):
+            list(os.walk(tmp_path))
+
+
+# --- file names in outputs ----------------------------------------------------------------------
+
+
+def test_file_names_become_valid_utf8_and_one_line():
+    from urllib.parse import unquote_to_bytes
+
+    raw = b"/m\xfcsic/caf\xc3\xa9 100%.wav"  # a Latin-1 byte, UTF-8 "é", a "%"
+    name = os.fsdecode(raw)
+    assert paths.valid_text(name) == "/m\ufffdsic/caf\u00e9 100%.wav"
+    assert paths.valid_text("caf\u00e9") == "caf\u00e9" and paths.name_bytes("caf\u00e9") is None
+    assert unquote_to_bytes(paths.name_bytes(name)) == raw and paths.name_bytes(name).isascii()
+    assert paths.valid_text("a\ud800b") == "a?b"  # not os.fsdecode's: still valid
+    assert paths.one_line(name + "\n\x1b[31m\u2028\t") == "/m\\xfcsic/caf\u00e9 100%.wav\\n\\x1b[31m\\u2028\\t"

@@ -12,6 +12,7 @@ import pytest
 from zstag.corpora import Corpus, Track
 from zstag.splits import (
     SplitError,
+    SplitLabelError,
     artist_components,
     artist_keys,
     check_split,
@@ -136,8 +137,15 @@ def test_artist_split_without_artists():
         make_split(corpus, by_artist=True)
 
 
+def test_unseen_labels_are_named_as_labels_are_looked_up():
+    """words.normalise_label: "cha_cha", "Cha Cha" and "cha  cha" name the corpus label "cha cha"."""
+    labels = ["cha cha", "Hip-Hop", "waltz"]
+    assert split_labels(labels, unseen=["cha_cha", "hip-hop"]) == (["waltz"], ["Hip-Hop", "cha cha"])
+    assert split_labels(labels, unseen=["Cha  Cha"]) == (["Hip-Hop", "waltz"], ["cha cha"])
+
+
 def test_bad_requests():
-    with pytest.raises(SplitError, match=r"unseen labels not in the corpus: jaz \(nearest: jazz\)"):
+    with pytest.raises(SplitLabelError, match=r"unseen labels not in the corpus: jaz \(nearest: jazz\)"):
         make_split(HAND, unseen=["jaz"])
     with pytest.raises(SplitError, match="every label is unseen"):
         split_labels(["a", "b"], unseen=["a", "b"])

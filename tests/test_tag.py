@@ -6,6 +6,9 @@ import json
 import os
 import shutil
 import sqlite3
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -184,7 +187,7 @@ def test_single_top_k_and_threshold(music, model_dir):
     kept = tag_json(music, model_dir, "--threshold", str(cut))
     assert sum(len(f["tags"]) for f in kept["files"]) == sum(s >= cut for v in multi.values() for s in v.values())
     assert all(t["score"] >= cut for f in kept["files"] for t in f["tags"])
-    unlabelled = tag_json(music, model_dir, "--single", "--threshold", "1.01")  # above any cosine
+    unlabelled = tag_json(music, model_dir, "--single", "--threshold", "1")  # above any cosine these tracks get
     assert all(f["label"] is None for f in unlabelled["files"])
     assert f"softmax(cosine / {tagger.SOFTMAX_TEMPERATURE})" in " ".join(cli.TAG_HELP.split())  # help tells the truth
     assert run(music, "--labels", "rock,jazz", "--model", model_dir, "--single", "--top-k", "1").exit_code == 2
@@ -450,6 +453,40 @@ def test_a_bad_file_that_is_fixed_is_tagged(music, model_dir, monkeypatch, forbi
     assert "tagged 4 of 7 files (3 from the cache); 3 failed" in fixed.stderr
 
 
+def test_silent_or_too_short_audio_is_reported_not_tagged_and_remembered(model_dir, tmp_path, monkeypatch,
+                                                                        forbid_decoding):
+    """Nothing to hear gets no confident tags: one line each, exit 1; the verdict is cached like a corrupt
+    file's. Quiet but real music is still tagged."""
+    folder = tmp_path / "quiet"
+    folder.mkdir()
+    sf.write(folder / "one-sample.wav", np.full(1, 0.5, np.float32), SR)
+    sf.write(folder / "zeros.wav", np.zeros(60 * SR, np.float32), SR)
+    hiss = 1e-6 * np.random.default_rng(0).standard_normal(60 * SR)  # RMS -120 dBFS (float: 16 bits round it to 0)
+    sf.write(folder / "hiss.wav", hiss.astype(np.float32), SR, subtype="FLOAT")
+    causes = {"one-sample.wav": "too short: 0.045 ms (need 250 ms)", "zeros.wav": "silent (all samples zero",
+              "hiss.wav": "silent (peak -10"}  # the tiny model (paper front end) decodes at 22050 Hz: 1 sample
+    args = [folder, "--labels", "speech,rock", "--model", model_dir, "--format", "jsonl", "--workers", "0"]
+    first = run(*args)
+    assert first.exit_code == 1 and first.stdout == ""
+    lines = first.stderr.splitlines()
+    assert lines[-1] == "zstag: tagged 0 of 3 files (0 from the cache); 3 failed" and len(lines) == 4
+    for name, cause in causes.items():
+        [line] = [line for line in lines if name in line]
+        assert line.startswith(f"zstag: {folder / name}: {cause}"), line
+    with monkeypatch.context() as m:
+        forbid_decoding(m)  # each verdict comes from the cache
+        again = run(*args)
+    assert again.exit_code == 1 and again.stderr == first.stderr
+
+    scale = 10 ** (-50 / 20) / 0.8  # write_music peaks at 0.8: this one at -50 dBFS
+    write_music(folder / "soft.wav", seed=2)
+    data, rate = sf.read(folder / "soft.wav", dtype="float32")
+    sf.write(folder / "soft.wav", data * scale, rate)
+    soft = run(*args)
+    assert soft.exit_code == 1 and [json.loads(line)["path"] for line in soft.stdout.splitlines()] == [
+        str(folder / "soft.wav")]
+
+
 def test_without_ffmpeg_a_corrupt_file_is_remembered_until_ffmpeg_comes(music, model_dir, monkeypatch, forbid_decoding):
     """libsndfile's verdict on bytes it cannot parse is cached when no ffmpeg could try them (it was
     tried again on every run); the decoder stamp names the missing ffmpeg, so installing one retries."""
@@ -653,24 +690,81 @@ def test_the_hint_for_a_long_label_costs_no_more_than_the_label(model_dir):
     assert peak < 5_000_000  # 3,001 words: ~100 MB before
 
 
+def test_a_label_that_is_likely_a_typo_gets_a_note(music, model_dir):
+    """"jaz" has a GloVe vector (rank 79726; nearest words "4-wheel", "az-zahir"): scored, but noted."""
+    result = run(music, "--labels", "jaz,rock", "--model", model_dir, "--format", "jsonl")
+    assert result.exit_code == 0, result.stderr
+    assert result.stderr.splitlines()[0] == ('zstag: note: "jaz" is a rare word (rank 79726); did you mean "jazz" '
+                                             '(rank 3282)?')
+    assert len(result.stdout.splitlines()) == 3
+
+
 def test_parse_labels_errors_are_usage_errors():
     with pytest.raises(tagger.TagUsageError, match="no labels"):
         tagger.parse_labels([" "])
 
 
-def test_a_file_name_that_is_not_utf8_is_tagged_and_written_as_its_bytes(tmp_path, model_dir):
-    """os.fsdecode gives such a name lone surrogates: it is decoded, cached, and written out (stdout
-    and --output) as the very bytes of the name, cold and warm, instead of a traceback."""
+def test_a_file_name_that_is_not_utf8_is_tagged_and_written_as_valid_utf8(tmp_path, model_dir):
+    """os.fsdecode gives such a name lone surrogates: it is decoded and cached, and every format is valid
+    UTF-8, on stdout and in --output, cold and warm: json/jsonl/csv carry the name with U+FFFD in "path"
+    and its very bytes, percent-encoded, in "path_bytes"; the table shows the byte as \\xNN."""
+    from urllib.parse import unquote_to_bytes
+
     name = os.fsencode(str(tmp_path)) + b"/caf\xe9.wav"  # Latin-1 "café"
     os.rename(write_music(tmp_path / "plain.wav", seed=3), name)
+    shown = f"{tmp_path}/caf\ufffd.wav"
     for _ in ("cold", "warm"):
         result = run(os.fsdecode(name), "--labels", "rock", "--model", model_dir, "--format", "jsonl")
         assert result.exit_code == 0, result.stderr
-        assert json.loads(result.stdout_bytes.decode("utf-8", "surrogateescape"))["path"] == os.fsdecode(name)
-    out = tmp_path / "out.csv"
-    result = run(os.fsdecode(name), "--labels", "rock", "--model", model_dir, "--format", "csv", "-o", out)
+        record = json.loads(result.stdout_bytes.decode("utf-8"))  # strict: invalid UTF-8 raises
+        assert list(record) == ["path", "path_bytes", "tags"] and record["path"] == shown
+        assert unquote_to_bytes(record["path_bytes"]) == name
+    out = tmp_path / "out.json"
+    result = run(os.fsdecode(name), "--labels", "rock", "--model", model_dir, "--format", "json", "-o", out)
     assert result.exit_code == 0 and "(1 from the cache)" in result.stderr
-    assert name + b",1,rock," in out.read_bytes()
+    checked = subprocess.run([sys.executable, "-m", "json.tool", out], capture_output=True, check=False)
+    assert checked.returncode == 0, checked.stderr
+    (record,) = json.loads(out.read_bytes().decode("utf-8"))["files"]
+    assert record["path"] == shown and unquote_to_bytes(record["path_bytes"]) == name
+    result = run(os.fsdecode(name), tmp_path / "plain2.wav", "--labels", "rock", "--model", model_dir, "-f", "csv")
+    rows = list(csv.DictReader(io.StringIO(result.stdout_bytes.decode("utf-8"))))
+    assert [(r["path"], unquote_to_bytes(r["path_bytes"])) for r in rows] == [(shown, name)]
+    result = run(os.fsdecode(name), "--labels", "rock", "--model", model_dir)
+    assert "caf\\xe9.wav" in result.stdout_bytes.decode("utf-8")
+
+
+def test_a_line_break_or_markup_in_a_name_never_splits_a_row(tmp_path, model_dir):
+    """json, jsonl and csv keep the name as it is (escaped or quoted by the format, read back whole); the
+    table shows a control character as its escape and a "[...]" as text, not rich markup."""
+    folder = tmp_path / "music"
+    folder.mkdir()
+    names = ["two\nlines.wav", "[bold]x tab\there.wav"]
+    for seed, name in enumerate(names):
+        write_music(folder / name, seed=seed)
+    result = run(folder, "--labels", "rock,jazz", "--model", model_dir, "-f", "jsonl")
+    assert result.exit_code == 0, result.stderr
+    assert sorted(os.path.basename(json.loads(line)["path"]) for line in result.stdout.splitlines()) == sorted(names)
+    result = run(folder, "--labels", "rock,jazz", "--model", model_dir, "-f", "csv")
+    assert {os.path.basename(r["path"]) for r in csv.DictReader(io.StringIO(result.stdout))} == set(names)
+    for mode in ([], ["--single"]):
+        result = run(folder, "--labels", "rock,jazz", "--model", model_dir, *mode)
+        assert result.exit_code == 0, result.stderr
+        rows = [line for line in result.stdout.splitlines() if line.startswith("│")]
+        assert len(rows) == 2, result.stdout
+        assert "two\\nlines.wav" in rows[1] and "[bold]x tab\\there.wav" in rows[0]
+
+
+def test_a_folder_tree_deeper_than_the_recursion_limit_is_walked(music, model_dir, deep_folder):
+    """1,100 nested folders beside the files (os.walk raised RecursionError: nothing was tagged)."""
+    deepest = deep_folder(music / "sub", sys.getrecursionlimit() + 100)
+    result = run(music, "--labels", "rock", "--model", model_dir, "-f", "jsonl")
+    assert result.exit_code == 0, result.stderr
+    paths = [json.loads(line)["path"] for line in result.stdout.splitlines()]
+    assert paths == [str(music / "a.wav"), str(music / "c.mp3"), str(music / "sub" / "b.flac")]
+    # The walk reaches the bottom (a file there is not decoded here: libsndfile refuses paths this long).
+    (Path(deepest) / "deep.wav").write_bytes(b"")
+    found = tagger.find_audio_files([str(music)], tagger.parse_extensions(None))
+    assert found.files == [*paths, os.path.join(deepest, "deep.wav")] and not found.problems
 
 
 @pytest.mark.parametrize("option", [["--offset", "nan"], ["--offset", "inf"], ["--max-seconds", "nan"]])
@@ -682,10 +776,10 @@ def test_non_finite_offset_or_length_is_a_usage_error(option, tmp_path):
             max_seconds=float(option[1]) if option[0] == "--max-seconds" else None)
 
 
-@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
-def test_non_finite_threshold_is_a_usage_error(value, music, model_dir):
-    for mode in ([], ["--single"]):
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "5", "-1.5", "1.000001"])
+def test_a_threshold_outside_the_cosine_range_is_a_usage_error(value, music, model_dir):
+    for mode in ([], ["--single"]):  # 5 was taken, and kept no label at all
         result = run(music, "--labels", "rock,jazz", "--model", model_dir, "--threshold", value, *mode)
         assert result.exit_code == 2 and result.stdout == ""
         (line,) = result.stderr.strip().splitlines()
-        assert line == f"zstag: error: --threshold {float(value)}: need a finite number (scores are cosines, -1..1)"
+        assert line == f"zstag: error: --threshold {float(value)}: need a number in -1..1 (scores are cosines)"

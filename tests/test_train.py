@@ -178,8 +178,8 @@ def test_cli_split_then_train(cache_dir, tmp_path):
 
     runner = CliRunner()
     split_file = tmp_path / "split.json"
-    result = runner.invoke(app, ["split", "--features", str(cache_dir), "--out", str(split_file), "--unseen", "guitar",
-                                 "--split-by", "artist", "--test-fraction", "0"])
+    result = runner.invoke(app, ["split", "--features", str(cache_dir), "--out", str(split_file), "--unseen", " Guitar",
+                                 "--split-by", "artist", "--test-fraction", "0"])  # named as labels are looked up
     assert result.exit_code == 0, result.output
     split = load_split(split_file)
     assert split.unseen == ["guitar"] and split.corpus == "tones"
@@ -289,7 +289,7 @@ def test_cli_a_model_folder_without_checkpoints_is_not_trained_over(cache_dir, t
 @pytest.mark.parametrize("extra, code", [
     (["--optimizer", "rmsprop"], 2), (["--lr", "-1"], 2), (["--vectors", "random:abc"], 2),
     (["--val-fraction", "1"], 2), (["--unseen-fraction", "1"], 2), (["--split-by", "album"], 2),
-    (["--resume"], 1), (["--vectors", "/nowhere/vectors.txt"], 1),
+    (["--vectors", "/nowhere/vectors.txt"], 2), (["--unseen", "qwxzvbk"], 2),
 ])
 def test_cli_a_refused_run_writes_nothing(cache_dir, tmp_path, extra, code):
     result = cli("train", "--features", cache_dir, "--out", tmp_path / "m", *FAST, *extra)
@@ -328,6 +328,7 @@ def test_cli_train_on_a_cache_missing_a_shard_file(cache_dir, tmp_path):
     ["split", "--features", "FEAT", "--out", "OUT", "--split-by", "album"],
     ["split", "--features", "FEAT", "--out", "OUT", "--val-fraction", "1"],
     ["split", "--features", "FEAT", "--out", "OUT", "--unseen-fraction", "1"],
+    ["split", "--features", "FEAT", "--out", "OUT", "--unseen", "guitar,qwxzvbk"],  # a label the corpus lacks
 ])
 def test_cli_option_value_errors_are_usage_errors(cache_dir, tmp_path, args):
     (tmp_path / "root").mkdir()
@@ -347,3 +348,63 @@ def test_cli_split_warnings_are_one_line(cache_dir, tmp_path):
                      "--split-by", "artist", "--val-fraction", "0.01", "--test-fraction", "0")
     assert result.exit_code == 0, result.output
     assert "zstag: warning: corpus tones: the validation partition is empty" in result.stderr
+
+
+# --- --resume where there is no checkpoint (yet) ------------------------------------------------------
+
+RUN = ["--unseen", "piano", "--vectors", "random:20:1", *FAST]
+NOTE = "starting at epoch 1"
+
+
+def test_cli_resume_before_the_first_checkpoint_starts_afresh_with_a_note(cache_dir, tmp_path):
+    straight = cli("train", "--features", cache_dir, "--out", tmp_path / "straight", *RUN)
+    assert straight.exit_code == 0, straight.output
+    assert NOTE not in straight.stderr
+    nothing_yet = cli("train", "--features", cache_dir, "--out", tmp_path / "new", *RUN, "--resume")
+    assert nothing_yet.exit_code == 0, nothing_yet.output
+    (note,) = [line for line in nothing_yet.stderr.splitlines() if "note" in line]
+    assert note == f"zstag: note: {tmp_path / 'new'}: no checkpoint to resume from yet; {NOTE}"
+    # A run killed while it wrote its first checkpoint: the split, epoch 1's model, checkpoints/ with a
+    # temporary folder in it, no checkpoint.
+    killed = tmp_path / "killed"
+    shutil.copytree(tmp_path / "straight", killed)
+    shutil.rmtree(killed / "checkpoints")
+    (killed / "checkpoints" / ".epoch-0001.abc.tmp").mkdir(parents=True)
+    (killed / "history.json").unlink()
+    refused = cli("train", "--features", cache_dir, "--out", killed, *RUN)
+    assert refused.exit_code == 1 and "before its first checkpoint; pass --resume" in refused.output
+    again = cli("train", "--features", cache_dir, "--out", killed, *RUN, "--resume")
+    assert again.exit_code == 0, again.output
+    assert again.stderr.count(NOTE) == 1 and "resuming" not in again.output
+    timed = [Path("history.json"), Path("checkpoints/epoch-0001/state.json")]  # hold each epoch's seconds
+    untimed = lambda folder: {k: v for k, v in files_in(folder).items() if k not in timed}  # noqa: E731
+    epochs = lambda folder: [{k: v for k, v in h.items() if k != "seconds"}  # noqa: E731
+                             for h in json.loads((folder / "history.json").read_text())]
+    for run in ("new", "killed"):  # the same seed: the same model as the run that was never interrupted
+        assert untimed(tmp_path / run) == untimed(tmp_path / "straight")
+        assert epochs(tmp_path / run) == epochs(tmp_path / "straight")
+
+
+def test_cli_resume_of_a_model_folder_is_still_refused(cache_dir, tmp_path, tiny_model_dir):
+    out = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, out)  # a shipped or copied model: no run of zstag train started here
+    before = files_in(out)
+    result = cli("train", "--features", cache_dir, "--out", out, *FAST, "--resume")
+    assert result.exit_code == 1 and "holds a model already" in result.output, result.output
+    assert files_in(out) == before
+
+
+def test_cli_resume_finds_a_checkpoint_without_latest_json_and_refuses_a_damaged_one(cache_dir, tmp_path):
+    out = tmp_path / "m"
+    assert cli("train", "--features", cache_dir, "--out", out, *RUN).exit_code == 0
+    (out / "checkpoints" / "latest.json").unlink()  # killed between the epoch folder and latest.json
+    result = cli("train", "--features", cache_dir, "--out", out, *RUN, "--epochs", "2", "--resume")
+    assert result.exit_code == 0 and "resuming after epoch 1" in result.output, result.output
+    weights_file = out / "checkpoints" / "epoch-0002" / "weights.safetensors"
+    weights_file.write_bytes(weights_file.read_bytes()[:100])
+    before = files_in(out)
+    for extra in (["--resume"], []):  # never dropped: not with --resume, not without it
+        result = cli("train", "--features", cache_dir, "--out", out, *RUN, "--epochs", "3", *extra)
+        assert result.exit_code == 1, result.output
+        assert ("no usable checkpoint" if extra else "pass --resume") in result.output
+        assert result.output.count("\n") == 1 and files_in(out) == before

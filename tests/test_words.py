@@ -326,10 +326,13 @@ def test_cli_labels_with_user_vectors(glove_text):
     assert str(glove_text.name) in result.stdout
 
 
-def test_cli_unknown_label_exits_1():
+def test_cli_unknown_label_or_vectors_are_usage_errors():
+    """Exit 2, as in tag and eval."""
     result = run_cli("labels", "jazz", "qwxzvbk")
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert result.stderr.count("\n") == 1 and "qwxzvbk" in result.stderr
+    result = run_cli("labels", "--vectors", "/nowhere/vectors.txt", "jazz")
+    assert result.exit_code == 2 and result.stderr == "zstag: error: /nowhere/vectors.txt: no such file\n"
 
 
 # --- the fast default word index ----------------------------------------------------------------
@@ -464,6 +467,18 @@ def test_parse_labels(tmp_path):
         parse_labels(["rock"], tmp_path / "missing.txt")
 
 
+def test_a_label_that_is_not_utf8_is_one_line_not_a_traceback():
+    """os.fsdecode gives undecodable argument bytes lone surrogates, which no output (nor the random
+    baseline's hash) can encode."""
+    import os
+
+    from zstag.words import LabelsError, parse_labels
+
+    with pytest.raises(LabelsError) as caught:
+        parse_labels(["rock", os.fsdecode(b"jazz\xe9")])
+    assert str(caught.value) == '--labels: "jazz\\xe9" is not UTF-8 text'
+
+
 def test_parse_labels_line_breaks_byte_order_mark_and_spellings(tmp_path):
     from zstag.words import LabelsError, parse_labels
 
@@ -479,3 +494,51 @@ def test_parse_labels_line_breaks_byte_order_mark_and_spellings(tmp_path):
     assert parse_labels(["Hip Hop,hip-hop"]) == ["Hip Hop", "hip-hop"]
     with pytest.raises(LabelsError, match="--labels: field larger than field limit"):
         parse_labels(["x" * 200_000])
+
+
+# --- likely typos (zstag.spelling) --------------------------------------------------------------
+
+
+def rank(words, word):
+    return words.index[word] + 1
+
+
+def test_a_rare_word_one_letter_from_a_music_word_gets_a_note(glove):
+    from zstag import spelling
+
+    # the ranks the rule is about, in GloVe 6B: "jaz" is rare, "jazz" over 20x more frequent
+    assert rank(glove, "jaz") > spelling.TYPO_RARE_RANK
+    assert rank(glove, "jazz") * spelling.TYPO_FREQUENCY_RATIO <= rank(glove, "jaz")
+    note = f'"jaz" is a rare word (rank {rank(glove, "jaz")}); did you mean "jazz" (rank {rank(glove, "jazz")})?'
+    assert spelling.typo_note(glove, "jaz") == note
+    assert spelling.typo_note(glove, "Smooth Jaz") == note  # a word of a composed label
+    assert spelling.typo_note(glove, "popp").endswith('did you mean "pop" (rank 2565)?')  # "pope" is as near
+    assert spelling.typo_note(glove, "contry").endswith('did you mean "country" (rank 124)?')
+    assert len("electronical") >= spelling.TYPO_LONG_WORD  # two edits away, allowed for long words only
+    assert spelling.typo_note(glove, "electronical").endswith('did you mean "electronic" (rank 2506)?')
+
+
+@pytest.mark.parametrize("label", ["jazz", "hiphop", "lo-fi", "dubstep", "edm", "djent", "bachata", "zouk", "bluesy"])
+def test_common_or_real_words_get_no_note(glove, label):
+    from zstag import spelling
+
+    assert spelling.typo_note(glove, label) is None
+    # all but "jazz" and "hiphop" (scored as "hip-hop") are rarer than TYPO_RARE_RANK: the test would fail without
+    # the other conditions ("edm" is one letter from "eds", rank 2029: frequent, but no music word)
+    rare = rank(glove, glove.phrase(label).words[0]) > spelling.TYPO_RARE_RANK
+    assert rare == (label not in ("jazz", "hiphop"))
+
+
+def test_no_note_without_a_vocabulary_to_judge_by(glove, monkeypatch):
+    from zstag import spelling
+    from zstag.words import RandomVectors
+
+    assert spelling.typo_note(RandomVectors(), "jaz") is None
+    monkeypatch.setattr(spelling, "TYPO_ANCHOR", "qwxzvbk")  # user vectors without the word "music"
+    assert spelling.typo_note(glove, "jaz") is None
+
+
+def test_cli_labels_notes_a_likely_typo():
+    result = run_cli("labels", "jaz", "jazz")
+    assert result.exit_code == 0, result.output
+    assert result.stderr == ('zstag: note: "jaz" is a rare word (rank 79726); did you mean "jazz" (rank 3282)?\n')

@@ -96,7 +96,8 @@ def _rounded(value: float | None, digits: int) -> float | None:
 
 
 def analyse_file(path, front_end, offset: float = 0.0, duration: float | None = None) -> tuple[np.ndarray, dict]:
-    """Decode one file → (log-mel [n_mels, n_frames], file_stats) from one decode; raises AudioError.
+    """Decode one file → (log-mel [n_mels, n_frames], file_stats) from one decode; raises AudioError, and
+    ContentError for audio too short or silent to tag (audio.check_content).
 
     The worker step shared by ``zstag tag``/``eval`` (embeddings.py) and ``zstag preprocess`` (features.py).
     """
@@ -104,6 +105,7 @@ def analyse_file(path, front_end, offset: float = 0.0, duration: float | None = 
 
     decoded = audio.decode_audio(path, front_end.sample_rate, offset=offset, duration=duration)
     samples = decoded.samples
+    audio.check_content(path, samples, front_end.sample_rate, span=bool(offset) or duration is not None)
     mel = audio.log_mel(samples, front_end)
     if mel.shape[1] == 0 or not np.isfinite(mel).all():
         cause = "NaN or infinite samples in the audio" if not np.isfinite(samples).all() else "no usable log-mel frames"

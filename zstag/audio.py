@@ -53,6 +53,14 @@ HEADER_CHUNKS_MAX = 64  # WAV/AIFF chunks walked to find the audio data chunk (s
 STREAMED_DATA_SIZE = 0x7FFF0000
 AU_MAGIC, AU_FLOAT32 = 0x2E736E64, 6  # ffmpeg writes Sun AU to the pipe: a 24-byte header, then samples
 RESAMPLE_QUALITY = "HQ"  # soxr quality; librosa's default res_type "soxr_hq" is the same
+# Audio too thin to tag (check_content) is a ContentError: the same bytes always fail. Judged on the whole span
+# decoded, in mono.
+# Silent: no sample reaches two steps of a 16-bit converter (2^-14, -84.3 dBFS peak): digital silence or only the
+# +-1-step dither / noise floor of a recording (resampling overshoots a step a little); no music is that quiet.
+SILENT_PEAK = 2.0 ** -14
+# Too short: below this a wrap-padded ~3 s model segment repeats the audio 12+ times over, so the scores
+# describe the loop's buzz, not the sound (half a second, looped 6 times, still scores as its sound).
+MIN_AUDIO_SECONDS = 0.25
 
 FFMPEG_HINTS = ("To ignore this",)  # ffmpeg's advice printed after an error line (e.g. a -map with no audio)
 SOUNDFILE_CONTENT_CODES = (1, 7, 18)  # libsndfile: format not recognised, "does not exist" (its word for unparseable data), unimplemented format
@@ -182,6 +190,22 @@ def decode_audio(path, sample_rate: int, offset: float = 0.0, duration: float | 
     if decoded.samples.size == 0:
         raise _error(path, "no audio samples" + (f" after offset {offset:g} s" if offset else ""), ContentError)
     return decoded
+
+
+def check_content(path, samples: np.ndarray, sample_rate: int, span: bool = False) -> None:
+    """ContentError for decoded audio too short or too quiet to tag (MIN_AUDIO_SECONDS, SILENT_PEAK); span: the
+    samples are a part of the file (--offset / --max-seconds), which the message says. Not done by decode_audio:
+    a silent window of a long track is still audio (recipes/build_default_model.py reads windows)."""
+    where = " in the span selected" if span else ""
+    seconds = len(samples) / sample_rate
+    if seconds < MIN_AUDIO_SECONDS:
+        ms = seconds * 1000
+        length = f"{ms:.0f}" if ms >= 10 else f"{ms:.2g}"  # a 1-sample file is "0.062 ms", not "0 ms"
+        raise _error(path, f"too short: {length} ms{where} (need {MIN_AUDIO_SECONDS * 1000:.0f} ms)", ContentError)
+    peak = max(float(samples.max()), -float(samples.min()))  # no |x| temporary; NaN is caught later (not silent)
+    if peak < SILENT_PEAK:
+        level = f"peak {20 * math.log10(peak):.0f} dBFS" if peak > 0 else "all samples zero"
+        raise _error(path, f"silent{where} ({level}; under {20 * math.log10(SILENT_PEAK):.1f} dBFS)", ContentError)
 
 
 def _soundfile_cause(e) -> str:

@@ -48,6 +48,16 @@ def fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
+def _check_output(output, option: str, inputs, **how) -> None:
+    """paths.check_output: an output that would replace one of the run's inputs is a usage error (exit 2)."""
+    from zstag.paths import OutputIsInputError, check_output
+
+    try:
+        check_output(output, option, inputs, **how)
+    except OutputIsInputError as exc:
+        fail(str(exc), 2)
+
+
 def _write_or_fail(path, write) -> None:
     """Run write(); an unwritable destination is a one-line error, not a traceback."""
     try:
@@ -70,12 +80,13 @@ def labels(
     from rich.console import Console
     from rich.table import Table
 
+    from zstag.spelling import typo_note
     from zstag.words import UnknownLabelError, VectorsError, WordVectors
 
     try:
         wv = WordVectors.load(vectors)
     except VectorsError as e:
-        fail(str(e))
+        fail(str(e), 2)
     table = Table(title=f"labels in {wv.source} ({wv.dim}-d)")
     for column in ("label", "normalised", "words used", "in vocabulary", "nearest words"):
         table.add_column(column)
@@ -93,10 +104,13 @@ def labels(
         if denied is not None:  # modelfile.label_embeddings
             how += f'; a model scores it as the opposite of "{denied}" (unless it trained on it)'
         table.add_row(name, phrase.normalised, " + ".join(phrase.words), how, ", ".join(near))
+        note = typo_note(wv, name)
+        if note:
+            typer.echo(f"zstag: note: {note}", err=True)
     if table.row_count:
         Console().print(table)
-    if errors:
-        fail("; ".join(errors))
+    if errors:  # an unknown label is a usage error, as in tag
+        fail("; ".join(errors), 2)
 
 
 # --- preprocess / train (features.py, train.py) ------------------------------
@@ -150,7 +164,7 @@ def _check_split_options(unseen, unseen_fraction, split_by, val_fraction, test_f
 def _split_for(corpus, split_file, seed, unseen, unseen_fraction, split_by, val_fraction, test_fraction):
     import warnings
 
-    from zstag.splits import SplitError, load_split, make_split
+    from zstag.splits import SplitError, SplitLabelError, load_split, make_split
 
     try:
         if split_file is not None:
@@ -160,6 +174,8 @@ def _split_for(corpus, split_file, seed, unseen, unseen_fraction, split_by, val_
             split = make_split(corpus, seed=seed, unseen=_unseen_names(unseen), unseen_fraction=unseen_fraction,
                                by_artist=split_by == "artist", validation_fraction=val_fraction,
                                test_fraction=test_fraction)
+    except SplitLabelError as exc:  # --unseen names a label the corpus does not have
+        fail(str(exc), 2)
     except SplitError as exc:
         fail(str(exc))
     for warning in caught:
@@ -184,6 +200,7 @@ def preprocess_command(
 ) -> None:
     """Decode a corpus into log-mel features for training (resumable; bad files are listed, not fatal)."""
     from zstag.audio import FRONT_ENDS
+    from zstag.corpora import corpus_inputs
     from zstag.features import FeatureCacheError, parse_shard, preprocess
 
     if front_end not in FRONT_ENDS:
@@ -193,6 +210,7 @@ def preprocess_command(
     except ValueError as exc:
         fail(str(exc), 2)
     data = _open_training_corpus(corpus, root, audio, top_n, min_tracks, min_val)
+    _check_output(out, "--out", corpus_inputs(data), folder=True)
     source = {"name": data.name, "kind": data.kind, "root": str(root), "options": data.options}
     try:
         report = preprocess(data.tracks, out, FRONT_ENDS[front_end], workers=workers, shard=part,
@@ -204,7 +222,9 @@ def preprocess_command(
     failed = len(report.failures)  # tracks_done counts every track this run tried, failed ones too
     typer.echo(
         f"{report.tracks_done - failed} tracks decoded, {failed} failed, in {report.shards_done} shards; "
-        f"{report.shards_skipped} shards already done ({report.seconds:.1f} s); "
+        f"{report.shards_skipped} shards already done"
+        + (f", {report.tracks_resumed} tracks kept from unfinished ones" if report.tracks_resumed else "")
+        + f" ({report.seconds:.1f} s); "
         + ("cache complete" if report.complete else "other parts still missing")
     )
     for failure in report.failures[:10]:
@@ -227,6 +247,8 @@ def split_command(
     test_fraction: Optional[float] = typer.Option(None, "--test-fraction", help="Seen-label test share (artist split: 0.1)."),
 ) -> None:
     """Make the paper's seen/unseen label split and train/validation/test partitions; save it as JSON."""
+    from zstag.corpora import corpus_inputs
+    from zstag.paths import Input
     from zstag.splits import save_split
 
     if (features is None) == (root is None):
@@ -234,8 +256,11 @@ def split_command(
     _check_split_options(unseen, unseen_fraction, split_by, val_fraction, test_fraction)
     if features is not None:
         data = _cache_corpus(features)
+        inputs = [Input("the feature cache", features, whole=True)]
     else:
         data = _open_training_corpus(corpus, root, None, None, None, None)
+        inputs = corpus_inputs(data)
+    _check_output(out, "--out", inputs)
     split = _split_for(data, None, seed, unseen, unseen_fraction, split_by, val_fraction, test_fraction)
     _write_or_fail(out, lambda: save_split(split, out))
     counts = split.counts()
@@ -289,8 +314,9 @@ def train_command(
 
     from zstag.devices import DeviceError, pick_device
     from zstag.features import FeatureCache, FeatureCacheError
+    from zstag.paths import Input
     from zstag.splits import SplitError, check_split, save_split
-    from zstag.train import SPLIT_FILE, TrainError, TrainOptions, train
+    from zstag.train import SPLIT_FILE, TrainError, TrainOptions, has_checkpoint, train
     from zstag.words import UnknownLabelError, VectorsError, parse_random_source
 
     # Everything that can be checked is checked before anything is written: a refused run leaves --out as it was.
@@ -318,6 +344,9 @@ def train_command(
         fail(str(exc))
     data = _cache_corpus(features)
     saved_split = out / SPLIT_FILE
+    read = [Input("the feature cache", features, whole=True)]  # and --split, --vectors when they are files
+    read += [Input(what, path) for what, path in (("the split file", split), ("the word-vector file", vectors)) if path]
+    _check_output(out, "--out", read, folder=True, allowed=[saved_split])  # a split kept in --out is read back
     if split is None and resume and saved_split.is_file():
         split = saved_split  # the resumed run keeps the split it was started with
     the_split = _split_for(data, split, seed, unseen, unseen_fraction, split_by, val_fraction, test_fraction)
@@ -330,9 +359,13 @@ def train_command(
             typer.echo(f"zstag: warning: {len(absent)} tracks of the split are not in the feature cache; skipped",
                        err=True)
 
+    afresh = resume and not has_checkpoint(out)  # the run to resume stopped before its first checkpoint
+
     def save_the_split() -> None:
         # The model folder always keeps the split it was trained on; train() calls this on rank 0 only, once
         # the vectors, the resume state and --out have passed its checks.
+        if afresh:
+            typer.echo(f"zstag: note: {out}: no checkpoint to resume from yet; starting at epoch 1", err=True)
         if split is None or Path(split).resolve() != saved_split.resolve():
             _write_or_fail(saved_split, lambda: save_split(the_split, saved_split))
 
@@ -342,7 +375,9 @@ def train_command(
             vectors_source=vectors, split_sha256=the_split.sha256, corpus_name=the_split.corpus, resume=resume,
             progress=not no_progress, on_start=save_the_split,
         )
-    except (TrainError, UnknownLabelError, VectorsError, FeatureCacheError) as exc:
+    except (UnknownLabelError, VectorsError) as exc:  # labels and word vectors: usage errors, as in tag and eval
+        fail(str(exc), 2)
+    except (TrainError, FeatureCacheError) as exc:
         fail(str(exc))
     if "model_id" in result:
         typer.echo(f"{out}: model {result['model_id']}, best epoch {result['best_epoch']} of {result['epochs']} "
@@ -373,7 +408,7 @@ def tag_command(
     extensions: Optional[str] = typer.Option(None, "--extensions", help="Extensions to take from folders: mp3,wav."),
     single: bool = typer.Option(False, "--single", help="One label per file (argmax) with a softmax confidence."),
     top_k: Optional[int] = typer.Option(None, "--top-k", min=1, help="Keep the k best labels per file."),
-    threshold: Optional[float] = typer.Option(None, "--threshold", help="Keep labels whose cosine score is >= this."),
+    threshold: Optional[float] = typer.Option(None, "--threshold", help="Keep labels whose cosine score is >= this (-1..1)."),
     fmt: str = typer.Option("table", "--format", "-f", help="table, json, jsonl or csv."),
     output: Optional[str] = typer.Option(None, "--output", "-o", help="Write here (atomically) instead of stdout."),
     workers: Optional[int] = typer.Option(
@@ -429,7 +464,8 @@ hit@k and P@k for k = 1, 5, 10. Seen labels are those in the model's training vo
 they are the split's seen labels and only the split's test partition (groups B and C, plus any held-out
 group-A tracks) is evaluated. A transfer report compares the labels and the acoustic conditions with the
 model's training corpus. Track embeddings are cached, so a second run decodes nothing. Files that
-cannot be decoded are reported on stderr and left out. --out writes every figure as JSON.
+cannot be decoded (or are silent or too short) are reported on stderr and left out, and the exit code is 1
+(the report is still written); 2 for usage errors. --out writes every figure as JSON.
 """
 
 
@@ -460,6 +496,7 @@ def eval_command(
     from zstag.corpora import KINDS, CorpusError
     from zstag.devices import DeviceError, check_bf16, pick_device
     from zstag.model import ModelError
+    from zstag.paths import OutputIsInputError, check_distinct
     from zstag.splits import SplitError
     from zstag.tagger import TagUsageError, parse_labels
     from zstag.words import VectorsError
@@ -480,14 +517,19 @@ def eval_command(
         if target is not None and target.is_dir():
             fail(f"{target}: {option} names a folder, not a file", 2)
     try:
+        check_distinct({"--out": out, "--plot": plot})
+    except OutputIsInputError as exc:
+        fail(str(exc), 2)
+    try:
         chosen = parse_labels(labels) if labels else None
         result = evaluate.evaluate(
             corpus, root, model=model, split=split, labels=chosen, top_n=top_n, vectors=vectors, workers=workers,
             use_cache=not no_cache, max_seconds=max_seconds, device=device, bf16=bf16,
+            outputs={"--out": out, "--plot": plot},  # refused if one would replace an input, before any decoding
         )
-    except (TagUsageError, evaluate.EvalUsageError) as exc:  # an empty --labels, options that cannot go together
-        fail(str(exc), 2)
-    except (evaluate.EvalError, CorpusError, SplitError, ModelError, VectorsError) as exc:
+    except (TagUsageError, evaluate.EvalUsageError, ModelError, VectorsError) as exc:  # as tag: labels, options,
+        fail(str(exc), 2)  # the model and its word vectors
+    except (evaluate.EvalError, CorpusError, SplitError) as exc:
         fail(str(exc))
     report = result.report
     # Files and stderr first, the table last: a reader that closes stdout early (| head) cuts only the table.
@@ -502,10 +544,13 @@ def eval_command(
         typer.echo(f"zstag: {failure['error']}", err=True)
     for warning in report["warnings"]:
         typer.echo(f"zstag: warning: {warning}", err=True)
+    for note in report["labels"]["likely_typos"]:
+        typer.echo(f"zstag: note: {note}", err=True)
     if plot is not None and not draw:
         typer.echo("zstag: warning: --plot draws the confusion matrix of single-label corpora; nothing drawn", err=True)
+    failed = len(report["tracks"]["failed"])
     typer.echo(f"zstag: evaluated {report['tracks']['evaluated']} of {report['tracks']['selected']} tracks "
-               f"({result.cached} from the cache)", err=True)
+               f"({result.cached} from the cache)" + (f"; {failed} failed" if failed else ""), err=True)
     if out is not None:
         typer.echo(f"zstag: report written to {out}", err=True)
     if draw:
@@ -516,6 +561,8 @@ def eval_command(
         evaluate.render(report, Console())  # a pipe closed early (| head): rich sends the rest to /dev/null, exit 1
     except OSError as exc:  # a full disk, an I/O error
         fail(f"cannot write the table to stdout: {exc.strerror or exc}")
+    if failed:  # as tag: the figures leave those tracks out
+        raise typer.Exit(1)
 
 
 # --- search / similar (search.py) ----------------------------------------------

@@ -18,7 +18,7 @@ Cache: one SQLite file, ``cache_dir()/embeddings.sqlite`` in WAL mode. A row is 
 (model id, content digest, offset, max_seconds, pipeline version) and holds the float32 joint-space
 embedding and the statistics as JSON. Each file's row is committed on its own, so a killed run loses
 at most the files in flight and leaves the cache readable. A file whose bytes cannot give audio
-(audio.ContentError: empty, corrupt, not audio, no samples) gets a row of the same key in a second
+(audio.ContentError: empty, corrupt, not audio, no samples, silent, too short) gets a row of the same key in a second
 table, its error line without the path and keyed by the decoders too (decoder_stamp), so a warm re-tag
 reports it without torch or decoding. Failures that may not happen again (unreadable or changed file,
 decoder crash, no ffmpeg, "cannot embed") are never stored.
@@ -61,9 +61,10 @@ from zstag.acoustics import analyse_file, error_cause, error_line, failure_line
 CACHE_FILE = "embeddings.sqlite"
 DAMAGED_SUFFIX = ".damaged"  # a database SQLite calls corrupt is renamed to this, and a new one started
 SQLITE_CORRUPT, SQLITE_NOTADB = 11, 26  # primary result codes (sqlite3.h)
-PIPELINE_VERSION = 4  # bump when decoding, features or inference change, so that old rows stop matching
+PIPELINE_VERSION = 5  # bump when decoding, features or inference change, so that old rows stop matching
 # 3: blocked STFT with a banded filterbank, GEMM musicnn front end, one torch thread per track (rounding-level)
 # 4: a WAV/AIFF cut short on disk is a truncation error (it was embedded from what was left)
+# 5: silent or too short audio is a content failure (audio.SILENT_PEAK, MIN_AUDIO_SECONDS; it was embedded)
 HASH_CHUNK = 1 << 20
 IN_FLIGHT_PER_WORKER = 2  # decoded tracks waiting per worker: keeps workers busy, bounds memory
 QUEUED_PER_THREAD = 1  # decoded tracks per inference thread (heavy models) waiting, besides those being embedded
@@ -664,7 +665,7 @@ def decode_file(path: str, fe_dict: dict, offset: float = 0.0, max_seconds: floa
 
 def _init_worker(main_pid: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
-    threading.Thread(target=_exit_with, args=(main_pid,), daemon=True).start()
+    watch_main(main_pid)
     # Decoders print notes straight to fd 2 (libmpg123: "Note: Illegal Audio-MPEG-Header ..."); the
     # worker reports each failure as one line through its result instead.
     devnull = os.open(os.devnull, os.O_WRONLY)
@@ -690,8 +691,24 @@ def _keep_freed_memory() -> None:
 
 
 def _exit_with(main_pid: int) -> None:
-    """Exit when the main process is gone: a worker of a killed run would otherwise wait forever on
-    its task queue (its parent is the fork server, which in turn waits for its workers)."""
+    """Exit when the main process is gone, however it ended (kill -9 too): a worker of a killed run would
+    otherwise wait for ever on its task queue, whose write end it holds itself, and keep the fork server
+    and resource tracker alive with it (they exit once no worker holds their pipes). Waits on a pidfd
+    (Linux ≥ 5.3), which also wakes while the dead main process is an unreaped zombie; elsewhere polls.
+    Run on a daemon thread by each worker, tag's and preprocess's alike."""
+    try:
+        fd = os.pidfd_open(main_pid)
+    except ProcessLookupError:
+        os._exit(1)
+    except (AttributeError, OSError):  # not Linux, an old kernel, or a sandbox that forbids it
+        fd = None
+    if fd is not None:
+        import select
+
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        poller.poll()  # readable once the process has ended
+        os._exit(1)
     while True:
         time.sleep(PARENT_POLL_S)
         try:
@@ -700,6 +717,11 @@ def _exit_with(main_pid: int) -> None:
             os._exit(1)
         except PermissionError:
             pass  # the pid exists (owned by another user): not proof of death
+
+
+def watch_main(main_pid: int) -> None:
+    """In a worker process: exit as soon as the process ``main_pid`` (the one that made the pool) ends."""
+    threading.Thread(target=_exit_with, args=(main_pid,), daemon=True, name="zstag-watch-main").start()
 
 
 def _context():

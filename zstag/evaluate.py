@@ -23,7 +23,8 @@ Multi-label corpora: for each label set, every evaluated track with the set's la
 and PR-AUC per label (macro), annotation ROC-AUC and average precision per track, hit@k and P@k
 (None when k is not below the set's number of labels: every label would be in the top k).
 Labels without a word vector cannot be scored: they are listed and left out (for single-label corpora
-with their tracks). A file that cannot be decoded is listed and left out; the run goes on. Entries the
+with their tracks). A label whose word is likely a typo of a music word ("jaz") is noted (labels.likely_typos:
+zstag.spelling). A file that cannot be decoded is listed and left out; the run goes on. Entries the
 corpus reader left out (audio not found, malformed rows, files listed twice) are counted in the report's
 "corpus", with the first one's cause. "warnings" reports a single-label set with one label (accuracy
 trivially 1.0), a corpus the model learnt from (``provenance_warnings``: the shipped models on MSD or
@@ -45,8 +46,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from zstag import metrics
+from zstag.evalrender import fmt as _fmt
+from zstag.evalrender import render  # noqa: F401  (the CLI's and tests' evaluate.render)
 from zstag.modelfile import cosine_scores, label_embeddings, scored_as
-from zstag.paths import atomic_write
+from zstag.paths import atomic_write, valid_text
 
 REPORT_FORMAT = "zstag-eval/1"
 STATS_FILE = "corpus_stats.json"  # written beside a model by training: acoustics.corpus_summary
@@ -86,7 +89,7 @@ def choose_labels(available: list[str], requested: list[str] | None) -> list[str
     if unknown:
         close = difflib.get_close_matches(unknown[0], available, n=3)
         hint = f" (nearest: {', '.join(close)})" if close else ""
-        raise EvalError(f"--labels: not evaluation labels of this corpus: {', '.join(unknown)}{hint}")
+        raise EvalUsageError(f"--labels: not evaluation labels of this corpus: {', '.join(unknown)}{hint}")
     chosen = {by_norm[norm] for norm in wanted}
     return [label for label in available if label in chosen]
 
@@ -256,7 +259,9 @@ def _mean_embedding(value) -> np.ndarray:
 def provenance_warnings(config: dict, train_summary: dict | None, corpus, split) -> list[str]:
     """Why the figures may not measure transfer to this corpus: the model learnt from it (corpus_stats.json's
     "label_sources": the shipped models' backbones and teacher taggers were trained on MSD and MTAT), or it was
-    trained on a corpus of the same name and no --split holds its training tracks out."""
+    trained on a corpus of the same name (config "training": "corpus", as `zstag train` records it, and "sets",
+    the sets recipes/build_default_model.py trained on) and no --split of that training holds its tracks out.
+    Names are compared case-blind: a folder's name is the corpus name, and file systems may fold case."""
     warnings = []
     for source in label_sources(train_summary):
         if str(source.get("corpus")).casefold() == corpus.kind:
@@ -264,10 +269,19 @@ def provenance_warnings(config: dict, train_summary: dict | None, corpus, split)
             warnings.append(f"not zero-shot transfer: the model learnt from {corpus.kind} itself{via}; "
                             "compare its figures only with those of models that did too")
     training = config.get("training")
-    trained_on = training.get("corpus") if isinstance(training, dict) else None
-    if split is None and trained_on is not None and trained_on == corpus.name:
+    training = training if isinstance(training, dict) else {}
+    name = str(corpus.name).casefold()
+    trained_on = training.get("corpus")
+    if split is None and isinstance(trained_on, str) and trained_on.casefold() == name:
         warnings.append(f"the model was trained on a corpus named {trained_on!r}, as this one is: its training tracks "
                         "are among those evaluated; pass its split (--split split.json) for held-out figures")
+    sets = training.get("sets")
+    same = [s for s in sets if isinstance(s, str) and s.casefold() == name] if isinstance(sets, list) else []
+    held_out = split is not None and split.sha256 == config.get("split_sha256")
+    if same and not held_out:
+        warnings.append(f"the model was trained on a set named {same[0]!r} (one of its {len(sets)} training sets), as "
+                        "this corpus is: its tracks are likely among those evaluated, so these figures are not "
+                        "zero-shot transfer")
     return warnings
 
 
@@ -296,6 +310,29 @@ def training_stats(model) -> tuple[dict | None, str | None]:
     return stats, None
 
 
+def check_outputs(outputs: dict, corpus, model_folder, vectors, split) -> None:
+    """EvalUsageError when an output (option → path) would replace one of the run's inputs
+    (paths.check_output): a file the corpus reader read (the manifest, annotations), the corpus root,
+    an audio file, the split, the word vectors or the model's files. A new report beside them is fine."""
+    from pathlib import Path
+
+    from zstag.corpora import corpus_inputs
+    from zstag.modelfile import CONFIG_FILE, WEIGHTS_FILE
+    from zstag.paths import Input, OutputIsInputError, check_output
+
+    named = (("the split file", split), ("the word-vector file", vectors))
+    inputs = corpus_inputs(corpus) + [Input(what, path) for what, path in named if path is not None]
+    if model_folder is not None:
+        inputs += [Input("the model file", Path(model_folder) / name)
+                   for name in (CONFIG_FILE, WEIGHTS_FILE, STATS_FILE)]
+    try:
+        for option, path in outputs.items():
+            if path is not None:
+                check_output(path, option, inputs)
+    except OutputIsInputError as exc:
+        raise EvalUsageError(str(exc)) from None
+
+
 # --- the run ------------------------------------------------------------------------------------
 
 
@@ -314,9 +351,11 @@ def evaluate(
     progress: bool = True,
     device: str = "cpu",
     bf16: bool = False,
+    outputs: dict | None = None,
 ) -> Evaluation:
     """Evaluate a model on a corpus; see the module docstring. bf16: as embeddings.embed_files (recorded in
-    the report's model.bf16: its figures are of bfloat16 embeddings).
+    the report's model.bf16: its figures are of bfloat16 embeddings). outputs: option → path the caller
+    will write (--out, --plot), refused as check_outputs says once the corpus is read, before any decoding.
 
     Raises EvalError, CorpusError, SplitError, ModelError, VectorsError or DeviceError (all one line): bad options and
     inputs before any audio is decoded, and EvalError when no track at all could be decoded.
@@ -326,6 +365,7 @@ def evaluate(
     from zstag.corpora import open_corpus
     from zstag.embeddings import embed_files
     from zstag.model import load_model
+    from zstag.spelling import typo_note
     from zstag.splits import check_split, load_split
     from zstag.words import UnknownLabelError, VectorsError, load_words
 
@@ -337,7 +377,7 @@ def evaluate(
     try:
         words = load_words(net, vectors)
     except VectorsError as exc:
-        raise EvalError(str(exc)) from None
+        raise EvalUsageError(str(exc)) from None
     the_split = load_split(split) if split is not None else None
 
     options: dict = {}
@@ -350,6 +390,7 @@ def evaluate(
             raise EvalUsageError(f"--top-n applies to {', '.join(TOP_N_KINDS)} corpora, not {kind}")
         options["top_n"] = top_n
     corpus = open_corpus(kind, root, **options)
+    check_outputs(outputs or {}, corpus, getattr(net, "folder", None), vectors, split)
 
     if the_split is not None:
         check_split(the_split, corpus)
@@ -434,6 +475,7 @@ def evaluate(
         "seen_from": "split" if the_split is not None else "model.train_labels",
         "options": {"labels": labels or None, "top_n": top_n, "max_seconds": max_seconds},
         "labels": {**sets, "without_vector": no_vector,
+                   "likely_typos": [note for note in (typo_note(words, label) for label in eval_labels) if note],
                    "scored_as": {label: f"{'-' if sign < 0 else ''}{what}"  # "no vocals": "-vocals"
                                  for label, (sign, what) in scored_as(net, words, eval_labels).items()}},
         "tracks": {"selected": len(tracks), "evaluated": len(good), "failed": failed},
@@ -449,9 +491,12 @@ def evaluate(
 
 
 def _json_ready(value):
-    """NaN/inf → None and numpy scalars → Python, so the report is strict JSON."""
+    """NaN/inf → None, numpy scalars → Python and file names' bytes that are not UTF-8 → U+FFFD
+    (paths.valid_text), so the report is strict JSON in valid UTF-8."""
+    if isinstance(value, str):
+        return valid_text(value)
     if isinstance(value, dict):
-        return {str(k): _json_ready(v) for k, v in value.items()}
+        return {valid_text(str(k)): _json_ready(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_json_ready(v) for v in value]
     if isinstance(value, (np.integer,)):
@@ -504,118 +549,3 @@ def plot_confusion(report: dict, path: str | os.PathLike, label_set: str = "all"
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
     atomic_write(path, buffer.getvalue(), follow_links=True)
-
-
-def _fmt(value, digits: int = 3) -> str:
-    return "—" if value is None else f"{value:.{digits}f}"
-
-
-def render(report: dict, console) -> None:
-    """Rich tables: the figures per label set, per label, the confusion matrix, the transfer report."""
-    from rich.table import Table
-
-    model, corpus, tracks = report["model"], report["corpus"], report["tracks"]
-    console.print(
-        f"model [bold]{model['id']}[/] ({model['name'] or 'unnamed'}, {len(model['train_labels'])} training labels"
-        + (", bfloat16 products" if model.get("bf16") else "") + ") "
-        f"on {corpus['kind']} corpus [bold]{corpus['name']}[/]: {tracks['evaluated']} of {tracks['selected']} tracks"
-        + (f", {len(tracks['failed'])} failed" if tracks["failed"] else "")
-    )
-    split = report["split"]
-    if split:
-        groups = ", ".join(f"{g} {n}" for g, n in split["groups"].items())
-        match = {True: "the model's split", False: "NOT the model's split", None: "model split unknown"}
-        console.print(f"split {split['path']} ({split['sha256'][:12]}, {match[split['matches_model']]}): "
-                      f"test partition, groups {groups}")
-    else:
-        console.print("seen = labels in the model's training vocabulary; all corpus tracks evaluated")
-    if report["labels"]["without_vector"]:
-        console.print(f"left out (no word vector): {', '.join(report['labels']['without_vector'])}")
-
-    figures = report["metrics"]
-    single = report["task"] == "classification"
-    table = Table(title=f"{report['task']}: seen / unseen / all labels")
-    if single:
-        columns = ["label set", "labels", "tracks", "accuracy", "mean recall"]
-    else:
-        columns = ["label set", "labels", "tracks", "retr ROC-AUC", "retr PR-AUC", "annot ROC-AUC", "annot AP",
-                   "hit@1", "hit@5", "hit@10", "P@1", "P@5", "P@10"]
-    for i, column in enumerate(columns):
-        table.add_column(column, justify="left" if i == 0 else "right")
-    for name in SETS:
-        f = figures[name]
-        row = [name, str(f["n_labels"]), str(f["n_tracks"])]
-        if single:
-            row += [_fmt(f["accuracy"]), _fmt(f["mean_recall"])]
-        else:
-            top = f["top_k"]
-            row += [_fmt(f["retrieval"]["roc_auc"]), _fmt(f["retrieval"]["pr_auc"]),
-                    _fmt(f["annotation"]["roc_auc"]), _fmt(f["annotation"]["average_precision"])]
-            row += [_fmt(top.get(k)) for k in ("hit@1", "hit@5", "hit@10", "P@1", "P@5", "P@10")]
-        table.add_row(*row)
-    console.print(table)
-    if not single:
-        notes = []
-        for name in SETS:
-            r, a = figures[name]["retrieval"], figures[name]["annotation"]
-            if r["skipped_no_positive"] or r["skipped_all_positive"] or a["skipped_no_positive"] or a["skipped_all_positive"]:
-                notes.append(f"{name}: {r['skipped_no_positive']} labels without a positive track and "
-                             f"{r['skipped_all_positive']} with only positives skipped; "
-                             f"{a['skipped_no_positive']} tracks without a true label skipped")
-        for line in notes:
-            console.print(f"  {line}")
-
-    overlap = report["transfer"]["label_overlap"]
-    seen = set(report["labels"]["seen"])
-    per_label = Table(title="per label")
-    per_label.add_column("label")
-    recall_columns = ["recall in its set", "recall among all"]  # seen (or unseen) labels only / every label
-    for column in ["seen", "tracks"] + (recall_columns if single else ["retr ROC-AUC", "retr PR-AUC"]):
-        per_label.add_column(column, justify="right")
-    per_label.add_column("nearest training label (word cosine)")
-    for label, f in figures["all"]["per_label"].items():
-        near = overlap["nearest"].get(label)
-        near_text = f"{near['train_label']} {near['cosine']:.2f}" if near else "—"
-        if label in report["labels"].get("scored_as", {}):  # e.g. "no vocals" scores as minus "vocals"
-            near_text += f"; scored as {report['labels']['scored_as'][label]}"
-        own = figures["seen" if label in seen else "unseen"]["per_label"][label]
-        if single:
-            values = [str(f["n_tracks"]), _fmt(own["recall"]), _fmt(f["recall"])]
-        else:
-            values = [str(f["n_positive"]), _fmt(f["roc_auc"]), _fmt(f["pr_auc"])]
-        per_label.add_row(label, "yes" if label in seen else "no", *values, near_text)
-    console.print(per_label)
-
-    if single and figures["all"]["n_tracks"]:
-        confusion = figures["all"]["confusion"]
-        matrix = Table(title="confusion matrix (all labels)")
-        matrix.add_column("true \\ predicted")
-        for j in range(len(confusion["labels"])):
-            matrix.add_column(str(j), justify="right")
-        for j, (label, row) in enumerate(zip(confusion["labels"], confusion["matrix"])):
-            matrix.add_row(f"{j} {label}", *[str(n) if n else "." for n in row])
-        console.print(matrix)
-
-    console.print(f"label overlap: {overlap['n_exact']} of {overlap['n_eval_labels']} evaluation labels are in the "
-                  f"model's training vocabulary ({overlap['n_train_labels']} labels)")
-    acoustics = report["transfer"]["acoustics"]
-    side = Table(title=f"acoustic conditions: median [IQR]: training corpus {acoustics['train_corpus'] or '—'} "
-                       f"vs {acoustics['eval_corpus']}")
-    for column in ("statistic", "training corpus", "evaluation corpus"):
-        side.add_column(column, justify="left" if column == "statistic" else "right")
-    for field, pair in acoustics["fields"].items():
-        side.add_row(field, _distribution(pair["train"]), _distribution(pair["eval"]))
-    console.print(side)
-    console.print(f"cosine of the two corpora's mean track embeddings: {_fmt(acoustics['mean_embedding_cosine'])}")
-    if acoustics["note"]:
-        console.print(f"note: {acoustics['note']}")
-
-
-def _distribution(summary: dict | None) -> str:
-    if not summary or summary.get("median") is None:
-        return "—"
-    return f"{_num(summary['median'])} [{_num(summary['q25'])}, {_num(summary['q75'])}]"
-
-
-def _num(value: float) -> str:
-    return f"{value:.0f}" if abs(value) >= 100 else f"{value:.1f}" if abs(value) >= 1 else f"{value:.3g}"

@@ -7,13 +7,17 @@ A cache folder holds:
   concatenated in time (time-major, so a training crop is one contiguous read from a memory map);
 - ``shard-00000.json``: that shard's table (id, labels, artist, offset, n_frames per track) and the files
   that failed. It is written last and marks the shard complete;
+- ``shard-00000.part-00000.npy`` / ``.json``: while a shard is computed, the tracks done so far, written
+  once it has been open SHARD_SECONDS or holds SHARD_BYTES (zstag.shards), so that a killed run loses at
+  most about that much; they become the shard when its last track is done;
 - ``index.parquet``: every shard table in one, written once all shards are complete;
 - ``failures.csv``: the files that could not be decoded, with the reason.
 
 The plan is fixed by the corpus order: shard k holds tracks [k·S, (k+1)·S). A run skips complete shards
-and recomputes the rest, so it resumes after ``kill -9``; every file is written to a temporary name and
-renamed, so a killed run never leaves a half shard. ``--shard K/N`` does shards k with k % N == K − 1,
-so N machines can share one corpus and their shard files be copied into one folder.
+and the parts of the others, and computes the rest, so it resumes after ``kill -9`` (Ctrl-C first writes
+what it holds as a part); every file is written to a temporary name and renamed, so a killed run never
+leaves a half shard or part. ``--shard K/N`` does shards k with k % N == K − 1, so N machines can share
+one corpus and their shard files be copied into one folder.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import csv
 import hashlib
 import io
 import json
-import math
+import os
 import signal
 import time
 from collections import OrderedDict, deque
@@ -31,18 +35,18 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
-from numpy.lib import format as npy_format
 
 from zstag.audio import FrontEnd
-from zstag.paths import atomic_write, npy_bytes
+from zstag.paths import atomic_write
+from zstag.shards import DTYPE, SHARD_PATTERN, ShardWriter, npy_problem, remove_leftovers, shard_complete, write_json
 
 SHARD_TRACKS = 256  # tracks per shard: ~80 MB of float16 frames for 256 × 30 s clips at 128 mels
+SHARD_SECONDS = 60.0  # a shard open this long is written out as a part: what a kill can lose ...
+SHARD_BYTES = 256 << 20  # ... or once its frames in memory reach this (~6.5 h of audio): bounds memory too
 CACHE_FILE = "cache.json"
 INDEX_FILE = "index.parquet"
 FAILURES_FILE = "failures.csv"
-SHARD_PATTERN = "shard-{:05d}"
 FORMAT_VERSION = 1
-DTYPE = np.float16
 MAX_OPEN_SHARDS = 256  # memory maps kept open by a reader: MSD has ~1,600 shards, ulimit -n is often 1,024
 IN_FLIGHT_PER_WORKER = 4  # decoded tracks waiting per worker: bounds memory when the writer lags
 
@@ -69,16 +73,13 @@ class PreprocessReport:
     shards_done: int = 0  # shards computed by this run
     shards_skipped: int = 0  # shards of this run's part found complete
     tracks_done: int = 0  # tracks computed by this run
+    tracks_resumed: int = 0  # tracks of unfinished shards found in their parts (computed by a killed run)
     failures: list[dict] = field(default_factory=list)  # {id, path, error} of this run's part
     complete: bool = False  # every shard of the plan is complete (and the index written)
     seconds: float = 0.0
 
 
 # --- writing -------------------------------------------------------------------------------------------
-
-
-def _atomic_write_json(path: Path, payload) -> None:
-    atomic_write(path, (json.dumps(payload, indent=1, sort_keys=True) + "\n").encode())
 
 
 def plan_sha256(track_ids: Sequence[str]) -> str:
@@ -115,45 +116,6 @@ def _compute_task(task: tuple) -> tuple:
     return compute_frames(*task)
 
 
-def _shard_complete(folder: Path, shard: int) -> bool:
-    name = SHARD_PATTERN.format(shard)
-    table, frames = folder / f"{name}.json", folder / f"{name}.npy"
-    if not (table.is_file() and frames.is_file()):
-        return False
-    try:
-        meta = json.loads(table.read_text())
-        array = np.load(frames, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError):
-        return False
-    return array.shape[0] == meta["total_frames"]
-
-
-def _write_shard(folder: Path, shard: int, front_end: FrontEnd, rows: list[tuple], failures: list[dict]) -> None:
-    """rows: (track, frames, stats) in plan order. Frames first, then the table that marks it complete."""
-    name = SHARD_PATTERN.format(shard)
-    arrays = [frames for _, frames, _ in rows]
-    data = np.concatenate(arrays) if arrays else np.zeros((0, front_end.n_mels), dtype=DTYPE)
-    tracks, offset = [], 0
-    for track, frames, stats in rows:
-        tracks.append(
-            {"id": str(track.id), "labels": list(track.labels), "artist": track.artist, "offset": offset,
-             "n_frames": int(len(frames)), "stats": stats}
-        )
-        offset += len(frames)
-    atomic_write(folder / f"{name}.npy", npy_bytes(data))
-    _atomic_write_json(
-        folder / f"{name}.json",
-        {"shard": shard, "total_frames": int(len(data)), "tracks": tracks, "failures": failures},
-    )
-
-
-def _remove_stale_temporaries(folder: Path, shards: list[int]) -> None:
-    """Leftovers of a killed run, for this run's shards only: other machines may be writing theirs here."""
-    for shard in shards:
-        for stale in folder.glob(f".{SHARD_PATTERN.format(shard)}.*.tmp"):
-            stale.unlink(missing_ok=True)
-
-
 def _check_or_write_manifest(folder: Path, manifest: dict) -> None:
     path = folder / CACHE_FILE
     if path.is_file():
@@ -167,7 +129,7 @@ def _check_or_write_manifest(folder: Path, manifest: dict) -> None:
                     f"{folder}: holds a cache made with a different {key.replace('_', ' ')}; use another --out"
                 )
         return
-    _atomic_write_json(path, manifest)
+    write_json(path, manifest)
 
 
 def preprocess(
@@ -180,11 +142,15 @@ def preprocess(
     shard_size: int = SHARD_TRACKS,
     source: dict | None = None,
     progress: bool = True,
+    part_seconds: float = SHARD_SECONDS,
+    part_bytes: int = SHARD_BYTES,
 ) -> PreprocessReport:
     """Compute the log-mel frames of ``tracks`` (objects with id, path, labels, artist) into ``out``.
 
-    Resumable: complete shards are kept and skipped, partial ones redone. ``shard=(K, N)`` does only
-    the shards k with k % N == K − 1. ``source`` (e.g. corpus kind and root) is recorded in cache.json.
+    Resumable: complete shards are kept and skipped, the parts of unfinished ones kept and the rest of
+    them computed. ``shard=(K, N)`` does only the shards k with k % N == K − 1. ``source`` (e.g. corpus
+    kind and root) is recorded in cache.json. part_seconds, part_bytes: when an open shard is written out
+    as a part (see zstag.shards).
     """
     started = time.perf_counter()
     folder = Path(out)
@@ -207,39 +173,40 @@ def preprocess(
     _check_or_write_manifest(folder, manifest)
     report = PreprocessReport(n_tracks=len(tracks), n_shards=n_shards)
     mine = [s for s in range(n_shards) if s % n == k - 1]
-    _remove_stale_temporaries(folder, mine)
-    todo = [s for s in mine if not _shard_complete(folder, s)]
+    remove_leftovers(folder, mine)
+    todo = [s for s in mine if not shard_complete(folder, s)]
     report.shards_skipped = len(mine) - len(todo)
     if todo:  # shards will change: an index written before them would point at the old frames
         (folder / INDEX_FILE).unlink(missing_ok=True)
-    tasks, owners = [], []
+    tasks, owners, writers = [], [], {}
     fe_dict = front_end.to_dict()
     for s in todo:
-        for t in tracks[s * shard_size : (s + 1) * shard_size]:
+        shard_tracks = tracks[s * shard_size : (s + 1) * shard_size]
+        writers[s] = ShardWriter(folder, s, len(shard_tracks), front_end.n_mels, part_seconds, part_bytes)
+        report.tracks_resumed += writers[s].done
+        for t in shard_tracks[writers[s].done :]:
             tasks.append((str(t.path), fe_dict, float(getattr(t, "offset", 0.0) or 0.0), getattr(t, "duration", None)))
             owners.append((s, t))
 
     bar = _progress_bar(progress)
     with bar:
         task_id = bar.add_task("preprocess", total=len(tasks), failed=0)
-        pending: dict[int, tuple[list, list]] = {}
-        remaining = {s: len(tracks[s * shard_size : (s + 1) * shard_size]) for s in todo}
-        for (s, track), (frames, stats, error) in zip(owners, _map(tasks, workers)):
-            rows, failures = pending.setdefault(s, ([], []))
-            if error is None:
-                rows.append((track, frames, stats))
-            else:
-                failures.append({"id": str(track.id), "path": str(track.path), "error": error})
-            remaining[s] -= 1
-            if remaining[s] == 0:
-                _write_shard(folder, s, front_end, rows, failures)
-                report.shards_done += 1
-                report.failures += failures
-                del pending[s]
-            report.tracks_done += 1
-            bar.update(task_id, advance=1, failed=len(report.failures) + sum(len(f) for _, f in pending.values()))
+        try:
+            for (s, track), (frames, stats, error) in zip(owners, _map(tasks, workers)):
+                failure = None
+                if error is not None:
+                    failure = {"id": str(track.id), "path": str(track.path), "error": error}
+                    report.failures.append(failure)
+                if writers[s].add(track, frames, stats, failure):
+                    report.shards_done += 1
+                report.tracks_done += 1
+                bar.update(task_id, advance=1, failed=len(report.failures))
+        except KeyboardInterrupt:  # Ctrl-C: the tracks done so far are kept for the next run
+            for writer in writers.values():
+                writer.write_part()
+            raise
     # Failures of shards skipped by this run were reported by the run that wrote them; list them all.
-    report.complete = all(_shard_complete(folder, s) for s in range(n_shards))
+    report.complete = all(shard_complete(folder, s) for s in range(n_shards))
     _write_failures(folder, n_shards)
     if report.complete:
         write_index(folder)
@@ -296,10 +263,11 @@ def _isolated(task: tuple) -> tuple:
     return None, None, f"{task[0]}: the decoder crashed"
 
 
-def _init_worker() -> None:
-    from zstag.embeddings import _blas_limit, _keep_freed_memory
+def _init_worker(main_pid: int) -> None:
+    from zstag.embeddings import _blas_limit, _keep_freed_memory, watch_main
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
+    watch_main(main_pid)  # a killed run leaves no worker, fork server or resource tracker behind
     _blas_limit()  # one BLAS thread per worker: the workers already fill the cores
     _keep_freed_memory()  # as the tag workers: no fresh pages faulted in for every file
 
@@ -310,7 +278,7 @@ def _pool(workers: int):
     from zstag.embeddings import _context
 
     # the tag workers' fork server: the same preloaded modules and one-thread BLAS from the start
-    return ProcessPoolExecutor(workers, mp_context=_context(), initializer=_init_worker)
+    return ProcessPoolExecutor(workers, mp_context=_context(), initializer=_init_worker, initargs=(os.getpid(),))
 
 
 def _progress_bar(enabled: bool):
@@ -483,31 +451,9 @@ def _check_shard_files(folder: Path, manifest: dict, entries: list[CachedTrack],
     expected = (np.dtype(DTYPE), int(manifest["front_end"]["n_mels"]))
     for s in shards:
         path = folder / f"{SHARD_PATTERN.format(s)}.npy"
-        problem = _npy_problem(path, frames[s], *expected)
+        problem = npy_problem(path, frames[s], *expected)
         if problem:
             raise FeatureCacheError(f"{path}: {problem}; rerun `zstag preprocess`")
-
-
-def _npy_problem(path: Path, n_frames: int, dtype: np.dtype, n_mels: int) -> str | None:
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            version = npy_format.read_magic(f)
-            read_header = npy_format.read_array_header_1_0 if version == (1, 0) else npy_format.read_array_header_2_0
-            shape, _, found = read_header(f)
-            data_start = f.tell()
-    except FileNotFoundError:
-        return "missing"
-    except OSError as exc:
-        return f"unreadable ({exc.strerror or exc})"
-    except ValueError:  # cut inside the header, or not a .npy file
-        return f"truncated or not a .npy file ({size} bytes)"
-    needed = data_start + math.prod(shape) * found.itemsize
-    if size < needed:
-        return f"truncated: {size} of {needed} bytes"
-    if found != dtype or tuple(shape) != (n_frames, n_mels):
-        return f"holds {found} {tuple(shape)}, its table says {dtype} ({n_frames}, {n_mels})"
-    return None
 
 
 def _entries_from_index(path: Path) -> list[CachedTrack]:

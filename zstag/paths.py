@@ -1,11 +1,18 @@
-"""Where zstag keeps its files: the user cache and the bundled models folder."""
+"""Where zstag keeps its files (the user cache, the bundled models folder), how it writes them (atomic_write),
+the guard that keeps a command from writing over its own inputs (check_output), file names in outputs
+that stay valid UTF-8 and on one line whatever their bytes (valid_text, name_bytes, one_line), and a
+folder walk that no depth of folders can crash (walk)."""
 
 from __future__ import annotations
 
 import errno
 import os
+import re
+import stat
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterable, Iterator
 
 CACHE_DIR_ENV = "ZSTAG_CACHE_DIR"  # overrides the platform cache folder (tests point it at tmp_path)
 
@@ -31,7 +38,7 @@ def models_dir() -> Path:
     return installed if installed.is_dir() else package.parent / "models"
 
 
-def atomic_write(path: str | os.PathLike, data: bytes | str, follow_links: bool = False) -> Path:
+def atomic_write(path: str | os.PathLike, data: bytes | str | list, follow_links: bool = False) -> Path:
     """Write a file whole or not at all: a temporary file in the same folder, flushed to disk, then
     os.replace, then the folder flushed too.
 
@@ -41,19 +48,20 @@ def atomic_write(path: str | os.PathLike, data: bytes | str, follow_links: bool 
     directly, and so is the file this process's stdout or stderr goes to (``-o /dev/stdout >> log``: the
     redirection's own append or truncation is kept). follow_links (a user's output file): a symbolic link
     is followed and its final target replaced, the link stays; otherwise (the project's own files) the link
-    itself is replaced, so a file shared through links elsewhere is never changed. str is UTF-8.
+    itself is replaced, so a file shared through links elsewhere is never changed. str is UTF-8; a list
+    of bytes-like pieces is written one after the other (a large file, never joined in memory).
     """
     import tempfile
 
     path = Path(path)
-    payload = data.encode("utf-8") if isinstance(data, str) else data
+    pieces = data if isinstance(data, list) else [data.encode("utf-8") if isinstance(data, str) else data]
     stream = _standard_stream(path)
     if stream is not None:
-        _write_all(stream, payload)
+        _write_all(stream, pieces)
         return path
     if path.exists() and not path.is_file():  # /dev/null, a FIFO: written to, never replaced
         with open(path, "wb") as handle:
-            handle.write(payload)
+            _write_pieces(handle, pieces)
         return path
     if follow_links:
         target = Path(os.path.realpath(path))  # a link's final target (the folder must exist: nothing is created)
@@ -63,7 +71,7 @@ def atomic_write(path: str | os.PathLike, data: bytes | str, follow_links: bool 
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
+            _write_pieces(handle, pieces)
             handle.flush()
             _fsync(handle.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; outputs, models and caches are ordinary files
@@ -90,13 +98,19 @@ def _standard_stream(path: Path) -> int | None:
     return None
 
 
-def _write_all(fd: int, payload: bytes) -> None:
+def _write_pieces(handle, pieces: list) -> None:
+    for piece in pieces:
+        handle.write(piece)
+
+
+def _write_all(fd: int, pieces: list) -> None:
     for stream in (sys.stdout, sys.stderr):  # what Python still buffers goes first
         if stream is not None:
             stream.flush()
-    view = memoryview(payload)
-    while view:
-        view = view[os.write(fd, view):]
+    for piece in pieces:
+        view = memoryview(piece).cast("B")
+        while view:
+            view = view[os.write(fd, view):]
 
 
 def _fsync(fd: int) -> None:
@@ -131,3 +145,178 @@ def npy_bytes(array) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, array, allow_pickle=False)
     return buffer.getvalue()
+
+
+# --- outputs that would replace inputs ----------------------------------------------------------
+
+
+class OutputIsInputError(ValueError):
+    """An output that would replace one of the run's inputs; str(e) is one line naming both paths."""
+
+
+@dataclass(frozen=True)
+class Input:
+    """A file or folder a command reads. whole: a folder read as a whole (a feature cache: every file in
+    it is the cache's), so that nothing may be written anywhere inside it."""
+
+    what: str  # how the error names it: "the input file", "the labels file", "the feature cache"
+    path: str | os.PathLike
+    whole: bool = False
+
+
+def check_output(output: str | os.PathLike, option: str, inputs: Iterable[Input], *, folder: bool = False,
+                 allowed: Iterable[str | os.PathLike] = ()) -> None:
+    """OutputIsInputError when writing `output` (given as `option`) could replace one of `inputs`.
+
+    A file output is refused when it is an input, however spelled: a symbolic link to it, a hard link, a
+    path through other folders (compared by os.stat's st_dev and st_ino, so an output that does not exist
+    yet is no input); and when it lies, once its links are resolved, inside a folder read as a whole
+    (Input.whole). Inside any other input folder (a corpus root, a folder of audio given to tag) a new
+    file is fine: a report beside the audio replaces nothing the run reads, and the next run reads it
+    only if it is audio. An existing output that is neither a file nor a folder (/dev/null, a FIFO) is
+    written to, never replaced (atomic_write), so it is never refused.
+
+    folder=True: `output` is a folder the command fills with files of its own (preprocess's feature
+    cache, train's model folder). It is refused when it is an input, lies inside a folder read as a
+    whole, or holds an input anywhere below it (by where the input's name is, its folder's links
+    resolved), except the `allowed` paths: files the command reads back from its own folder (train's
+    split.json).
+    """
+    inputs = list(inputs)
+    st = _stat(output)
+    if st is not None and (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+        for item in inputs:
+            other = _stat(item.path)
+            if other is not None and os.path.samestat(st, other):
+                why = "the command writes its own files there" if folder else "it would be overwritten"
+                raise OutputIsInputError(f"{output}: {option} is {item.what} {item.path} ({why})")
+    places = {os.path.realpath(output), _entry(output)}
+    for item in inputs:
+        if item.whole and any(_inside(place, os.path.realpath(item.path)) for place in places):
+            raise OutputIsInputError(f"{output}: {option} lies inside {item.what} {item.path} "
+                                     "(every file there is read as data)")
+    if folder and st is not None and stat.S_ISDIR(st.st_mode):
+        root = os.path.realpath(output)
+        exempt = {_entry(path) for path in allowed}
+        parents: dict[str, str] = {}  # one realpath per folder, not per file: corpora have many files per folder
+        for item in inputs:
+            head, name = os.path.split(os.path.abspath(item.path))
+            if head not in parents:
+                parents[head] = os.path.realpath(head)
+            where = os.path.join(parents[head], name)
+            if _inside(where, root) and where not in exempt and os.path.lexists(where):  # "random:50:0" is no file
+                raise OutputIsInputError(f"{output}: {option} holds {item.what} {item.path} "
+                                         "(the command writes its own files there)")
+
+
+def check_distinct(outputs: dict[str, str | os.PathLike | None]) -> None:
+    """OutputIsInputError when two of a command's outputs (option → path, None: not given) are one file:
+    the second write would replace the first (compared as check_output does, and by resolved path for
+    files that do not exist yet)."""
+    given = [(option, path) for option, path in outputs.items() if path is not None]
+    for i, (option, path) in enumerate(given):
+        for other_option, other in given[:i]:
+            a, b = _stat(path), _stat(other)
+            same = os.path.samestat(a, b) if a is not None and b is not None else (
+                os.path.realpath(path) == os.path.realpath(other))
+            if same:
+                raise OutputIsInputError(f"{path}: {option} is the {other_option} file {other} "
+                                         "(one would overwrite the other)")
+
+
+def _stat(path) -> os.stat_result | None:
+    try:
+        return os.stat(path)
+    except (OSError, ValueError):  # missing, unreadable, a NUL in the name
+        return None
+
+
+def _entry(path) -> str:
+    """Where the name `path` itself is (its folder's links resolved, not its own): what os.replace replaces."""
+    head, name = os.path.split(os.path.abspath(path))
+    return os.path.join(os.path.realpath(head), name)
+
+
+def _inside(path: str, folder: str) -> bool:
+    """path is folder or below it (both absolute and resolved)."""
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+# --- file names in outputs ----------------------------------------------------------------------
+
+
+def valid_text(text: str) -> str:
+    """text as valid Unicode, so that its UTF-8 is valid: each byte of a file name that is not UTF-8
+    (os.fsdecode's lone surrogates) as U+FFFD; text without such bytes is returned as it is."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeEncodeError:  # a surrogate os.fsdecode never makes
+        return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def name_bytes(path: str) -> str | None:
+    """None for a UTF-8 name; else the name's bytes percent-encoded (RFC 3986, "/" kept): ASCII and
+    lossless, urllib.parse.unquote_to_bytes gives the bytes back."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        from urllib.parse import quote
+
+        return quote(os.fsencode(path), safe="/")
+    return None
+
+
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+
+
+def one_line(name: str) -> str:
+    """A name for a table, on one line: control characters and line separators as Python escapes
+    (\\n, \\x1b, \\u2028), a byte that is not UTF-8 as \\xNN."""
+    def escape(match: re.Match) -> str:
+        code = ord(match[0])
+        if 0xDC80 <= code <= 0xDCFF:  # os.fsdecode's stand-in for the byte code - 0xDC00
+            return f"\\x{code - 0xDC00:02x}"
+        return match[0].encode("unicode_escape", "backslashreplace").decode("ascii")
+
+    return _UNPRINTABLE.sub(escape, name)
+
+
+# --- walking folders ----------------------------------------------------------------------------
+
+
+def walk(top: str | os.PathLike, onerror: Callable[[OSError], None] | None = None,
+         follow_links: bool = False) -> Iterator[tuple[str, list[str], list[str]]]:
+    """os.walk(top, topdown=True, onerror, followlinks), without recursion: a tree thousands of folders
+    deep cannot raise RecursionError (Python before 3.12 walks recursively, ~1,000 levels at most).
+
+    Yields (folder, subfolder names, other names) before the subfolders, which are walked in the order
+    the caller leaves them in the list (sort or prune it in place). A folder that cannot be listed goes
+    to onerror and is skipped. Loops through links are the caller's to stop (follow_links=True).
+    """
+    stack = [os.fspath(top)]
+    while stack:
+        folder = stack.pop()
+        dirs: list[str] = []
+        files: list[str] = []
+        try:
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    try:
+                        is_dir = entry.is_dir()  # follows links, as os.walk
+                    except OSError:
+                        is_dir = False
+                    (dirs if is_dir else files).append(entry.name)
+        except OSError as exc:  # opening or reading the folder
+            if onerror is not None:
+                onerror(exc)
+            continue
+        yield folder, dirs, files
+        for name in reversed(dirs):  # popped in the list's order
+            path = os.path.join(folder, name)
+            if follow_links or not os.path.islink(path):
+                stack.append(path)

@@ -8,12 +8,14 @@ Written beside the music (the playlist's folder holds a track), a track's path i
 folder, so the library and its playlists can move together; other tracks keep absolute paths. On stdout
 paths are written as given. The title is the file's own artist and title tags where mutagen reads them,
 else the file name without its extension; the duration is whole seconds, -1 when unknown (the format's
-"unknown").
+"unknown"). A file name that is not UTF-8 is written as its own bytes, so that players find the file.
 """
 
 from __future__ import annotations
 
 import os
+
+from zstag.paths import valid_text
 
 
 def m3u8(paths: list[str], durations: list[float | None], playlist: str | None = None) -> str:
@@ -22,7 +24,7 @@ def m3u8(paths: list[str], durations: list[float | None], playlist: str | None =
     lines = ["#EXTM3U"]
     for path, seconds in zip(paths, durations):
         length = -1 if seconds is None else round(seconds)
-        title = track_title(path).replace("\n", " ").replace("\r", " ")
+        title = valid_text(track_title(path)).replace("\n", " ").replace("\r", " ")
         lines += [f"#EXTINF:{length},{title}", entry_path(path, folder)]
     return "\n".join(lines) + "\n"
 

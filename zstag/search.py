@@ -118,18 +118,26 @@ def render(records: list[dict], fmt: str, *, query: dict, model_id: str, output:
         from zstag.playlist import m3u8
 
         return m3u8([r["path"] for r in records], [r["duration_s"] for r in records], output)
+    from zstag.paths import name_bytes, valid_text
+    from zstag.tagger import _portable  # "path" as valid Unicode, "path_bytes" for a name that is not UTF-8
+
     if fmt == "json":
-        return json.dumps({"model": model_id, "query": query, "score": SEARCH_NOTE, "tracks": records},
-                          indent=2, ensure_ascii=False) + "\n"
+        if "similar_to" in query:
+            query = {"similar_to": valid_text(query["similar_to"])}
+        return json.dumps({"model": model_id, "query": query, "score": SEARCH_NOTE,
+                           "tracks": [_portable(r) for r in records]}, indent=2, ensure_ascii=False) + "\n"
     if fmt == "jsonl":
-        return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+        return "".join(json.dumps(_portable(r), ensure_ascii=False) + "\n" for r in records)
     if fmt == "csv":
         import csv
 
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(["rank", "path", "score", "duration_s"])
-        writer.writerows([r["rank"], r["path"], r["score"], r["duration_s"]] for r in records)
+        raw = [name_bytes(r["path"]) for r in records]
+        extra = any(b is not None for b in raw)  # the path_bytes column, only when some name needs it
+        writer.writerow(["rank", "path", "score", "duration_s"] + (["path_bytes"] if extra else []))
+        writer.writerows([r["rank"], valid_text(r["path"]), r["score"], r["duration_s"]] + ([b or ""] if extra else [])
+                         for r, b in zip(records, raw))
         return out.getvalue()
     if fmt == "table":
         return _table(records, query, width)
@@ -139,8 +147,12 @@ def render(records: list[dict], fmt: str, *, query: dict, model_id: str, output:
 def _table(records: list[dict], query: dict, width: int | None) -> str:
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
+
+    from zstag.paths import one_line
 
     title = f"similar to {query['similar_to']}" if "similar_to" in query else "query: " + "; ".join(query["labels"])
+    title = Text(one_line(title))  # Text, not str: a "[" in a name is no rich markup
     table = Table(title=title, title_justify="left")
     table.add_column("#", justify="right")
     table.add_column("file", overflow="fold")
@@ -149,7 +161,7 @@ def _table(records: list[dict], query: dict, width: int | None) -> str:
     for r in records:
         seconds = r["duration_s"]
         duration = f"{int(seconds // 60)}:{int(seconds % 60):02d}" if seconds is not None else "—"
-        table.add_row(str(r["rank"]), r["path"], f"{r['score']:.{TABLE_DIGITS}f}", duration)
+        table.add_row(str(r["rank"]), Text(one_line(r["path"])), f"{r['score']:.{TABLE_DIGITS}f}", duration)
     console = Console(file=io.StringIO(), width=width or 120, color_system=None, highlight=False)
     console.print(table)
     console.print(SEARCH_NOTE, soft_wrap=True)
@@ -169,7 +181,7 @@ def run(query: str | None, inputs: list[str], *, labels: list[str] | None = None
     TagUsageError for bad options, model, words or device, before any output."""
     from zstag import modelfile
     from zstag.devices import DeviceError, check_device
-    from zstag.tagger import check_output_is_no_input, find_audio_files, parse_extensions, parse_labels
+    from zstag.tagger import Found, check_tag_output, find_audio_files, parse_extensions, parse_labels
     from zstag.words import VectorsError, load_words
 
     if fmt not in FORMATS:
@@ -199,8 +211,9 @@ def run(query: str | None, inputs: list[str], *, labels: list[str] | None = None
         about = {"similar_to": similar_to}
 
     found = find_audio_files(inputs, parse_extensions(extensions)) if inputs else None
-    if output is not None and found is not None:
-        check_output_is_no_input(output, found)
+    if output is not None:  # never over an input: the audio, the query track, the labels, vectors or model files
+        read = (found.files if found is not None else []) + ([similar_to] if similar_to is not None else [])
+        check_tag_output(output, Found(read, [], 0), labels_file, vectors, files.folder)
     if found is not None and similar_to is not None:  # embedded once, as the query; never its own neighbour
         query_id = _file_id(similar_to)
         found.files = [p for p in found.files if _file_id(p) != query_id]

@@ -48,6 +48,10 @@ class SplitError(ValueError):
     """A split that cannot be made or a split file that cannot be used; str(e) is one line."""
 
 
+class SplitLabelError(SplitError):
+    """Named unseen labels that the corpus does not have (a usage error: the CLI exits 2)."""
+
+
 @dataclass
 class Split:
     corpus: str
@@ -141,15 +145,22 @@ def split_hash(split) -> str:
 
 def split_labels(labels: Iterable[str], seed: int = 0, unseen: Optional[Sequence[str]] = None,
                  unseen_fraction: float = UNSEEN_FRACTION) -> tuple[list[str], list[str]]:
-    """(seen, unseen), both sorted: the named unseen labels, or a seeded random unseen_fraction of them."""
+    """(seen, unseen), both sorted: the named unseen labels, or a seeded random unseen_fraction of them. A name
+    matches the corpus labels it normalises as (words.normalise_label: "cha_cha" and "Cha Cha" name "cha cha")."""
     labels = sorted(set(labels))
     if unseen is not None:
-        unseen = sorted(set(unseen))
-        unknown = [label for label in unseen if label not in labels]
+        from zstag.words import normalise_label
+
+        by_spelling: dict[str, list[str]] = {}
+        for label in labels:
+            by_spelling.setdefault(normalise_label(label), []).append(label)
+        named = sorted(set(unseen))
+        unknown = [name for name in named if normalise_label(name) not in by_spelling]
         if unknown:
             hints = difflib.get_close_matches(unknown[0], labels, n=3)
             hint = f" (nearest: {', '.join(hints)})" if hints else ""
-            raise SplitError(f"unseen labels not in the corpus: {', '.join(unknown)}{hint}")
+            raise SplitLabelError(f"unseen labels not in the corpus: {', '.join(unknown)}{hint}")
+        unseen = sorted({label for name in named for label in by_spelling[normalise_label(name)]})
     else:
         if not 0.0 <= unseen_fraction < 1.0:
             raise SplitError(f"unseen_fraction must be in [0, 1), got {unseen_fraction}")

@@ -270,7 +270,9 @@ def _cause(exc: BaseException) -> str:
 
 def describe(change: Change) -> str:
     """The dry run's lines for one file: each field's old and new values."""
-    lines = [change.path]
+    from zstag.paths import one_line
+
+    lines = [one_line(change.path)]
     for name, (old, new) in change.fields.items():
         shown_old = " | ".join(old) if old else "(none)"
         if old == new:

@@ -33,7 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
-from zstag.paths import atomic_write
+from zstag.paths import (Input, OutputIsInputError, atomic_write, check_output, name_bytes, one_line, valid_text,
+                         walk)
 
 FORMATS = ("table", "json", "jsonl", "csv")
 SOFTMAX_TEMPERATURE = 0.1  # cosine gaps of ~0.1 between labels become ~e:1 odds in --single confidence
@@ -90,9 +91,10 @@ def parse_extensions(text: str | None) -> frozenset[str]:
 def find_audio_files(inputs: list[str], extensions: frozenset[str]) -> Found:
     """Files named on the command line (any extension) and audio files under folders, recursively.
 
-    Folders are walked in sorted order, following symbolic links, but each real folder only once
-    (no loops); hidden files and folders (".name") inside them are skipped. A file reached twice
-    (listed twice, inside two given folders, through a link) is kept once, at its first position.
+    Folders are walked in sorted order, at any depth (paths.walk: no recursion), following symbolic
+    links, but each real folder only once (no loops); hidden files and folders (".name") inside them
+    are skipped. A file reached twice (listed twice, inside two given folders, through a link) is kept
+    once, at its first position.
     """
     found = Found([], [], 0)
     seen_dirs: set[tuple[int, int]] = set()
@@ -116,7 +118,7 @@ def find_audio_files(inputs: list[str], extensions: frozenset[str]) -> Found:
     for item in inputs:
         item = str(item)
         if os.path.isdir(item):
-            for folder, dirs, names in os.walk(item, onerror=unreadable_folder, followlinks=True):
+            for folder, dirs, names in walk(item, onerror=unreadable_folder, follow_links=True):
                 try:
                     st = os.stat(folder)
                 except OSError as exc:
@@ -186,7 +188,15 @@ def render(
     records: list[dict], fmt: str, *, single: bool, labels: list[str], model_id: str, width: int | None = None,
     bf16: bool = False,
 ) -> str:
-    """The records as text in one of FORMATS (json's header names the model and its precision: --bf16)."""
+    """The records as text in one of FORMATS (json's header names the model and its precision: --bf16).
+
+    The text is valid Unicode whatever the file names, so its UTF-8 is valid too: a name that is not
+    UTF-8 (os.fsdecode's lone surrogates) is written in json, jsonl and csv with U+FFFD for each bad
+    byte in "path" (paths.valid_text), and losslessly in "path_bytes" (json/jsonl: that key, only for
+    such a name; csv: a last column, only when some name needs it): paths.name_bytes, the name's bytes
+    percent-encoded as in a URL. The table shows control characters (a newline) and such bytes as
+    backslash escapes (paths.one_line), so a row never splits.
+    """
     if fmt == "json":
         return json.dumps({
             "model": model_id,
@@ -194,29 +204,45 @@ def render(
             "labels": labels,
             "mode": "single" if single else "multi",
             "score": SCORE_NOTE + ("; " + SINGLE_NOTE if single else ""),
-            "files": records,
+            "files": [_portable(r) for r in records],
         }, indent=2, ensure_ascii=False) + "\n"
     if fmt == "jsonl":
-        return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+        return "".join(json.dumps(_portable(r), ensure_ascii=False) + "\n" for r in records)
     if fmt == "csv":
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
+        raw = [name_bytes(r["path"]) for r in records]
+        extra = any(b is not None for b in raw)  # the path_bytes column, only when some name needs it
+        head, tails = (["path_bytes"], [[b or ""] for b in raw]) if extra else ([], [[] for _ in raw])
         if single:
-            writer.writerow(["path", "label", "confidence", "score"])
-            writer.writerows([r["path"], r["label"] or "", r["confidence"], r["score"]] for r in records)
+            writer.writerow(["path", "label", "confidence", "score", *head])
+            writer.writerows([valid_text(r["path"]), r["label"] or "", r["confidence"], r["score"], *tail]
+                             for r, tail in zip(records, tails))
         else:
-            writer.writerow(["path", "rank", "label", "score"])
-            for r in records:
-                writer.writerows([r["path"], rank, t["label"], t["score"]] for rank, t in enumerate(r["tags"], 1))
+            writer.writerow(["path", "rank", "label", "score", *head])
+            for r, tail in zip(records, tails):
+                writer.writerows([valid_text(r["path"]), rank, t["label"], t["score"], *tail]
+                                 for rank, t in enumerate(r["tags"], 1))
         return out.getvalue()
     if fmt == "table":
         return _table(records, single, width)
     raise TagUsageError(f"unknown format {fmt!r} (choose from {', '.join(FORMATS)})")
 
 
+def _portable(record: dict) -> dict:
+    """A record for json/jsonl: "path" as valid Unicode, "path_bytes" after it for a name that is not UTF-8."""
+    out = {"path": valid_text(record["path"])}
+    raw = name_bytes(record["path"])
+    if raw is not None:
+        out["path_bytes"] = raw
+    out.update((key, value) for key, value in record.items() if key != "path")
+    return out
+
+
 def _table(records: list[dict], single: bool, width: int | None) -> str:
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     # Paths relative to the folder they share, named in the title: long roots would fold every row.
     folders = [os.path.dirname(r["path"]) for r in records]
@@ -229,17 +255,18 @@ def _table(records: list[dict], single: bool, width: int | None) -> str:
         table.add_column("score", justify="right")
     else:
         table.add_column("labels (score)")
-    for r in records:
-        name = os.path.relpath(r["path"], root) if root else r["path"]
+    for r in records:  # Text, not str: a "[" in a name or label is no rich markup
+        name = Text(one_line(os.path.relpath(r["path"], root) if root else r["path"]))
         if single:
             confidence, score = f"{r['confidence']:.{TABLE_DIGITS}f}", f"{r['score']:.{TABLE_DIGITS}f}"
-            table.add_row(name, r["label"] or "—", confidence, score)
+            table.add_row(name, Text(one_line(r["label"] or "—")), confidence, score)
         else:  # no-break spaces inside a "label score" pair: lines wrap between pairs only
-            pairs = [f"{t['label']} {t['score']:.{TABLE_DIGITS}f}".replace(" ", "\u00a0") for t in r["tags"]]
-            table.add_row(name, "  ".join(pairs) or "—")
+            pairs = [f"{one_line(t['label'])} {t['score']:.{TABLE_DIGITS}f}".replace(" ", "\u00a0")
+                     for t in r["tags"]]
+            table.add_row(name, Text("  ".join(pairs) or "—"))
     console = Console(file=io.StringIO(), width=width or 120, color_system=None, highlight=False)
     if root:
-        console.print(f"files in {root}", soft_wrap=True)
+        console.print(Text(f"files in {one_line(root)}"), soft_wrap=True)
     console.print(table)
     console.print(SCORE_NOTE + ("\n" + SINGLE_NOTE if single else ""), soft_wrap=True)
     return console.file.getvalue()
@@ -300,8 +327,8 @@ def run(
         raise TagUsageError(f"unknown format {fmt!r} (choose from {', '.join(FORMATS)})")
     if single and top_k is not None:
         raise TagUsageError("--top-k does not apply with --single (one label per file)")
-    if threshold is not None and not math.isfinite(threshold):
-        raise TagUsageError(f"--threshold {threshold}: need a finite number (scores are cosines, -1..1)")
+    if threshold is not None and not (math.isfinite(threshold) and -1.0 <= threshold <= 1.0):  # 5 kept nothing
+        raise TagUsageError(f"--threshold {threshold}: need a number in -1..1 (scores are cosines)")
     if output is not None and (Path(output).is_dir() or not Path(output).absolute().parent.is_dir()):
         raise TagUsageError(f"{output}: --output must be a file in an existing folder")
     _check_write_options(write_tags, tag_field, append, dry_run)
@@ -313,6 +340,10 @@ def run(
         label_emb = modelfile.label_embeddings(files, words, label_list)  # unknown labels stop here, before any decoding
     except (modelfile.ModelError, VectorsError, UnknownLabelError) as exc:
         raise TagUsageError(str(exc)) from None
+    from zstag.spelling import typo_note
+
+    for note in filter(None, (typo_note(words, label) for label in label_list)):  # "jaz": did you mean "jazz"?
+        print(f"zstag: note: {note}", file=sys.stderr)
     for label, (word, trained, instead) in modelfile.training_spellings(files, label_list).items():
         print(f'zstag: note: "{word}" is not among the model\'s training labels, "{trained}" is: use "{instead}" if '
               f'that is what you mean by "{label}" (a label the model never trained on scores less reliably)',
@@ -323,7 +354,7 @@ def run(
         return 1
     found = find_audio_files(inputs, extension_set)
     if output is not None:
-        check_output_is_no_input(output, found)
+        check_tag_output(output, found, labels_file, vectors, files.folder)
     failures = list(found.problems)
     for line in found.problems:
         print(f"zstag: {line}", file=sys.stderr)
@@ -352,7 +383,10 @@ def run(
                   width=_terminal_width() if terminal else None)
     if dry_run:
         text = written.dry_run_text()
-    if not write_output(text, output):
+    if output is not None and not good:  # a run that tagged nothing never replaces a previous result with an empty one
+        state = "left as it was" if os.path.lexists(output) else "not written"
+        print(f"zstag: {output} {state}: no file was tagged", file=sys.stderr)
+    elif not write_output(text, output):
         return 1
 
     if not found.files and not found.problems:
@@ -396,15 +430,21 @@ def _write_tags(records, model_id, digests, tag_field, append, dry_run, use_cach
     return report
 
 
-def check_output_is_no_input(output: str, found: Found) -> None:
-    """TagUsageError when --output names (through links, or a hard link) one of the input files."""
+def check_tag_output(output: str, found: Found, labels_file, vectors, model_folder) -> None:
+    """TagUsageError when --output would replace one of the run's inputs (paths.check_output): an audio
+    file (through links or a hard link too), the labels file, the word-vector file, the model's files."""
+    from zstag.modelfile import CONFIG_FILE, WEIGHTS_FILE
+
+    inputs = [Input("the input file", path) for path in found.files]
+    if labels_file is not None:
+        inputs.append(Input("the labels file", labels_file))
+    if vectors is not None:
+        inputs.append(Input("the word-vector file", vectors))
+    inputs += [Input("the model file", Path(model_folder) / name) for name in (CONFIG_FILE, WEIGHTS_FILE)]
     try:
-        st = os.stat(output)
-    except OSError:  # not there yet: no input; unreadable: writing it will fail with one line
-        return
-    path = found.ids.get((st.st_dev, st.st_ino))
-    if path is not None:
-        raise TagUsageError(f"{output}: --output is the input file {path} (it would be overwritten)")
+        check_output(output, "--output", inputs)
+    except OutputIsInputError as exc:
+        raise TagUsageError(str(exc)) from None
 
 
 def write_output(text: str, output: str | None) -> bool:
@@ -416,7 +456,7 @@ def write_output(text: str, output: str | None) -> bool:
             print(f"zstag: error: cannot write to stdout: {error}", file=sys.stderr)
             return False
         return True
-    try:
+    try:  # tag's formats are valid Unicode (render); an m3u8 keeps a non-UTF-8 name's bytes: the player opens it
         atomic_write(output, text.encode("utf-8", "surrogateescape"), follow_links=True)
     except OSError as exc:
         print(f"zstag: error: {output}: cannot write: {exc.strerror or exc}", file=sys.stderr)
@@ -426,7 +466,8 @@ def write_output(text: str, output: str | None) -> bool:
 
 def write_stdout(text: str) -> str | None:
     """Write text to stdout and flush it; None when it got there, else the cause (stdout closed, disk full,
-    broken pipe). A file name that is not UTF-8 (os.fsdecode's lone surrogates) is written as its own bytes."""
+    broken pipe). Where stdout's encoding cannot carry a character (PYTHONIOENCODING=ascii), the text goes
+    out as UTF-8, the encoding of every format."""
     if sys.stdout is None:  # Python started with descriptor 1 closed
         return "it is closed"
     try:
@@ -434,7 +475,7 @@ def write_stdout(text: str) -> str | None:
             sys.stdout.write(text)
         except UnicodeEncodeError:
             sys.stdout.flush()
-            sys.stdout.buffer.write(text.encode(sys.stdout.encoding or "utf-8", "surrogateescape"))
+            sys.stdout.buffer.write(text.encode("utf-8", "replace"))
         sys.stdout.flush()
     except (OSError, ValueError) as exc:  # ValueError: sys.stdout closed inside Python
         try:  # what is still buffered goes nowhere, instead of failing again (a traceback) at exit

@@ -10,7 +10,8 @@ validation loss) is the one saved.
 Determinism: the model is initialised from ``seed``; epoch e's samples come from a generator seeded
 with (seed, e) and the validation samples from (seed, VALIDATION_STREAM), so an epoch does not depend on
 how the run got there. A checkpoint (every epoch, atomic) holds weights, optimizer and scheduler state
-and the torch RNG; ``resume`` continues exactly where the last complete epoch ended.
+and the torch RNG; ``resume`` continues exactly where the last complete epoch ended, and starts afresh
+where a run stopped before its first checkpoint (a damaged checkpoint is an error: it is never dropped).
 
 Several GPUs or machines: run under ``torchrun``; each process takes every world_size-th sample of the
 epoch's plan (DistributedSampler), DistributedDataParallel averages the gradients, every process
@@ -284,19 +285,31 @@ def save_checkpoint(folder: Path, epoch: int, model, optimizer, scheduler, progr
     return root / name
 
 
+def has_checkpoint(folder: str | Path) -> bool:
+    """Whether folder holds a checkpoint, usable or not: latest.json, or an epoch folder (written whole,
+    then renamed; latest.json follows it). False for a run stopped before its first checkpoint."""
+    root = Path(folder) / CHECKPOINT_DIR
+    return (root / LATEST_FILE).exists() or any(root.glob("epoch-*"))
+
+
 def load_checkpoint(folder: Path) -> tuple[dict, dict, dict]:
-    """(model state dict, state tensors, state.json) of the latest complete checkpoint."""
+    """(model state dict, state tensors, state.json) of the latest complete checkpoint: the one latest.json
+    names or, without latest.json (a run killed just before writing it), the newest epoch folder."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     root = folder / CHECKPOINT_DIR
     try:
-        latest = json.loads((root / LATEST_FILE).read_text())
-        where = root / latest["checkpoint"]
+        if (root / LATEST_FILE).exists() or not any(root.glob("epoch-*")):
+            where = root / json.loads((root / LATEST_FILE).read_text())["checkpoint"]
+        else:
+            where = max(root.glob("epoch-*"))
         weights = load_file(where / "weights.safetensors")
         tensors = load_file(where / "state.safetensors")
         meta = json.loads((where / "state.json").read_text())
-    except (OSError, ValueError, KeyError) as exc:
-        raise TrainError(f"{root}: no usable checkpoint to resume from ({exc})") from None
+    except (OSError, ValueError, KeyError, TypeError, SafetensorError) as exc:  # damaged: an error, never dropped
+        raise TrainError(f"{root}: no usable checkpoint to resume from ({exc}); to start afresh, choose another "
+                         "--out") from None
     return weights, tensors, meta
 
 
@@ -365,6 +378,8 @@ def train(
 
     ``on_start`` runs on rank 0 once every check has passed, before the first epoch (the CLI saves the
     split there: a run refused for its options, vectors or ``out`` leaves ``out`` as it was).
+    ``resume``: go on from the last checkpoint in ``out``; where a run stopped before its first one
+    (has_checkpoint is False), start afresh; a model folder that no run of this kind started is refused.
 
     Returns {"model_id", "epochs", "best_epoch", "best_val_loss", "stopped_early", "history"}.
     """
@@ -401,7 +416,10 @@ def train(
     )
 
     start_epoch, best_loss, best_epoch, bad_epochs, history = 1, math.inf, 0, 0, []
-    if resume:
+    # checkpoints/ is made before the first epoch: a model folder with it but no checkpoint is a run killed
+    # between epoch 1's model and its checkpoint, which --resume starts again.
+    started_here = (out / CHECKPOINT_DIR).is_dir()
+    if resume and has_checkpoint(out):
         weights, tensors, meta = load_checkpoint(out)
         if meta.get("cache_plan_sha256") != cache.manifest.get("plan_sha256") or meta.get("split_sha256") != split_sha256:
             raise TrainError(f"{out}: the checkpoint was made from another feature cache or split")
@@ -418,10 +436,13 @@ def train(
         bad_epochs, history = meta["bad_epochs"], meta["history"]
         if rank == 0:
             log(f"resuming after epoch {meta['epoch']} (best validation loss {best_loss:.4f} at epoch {best_epoch})")
-    elif (out / CHECKPOINT_DIR / LATEST_FILE).exists():
+    elif has_checkpoint(out):
         raise TrainError(f"{out}: holds a training run already; pass --resume to continue it or choose another --out")
-    elif (out / CONFIG_FILE).exists():  # a finished or shipped model (models/default): never trained over
+    elif (out / CONFIG_FILE).exists() and not started_here:  # a finished or shipped model: never trained over
         raise TrainError(f"{out}: holds a model already ({CONFIG_FILE}); choose another --out")
+    elif (out / CONFIG_FILE).exists() and not resume:
+        raise TrainError(f"{out}: holds a training run stopped before its first checkpoint; pass --resume to "
+                         "start it again or choose another --out")
 
     n_samples = options.epoch_size or len(train_set)
     monitored = val_set if len(val_set) else train_set
@@ -431,8 +452,10 @@ def train(
     val_plan = sample_plan(monitored, val_rng, max(len(monitored), options.val_samples), options.negatives, frames)
     per_process_batch = options.batch_size // world
     stopped_early = False
-    if on_start is not None and rank == 0:
-        on_start()
+    if rank == 0:
+        (out / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
+        if on_start is not None:
+            on_start()
     bar = _progress_bar(progress and rank == 0)
     with bar:
         epoch_task = bar.add_task("epochs", total=options.epochs, completed=start_epoch - 1, info="")

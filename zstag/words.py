@@ -134,7 +134,7 @@ def parse_labels(values: list[str] | None, labels_file: str | os.PathLike | None
     starts a comment. Labels that normalise the same ("Hip-Hop", "hip - hop "; "Hip Hop", "hip_hop") are
     kept once, first spelling wins. "hip hop" and "hip-hop" do not normalise the same and are both kept:
     word vectors give them the same vector, the random-label baseline (and `zstag eval`) two labels.
-    LabelsError when a value cannot be parsed, the file cannot be read or no label is left.
+    LabelsError when a value cannot be parsed or is not UTF-8, the file cannot be read or no label is left.
     """
     labels = []
     for value in values or []:
@@ -152,6 +152,11 @@ def parse_labels(values: list[str] | None, labels_file: str | os.PathLike | None
         labels += [line.split("#", 1)[0].strip() for line in text.splitlines()]
     unique, seen = [], set()
     for label in labels:
+        try:
+            label.encode("utf-8")
+        except UnicodeEncodeError:  # undecodable bytes in an argument (os.fsdecode's lone surrogates)
+            shown = label.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            raise LabelsError(f'--labels: "{shown}" is not UTF-8 text') from None
         key = normalise_label(label) if label else ""
         if key and key not in seen:
             seen.add(key)

@@ -1,7 +1,7 @@
 """musicnn (Pons & Serra, 2019) in torch: the pre-trained MSD and MTT auto-taggers, eval mode only.
 
 A faithful port of musicnn/models.py ``build_musicnn`` (PyPI musicnn==0.1.0, ISC licence); its TF1
-checkpoints are converted to models/musicnn/<name>.safetensors by tools/convert_musicnn.py, and
+checkpoints are converted to models/musicnn/<name>.safetensors by recipes/convert_musicnn.py, and
 tests/test_musicnn.py checks this module against outputs of the original TensorFlow graph.
 
 Input: log-mel patches [B, 96, T] (mel bands first, as zstag.audio.log_mel returns them), computed
@@ -51,7 +51,7 @@ class MusicnnError(Exception):
 
 
 def models_dir() -> Path:
-    """models/musicnn: where tools/convert_musicnn.py puts the weights."""
+    """models/musicnn: where recipes/convert_musicnn.py puts the weights."""
     return paths.models_dir() / "musicnn"
 
 

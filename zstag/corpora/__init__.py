@@ -49,6 +49,8 @@ class Corpus:
     missing: list[str] = field(default_factory=list)   # ids whose audio file was not found
     skipped: list[str] = field(default_factory=list)   # one line per row/file left out: "where: why"
     options: dict = field(default_factory=dict)        # reader options that shaped this corpus
+    sources: list[Path] = field(default_factory=list)  # the files other than audio that were read (a manifest,
+                                                       # annotations, tag databases): no output may replace them
     _by_id: Optional[dict] = field(default=None, init=False, repr=False, compare=False)
 
     def __len__(self) -> int:
@@ -151,6 +153,15 @@ def file_key(path) -> Optional[tuple]:
     return (info.st_dev, info.st_ino) if info.st_ino else (os.path.realpath(path),)
 
 
+def corpus_inputs(corpus: Corpus) -> list:
+    """What a command reading the corpus reads, as paths.Input: the metadata files, the root, every audio
+    file (no output may replace one: paths.check_output)."""
+    from zstag.paths import Input
+
+    return ([Input("the corpus file", path) for path in corpus.sources] + [Input("the corpus root", corpus.root)]
+            + [Input("the corpus's audio file", track.path) for track in corpus.tracks])
+
+
 def is_audio(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in AUDIO_EXTENSIONS
 
@@ -203,6 +214,7 @@ def build_corpus(
     options: Optional[dict] = None,
     check_files: bool = True,
     expected: str = "",
+    sources: Iterable = (),
 ) -> Corpus:
     """Common tail of every reader: label selection, untagged and missing tracks, sorting.
 
@@ -252,4 +264,5 @@ def build_corpus(
     if single_label is None:
         single_label = all(len(t.labels) == 1 for t in tracks)
     labels = sorted({label for t in tracks for label in t.labels})
-    return Corpus(name, kind, root, tracks, labels, single_label, missing, skipped, dict(options or {}))
+    return Corpus(name, kind, root, tracks, labels, single_label, missing, skipped, dict(options or {}),
+                  [Path(p) for p in sources])

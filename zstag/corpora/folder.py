@@ -5,10 +5,10 @@ Track ids are paths relative to the root ("jazz/live/a.wav"). Hidden files and f
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from zstag.corpora import Corpus, CorpusError, build_corpus, is_audio
+from zstag.paths import walk
 
 EXPECTED = "expected one subfolder per label with audio files inside (<root>/<label>/<file>.wav)"
 
@@ -19,7 +19,7 @@ def read(root: Path, *, vocabulary=None) -> Corpus:
         raise CorpusError(f"{root}: not a folder-per-label root: {EXPECTED}")
     rows = []
     for label_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        for folder, dirs, files in os.walk(label_dir):
+        for folder, dirs, files in walk(label_dir):  # no recursion: any depth
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))
             for name in sorted(files):
                 if name.startswith(".") or not is_audio(name):

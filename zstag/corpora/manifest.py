@@ -80,4 +80,4 @@ def read(root: Path, *, vocabulary=None, top_n: Optional[int] = None, min_tracks
         raise CorpusError(f"{path}: malformed CSV: {e}") from None
     options = {"vocabulary": vocabulary, "top_n": top_n, "min_tracks": min_tracks, "keep_untagged": keep_untagged}
     return build_corpus(name, "csv", root, rows, vocabulary=vocabulary, top_n=top_n, min_tracks=min_tracks,
-                        keep_untagged=keep_untagged, skipped=skipped, options=options)
+                        keep_untagged=keep_untagged, skipped=skipped, options=options, sources=[path])

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Optional
 
 from zstag.corpora import Corpus, CorpusError, build_corpus, is_audio, select_labels, unique
+from zstag.paths import walk
 
 TAGS_DB = "lastfm_tags.db"
 UNIQUE_TRACKS = "unique_tracks.txt"
@@ -49,7 +50,7 @@ def scan(folder: Path, audio: bool = True, other: bool = True) -> Scan:
     found = Scan()
     depth_of: dict[str, int] = {}
     base_depth = str(folder).rstrip(os.sep).count(os.sep)
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+    for dirpath, dirnames, filenames in walk(folder, follow_links=True):  # no recursion: any depth
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
         depth = dirpath.count(os.sep) - base_depth
         for name in filenames:
@@ -223,6 +224,9 @@ def read(root: Path, *, audio: Optional[Path] = None, tags: Optional[Path] = Non
         skipped.append(f"{audio_root}: {found.duplicates} track ids have several audio files; "
                        "the first path in sort order is used")
     rows = [(tid, found.audio.get(tid), labels, artists.get(tid)) for tid, labels in labels_by_id.items()]
+    # Every metadata file found counts as read (the tags, the JSON files, the artist tables): none is an output's.
+    sources = [p for p in (tags, metadata) if p is not None] + sorted(found.named.values())
+    sources = list(dict.fromkeys(Path(p) for p in sources + sorted(found.json.values())))
     return build_corpus("msd", "msd", root, rows, single_label=False, keep_untagged=keep_untagged, skipped=skipped,
-                        options=options, check_files=False,
+                        options=options, check_files=False, sources=sources,
                         expected=f"no audio under {audio_root} named after a tagged track id", **select)

@@ -86,4 +86,5 @@ def read(root: Path, *, audio: Optional[Path] = None, vocabulary=None, top_n: Op
     options = {"vocabulary": vocabulary, "top_n": top_n, "min_tracks": min_tracks, "keep_untagged": keep_untagged}
     return build_corpus("mtat", "mtat", root, rows_out, single_label=False, vocabulary=vocabulary, top_n=top_n,
                         min_tracks=min_tracks, keep_untagged=keep_untagged, skipped=skipped, options=options,
+                        sources=[path, info] if info.is_file() else [path],
                         expected=f"mp3_path values not found under {base}; pass audio=<folder holding 0/ ... f/>")

@@ -9,13 +9,13 @@ for the three tags:
 - negated: minus the score of "vocals" (what zstag does),
 - "instrumental": the trained word the teacher mapping gives these tags (zstag.teacher), for reference,
 
-with the development models of tools/build_default_model.py (the shipped configuration: MSD penultimate,
+with the development models of recipes/build_default_model.py (the shipped configuration: MSD penultimate,
 linear; one per seed), on their held-out songs (the 81 songs of the dev sets) plus the 14 acceptance
 recordings, none of them trained on. Truth, for want of MTAT audio: the MTT_musicnn tagger's own probability
 of the tag (a tagger trained on MTAT's annotations), positives = its top quarter. Figures: ROC-AUC of ranking
 the songs by the label's score, and Spearman's rho with the tagger's probability.
 
-    python tools/negation_check.py            # ~20 s; needs the cached features of build_default_model.py
+    python experiments/negation_check.py            # ~20 s; needs the cached features of build_default_model.py
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ POSITIVE_QUANTILE = 0.75
 
 
 def main() -> int:
-    sys.path[:0] = [str(ROOT), str(ROOT / "tools")]
+    sys.path[:0] = [str(ROOT), str(ROOT / "recipes")]
     import build_default_model as B
     from scipy.stats import spearmanr
     from sklearn.metrics import roc_auc_score

@@ -2,7 +2,7 @@
 tagger's top tags, as the track mean of its patch probabilities, for the cc-examples files named on the command
 line (default: the three that fail).
 
-    python tools/teacher_check.py [NAME_PART ...]     # a second; needs the cached features of build_default_model.py
+    python experiments/teacher_check.py [NAME_PART ...]     # a second; needs the cached features of build_default_model.py
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ TOP = 4
 
 
 def main(argv: list[str]) -> int:
-    sys.path[:0] = [str(ROOT), str(ROOT / "tools")]
+    sys.path[:0] = [str(ROOT), str(ROOT / "recipes")]
     import build_default_model as B
 
     from zstag.backbones.musicnn import musicnn_tags

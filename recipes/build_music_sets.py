@@ -1,6 +1,6 @@
 """Build extra real-audio training sets from installed Debian packages (never by hand).
 
-    python tools/build_music_sets.py [--out FOLDER] [--sets wesnoth,nexuiz,...] [--animal-labels species|coarse] [--list]
+    python recipes/build_music_sets.py [--out FOLDER] [--sets wesnoth,nexuiz,...] [--animal-labels species|coarse] [--list]
 
 Each set reads the files of one installed package, extracts what is packed (``.pk3`` = zip, GCompris
 ``.rcc`` = Qt resource archive) or assembles what is too short (KLettres syllables) into

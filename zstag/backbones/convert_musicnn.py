@@ -1,12 +1,12 @@
 """Convert the musicnn TF1 checkpoints (PyPI wheel musicnn==0.1.0, ISC licence) to safetensors.
 
     pip download --no-deps musicnn==0.1.0 -d /tmp/mw
-    python tools/convert_musicnn.py /tmp/mw/musicnn-0.1.0-py3-none-any.whl
+    python recipes/convert_musicnn.py /tmp/mw/musicnn-0.1.0-py3-none-any.whl
 
 writes models/musicnn/{MSD_musicnn,MTT_musicnn}.safetensors (float32, torch layout, tag names in the
 metadata) and models/musicnn/LICENSE. No TensorFlow needed: the checkpoint is read by the small reader
 below (a TF "tensor bundle": an SSTable .index of BundleEntryProto records + a raw .data file), which
-tools/make_musicnn_reference.py cross-checks tensor by tensor against TensorFlow's own reader.
+recipes/make_musicnn_reference.py cross-checks tensor by tensor against TensorFlow's own reader.
 
 Only the model variables are converted; the Adam slots and beta powers in the checkpoint are skipped.
 The reader imports numpy only, so the reference script can use it inside a TensorFlow venv.
@@ -18,10 +18,8 @@ import argparse
 import ast
 import hashlib
 import json
-import os
 import struct
 import sys
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -32,7 +30,6 @@ WHEEL_SHA256 = "f38a4890c648c1ddbb141c5d96d2b0a8cfcd36746002d896989f7b88beb65cfa
 MODELS = ("MSD_musicnn", "MTT_musicnn")
 TAG_LISTS = {"MSD": "MSD_LABELS", "MTT": "MTT_LABELS"}  # names in musicnn/configuration.py
 METADATA_KEY = "musicnn"  # safetensors metadata: JSON {name, tags, source, license}
-OUT_DIR = Path(__file__).resolve().parents[1] / "models" / "musicnn"
 
 TABLE_MAGIC = 0xDB4775248B80FB57  # LevelDB/TF table footer magic
 FOOTER_SIZE = 48  # two BlockHandles padded to 40 bytes + 8-byte magic
@@ -310,20 +307,19 @@ def read_wheel_model(wheel: zipfile.ZipFile, name: str, verify: bool = True) -> 
     return read_checkpoint(index, data, names=is_model_variable, verify=verify)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; these files ship with the project
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def out_dir_default() -> Path:
+    """Where the shipped musicnn weights live (models/musicnn in a source checkout)."""
+    from zstag.paths import models_dir
+
+    return models_dir() / "musicnn"
 
 
-def convert(wheel_path: Path, out_dir: Path = OUT_DIR, models=MODELS) -> dict[str, Path]:
+def convert(wheel_path: Path, out_dir: Path | None = None, models=MODELS) -> dict[str, Path]:
     from safetensors.numpy import save  # only the writer needs safetensors
+
+    from zstag.paths import atomic_write
+
+    out_dir = out_dir_default() if out_dir is None else out_dir
 
     wheel_bytes = wheel_path.read_bytes()
     digest = hashlib.sha256(wheel_bytes).hexdigest()
@@ -347,16 +343,16 @@ def convert(wheel_path: Path, out_dir: Path = OUT_DIR, models=MODELS) -> dict[st
             # One metadata key: safetensors writes several keys in hash order, which is not reproducible.
             metadata = {METADATA_KEY: json.dumps(info, sort_keys=True)}
             path = out_dir / f"{name}.safetensors"
-            _atomic_write(path, save(state, metadata=metadata))
+            atomic_write(path, save(state, metadata=metadata))
             written[name] = path
-    _atomic_write(out_dir / "LICENSE", ISC_NOTICE.encode())
+    atomic_write(out_dir / "LICENSE", ISC_NOTICE.encode())
     return written
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("wheel", type=Path, help=f"path to {WHEEL_NAME} (pip download --no-deps musicnn==0.1.0)")
-    parser.add_argument("--out", type=Path, default=OUT_DIR, help="output folder (default: models/musicnn)")
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default: models/musicnn)")
     args = parser.parse_args(argv)
     try:
         written = convert(args.wheel, args.out)
@@ -367,6 +363,3 @@ def main(argv=None) -> int:
         print(f"{path}  {path.stat().st_size:,} bytes")
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

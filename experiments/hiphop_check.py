@@ -1,10 +1,10 @@
 """GTZAN's "hiphop" against the training word "hip-hop" (MODEL_CARD.md, "Labels at use time"): their GloVe
 ranks and nearest words; how many GloVe words (single lower-case words) the spelling rule of zstag/words.py
-respells; and, with the dev models of tools/build_default_model.py (where hip-hop is a held-out word), the
+respells; and, with the dev models of recipes/build_default_model.py (where hip-hop is a held-out word), the
 retrieval ROC-AUC of each spelling's own GloVe vector on the teacher-word dev set. One song there has hip-hop
 among its teacher positives: an illustration, not a measurement of much.
 
-    python tools/hiphop_check.py        # ~30 s; needs the cached features of build_default_model.py
+    python experiments/hiphop_check.py        # ~30 s; needs the cached features of build_default_model.py
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ SPELLINGS = ("hip-hop", "hiphop")
 
 
 def main() -> int:
-    sys.path[:0] = [str(ROOT), str(ROOT / "tools")]
+    sys.path[:0] = [str(ROOT), str(ROOT / "recipes")]
     import build_default_model as B
     from sklearn.metrics import roc_auc_score
 

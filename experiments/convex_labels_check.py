@@ -3,10 +3,10 @@
 Instead of the trained linear map of a label's GloVe vector, an unseen label's joint-space embedding is the
 GloVe-cosine-weighted mean of the (unit) joint embeddings of its K nearest training words by GloVe cosine,
 which keeps it among embeddings the training placed. Same development protocol, models and seeds as
-tools/build_default_model.py (the shipped configuration: MSD penultimate, linear); K = 10 (ConSE's T) fixed
+recipes/build_default_model.py (the shipped configuration: MSD penultimate, linear); K = 10 (ConSE's T) fixed
 beforehand, 3 and 1 for information. Prints a markdown table: hit@1 / mean retrieval ROC-AUC per dev set.
 
-    python tools/convex_labels_check.py        # ~20 s; needs the cached features of build_default_model.py
+    python experiments/convex_labels_check.py        # ~20 s; needs the cached features of build_default_model.py
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def convex(label_glove: np.ndarray, vocab_glove: np.ndarray, vocab_joint: np.nda
 
 
 def main() -> int:
-    sys.path[:0] = [str(ROOT), str(ROOT / "tools")]
+    sys.path[:0] = [str(ROOT), str(ROOT / "recipes")]
     import build_default_model as B
 
     from zstag.words import WordVectors

@@ -5,12 +5,12 @@ Run once, in a throwaway venv outside the repo (the project itself never needs T
     python3 -m venv /tmp/tfenv                          # CPython 3.11.7
     /tmp/tfenv/bin/pip install tensorflow-cpu==2.15.1 "numpy<2" librosa   # numpy 1.26.4, librosa 0.11.0
     pip download --no-deps musicnn==0.1.0 -d /tmp/mw
-    TF_ENABLE_ONEDNN_OPTS=0 /tmp/tfenv/bin/python tools/make_musicnn_reference.py \
+    TF_ENABLE_ONEDNN_OPTS=0 /tmp/tfenv/bin/python recipes/make_musicnn_reference.py \
         /tmp/mw/musicnn-0.1.0-py3-none-any.whl
 
 It
 1. reads every tensor of the four checkpoints in the wheel (MSD/MTT × musicnn/vgg, Adam slots
-   included) with tools/convert_musicnn.py's reader and with TensorFlow's, and stops unless all are
+   included) with zstag/backbones/convert_musicnn.py's reader and with TensorFlow's, and stops unless all are
    bit-identical;
 2. writes tests/data/musicnn_reference_ckpt.{index,data-00000-of-00001}: a tiny checkpoint written by
    TensorFlow's Saver (several dtypes and shapes), with the values TensorFlow reads back, so the test
@@ -39,8 +39,8 @@ warnings.filterwarnings("ignore", message=".*is deprecated", category=UserWarnin
 import numpy as np
 import tensorflow as tf
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import convert_musicnn  # noqa: E402  (the reader under test; numpy only)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from zstag.backbones import convert_musicnn  # noqa: E402  (the reader under test; numpy only)
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = ROOT / "tests" / "data"

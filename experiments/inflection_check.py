@@ -3,7 +3,7 @@
 For every single-word training label of models/default whose singular (minus "s") or plural (plus "s") is a
 GloVe word of rank <= 50k and not itself a training label: the pair's cosine in GloVe and in the joint space.
 
-    python tools/inflection_check.py          # a second; prints the medians and every pair
+    python experiments/inflection_check.py          # a second; prints the medians and every pair
 """
 
 from __future__ import annotations

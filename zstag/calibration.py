@@ -1,4 +1,5 @@
-"""Per-label score calibration against hub labels: measured by tools/build_default_model.py, not shipped.
+"""Per-label score calibration against hub labels: measured by recipes/build_default_model.py's dev protocol;
+zstag's own scores do not use it.
 
 A few labels ("classical", "jazz") lie close to the common direction of all track embeddings and so win the
 argmax for nearly every track (hubness). This standardises each label's cosine by how that label scores the
@@ -10,8 +11,7 @@ where l̂ is the label embedding scaled to unit length, and m and C are the mean
 (ddof 0) of the model's unit-length training track embeddings: mu_l and sigma_l are exactly the mean and
 standard deviation of cos(x, l) over the training tracks x. Per label the map is increasing and affine, so
 ranking tracks for one label (retrieval ROC-AUC) is unchanged; it changes the ranking of labels for one track.
-The dev protocol measured it (MODEL_CARD.md: "Score calibration, measured and not adopted"); zstag's scores
-stay plain cosines.
+The dev protocol measured it (models/default/EXPERIMENTS.md: "Score calibration, measured, not adopted").
 """
 
 from __future__ import annotations

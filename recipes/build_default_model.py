@@ -1,9 +1,9 @@
 """Rebuild models/default (and models/conse) from scratch: the recipe of the shipped zero-shot model.
 
-    python tools/build_default_model.py                 # every stage: extract, dev, final
-    python tools/build_default_model.py --stage extract # only cache the backbone outputs
-    python tools/build_default_model.py --stage dev     # development grid → runs/default-model/dev.json
-    python tools/build_default_model.py --stage final   # train the chosen config on all data → models/
+    python recipes/build_default_model.py                 # every stage: extract, dev, final
+    python recipes/build_default_model.py --stage extract # only cache the backbone outputs
+    python recipes/build_default_model.py --stage dev     # development grid → runs/default-model/dev.json
+    python recipes/build_default_model.py --stage final   # train the chosen config on all data → models/
 
 Stages
 ------
@@ -20,7 +20,7 @@ final    The configuration chosen on the development sets (``choose``) is retrai
          its chosen top-T, as models/conse.
 
 Sets: ../shared/data/dance and ../shared/data/gcompris (team data, copyrighted / mixed licences: used for
-training and measurement, never shipped), and the game-music / sound sets that tools/build_music_sets.py
+training and measurement, never shipped), and the game-music / sound sets that recipes/build_music_sets.py
 builds from installed Debian packages. ../shared/data/cc-examples is the acceptance test: extracted for
 the report, never trained on.
 """
@@ -53,7 +53,7 @@ MAX_WINDOWS = 24  # patches per track at most: longer tracks get evenly spaced 3
 EXTRACT_VERSION = 1  # bump when the cached arrays change meaning
 SHARED_SETS = ("dance", "gcompris", "cc-examples")
 REQUIRED_SETS = SHARED_SETS
-# Sets of tools/build_music_sets.py measured on the dev protocol and not adopted (no consistent gain, losses on
+# Sets of recipes/build_music_sets.py measured on the dev protocol and not adopted (no consistent gain, losses on
 # held-out instruments and teacher words: see MODEL_CARD.md): used only when --sets names them, so the default
 # recipe gives the shipped model.
 NOT_ADOPTED_SETS = ("tuxpaint-animals", "lincity", "drascula", "planetblupi")
@@ -327,7 +327,7 @@ class ProjectionConfig:
     # (track, positive label) pair ∝ 1/sqrt(the label's positive count): frequent labels pull less, against hubs)
     balance: str = "tracks"
     # scores: cosine | center (cos - mu_l) | z ((cos - mu_l) / sigma_l) | csls; mu_l, sigma_l: the label's cosine
-    # statistics over the model's own training tracks (tools/score_calibration.py); csls: Conneau et al. 2018, k = CSLS_K
+    # statistics over the model's own training tracks (zstag/calibration.py); csls: Conneau et al. 2018, k = CSLS_K
     score: str = "cosine"
     # label-map smoothness: weight of a loss keeping the joint-space cosine of each training word and its
     # SMOOTH_NEIGHBOURS nearest GloVe words (among the SMOOTH_VOCAB most frequent) at their GloVe cosine
@@ -571,12 +571,12 @@ def rescore(cos: np.ndarray, label_emb: np.ndarray, track_emb: np.ndarray, score
     """cos [N, M] of tracks track_emb [N, D] and labels label_emb [M, D] → the variant's scores. The
     statistics come from the scoring model's own training tracks (train_audio) and training words (vocab_emb)
     only, never from the songs or labels being scored together."""
-    import score_calibration  # tools/: measured here, not shipped
+    from zstag import calibration  # measured here, not used by zstag's scores
 
     if score == "cosine":
         return cos
     if score in ("center", "z"):
-        return score_calibration.fit(train_audio, mode=score).apply(cos, label_emb)
+        return calibration.fit(train_audio, mode=score).apply(cos, label_emb)
     if score == "csls":  # 2 cos - r_tracks(l) - r_words(a): mean cosine of the CSLS_K nearest neighbours
         r_label = np.sort(cosine(train_audio, label_emb), axis=0)[-CSLS_K:].mean(axis=0)
         r_track = np.sort(cosine(track_emb, vocab_emb), axis=1)[:, -CSLS_K:].mean(axis=1)
@@ -725,7 +725,7 @@ def dev_fold(tracks: list[TrackData], split) -> tuple[dict[str, dict], list[int]
 
 
 def shipped_dev_models(words, seeds: int = 3):
-    """The setting of the side checks (tools/negation_check.py, tools/convex_labels_check.py): the adopted sets'
+    """The setting of the side checks (experiments/negation_check.py, experiments/convex_labels_check.py): the adopted sets'
     tracks, and per seed the shipped configuration trained on its dev fold as dev() trains it. Yields
     (tracks, config, dev sets, training track indices, training vocabulary, Projection)."""
     sets = {k: v for k, v in find_sets().items() if k not in NOT_ADOPTED_SETS}
@@ -997,6 +997,7 @@ def final(rows_by_set: dict[str, list[dict]], report: dict, models_dir: Path, lo
         "audio_projection": {"type": config.head, "hidden": config.hidden, "dropout": config.dropout},
         "label_projection": {"type": "linear"},
         "train_labels": vocab,
+        # The recipe's path when the shipped model was built, kept: it is part of config.json, so of the model id.
         "training": {"recipe": "python tools/build_default_model.py", "sets": training_sets,
                      "tracks": len(train_idx), "projection": config.name(), "seed": 0},
     }
@@ -1021,6 +1022,7 @@ def final(rows_by_set: dict[str, list[dict]], report: dict, models_dir: Path, lo
 
     top_t = int(report["chosen"]["conse_top_t"])
     conse = conse_model(words, top_t=top_t)
+    # The recipe's path when the shipped model was built, kept as above: it is part of the model id.
     conse.config["training"] = {"recipe": "python tools/build_default_model.py", "top_t_chosen_on": "dev.json"}
     taggram = np.concatenate([track_taggrams([tracks[i] for i in train_idx])[b] for b in BACKBONES], axis=1)
     with torch.no_grad():
@@ -1052,7 +1054,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stage", choices=("all", "extract", "dev", "final"), default="all")
     parser.add_argument("--sets", default=None, help="comma-separated set names (default: all found)")
-    parser.add_argument("--music-sets", type=Path, default=None, help="tools/build_music_sets.py --out folder")
+    parser.add_argument("--music-sets", type=Path, default=None, help="recipes/build_music_sets.py --out folder")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--seeds", type=int, default=3, help="dev: training seeds per configuration")
     parser.add_argument("--grid", default="full", choices=("full", "small", "calib", "balance", "ortho", "dim", "smooth"), help="dev: which grid")
@@ -1095,7 +1097,7 @@ def write_json(path: Path, payload) -> None:
 
 
 def missing_sets(sets: dict[str, Path]) -> list[str]:
-    """The sets of the default recipe (../shared/data's and tools/build_music_sets.py's adopted ones) not in sets.
+    """The sets of the default recipe (../shared/data's and recipes/build_music_sets.py's adopted ones) not in sets.
     Without one, the dev figures and the final model differ from MODEL_CARD.md's with no other sign: with the music
     sets absent (another ZSTAG_CACHE_DIR) --stage final built model 73a00d10118f1aac from 173 tracks, exit 0."""
     from build_music_sets import SETS as MUSIC_SETS
@@ -1107,12 +1109,12 @@ def missing_sets(sets: dict[str, Path]) -> list[str]:
 def missing_message(missing: list[str], music_sets: Path | None = None) -> str:
     from build_music_sets import default_out
 
-    return (f"missing sets {', '.join(missing)}: run tools/build_music_sets.py (it prints the apt-get command for "
+    return (f"missing sets {', '.join(missing)}: run recipes/build_music_sets.py (it prints the apt-get command for "
             f"absent packages; looked in {music_sets or default_out()}) and check {SHARED}")
 
 
 def find_sets(music_sets: Path | None = None) -> dict[str, Path]:
-    """set name → manifest.csv: the team's sets in ../shared/data and those of tools/build_music_sets.py."""
+    """set name → manifest.csv: the team's sets in ../shared/data and those of recipes/build_music_sets.py."""
     from build_music_sets import SETS as MUSIC_SETS, default_out
 
     found = {}
@@ -1129,5 +1131,5 @@ def find_sets(music_sets: Path | None = None) -> dict[str, Path]:
 
 
 if __name__ == "__main__":
-    sys.path[:0] = [str(ROOT), str(ROOT / "tools")]
+    sys.path[:0] = [str(ROOT), str(ROOT / "recipes")]
     sys.exit(main())

@@ -1,6 +1,6 @@
 """How far `zstag tag --bf16` moves the default model's scores from float32, on a labelled set.
 
-    python tools/bf16_check.py [--root ../shared/data/dance] [--model default]
+    python experiments/bf16_check.py [--root ../shared/data/dance] [--model default]
 
 Decodes each file of the set's manifest.csv (path, labels ';'-separated) once, embeds it with float32
 products and with bfloat16 ones (devices.cpu_bfloat16), and scores the set's own labels both ways. Prints
