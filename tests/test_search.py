@@ -148,3 +148,18 @@ def test_default_model_finds_the_speech_recordings_first(tmp_path):
     paths = [str(CC_EXAMPLES / "audio" / name) for name in speech + music]
     out = search_json("search", "speech", *paths, "--workers", "1", "--device", "cpu")
     assert {Path(t["path"]).name for t in out["tracks"][:3]} == set(speech), out["tracks"]
+
+
+def test_a_name_that_is_not_utf8_is_tagged_listed_and_playable(tmp_path, tiny_model_dir):
+    folder = tmp_path / "latin1"
+    folder.mkdir()
+    name = os.fsdecode(b"caf\xe9.flac")  # Latin-1 bytes: a lone surrogate in Python
+    os.rename(write_track(folder / "plain.flac"), folder / name)  # soundfile takes no such name
+    tagged = cli("tag", folder, "-l", LABELS, "--top-k", "1", "-m", tiny_model_dir, "--write-tags")
+    assert tagged.exit_code == 0, tagged.stderr
+    assert len(mutagen.File(folder / name)["ZSTAG"]) == 1
+    out = search_json("search", "jazz", folder, "-m", tiny_model_dir)
+    assert out["tracks"][0]["path_bytes"].endswith("caf%E9.flac")  # json stays valid UTF-8, the bytes kept
+    playlist = folder / "list.m3u8"
+    assert cli("search", "jazz", folder, "-m", tiny_model_dir, "-f", "m3u8", "-o", playlist).exit_code == 0
+    assert playlist.read_bytes().splitlines()[2] == b"caf\xe9.flac"  # the player opens the very file
