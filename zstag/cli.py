@@ -426,6 +426,16 @@ def tag_command(
         False, "--bf16",
         help="On a CPU with native bfloat16 products (AMX): ~2x faster embedding, scores within ~0.01 of float32; cached apart.",
     ),
+    write_tags: bool = typer.Option(
+        False, "--write-tags",
+        help="Also write each file's chosen labels into its tags (field ZSTAG, best first; ZSTAG_MODEL: the model id). "
+             "Audio untouched; a tagged copy replaces the file atomically.",
+    ),
+    tag_field: str = typer.Option(
+        "zstag", "--tag-field", help="With --write-tags: zstag (default), or a standard field: genre, mood, grouping, comment."),
+    append: bool = typer.Option(False, "--append", help="With --tag-field: add the labels the field lacks instead of replacing it."),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="With --write-tags: print each file's old and new tag values; write nothing."),
 ) -> None:
     from zstag import tagger
 
@@ -436,6 +446,7 @@ def tag_command(
             paths, labels=labels, labels_file=labels_file, model=model, vectors=vectors, extensions=extensions,
             single=single, top_k=top_k, threshold=threshold, fmt=fmt, output=output, workers=workers,
             use_cache=not no_cache, offset=offset, max_seconds=max_seconds, device=device, bf16=bf16,
+            write_tags=write_tags, tag_field=tag_field, append=append, dry_run=dry_run,
         )
     except tagger.TagUsageError as exc:
         fail(str(exc), 2)
@@ -552,6 +563,81 @@ def eval_command(
         fail(f"cannot write the table to stdout: {exc.strerror or exc}")
     if failed:  # as tag: the figures leave those tracks out
         raise typer.Exit(1)
+
+
+# --- search / similar (search.py) ----------------------------------------------
+
+SEARCH_HELP = """Find the tracks closest to a text query: one label or phrase ("speech", "calm piano").
+
+Without --labels the first argument is the query and the rest are the files and folders to search; with
+--labels (several labels: a track scores the mean of its cosines with them) every argument is a path.
+Files not yet embedded are embedded first (the cache is shared with `zstag tag`); without a PATH the
+search covers every file the embedding cache holds for the model. --format m3u8 -o list.m3u8 writes a
+playlist (paths relative to its folder where it holds the tracks).
+"""
+
+
+def _search_options(model, vectors, extensions, limit, fmt, output, workers, no_cache, device, no_progress) -> dict:
+    return dict(model=model, vectors=vectors, extensions=extensions, limit=limit, fmt=fmt, output=output,
+                workers=workers, use_cache=not no_cache, device=device, progress=not no_progress)
+
+
+def _run_search(query, paths, **options) -> None:
+    from zstag import search
+    from zstag.tagger import TagUsageError
+
+    global _quick_exit
+    _quick_exit = True
+    try:
+        code = search.run(query, paths, **options)
+    except TagUsageError as exc:
+        fail(str(exc), 2)
+    raise typer.Exit(code)
+
+
+_LIMIT = typer.Option(20, "--limit", "-n", min=1, help="How many tracks to list.")
+_SEARCH_FORMAT = typer.Option("table", "--format", "-f", help="table, json, jsonl, csv or m3u8 (a playlist).")
+_SEARCH_OUTPUT = typer.Option(None, "--output", "-o", help="Write here (atomically) instead of stdout.")
+_SEARCH_MODEL = typer.Option("default", "--model", "-m", help="Model folder, or a name in models/.")
+_SEARCH_EXTENSIONS = typer.Option(None, "--extensions", help="Extensions to take from folders: mp3,wav.")
+_SEARCH_WORKERS = typer.Option(None, "--workers", min=0, help="Decode processes for files not yet embedded (default: all cores).")
+_SEARCH_NO_CACHE = typer.Option(False, "--no-cache", help="Neither read nor write the embedding cache (needs PATHs).")
+_SEARCH_DEVICE = typer.Option("auto", "--device", help="Where the audio model runs: auto, cpu, cuda or cuda:N.")
+_SEARCH_NO_PROGRESS = typer.Option(False, "--no-progress", help="No progress bar.")
+
+
+@app.command("search", help=SEARCH_HELP)
+def search_command(
+    args: Optional[List[str]] = typer.Argument(None, metavar="QUERY [PATH]...", help="The query, then files and/or folders."),
+    labels: Optional[List[str]] = typer.Option(
+        None, "--labels", "-l", help="Several query labels, comma-separated (repeatable); then every argument is a PATH."),
+    labels_file: Optional[str] = typer.Option(None, "--labels-file", help="Query labels, one per line."),
+    vectors: Optional[str] = typer.Option(None, "--vectors", help="Word-vector file (default: the model's)."),
+    limit: int = _LIMIT, fmt: str = _SEARCH_FORMAT, output: Optional[str] = _SEARCH_OUTPUT, model: str = _SEARCH_MODEL,
+    extensions: Optional[str] = _SEARCH_EXTENSIONS, workers: Optional[int] = _SEARCH_WORKERS,
+    no_cache: bool = _SEARCH_NO_CACHE, device: str = _SEARCH_DEVICE, no_progress: bool = _SEARCH_NO_PROGRESS,
+) -> None:
+    args = list(args or [])
+    query = None
+    if not labels and labels_file is None:
+        if not args:
+            fail("give a QUERY (or --labels)", 2)
+        query, args = args[0], args[1:]
+    options = _search_options(model, vectors, extensions, limit, fmt, output, workers, no_cache, device, no_progress)
+    _run_search(query, args, labels=labels, labels_file=labels_file, **options)
+
+
+@app.command("similar")
+def similar_command(
+    file: str = typer.Argument(..., metavar="FILE", help="The track to find more like."),
+    paths: Optional[List[str]] = typer.Argument(None, metavar="[PATH]...", help="Files and/or folders to search (default: the cache's)."),
+    limit: int = _LIMIT, fmt: str = _SEARCH_FORMAT, output: Optional[str] = _SEARCH_OUTPUT, model: str = _SEARCH_MODEL,
+    extensions: Optional[str] = _SEARCH_EXTENSIONS, workers: Optional[int] = _SEARCH_WORKERS,
+    no_cache: bool = _SEARCH_NO_CACHE, device: str = _SEARCH_DEVICE, no_progress: bool = _SEARCH_NO_PROGRESS,
+) -> None:
+    """The tracks nearest to FILE in the joint space ("more like this"), best first; FILE itself left out."""
+    options = _search_options(model, None, extensions, limit, fmt, output, workers, no_cache, device, no_progress)
+    _run_search(None, list(paths or []), similar_to=file, **options)
 
 
 def main() -> None:

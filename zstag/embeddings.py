@@ -300,6 +300,26 @@ class EmbeddingCache:
         self.db.execute("INSERT OR REPLACE INTO decode_failures VALUES (?, ?, ?, ?, ?, ?, ?)",
                         (*_key(model_id, digest, offset, max_seconds), decoder_stamp(), cause))
 
+    def copy_rows(self, digest: str, new_digest: str) -> None:
+        """Every embedding row of content digest, also under new_digest: for a file whose tags changed but
+        whose audio did not (tagfiles), so that it stays embedded, for every model."""
+        with self.db:
+            self.db.execute("BEGIN")
+            self.db.execute("INSERT OR REPLACE INTO embeddings SELECT model_id, ?, start_s, max_s, version, dim, "
+                            "vector, stats FROM embeddings WHERE digest=?", (new_digest, digest))
+
+    def library(self, model_id: str) -> list[tuple[str, tuple, np.ndarray, dict | None]]:
+        """(path, stamp, embedding, stats) of every remembered path whose digest has a whole-track embedding
+        by model_id (offset 0, no --max-seconds): the tracks `zstag search` looks through without a PATH.
+        The stamp is the file's when hashed: a caller compares it with the file's now."""
+        rows = self.db.execute(
+            "SELECT d.path, d.size, d.mtime_ns, d.ctime_ns, d.inode, e.dim, e.vector, e.stats FROM digests d "
+            "JOIN embeddings e ON e.digest = d.digest WHERE e.model_id=? AND e.start_s=? AND e.max_s=? AND "
+            "e.version=? ORDER BY d.path", (model_id, 0.0, _max_key(None), PIPELINE_VERSION)).fetchall()
+        return [(os.fsdecode(path) if isinstance(path, bytes) else path, tuple(stamp),
+                 np.frombuffer(vector, dtype="<f4").copy(), json.loads(stats) if stats else None)
+                for path, *stamp, dim, vector, stats in rows if len(vector) == 4 * dim]
+
     def count(self, model_id: str | None = None) -> int:
         if model_id is None:
             return self.db.execute("SELECT COUNT(*) FROM embeddings").fetchone()[0]
@@ -423,6 +443,28 @@ def cached_results(
         if own_cache:
             cache.close()
     return results
+
+
+def file_digests(paths: list[str], *, workers: int | None = None, use_cache: bool = True) -> list[str | None]:
+    """Each file's content digest, as the cache keys its rows by (None: gone, not a regular file, unreadable
+    or changed while hashed); remembered in the cache like embed_files' digests, so a later embed_files or
+    cached_results of the same files only stats them."""
+    paths = [str(p) for p in paths]
+    workers = default_workers() if workers is None else max(1, int(workers))
+    cache = EmbeddingCache.open_default() if use_cache else None
+    if cache is None:
+        def digest(path: str) -> str | None:
+            real = os.path.realpath(path)
+            stamp = _stamp(real)
+            return _try_digest(real, stamp) if stamp is not None else None
+
+        with ThreadPoolExecutor(workers) as pool:
+            return list(pool.map(digest, paths))
+    try:
+        digests = _digests(cache, paths, workers)
+    finally:
+        cache.close()
+    return [digests[i][0] if i in digests else None for i in range(len(paths))]
 
 
 def _fill_hits(cache, model_id, paths, digests, offset, max_seconds, results) -> None:

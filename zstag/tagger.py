@@ -295,8 +295,15 @@ def run(
     progress: bool = True,
     device: str = "cpu",
     bf16: bool = False,
+    write_tags: bool = False,
+    tag_field: str = "zstag",
+    append: bool = False,
+    dry_run: bool = False,
 ) -> int:
     """Tag the inputs and write the output; returns the exit code (0 ok, 1 some file failed).
+
+    write_tags: also write each file's chosen labels into its own tags (tagfiles: tag_field, append);
+    dry_run: the output is instead each file's old and new tag values, and no file is written.
 
     Raises TagUsageError (bad options, model, word vectors, labels or device) before any output or cache
     row is written (see TagUsageError for when). Torch is imported only if some file is not in the
@@ -324,6 +331,7 @@ def run(
         raise TagUsageError(f"--threshold {threshold}: need a number in -1..1 (scores are cosines)")
     if output is not None and (Path(output).is_dir() or not Path(output).absolute().parent.is_dir()):
         raise TagUsageError(f"{output}: --output must be a file in an existing folder")
+    _check_write_options(write_tags, tag_field, append, dry_run)
     label_list = parse_labels(labels, labels_file)
     extension_set = parse_extensions(extensions)
     try:
@@ -350,6 +358,10 @@ def run(
     failures = list(found.problems)
     for line in found.problems:
         print(f"zstag: {line}", file=sys.stderr)
+    if write_tags:  # the digests the scores come from: a file that changes before it is tagged is refused
+        from zstag.embeddings import file_digests
+
+        digests = dict(zip(found.files, file_digests(found.files, workers=workers, use_cache=use_cache)))
     results = track_results(files, found.files, workers=workers, use_cache=use_cache, offset=offset,
                             max_seconds=max_seconds, progress=progress, device=device, bf16=bf16)
     good = [r for r in results if r.ok]
@@ -363,23 +375,19 @@ def run(
     else:
         scores = np.zeros((0, len(label_list)), dtype=np.float32)
     records = file_records([r.path for r in good], scores, label_list, single=single, top_k=top_k, threshold=threshold)
+    written = None
+    if write_tags:
+        written = _write_tags(records, files.model_id, digests, tag_field, append, dry_run, use_cache)
     terminal = output is None and sys.stdout is not None and sys.stdout.isatty()
     text = render(records, fmt, single=single, labels=label_list, model_id=files.model_id, bf16=bf16,
                   width=_terminal_width() if terminal else None)
-    if output is None:
-        error = write_stdout(text)
-        if error:
-            print(f"zstag: error: cannot write to stdout: {error}", file=sys.stderr)
-            return 1
-    elif not good:  # a run that tagged nothing never replaces a previous result with an empty one
+    if dry_run:
+        text = written.dry_run_text()
+    if output is not None and not good:  # a run that tagged nothing never replaces a previous result with an empty one
         state = "left as it was" if os.path.lexists(output) else "not written"
         print(f"zstag: {output} {state}: no file was tagged", file=sys.stderr)
-    else:
-        try:
-            atomic_write(output, text.encode("utf-8"), follow_links=True)
-        except OSError as exc:
-            print(f"zstag: error: {output}: cannot write: {exc.strerror or exc}", file=sys.stderr)
-            return 1
+    elif not write_output(text, output):
+        return 1
 
     if not found.files and not found.problems:
         print("zstag: no audio files found in the inputs", file=sys.stderr)
@@ -389,8 +397,37 @@ def run(
         parts.append(f"{len(failures)} failed")
     if found.duplicates:
         parts.append(f"{found.duplicates} duplicate path(s) skipped")
+    if written is not None:
+        parts.append(f"tags {'to write' if dry_run else 'written'}: "
+                     f"{sum(c.changed for c in written.changes) if dry_run else written.written} file(s)"
+                     + (f", {len(written.failures)} not tagged" if written.failures else ""))
     print("zstag: " + "; ".join(parts), file=sys.stderr)
-    return 1 if failures else 0
+    return 1 if failures or (written is not None and written.failures) else 0
+
+
+def _check_write_options(write_tags: bool, tag_field: str, append: bool, dry_run: bool) -> None:
+    from zstag.tagfiles import FIELDS, ZSTAG_FIELD
+
+    if (append or dry_run or tag_field != ZSTAG_FIELD) and not write_tags:
+        raise TagUsageError("--tag-field, --append and --dry-run go with --write-tags")
+    if tag_field not in FIELDS:
+        raise TagUsageError(f"--tag-field {tag_field!r}: choose from {', '.join(FIELDS)}")
+    if append and tag_field == ZSTAG_FIELD:
+        raise TagUsageError("--append applies to a standard --tag-field (genre, mood, grouping, comment); "
+                            "the zstag field always holds the latest labels")
+
+
+def _write_tags(records, model_id, digests, tag_field, append, dry_run, use_cache):
+    """tagfiles.write_records; each failure and warning is one line on stderr."""
+    from zstag.tagfiles import write_records
+
+    report = write_records(records, model_id, digests, field=tag_field, append=append, dry_run=dry_run,
+                           use_cache=use_cache)
+    for line in report.failures:
+        print(f"zstag: {line}", file=sys.stderr)
+    for line in report.warnings:
+        print(f"zstag: warning: {line}", file=sys.stderr)
+    return report
 
 
 def check_tag_output(output: str, found: Found, labels_file, vectors, model_folder) -> None:
@@ -408,6 +445,23 @@ def check_tag_output(output: str, found: Found, labels_file, vectors, model_fold
         check_output(output, "--output", inputs)
     except OutputIsInputError as exc:
         raise TagUsageError(str(exc)) from None
+
+
+def write_output(text: str, output: str | None) -> bool:
+    """Write text to stdout (output None) or atomically to the file output (a link's target replaced);
+    False, with one line on stderr, when it could not be written. Used by tag, search and similar."""
+    if output is None:
+        error = write_stdout(text)
+        if error:
+            print(f"zstag: error: cannot write to stdout: {error}", file=sys.stderr)
+            return False
+        return True
+    try:  # tag's formats are valid Unicode (render); an m3u8 keeps a non-UTF-8 name's bytes: the player opens it
+        atomic_write(output, text.encode("utf-8", "surrogateescape"), follow_links=True)
+    except OSError as exc:
+        print(f"zstag: error: {output}: cannot write: {exc.strerror or exc}", file=sys.stderr)
+        return False
+    return True
 
 
 def write_stdout(text: str) -> str | None:
