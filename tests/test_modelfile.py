@@ -86,6 +86,14 @@ def test_numpy_label_branch_matches_torch(any_model):
     assert net.embed_label_vectors(vectors).tobytes() == ours.tobytes()
 
 
+def test_cosine_scores_by_hand():
+    """The cosine of each track with each label, whatever either vector's length: [3, 4] is 0.6 / 0.8 of
+    the way along the axes, and opposite [-6, -8]."""
+    scores = modelfile.cosine_scores(np.array([[3.0, 4.0], [0.5, 0.0]]), np.array([[1.0, 0.0], [0.0, 2.0], [-6.0, -8.0]]))
+    assert scores.dtype == np.float32
+    np.testing.assert_allclose(scores, [[0.6, 0.8, -1.0], [1.0, 0.0, -0.6]], rtol=0, atol=2.0**-24)
+
+
 def test_label_branch_kinds():
     kinds = {name: modelfile.label_projection_config(json.loads((modelfile.resolve_model_path(name) / "config.json")
                                                                  .read_text()))["type"] for name in SHIPPED}
