@@ -178,6 +178,25 @@ def test_a_fully_cached_run_embeds_nothing_and_does_not_check_the_gpu(music, tin
     assert "(3 from the cache)" in warm.stderr
 
 
+def test_a_fully_cached_cuda_run_without_a_gpu_answers_from_the_cache_without_torch(music, tiny_model_dir, tmp_path,
+                                                                                   monkeypatch):
+    """README: a run whose files are all cached embeds nothing and does not check the device. A fresh
+    process that sees no GPU (CUDA_VISIBLE_DEVICES empty) tags with --device cuda from a CPU run's cache."""
+    from test_tag import cli_subprocess
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    args = ["tag", music, "--labels", "rock,jazz", "--model", tiny_model_dir, "-f", "json"]
+    cpu = tag(*args[1:], "--device", "cpu")
+    assert cpu.exit_code == 0 and "(0 from the cache)" in cpu.stderr
+    proc, heavy = cli_subprocess(tmp_path, *args, "--device", "cuda")
+    assert proc.returncode == 0, proc.stderr
+    assert heavy == [] and proc.stderr.strip().endswith("(3 from the cache)")
+    assert json.loads(proc.stdout)["files"] == json.loads(cpu.stdout)["files"]
+    music.joinpath("new.wav").write_bytes(music.joinpath("0.wav").read_bytes()[:-4000])  # one file to embed:
+    proc, _ = cli_subprocess(tmp_path, *args, "--device", "cuda")  # now the device is checked, and refused
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "cuda" in proc.stderr, proc.stderr
+
+
 # --- --bf16 (bfloat16 products on a CPU that has them) -----------------------------------------
 
 
@@ -204,6 +223,27 @@ def test_bf16_is_close_to_float32_repeats_exactly_and_is_cached_apart(music):
     assert [json.loads(r.stdout)["precision"] for r in (exact, fast)] == ["float32", "bfloat16"]
     cached_exact = tag(*args)  # float32 does not take the bfloat16 rows
     assert "(0 from the cache)" in cached_exact.stderr and cached_exact.stdout == exact.stdout
+
+
+def test_bf16_rows_are_cached_apart_on_any_cpu(music, tiny_model_dir, cache_dir, monkeypatch):
+    """With the capability check passed (patched: this CPU may have no native bfloat16), a --bf16 run
+    neither takes nor gives float32 rows: its rows sit under the model id + "+bf16"."""
+    import sqlite3
+
+    from zstag import devices
+    from zstag.modelfile import read_model
+
+    monkeypatch.setattr(devices, "bf16_problem", lambda device: None)
+    args = [music, "--labels", "rock,jazz", "--model", tiny_model_dir, "-f", "json", "--device", "cpu"]
+    runs = [tag(*args), tag(*args, "--bf16"), tag(*args, "--bf16"), tag(*args)]
+    assert all(r.exit_code == 0 for r in runs), [r.stderr for r in runs]
+    cached = [r.stderr.split("(")[-1].split(" from")[0] for r in runs]
+    assert cached == ["0", "0", "3", "3"]
+    assert [json.loads(r.stdout)["precision"] for r in runs] == ["float32", "bfloat16", "bfloat16", "float32"]
+    model_id = read_model(tiny_model_dir).model_id
+    with sqlite3.connect(cache_dir / "embeddings.sqlite") as db:
+        rows = dict(db.execute("SELECT model_id, COUNT(*) FROM embeddings GROUP BY model_id").fetchall())
+    assert rows == {model_id: 3, model_id + "+bf16": 3}
 
 
 def test_bf16_where_it_cannot_run_is_a_usage_error(music, tiny_model_dir, tmp_path, monkeypatch):

@@ -410,7 +410,37 @@ def test_real_dance_corpus_end_to_end(model_dir):
 # --- command line ------------------------------------------------------------------------------------
 
 
+def summary_rows(stdout: str) -> dict[str, list[str]]:
+    """The cells of the first table's rows (the seen / unseen / all summary), by label set."""
+    rows = {}
+    for line in stdout.splitlines():
+        if line.startswith("└"):
+            break
+        cells = [c.strip() for c in line.strip("│ ").split("│")]
+        if line.startswith("│") and cells[0] in evaluate.SETS:
+            rows[cells[0]] = cells[1:]
+    return rows
+
+
+def expected_rows(report: dict) -> dict[str, list[str]]:
+    """Each label set's row as the JSON report's figures give it (3 decimals, "—" for none)."""
+    fmt = lambda v: "—" if v is None else f"{v:.3f}"  # noqa: E731
+    rows = {}
+    for name in evaluate.SETS:
+        f = report["metrics"][name]
+        row = [str(f["n_labels"]), str(f["n_tracks"])]
+        if report["task"] == "classification":
+            row += [fmt(f["accuracy"]), fmt(f["mean_recall"])]
+        else:
+            row += [fmt(f["retrieval"]["roc_auc"]), fmt(f["retrieval"]["pr_auc"]), fmt(f["annotation"]["roc_auc"]),
+                    fmt(f["annotation"]["average_precision"])]
+            row += [fmt(f["top_k"][k]) for k in ("hit@1", "hit@5", "hit@10", "P@1", "P@5", "P@10")]
+        rows[name] = row
+    return rows
+
+
 def test_cli_writes_report_and_plot(gtzan, model_dir, tmp_path):
+    pytest.importorskip("matplotlib")
     out, png = tmp_path / "report.json", tmp_path / "confusion.png"
     result = CliRunner().invoke(app, ["eval", "--corpus", "gtzan", "--root", str(gtzan), "--model", str(model_dir),
                                       "--workers", "0", "--out", str(out), "--plot", str(png)])
@@ -419,6 +449,8 @@ def test_cli_writes_report_and_plot(gtzan, model_dir, tmp_path):
     [summary] = [line for line in result.stderr.splitlines() if line.startswith("zstag: evaluated ")]
     assert re.fullmatch(r"zstag: evaluated 8 of 9 tracks \(\d from the cache\); 1 failed", summary), summary
     report = json.loads(out.read_text())
+    assert summary_rows(result.stdout) == expected_rows(report)  # the printed table is the report's
+    assert expected_rows(report)["seen"][:2] == ["2", "4"]  # the sets differ: a row of another set shows
     assert report["model"]["id"] == load_model(model_dir).model_id
     assert report["corpus"]["kind"] == "gtzan" and report["labels"]["unseen"] == ["country", "jazz"]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -433,11 +465,29 @@ def test_cli_wrong_layout_is_one_line(tmp_path, model_dir):
 
 
 def test_cli_mtat_plot_is_a_warning(mtat, model_dir, tmp_path):
+    pytest.importorskip("matplotlib")
     result = CliRunner().invoke(app, ["eval", "-c", "mtat", "-r", str(mtat), "-m", str(model_dir), "--workers", "0",
-                                      "--plot", str(tmp_path / "x.png")])
+                                      "--plot", str(tmp_path / "x.png"), "--out", str(tmp_path / "r.json")],
+                                env={"COLUMNS": "250"})  # rich: wide enough for every column
     assert result.exit_code == 0, result.output
     assert "retrieval ROC-AUC" in result.stdout and "nothing drawn" in result.stderr
     assert not (tmp_path / "x.png").exists()
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert summary_rows(result.stdout) == expected_rows(report)
+    assert len({tuple(row) for row in expected_rows(report).values()}) == 3
+
+
+def test_cli_plot_without_matplotlib_is_one_line_before_any_work(gtzan, model_dir, tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` raises ImportError
+    monkeypatch.setattr(evaluate, "evaluate", lambda *a, **k: pytest.fail("evaluated"))
+    result = CliRunner().invoke(app, ["eval", "-c", "gtzan", "-r", str(gtzan), "-m", str(model_dir), "--workers", "0",
+                                      "--out", str(tmp_path / "r.json"), "--plot", str(tmp_path / "c.png")])
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr == ("zstag: error: --plot needs matplotlib, which is not installed: "
+                             "install zstag's plot extra (pip install -e '.[plot]')\n")
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("max_seconds", [float("nan"), float("inf")])
@@ -526,6 +576,7 @@ def test_cli_out_naming_a_folder_fails_before_the_evaluation(tmp_path):
 
 def test_report_and_plot_are_written_although_stdout_is_closed(gtzan, model_dir, tmp_path):
     """`zstag eval ... --out r.json | head -1`: the files are written before the table, which alone is cut."""
+    pytest.importorskip("matplotlib")
     import subprocess
     import sys
 

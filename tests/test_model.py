@@ -55,7 +55,10 @@ def test_track_embedding_is_the_mean_of_segment_embeddings():
     segments = np.random.default_rng(0).standard_normal((70, 128, 130)).astype(np.float32)  # > one batch
     with torch.no_grad():
         expected = model.embed_segments(torch.from_numpy(segments)).mean(dim=0).numpy()
-    np.testing.assert_allclose(model.embed_track(segments), expected, rtol=1e-4, atol=1e-5)
+    # Other batch sizes, other float32 orders: 5 conv layers of <= 512-term products, each off by ~lambda
+    # sqrt(512) u = 8e-6 (lambda = 6, probabilistic bound) of its terms' scale: 4e-5 of it, < rtol where the
+    # terms add up; atol for entries where they cancel, 4e-5 x the outputs' scale (rms ~3 here) < 2e-4.
+    np.testing.assert_allclose(model.embed_track(segments), expected, rtol=1e-4, atol=2e-4)
 
 
 def test_save_and_load_round_trip(tmp_path):

@@ -64,11 +64,34 @@ def test_numpy_label_branch_matches_torch(any_model):
         reference = net.embed_labels(torch.from_numpy(vectors)).numpy()
     ours = files.embed_label_vectors(vectors)
     assert ours.dtype == np.float32 and ours.shape == reference.shape
-    np.testing.assert_allclose(ours, reference, rtol=0, atol=1e-5 * max(1.0, np.abs(reference).max()))
+    # numpy works in float64 (exact to ~1e-16, then one rounding to float32), torch in float32 with any
+    # BLAS's order: a layer y = x W^T + b of n = in + 1 terms is off by at most gamma_n S, S = |x| |W|^T + |b|
+    # (gamma_n = n u / (1 - n u), u = 2^-24), and an error coming in passes through |W| (a ReLU adds none).
+    u = 2.0**-24
+    bound, x = np.zeros_like(vectors, dtype=np.float64), vectors.astype(np.float64)
+    for k, prefix in enumerate(modelfile.label_layers(files.config)):
+        w, b = (np.abs(files.label_weights[prefix + name]).astype(np.float64) for name in ("weight", "bias"))
+        x = np.maximum(x, 0) if k else x
+        gamma = (w.shape[1] + 1) * u / (1 - (w.shape[1] + 1) * u)
+        bound = bound @ w.T + gamma * (np.abs(x) @ w.T + b)
+        x = x @ files.label_weights[prefix + "weight"].astype(np.float64).T + files.label_weights[prefix + "bias"]
+    bound += np.spacing(np.abs(reference))  # each side's result rounded to float32
+    assert (np.abs(ours - reference) <= bound).all()
+    # Both scores come from the same float64 cosine; a label vector b off by d moves b / |b| by at most
+    # 2 |d| / |b|, so a cosine with a unit track vector by as much, plus one float32 rounding on each side.
     tracks = np.random.default_rng(1).standard_normal((25, reference.shape[1])).astype(np.float32)
-    assert np.abs(modelfile.cosine_scores(tracks, ours) - net.scores(tracks, reference)).max() <= 1e-6
+    allowed = 2 * np.linalg.norm(bound, axis=1) / np.linalg.norm(reference, axis=1) + 2 * u
+    assert (np.abs(modelfile.cosine_scores(tracks, ours) - net.scores(tracks, reference)) <= allowed).all()
     # the torch model's own entry point uses the very same numpy code: bit-identical
     assert net.embed_label_vectors(vectors).tobytes() == ours.tobytes()
+
+
+def test_cosine_scores_by_hand():
+    """The cosine of each track with each label, whatever either vector's length: [3, 4] is 0.6 / 0.8 of
+    the way along the axes, and opposite [-6, -8]."""
+    scores = modelfile.cosine_scores(np.array([[3.0, 4.0], [0.5, 0.0]]), np.array([[1.0, 0.0], [0.0, 2.0], [-6.0, -8.0]]))
+    assert scores.dtype == np.float32
+    np.testing.assert_allclose(scores, [[0.6, 0.8, -1.0], [1.0, 0.0, -0.6]], rtol=0, atol=2.0**-24)
 
 
 def test_label_branch_kinds():

@@ -121,6 +121,43 @@ def test_output_file_is_written_whole(music, model_dir, tmp_path):
     assert result.exit_code == 2 and "existing folder" in result.stderr
 
 
+def test_output_replaces_the_old_file_and_never_writes_into_it(music, model_dir, tmp_path):
+    """--output is written whole and swapped in (a new inode): a reader that opened the old file reads
+    all of the old file, another name of it keeps it, the name gets all of the new one."""
+    target, twin = tmp_path / "tags.csv", tmp_path / "twin.csv"
+    target.write_text("PREVIOUS RUN\n" * 1000)
+    os.link(target, twin)
+    inode = os.stat(target).st_ino
+    with open(target) as reader:  # opened before the run, read after it
+        result = run(music, "--labels", "rock", "--model", model_dir, "--format", "csv", "-o", target)
+        assert result.exit_code == 0, result.stderr
+        assert reader.read() == "PREVIOUS RUN\n" * 1000
+    assert os.stat(target).st_ino != inode
+    assert twin.read_text() == "PREVIOUS RUN\n" * 1000
+    text = target.read_text()
+    assert text.startswith("path,rank,label,score\n") and text.count("\n") == 1 + 3 and "PREVIOUS" not in text
+
+
+def test_output_to_dev_stdout_appended_to_a_log_keeps_the_log(music, model_dir, tmp_path):
+    """`zstag tag ... -o /dev/stdout >> log`: the output goes to the end of the log, which is neither
+    truncated nor replaced by a new file."""
+    import subprocess
+    import sys
+
+    run(music, "--labels", "rock", "--model", model_dir)  # fills the cache: the run below needs no torch
+    log = tmp_path / "log"
+    log.write_text("earlier lines\n")
+    inode = os.stat(log).st_ino
+    with open(log, "a") as sink:
+        proc = subprocess.run([sys.executable, "-m", "zstag", "tag", str(music), "--labels", "rock", "--model",
+                               model_dir, "-f", "jsonl", "-o", "/dev/stdout"], stdout=sink, stderr=subprocess.PIPE,
+                              text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = log.read_text().splitlines()
+    assert lines[0] == "earlier lines" and len(lines) == 1 + 3 and os.stat(log).st_ino == inode
+    assert all(json.loads(line)["tags"][0]["label"] == "rock" for line in lines[1:])
+
+
 @pytest.mark.parametrize("how", ["named", "in a folder", "a link", "a hard link"])
 def test_output_naming_an_input_is_a_usage_error_before_any_decoding(how, music, model_dir, tmp_path, monkeypatch,
                                                                       forbid_decoding):
@@ -178,8 +215,8 @@ def test_single_top_k_and_threshold(music, model_dir):
     for f in single["files"]:
         scores = multi[f["path"]]
         assert f["label"] == max(scores, key=scores.get) and f["score"] == scores[f["label"]]
-        expected = tagger.softmax(np.array([scores[label] for label in LABELS]))[LABELS.index(f["label"])]
-        assert f["confidence"] == pytest.approx(expected, abs=1e-5)
+        odds = {label: np.exp((scores[label] - f["score"]) / 0.1) for label in LABELS}  # softmax at temperature 0.1
+        assert f["confidence"] == pytest.approx(1 / sum(odds.values()), abs=1e-5)
 
     top = tag_json(music, model_dir, "--top-k", "2")
     assert all(len(f["tags"]) == 2 for f in top["files"])
@@ -192,6 +229,13 @@ def test_single_top_k_and_threshold(music, model_dir):
     assert f"softmax(cosine / {tagger.SOFTMAX_TEMPERATURE})" in " ".join(cli.TAG_HELP.split())  # help tells the truth
     assert run(music, "--labels", "rock,jazz", "--model", model_dir, "--single", "--top-k", "1").exit_code == 2
     assert run(music, "--labels", "rock", "--model", model_dir, "--format", "xml").exit_code == 2
+
+
+def test_softmax_divides_by_its_temperature():
+    """Worked by hand: cosines 0.3 and 0.2 at temperature 0.1 are odds e : 1, so e / (1 + e) ~ 0.731."""
+    assert tagger.SOFTMAX_TEMPERATURE == 0.1
+    assert tagger.softmax(np.array([0.3, 0.2])) == pytest.approx([np.e / (1 + np.e), 1 / (1 + np.e)], abs=1e-12)
+    assert tagger.softmax(np.array([[0.3, 0.2, 0.2]]), temperature=1.0)[0, 0] == pytest.approx(np.exp(0.1) / (np.exp(0.1) + 2))
 
 
 # --- inputs -----------------------------------------------------------------------------------

@@ -152,6 +152,7 @@ def test_nearest(glove):
     assert [w for w, _ in near] == ["90s", "70s", "60s"]
     assert all(-1 <= s <= 1 for _, s in near) and near[0][1] >= near[1][1] >= near[2][1]
     by_vector = glove.nearest(glove.phrase("jazz").vector, k=2)
+    # float32 cos(v, v): v.v and |v|^2 sum 50 positive terms, each off by <= gamma_50 = 50 u: 2 gamma_50 = 6e-6
     assert by_vector[0][0] == "jazz" and by_vector[0][1] == pytest.approx(1.0, abs=1e-5)
     assert "jazz" not in [w for w, _ in glove.nearest("jazz", k=10)]  # a label's own words are left out
 

@@ -516,6 +516,11 @@ def eval_command(
             fail(f"{target}: the folder for {option} does not exist", 2)
         if target is not None and target.is_dir():
             fail(f"{target}: {option} names a folder, not a file", 2)
+    if plot is not None:  # before any work: the figure is drawn last
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            fail("--plot needs matplotlib, which is not installed: install zstag's plot extra (pip install -e '.[plot]')", 2)
     try:
         check_distinct({"--out": out, "--plot": plot})
     except OutputIsInputError as exc:
