@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from zstag.paths import valid_text
+
 SR = 22050
 EXTENSIONS = (".wav", ".mp3", ".flac", ".ogg", ".oga", ".opus", ".aif", ".aiff", ".m4a", ".aac", ".wma")
 # Not yet here (other branches change them; add after the merge): silent audio, a 1-sample file, a name
@@ -90,6 +92,9 @@ def make_inputs(folder) -> tuple[list[str], list[str], list[str], list[str]]:
         "zero-channels.wav": wav_header(channels=0, data_bytes=4000) + bytes(4000),
         "zero-bits.wav": wav_header(bits=0, data_bytes=4000) + bytes(4000),
         "unknown-format.wav": wav_header(fmt_tag=0x1234, data_bytes=4000) + bytes(4000),
+        "silent-60s.wav": pcm_wav(np.zeros(60 * SR)),  # digital silence: "silent", never confident tags
+        "one-sample.wav": pcm_wav(np.array([0.5])),  # "too short"
+        "dither-120dbfs.wav": float_wav(1e-6 * np.random.default_rng(3).standard_normal(2 * SR)),
     }
     either_bytes = {
         "random.au": rng.bytes(4096),
@@ -117,11 +122,13 @@ def make_inputs(folder) -> tuple[list[str], list[str], list[str], list[str]]:
     good = {
         "good.wav": None, "good with spaces.flac": "FLAC", "good\nnew line.ogg": "OGG", "g" * 200 + ".wav": None,
         "good.mp3": "MP3", "64-channels.wav": None, "384-khz.wav": None,
+        os.fsdecode(b"good-caf\xe9.wav"): None,  # a name that is not UTF-8: tagged, its JSON still valid UTF-8
     }
     for i, (name, fmt) in enumerate(good.items()):
         rate = 384000 if name == "384-khz.wav" else SR
         samples = music(1.0 if rate > SR else 3.0, 10 + i, sr=rate, channels=64 if name.startswith("64") else 1)
-        sf.write(folder / name, samples, rate, format=fmt)
+        sf.write(folder / "written.tmp", samples, rate, format=fmt or "WAV")  # soundfile wants a UTF-8 name
+        os.rename(folder / "written.tmp", folder / name)
     extra = [str(folder / "good.wav" / "x.wav"), str(folder / "missing.wav")]  # not a folder; no such file
     return bad + extra, [str(folder / name) for name in good], [str(folder / name) for name in either_bytes], extra
 
@@ -141,6 +148,7 @@ def test_bad_inputs_mixed_with_good_ones(tmp_path, tiny_model_dir):
     folder = tmp_path / "inputs"
     folder.mkdir()
     bad, good, either, extra = make_inputs(folder)
+    good = [valid_text(path) for path in good]  # json's path: U+FFFD for each byte that is not UTF-8
     assert len(bad) >= 30 + 1  # kinds (the symlink loop is two files)
     args = [folder, *extra, "--labels", "rock,jazz", "--model", tiny_model_dir, "-f", "json"]
     cold, warm = tag(*args), tag(*args)
