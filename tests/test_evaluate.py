@@ -411,15 +411,15 @@ def test_real_dance_corpus_end_to_end(model_dir):
 
 
 def summary_rows(stdout: str) -> dict[str, list[str]]:
-    """The cells of the first table's rows (the seen / unseen / all summary), by label set."""
-    rows = {}
+    """The first table printed (the summary: a row per figure, a column per label set), as each label set's
+    column of cells, top to bottom."""
+    figures = []
     for line in stdout.splitlines():
         if line.startswith("└"):
             break
-        cells = [c.strip() for c in line.strip("│ ").split("│")]
-        if line.startswith("│") and cells[0] in evaluate.SETS:
-            rows[cells[0]] = cells[1:]
-    return rows
+        if line.startswith("│"):
+            figures.append([c.strip() for c in line.strip("│ ").split("│")][1:])
+    return {name: [row[i] for row in figures] for i, name in enumerate(evaluate.SETS)} if figures else {}
 
 
 def expected_rows(report: dict) -> dict[str, list[str]]:
