@@ -88,6 +88,20 @@ def forbid_decoding():
 
 
 @pytest.fixture()
+def long_folder():
+    """long_folder(parent, length) -> a folder made under parent whose path is at least `length` characters:
+    a few nested folders of 200-character names (libsndfile refuses names over ~1,000 bytes)."""
+    def make(parent, length: int):
+        folder, level = parent, 0
+        while len(str(folder)) < length:
+            folder, level = folder / f"{level:02d}{'n' * 198}", level + 1
+        folder.mkdir(parents=True)
+        return folder
+
+    return make
+
+
+@pytest.fixture()
 def deep_folder():
     """deep_folder(parent, levels) -> the deepest of `levels` nested folders "d" made under parent.
 

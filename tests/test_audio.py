@@ -451,3 +451,18 @@ def test_mel_filterbank_cache(tmp_path, monkeypatch):
     audio._mel_basis.cache_clear()
     np.testing.assert_array_equal(audio._mel_basis(16000, 512, 96), expected)
     audio._mel_basis.cache_clear()
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg is not installed")
+def test_m4a_at_a_path_longer_than_libsndfile_takes_goes_through_ffmpeg(tone, write_audio, long_folder, tmp_path):
+    """soundfile gets the file as a descriptor and ffmpeg its absolute path (fine up to the system's
+    limit): both decode a file 1,100+ characters down, alike."""
+    import subprocess
+
+    folder = long_folder(tmp_path, 1100)
+    wav = write_audio("a.wav", tone(2.0, 22050), 22050).rename(folder / "a.wav")
+    m4a = folder / "a.m4a"
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-i", str(wav), "-c:a", "aac", str(m4a)], check=True)
+    reference = load_audio(wav, 22050)
+    audio = load_audio(m4a, 22050)
+    assert len(reference) == 2 * 22050 and abs(len(audio) - len(reference)) < 2048  # AAC pads its last frame

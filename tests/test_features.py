@@ -338,3 +338,42 @@ def test_cli_preprocess_from_a_csv_manifest(tmp_path):
     assert json.loads((tmp_path / "cache" / CACHE_FILE).read_text())["source"]["kind"] == "csv"
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 0 and "0 tracks decoded" in again.output and "already done" in again.output
+
+
+def test_a_track_id_and_path_that_are_not_utf8_are_written_as_valid_utf8_and_read_back(tmp_path, tracks):
+    """A folder corpus's id is the file's relative path: os.fsdecode's lone surrogates made index.parquet
+    (and failures.csv) raise UnicodeEncodeError. Every file is now valid UTF-8 with U+FFFD in "id"/"path"
+    and the bytes percent-encoded in "id_bytes"/"path_bytes", and the cache gives the very same ids back,
+    from the index and from the shard tables alike; an index without the id_bytes column still reads."""
+    import pyarrow.parquet as pq
+
+    def renamed(track, raw: bytes) -> Track:  # the file under a Latin-1 name, its id that name
+        path = os.fsdecode(os.fsencode(track.path.parent) + b"/" + raw)
+        os.rename(track.path, path)
+        return Track(os.fsdecode(raw), Path(path), track.labels, track.artist)
+
+    odd = [renamed(tracks[0], b"caf\xe9.wav"), renamed(tracks[3], b"d\xe9mo.wav")]  # tracks[3]: the corrupt one
+    tracks = [odd[0], *tracks[1:3], odd[1], *tracks[4:]]
+    out = tmp_path / "cache"
+    report = preprocess(tracks, out, PAPER, shard_size=4, progress=False)
+    assert report.complete and [f["id"] for f in report.failures] == ["d\ufffdmo.wav", "empty"]
+    for path in out.iterdir():
+        if path.suffix in (".json", ".csv"):
+            text = path.read_bytes().decode("utf-8")  # strict
+            if path.suffix == ".json":
+                json.dumps(json.loads(text), ensure_ascii=False).encode("utf-8")  # no escaped lone surrogate
+    rows = list(csv.DictReader(open(out / FAILURES_FILE, encoding="utf-8")))
+    assert (rows[0]["id"], rows[0]["id_bytes"]) == ("d\ufffdmo.wav", "d%E9mo.wav")
+    assert os.fsencode(tmp_path) in rows[0]["path_bytes"].encode() and rows[1]["path_bytes"] == ""
+    expected = [t.id for t in tracks if t.id not in (odd[1].id, "empty")]
+    from_index = FeatureCache.open(out).tracks
+    assert [e.id for e in from_index] == expected
+    assert np.array_equal(FeatureCache.open(out).mel(odd[0].id), log_mel(load_audio(odd[0].path, SR), PAPER).astype(
+        np.float16).astype(np.float32))
+    table = pq.read_table(out / INDEX_FILE)
+    assert table.column("id_bytes").to_pylist()[0] == "caf%E9.wav"
+    (out / INDEX_FILE).unlink()
+    assert FeatureCache.open(out).tracks == from_index  # from the shard tables
+    assert [t.id for t in cache_corpus(out).tracks] == sorted(expected)
+    pq.write_table(table.drop_columns(["id_bytes"]), out / INDEX_FILE)  # as written before the column came
+    assert [e.id for e in FeatureCache.open(out).tracks] == ["caf\ufffd.wav", *expected[1:]]

@@ -242,3 +242,22 @@ def test_file_names_become_valid_utf8_and_one_line():
     assert unquote_to_bytes(paths.name_bytes(name)) == raw and paths.name_bytes(name).isascii()
     assert paths.valid_text("a\ud800b") == "a?b"  # not os.fsdecode's: still valid
     assert paths.one_line(name + "\n\x1b[31m\u2028\t") == "/m\\xfcsic/caf\u00e9 100%.wav\\n\\x1b[31m\\u2028\\t"
+
+
+def test_names_stored_in_files_read_back_exactly():
+    """stored_name/read_name (lists) and put_name/get_name (records): a UTF-8 name as itself, one that is
+    not as U+FFFD text plus its percent-encoded bytes, read back to os.fsdecode's very string."""
+    import json
+
+    odd = os.fsdecode(b"jazz/caf\xe9 100%.wav")
+    for name in (odd, "jazz/caf\u00e9 100%.wav", "%E9"):
+        stored = paths.stored_name(name)
+        assert isinstance(stored, dict) == (name == odd)
+        record = paths.put_name({}, "id", name)
+        assert sorted(record) == (["id", "id_bytes"] if name == odd else ["id"])
+        again = json.loads(json.dumps([stored, record], ensure_ascii=False).encode("utf-8"))  # strict UTF-8
+        assert paths.read_name(again[0]) == name == paths.get_name(again[1], "id")
+    assert paths.stored_name(odd) == {"text": "jazz/caf\ufffd 100%.wav", "bytes": "jazz/caf%E9%20100%25.wav"}
+    for bad in (3, None, {"text": "x"}):
+        with pytest.raises((TypeError, KeyError)):
+            paths.read_name(bad)

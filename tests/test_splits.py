@@ -195,3 +195,29 @@ def test_dance_like_holdout():
     assert split.unseen == sorted(held_out) and len(split.seen) == 18
     train_labels = {label for t in split.partitions["train"] for label in corpus.track(t).labels}
     assert not train_labels & set(held_out)
+
+
+def test_a_track_id_that_is_not_utf8_is_stored_losslessly_and_marks_the_format(tmp_path):
+    """A file name's bytes that are not UTF-8 (os.fsdecode: lone surrogates) made save_split raise
+    UnicodeEncodeError. It is stored as {"text", "bytes"}: the file is strict UTF-8 JSON, reads back to the
+    very same id, and says zstag-split/2; a split of UTF-8 ids keeps format 1 and its sha256."""
+    import os
+
+    odd = os.fsdecode(b"jazz/caf\xe9.wav")
+    rows = [(odd, ["jazz"], None), ("jazz/b.wav", ["jazz"], None), ("rock/c.wav", ["rock"], None),
+            ("rock/d.wav", ["rock"], None), ("pop/e.wav", ["pop"], None)]
+    split = make_split(corpus_of(rows), unseen=["pop"], validation_fraction=0.0)
+    path = save_split(split, tmp_path / "split.json")
+    data = json.loads(path.read_bytes().decode("utf-8"))  # strict: invalid UTF-8 raises
+    json.dumps(data, ensure_ascii=False).encode("utf-8")  # and no lone surrogate was escaped into it
+    assert data["format"] == "zstag-split/2"
+    assert {"text": "jazz/caf\ufffd.wav", "bytes": "jazz/caf%E9.wav"} in data["partitions"]["train"]
+    loaded = load_split(path)
+    assert loaded == split and odd in loaded.tracks("train") and loaded.sha256 == split.sha256
+    plain = make_split(corpus_of(rows[1:]), unseen=["pop"], validation_fraction=0.0)
+    assert json.loads(save_split(plain, tmp_path / "plain.json").read_text())["format"] == "zstag-split/1"
+    data["partitions"]["train"][0] = {"text": "no bytes"}
+    data["sha256"] = split_hash(data)
+    path.write_text(json.dumps(data), encoding="utf-8")
+    with pytest.raises(SplitError, match="malformed split file"):
+        load_split(path)

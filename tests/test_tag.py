@@ -805,10 +805,25 @@ def test_a_folder_tree_deeper_than_the_recursion_limit_is_walked(music, model_di
     assert result.exit_code == 0, result.stderr
     paths = [json.loads(line)["path"] for line in result.stdout.splitlines()]
     assert paths == [str(music / "a.wav"), str(music / "c.mp3"), str(music / "sub" / "b.flac")]
-    # The walk reaches the bottom (a file there is not decoded here: libsndfile refuses paths this long).
+    # The walk reaches the bottom (an empty file there: found, then a failure, not decoded here).
     (Path(deepest) / "deep.wav").write_bytes(b"")
     found = tagger.find_audio_files([str(music)], tagger.parse_extensions(None))
     assert found.files == [*paths, os.path.join(deepest, "deep.wav")] and not found.problems
+
+
+def test_a_file_whose_path_is_longer_than_libsndfile_takes_is_tagged(tmp_path, model_dir, long_folder):
+    """libsndfile refuses a name over ~1,000 bytes ("Supplied filename too long"): a wav 1,100+ characters
+    down was a failure (or left to ffmpeg). audio.py opens it and hands over the descriptor; a bad file
+    beside it is still one line naming its whole path."""
+    folder = long_folder(tmp_path / "music", 1100)
+    wav = write_music(tmp_path / "deep.wav", seed=2).rename(folder / "deep.wav")  # libsndfile cannot write it there
+    (folder / "bad.wav").write_bytes(b"RIFF but no wave at all" * 20)
+    result = run(tmp_path / "music", "--labels", "rock,jazz", "--model", model_dir, "-f", "jsonl")
+    assert result.exit_code == 1
+    (record,) = [json.loads(line) for line in result.stdout.splitlines()]
+    assert record["path"] == str(wav) and len(record["path"]) > 1100 and len(record["tags"]) == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith(f"zstag: {folder / 'bad.wav'}: cannot decode"), lines
 
 
 @pytest.mark.parametrize("option", [["--offset", "nan"], ["--offset", "inf"], ["--max-seconds", "nan"]])

@@ -441,3 +441,55 @@ def test_cli_resume_finds_a_checkpoint_without_latest_json_and_refuses_a_damaged
         assert result.exit_code == 1, result.output
         assert ("no usable checkpoint" if extra else "pass --resume") in result.output
         assert result.output.count("\n") == 1 and files_in(out) == before
+
+
+def test_cli_file_names_that_are_not_utf8_go_through_preprocess_split_train_and_eval(tmp_path):
+    """A folder-per-label corpus with Latin-1 file names (os.fsdecode: lone surrogates): preprocess (was a
+    UnicodeEncodeError in index.parquet), split (in split.json), train and eval all succeed, every JSON and
+    CSV file is strict UTF-8, and the ids round-trip exactly: the split made from the cache is the one made
+    from the audio, train finds every split track in the cache, eval every test track in the corpus."""
+    import os
+
+    import soundfile as sf
+    from typer.testing import CliRunner
+
+    from zstag.cli import app
+    from zstag.splits import load_split
+
+    root = tmp_path / "corpus"
+    for label in ("rock", "jazz", "piano"):
+        (root / label).mkdir(parents=True)
+        for i in range(3):
+            t = np.arange(3 * SR) / SR
+            sf.write(root / label / f"{i}.wav", (0.3 * np.sin(2 * np.pi * FREQS[label] * (1 + i / 40) * t)).astype(
+                np.float32), SR)
+    os.rename(root / "jazz" / "0.wav", os.fsencode(root / "jazz") + b"/caf\xe9.wav")  # seen: trained on
+    os.rename(root / "piano" / "0.wav", os.fsencode(root / "piano") + b"/d\xe9j\xe0.wav")  # unseen: evaluated
+    root = root.rename(tmp_path / os.fsdecode(b"m\xfasica"))  # the corpus's name: in cache.json, split.json, config.json
+    runner = CliRunner()
+
+    def run(*args):
+        result = runner.invoke(app, [str(a) for a in args])
+        assert result.exit_code == 0, result.output
+        return result
+
+    run("preprocess", "--corpus", "folder", "--root", root, "--out", tmp_path / "cache", "--no-progress")
+    run("split", "--corpus", "folder", "--root", root, "--out", tmp_path / "split.json", "--unseen", "piano")
+    run("split", "--features", tmp_path / "cache", "--out", tmp_path / "from-cache.json", "--unseen", "piano")
+    split = load_split(tmp_path / "split.json")
+    assert load_split(tmp_path / "from-cache.json") == split and split.corpus == "m\ufffdsica"
+    assert os.fsdecode(b"jazz/caf\xe9.wav") in split.tracks("train") + split.tracks("validation")
+    assert os.fsdecode(b"piano/d\xe9j\xe0.wav") in split.tracks("test")
+    result = run("train", "--features", tmp_path / "cache", "--out", tmp_path / "m", "--split", tmp_path / "split.json",
+                 "--epochs", "1", "--batch-size", "4", "--val-samples", "8", "--threads", "1", "--no-progress")
+    assert "not in the feature cache" not in result.output
+    run("eval", "--corpus", "folder", "--root", root, "--model", tmp_path / "m", "--split", tmp_path / "split.json",
+        "--out", tmp_path / "report.json", "--workers", "0")
+    report = json.loads((tmp_path / "report.json").read_bytes().decode("utf-8"))
+    assert report["tracks"]["evaluated"] == 3 and not report["tracks"]["failed"]
+    written = [p for p in tmp_path.rglob("*") if p.suffix in (".json", ".csv") and root not in p.parents]
+    assert len(written) > 8
+    for path in written:
+        text = path.read_bytes().decode("utf-8")  # strict: invalid UTF-8 raises
+        if path.suffix == ".json":
+            json.dumps(json.loads(text), ensure_ascii=False).encode("utf-8")  # nor any escaped lone surrogate

@@ -5,7 +5,8 @@ blocks, each block is downmixed to mono and fed to a streaming soxr resampler (H
 near the size of the mono output even for long stereo files. m4a/aac/mp4/wma/webm, and anything
 libsndfile refuses, go through the `ffmpeg` program when it is on PATH (decoded to float32 at the
 native rate and channels on a pipe, then downmixed and resampled here the same way); without ffmpeg
-those files give an AudioError saying so.
+those files give an AudioError saying so. libsndfile gets a descriptor, never a name (it refuses names
+over ~1,000 bytes); ffmpeg, which has no such limit, gets the absolute name.
 
 Front ends (`FrontEnd` configs, one code path for all):
     PAPER    Choi et al. 2019: 22,050 Hz, n_fft 1024, hop 512, Hann, magnitude STFT, 128 Slaney mel
@@ -220,7 +221,11 @@ def _load_soundfile(path: Path, sample_rate: int, offset: float, duration: float
     import soundfile as sf
     import soxr
 
-    with sf.SoundFile(os.fsencode(path)) as f:  # bytes: soundfile cannot encode a name that is not UTF-8
+    try:  # a descriptor, read natively (a file object costs a Python callback per read); see module doc
+        handle = open(path, "rb")
+    except OSError as e:  # unreadable (permissions), or past the system's own limit on names
+        raise _error(path, f"cannot read: {e.strerror or e}") from None
+    with handle, sf.SoundFile(handle.fileno(), closefd=False) as f:
         rate, declared = f.samplerate, _declared_frames(path, f.format, f.frames)
         start = round(offset * rate)
         if declared > 0 and start >= declared:

@@ -211,7 +211,11 @@ def preprocess_command(
         fail(str(exc), 2)
     data = _open_training_corpus(corpus, root, audio, top_n, min_tracks, min_val)
     _check_output(out, "--out", corpus_inputs(data), folder=True)
-    source = {"name": data.name, "kind": data.kind, "root": str(root), "options": data.options}
+    from zstag.paths import put_name, valid_text
+
+    # cache.json in valid Unicode: the name is shown (and names splits and models), the root kept whole
+    source = {"name": valid_text(data.name), "kind": data.kind, **put_name({}, "root", str(root)),
+              "options": data.options}
     try:
         report = preprocess(data.tracks, out, FRONT_ENDS[front_end], workers=workers, shard=part,
                             shard_size=shard_size, source=source, progress=not no_progress)

@@ -13,6 +13,10 @@ A cache folder holds:
 - ``index.parquet``: every shard table in one, written once all shards are complete;
 - ``failures.csv``: the files that could not be decoded, with the reason.
 
+Every file is valid UTF-8 whatever the file names: a track id or path that is not UTF-8 (os.fsdecode's
+lone surrogates) is written with U+FFFD in "id" / "path" and its bytes percent-encoded in "id_bytes" /
+"path_bytes" (zstag.paths.put_name; the index's nullable ``id_bytes`` column), and read back exactly.
+
 The plan is fixed by the corpus order: shard k holds tracks [k·S, (k+1)·S). A run skips complete shards
 and the parts of the others, and computes the rest, so it resumes after ``kill -9`` (Ctrl-C first writes
 what it holds as a part); every file is written to a temporary name and renamed, so a killed run never
@@ -37,7 +41,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from zstag.audio import FrontEnd
-from zstag.paths import atomic_write
+from zstag.paths import atomic_write, get_name, name_bytes, name_from_bytes, put_name, valid_text
 from zstag.shards import DTYPE, SHARD_PATTERN, ShardWriter, npy_problem, remove_leftovers, shard_complete, write_json
 
 SHARD_TRACKS = 256  # tracks per shard: ~80 MB of float16 frames for 256 × 30 s clips at 128 mels
@@ -195,7 +199,8 @@ def preprocess(
             for (s, track), (frames, stats, error) in zip(owners, _map(tasks, workers)):
                 failure = None
                 if error is not None:
-                    failure = {"id": str(track.id), "path": str(track.path), "error": error}
+                    failure = put_name(put_name({}, "id", str(track.id)), "path", str(track.path))
+                    failure["error"] = valid_text(error)
                     report.failures.append(failure)
                 if writers[s].add(track, frames, stats, failure):
                     report.shards_done += 1
@@ -308,9 +313,13 @@ def _write_failures(folder: Path, n_shards: int) -> None:
     for s in range(n_shards):
         table = folder / f"{SHARD_PATTERN.format(s)}.json"
         if table.is_file():
-            rows += json.loads(table.read_text())["failures"]
+            for failure in json.loads(table.read_text())["failures"]:
+                row = put_name(put_name({}, "id", get_name(failure, "id")), "path", get_name(failure, "path"))
+                rows.append({**row, "error": valid_text(failure["error"])})
+    # as tag's csv: the *_bytes columns last, only when some name needs them
+    extra = [key for key in ("id_bytes", "path_bytes") if any(key in row for row in rows)]
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=["id", "path", "error"], lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=["id", "path", "error", *extra], lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     atomic_write(folder / FAILURES_FILE, buffer.getvalue().encode())
@@ -325,7 +334,8 @@ def write_index(folder: str | Path) -> Path:
     entries = _entries_from_shard_tables(folder, _read_manifest(folder))
     table = pa.table(
         {
-            "id": [e.id for e in entries],
+            "id": [valid_text(e.id) for e in entries],
+            "id_bytes": pa.array([name_bytes(e.id) for e in entries], pa.string()),  # null: "id" is the id
             "shard": pa.array([e.shard for e in entries], pa.int32()),
             "offset": pa.array([e.offset for e in entries], pa.int64()),
             "n_frames": pa.array([e.n_frames for e in entries], pa.int32()),
@@ -363,8 +373,8 @@ def _entries_from_shard_tables(folder: Path, manifest: dict) -> list[CachedTrack
         if not path.is_file():
             continue
         for t in json.loads(path.read_text())["tracks"]:
-            entries.append(
-                CachedTrack(t["id"], tuple(t["labels"]), t["artist"], s, t["offset"], t["n_frames"], t.get("stats"))
+            entries.append(CachedTrack(get_name(t, "id"), tuple(t["labels"]), t["artist"], s, t["offset"],
+                                       t["n_frames"], t.get("stats"))
             )
     return entries
 
@@ -460,6 +470,8 @@ def _entries_from_index(path: Path) -> list[CachedTrack]:
     import pyarrow.parquet as pq
 
     table = pq.read_table(path).to_pydict()
+    raw = table.get("id_bytes") or [None] * len(table["id"])  # no such column in an index before it came
+    table["id"] = [i if b is None else name_from_bytes(b) for i, b in zip(table["id"], raw)]
     return [
         CachedTrack(i, tuple(labels), artist, int(s), int(o), int(n), json.loads(stats) if stats else None)
         for i, s, o, n, labels, artist, stats in zip(

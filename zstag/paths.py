@@ -1,6 +1,7 @@
 """Where zstag keeps its files (the user cache, the bundled models folder), how it writes them (atomic_write),
 the guard that keeps a command from writing over its own inputs (check_output), file names in outputs
-that stay valid UTF-8 and on one line whatever their bytes (valid_text, name_bytes, one_line), and a
+that stay valid UTF-8 and on one line whatever their bytes (valid_text, name_bytes, one_line), names
+in zstag's own files stored losslessly (stored_name/read_name, put_name/get_name), and a
 folder walk that no depth of folders can crash (walk)."""
 
 from __future__ import annotations
@@ -269,6 +270,49 @@ def name_bytes(path: str) -> str | None:
 
         return quote(os.fsencode(path), safe="/")
     return None
+
+
+def name_from_bytes(quoted: str) -> str:
+    """The name name_bytes encoded: its bytes, decoded as os.fsdecode decodes file names."""
+    from urllib.parse import unquote_to_bytes
+
+    if not isinstance(quoted, str):
+        raise TypeError(f"percent-encoded name expected, found {type(quoted).__name__}")
+    return os.fsdecode(unquote_to_bytes(quoted))
+
+
+def stored_name(name: str) -> str | dict:
+    """A name (track id, label) for a list in a JSON file, valid Unicode and lossless: a UTF-8 name as
+    itself; else {"text": the name with U+FFFD (valid_text), "bytes": its bytes percent-encoded
+    (name_bytes)}. read_name gives the name back, as os.fsdecode made it."""
+    raw = name_bytes(name)
+    return name if raw is None else {"text": valid_text(name), "bytes": raw}
+
+
+def read_name(value) -> str:
+    """The name stored_name stored (a string, or its {"text", "bytes"} object); TypeError or KeyError
+    for anything else."""
+    if isinstance(value, dict):
+        return name_from_bytes(value["bytes"])
+    if not isinstance(value, str):
+        raise TypeError(f"a name must be a string, found {type(value).__name__}")
+    return value
+
+
+def put_name(record: dict, key: str, name: str) -> dict:
+    """record[key] = the name as valid Unicode, and record[key + "_bytes"] = its bytes percent-encoded for
+    a name that is not UTF-8 (the convention of tag's "path" / "path_bytes"); returns record."""
+    record[key] = valid_text(name)
+    raw = name_bytes(name)
+    if raw is not None:
+        record[key + "_bytes"] = raw
+    return record
+
+
+def get_name(record: dict, key: str) -> str:
+    """The name put_name stored under key (a record without key + "_bytes" holds it as it is)."""
+    raw = record.get(key + "_bytes")
+    return record[key] if raw is None else name_from_bytes(raw)
 
 
 _UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")

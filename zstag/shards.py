@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from numpy.lib import format as npy_format
 
-from zstag.paths import atomic_write
+from zstag.paths import atomic_write, put_name
 
 SHARD_PATTERN = "shard-{:05d}"
 PART_PATTERN = SHARD_PATTERN + ".part-{:05d}"
@@ -163,7 +163,8 @@ class ShardWriter:
     def _table(self) -> tuple[list[dict], int]:
         tracks, offset = [], 0
         for track, frames, stats in self.rows:
-            tracks.append({"id": str(track.id), "labels": list(track.labels), "artist": track.artist,
+            row = put_name({}, "id", str(track.id))  # "id_bytes" too for an id that is not UTF-8
+            tracks.append({**row, "labels": list(track.labels), "artist": track.artist,
                            "offset": offset, "n_frames": int(len(frames)), "stats": stats})
             offset += len(frames)
         return tracks, offset

@@ -16,6 +16,10 @@ on); B/C tracks of train or validation artists are excluded, so no test track sh
 A corpus without any artist metadata is an error (SplitError), not a silent track split.
 
 The split is one JSON file shared by train and eval, written atomically, with a sha256 of its content.
+A track id or label that is not UTF-8 (a file name's bytes, as os.fsdecode gives them) is stored as
+{"text": ..., "bytes": percent-encoded} (zstag.paths.stored_name): the file stays valid UTF-8 and reads
+back to the very same id. Such a file is format zstag-split/2, so that an older zstag refuses it in one
+line rather than miss those tracks; every other split is zstag-split/1, as before.
 """
 
 from __future__ import annotations
@@ -30,9 +34,11 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
-from zstag.paths import atomic_write
+from zstag.paths import atomic_write, read_name, stored_name, valid_text
 
 SPLIT_FORMAT = "zstag-split/1"
+SPLIT_FORMAT_NAMES = "zstag-split/2"  # some id or label stored as {"text", "bytes"} (not UTF-8)
+SPLIT_FORMATS = (SPLIT_FORMAT, SPLIT_FORMAT_NAMES)
 UNSEEN_FRACTION = 0.2            # the paper: 80 % seen, 20 % unseen labels
 VALIDATION_FRACTION = 0.1        # the paper's code: group A split 90/10 into train/validation
 ARTIST_TEST_FRACTION = 0.1       # artist split: share of group-A tracks whose artists go to test
@@ -99,33 +105,48 @@ class Split:
         return cache
 
     def to_dict(self) -> dict:
+        stored = [False]
+
+        def names(values) -> list:
+            out = [stored_name(v) for v in values]
+            stored[0] = stored[0] or any(isinstance(v, dict) for v in out)
+            return out
+
         d = {
             "format": SPLIT_FORMAT,
-            "corpus": self.corpus,
+            "corpus": valid_text(self.corpus),  # a name to show (the corpus folder's), never matched
             "method": self.method,
             "seed": self.seed,
             "fractions": dict(self.fractions),
-            "seen": list(self.seen),
-            "unseen": list(self.unseen),
-            "groups": {g: list(self.groups[g]) for g in GROUPS},
-            "partitions": {p: list(self.partitions[p]) for p in PARTITIONS},
-            "excluded": list(self.excluded),
+            "seen": names(self.seen),
+            "unseen": names(self.unseen),
+            "groups": {g: names(self.groups[g]) for g in GROUPS},
+            "partitions": {p: names(self.partitions[p]) for p in PARTITIONS},
+            "excluded": names(self.excluded),
         }
+        if stored[0]:
+            d["format"] = SPLIT_FORMAT_NAMES
         d["sha256"] = split_hash(d)
         return d
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "split") -> "Split":
-        if not isinstance(d, dict) or d.get("format") != SPLIT_FORMAT:
+        if not isinstance(d, dict) or d.get("format") not in SPLIT_FORMATS:
             found = d.get("format") if isinstance(d, dict) else type(d).__name__
             raise SplitError(f"{where}: not a zstag split file: expected format {SPLIT_FORMAT!r}, found {found!r}")
+
+        def names(values) -> list[str]:
+            if d["format"] == SPLIT_FORMAT:  # as read before names were stored: numbers and all
+                return [str(x) for x in values]
+            return [read_name(x) for x in values]
+
         try:
             split = cls(
                 corpus=str(d["corpus"]), method=str(d["method"]), seed=int(d["seed"]),
-                seen=[str(x) for x in d["seen"]], unseen=[str(x) for x in d["unseen"]],
-                groups={g: [str(x) for x in d["groups"][g]] for g in GROUPS},
-                partitions={p: [str(x) for x in d["partitions"][p]] for p in PARTITIONS},
-                excluded=[str(x) for x in d.get("excluded", [])], fractions=dict(d.get("fractions", {})),
+                seen=names(d["seen"]), unseen=names(d["unseen"]),
+                groups={g: names(d["groups"][g]) for g in GROUPS},
+                partitions={p: names(d["partitions"][p]) for p in PARTITIONS},
+                excluded=names(d.get("excluded", [])), fractions=dict(d.get("fractions", {})),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise SplitError(f"{where}: malformed split file: missing or bad field {e}") from None
