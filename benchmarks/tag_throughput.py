@@ -213,10 +213,10 @@ def _decode_only(path: str, sample_rate: int) -> int:
 def floor_seconds(files: list[Path], workers: int, sample_rate: int) -> float:
     """Decode + resample every file to the model's rate in the same kind of pool tag uses (its start-up
     included); the workers send back only a length, no audio."""
-    from zstag.embeddings import _pool
+    from zstag.workers import decoder_pool
 
     start = time.perf_counter()
-    pool = _pool(workers)
+    pool = decoder_pool(workers)
     try:
         list(pool.map(_decode_only, [str(f) for f in files], [sample_rate] * len(files), chunksize=1))
     finally:
@@ -238,10 +238,10 @@ def _timed(stages: dict, name: str, function, inputs: list) -> list:
 def _decode_stages(paths: list[str], fe_dict: dict) -> tuple[dict, list]:
     """In a decode worker (the pool tag uses: the same memory and thread settings): CPU ms per file of
     each stage of decode_file, and the segments for timing the embedding."""
-    from zstag import acoustics, audio, embeddings
+    from zstag import acoustics, audio, workers
 
     fe, stages = audio.FrontEnd.from_dict(fe_dict), {}
-    embeddings.decode_file(paths[0], fe_dict)  # warm-up: the mel filterbank, first-call costs
+    workers.decode_file(paths[0], fe_dict)  # warm-up: the mel filterbank, first-call costs
     decoded = _timed(stages, "decode + resample", lambda f: audio.decode_audio(f, fe.sample_rate), paths)
     mels = _timed(stages, "log-mel", lambda d: audio.log_mel(d.samples, fe), decoded)
     _timed(stages, "statistics",
@@ -255,19 +255,21 @@ def stage_cpu_ms(files: list[Path], model: str, device: str, bf16: bool = False)
     worker, hashing and embedding in this process, as tag runs them. "decode + resample" is the floor's
     work, the rest is what tag adds (not counted: moving segments between processes, scheduling). On a
     GPU, "embed" is this thread's CPU time for a track, waiting for the GPU included."""
-    from zstag import embeddings
     from zstag.devices import cpu_bfloat16, deterministic_cuda, pick_device
+    from zstag.embedcache import content_digest
+    from zstag.embeddings import inference_threads
     from zstag.model import load_model
+    from zstag.workers import decoder_pool
 
     net = load_model(model).to(pick_device(device))
-    pool = embeddings._pool(1)
+    pool = decoder_pool(1)
     try:
         stages, segments = pool.submit(_decode_stages, [str(f) for f in files], net.front_end.to_dict()).result()
     finally:
         pool.shutdown()
-    with embeddings._inference_threads(), deterministic_cuda(), cpu_bfloat16() if bf16 else contextlib.nullcontext():
+    with inference_threads(), deterministic_cuda(), cpu_bfloat16() if bf16 else contextlib.nullcontext():
         net.embed_track(segments[0])
-        _timed(stages, "hash", embeddings.content_digest, files)
+        _timed(stages, "hash", content_digest, files)
         _timed(stages, "embed", net.embed_track, segments)
     return stages, net.front_end.sample_rate
 
@@ -348,7 +350,7 @@ def tiny_model(folder: Path) -> str:
 
 
 def main() -> None:
-    from zstag.embeddings import default_workers
+    from zstag.workers import default_workers
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=200, help="number of 30 s files (default 200)")
@@ -375,7 +377,7 @@ def main() -> None:
 
 
 def run_benchmark(args, folder: Path, files: list[Path], scratch: Path) -> None:
-    from zstag.embeddings import default_workers
+    from zstag.workers import default_workers
 
     model = args.model or tiny_model(scratch / "model")
     for f in files:  # the page cache: every measurement reads from memory, not disk

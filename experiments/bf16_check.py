@@ -30,10 +30,11 @@ def main() -> None:
 
     from zstag import modelfile
     from zstag.devices import bf16_problem, cpu_bfloat16
-    from zstag.embeddings import _inference_threads, decode_file
+    from zstag.embeddings import inference_threads
     from zstag.metrics import retrieval
     from zstag.model import load_model
     from zstag.words import WordVectors
+    from zstag.workers import decode_file
 
     problem = bf16_problem(torch.device("cpu"))
     if problem:
@@ -47,7 +48,7 @@ def main() -> None:
     label_emb = modelfile.label_embeddings(model, WordVectors.load(), labels)
     tracks = {"float32": [], "bfloat16": []}
     cpu = dict.fromkeys(tracks, 0.0)
-    with _inference_threads():  # one torch thread, as tag's inference threads
+    with inference_threads():  # one torch thread, as tag's inference threads
         for row in rows:
             segments, _ = decode_file(str(args.root / row["path"]), model.front_end.to_dict())
             for precision in tracks:

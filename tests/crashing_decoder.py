@@ -6,10 +6,10 @@ A module of its own (not the test file) so that worker processes can import it w
 import os
 import signal
 
-from zstag import embeddings
+from zstag import workers
 
 
 def decode(path, fe_dict, offset, max_seconds):
     if "crash" in os.path.basename(path):
         os.kill(os.getpid(), signal.SIGKILL)
-    return embeddings.decode_file(path, fe_dict, offset, max_seconds)
+    return workers.decode_file(path, fe_dict, offset, max_seconds)

@@ -96,7 +96,7 @@ def test_auto_runs_on_the_cpu_without_a_gpu(music, tiny_model_dir):
 
 
 def _segments(path, model):
-    from zstag.embeddings import decode_file
+    from zstag.workers import decode_file
 
     segments, _ = decode_file(str(path), model.front_end.to_dict())
     return segments

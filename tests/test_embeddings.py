@@ -1,4 +1,5 @@
-"""Track embeddings and their cache (zstag.embeddings) and acoustic statistics (zstag.acoustics)."""
+"""Track embeddings (zstag.embeddings), their cache (zstag.embedcache), the decoder processes (zstag.workers)
+and acoustic statistics (zstag.acoustics)."""
 
 import glob
 import os
@@ -15,10 +16,12 @@ import soundfile as sf
 import torch
 
 import crashing_decoder  # tests/crashing_decoder.py
-from zstag import acoustics, audio, embeddings
+from zstag import acoustics, audio, embedcache, embeddings, workers
 from zstag.audio import PAPER
-from zstag.embeddings import CACHE_FILE, CRASH_MESSAGE, EmbeddingCache, content_digest, decode_files, embed_files
+from zstag.embedcache import CACHE_FILE, EmbeddingCache, content_digest
+from zstag.embeddings import embed_files
 from zstag.model import ZeroShotModel, cnn1d_config, load_model, save_model
+from zstag.workers import CRASH_MESSAGE, decode_files
 
 SR = 22050
 
@@ -44,7 +47,7 @@ def tracks(tmp_path):
 
 def direct_embedding(model, path, offset=0.0, duration=None):
     """model.embed_track over every segment of the file, with the thread settings embed_files uses."""
-    with embeddings._inference_threads():
+    with embeddings.inference_threads():
         return model.embed_track(audio.track_segments(path, model.front_end, offset, duration))
 
 
@@ -327,12 +330,12 @@ def test_a_damaged_cache_is_moved_aside_with_one_warning(model, tracks, cache_di
         assert len(data) > keep
         data[keep:] = bytes(len(data) - keep)
     path.write_bytes(bytes(data))
-    embeddings._warned.clear()
+    embedcache._warned.clear()
     capsys.readouterr()
     first = embed_files(model, tracks, workers=0, progress=False)
     warnings = [line for line in capsys.readouterr().err.splitlines() if "embedding cache" in line]
     assert all(r.ok for r in first) and len(warnings) == 1 and "damaged" in warnings[0], warnings
-    assert (cache_dir / (CACHE_FILE + embeddings.DAMAGED_SUFFIX)).exists()
+    assert (cache_dir / (CACHE_FILE + embedcache.DAMAGED_SUFFIX)).exists()
     embed_files(model, tracks, workers=0, progress=False)
     again = embed_files(model, tracks, workers=0, progress=False)
     assert all(r.cached for r in again) and "embedding cache" not in capsys.readouterr().err
@@ -343,16 +346,16 @@ def test_a_damaged_cache_already_replaced_by_another_process_is_left_alone(model
     finding the damage later, must not move the new, healthy cache (its path no longer holds its file)."""
     embed_files(model, tracks, workers=0, progress=False)
     old = EmbeddingCache(cache_dir / CACHE_FILE)  # the second run's connection, opened before the move
-    assert embeddings._move_aside(old.path)
+    assert embedcache._move_aside(old.path)
     embed_files(model, tracks[:1], workers=0, progress=False)  # a new cache, in use
     fresh = (cache_dir / CACHE_FILE).read_bytes()
-    embeddings._warned.clear()
+    embedcache._warned.clear()
     capsys.readouterr()
-    embeddings._warn_cache(sqlite3.DatabaseError("database disk image is malformed"), old)  # no code: not damage
+    embedcache._warn_cache(sqlite3.DatabaseError("database disk image is malformed"), old)  # no code: not damage
     assert not old.set_aside
     damage = sqlite3.DatabaseError("database disk image is malformed")
-    damage.sqlite_errorcode = embeddings.SQLITE_CORRUPT
-    embeddings._warn_cache(damage, old)
+    damage.sqlite_errorcode = embedcache.SQLITE_CORRUPT
+    embedcache._warn_cache(damage, old)
     assert old.set_aside and "not moved" in capsys.readouterr().err
     assert (cache_dir / CACHE_FILE).read_bytes() == fresh
     assert EmbeddingCache(cache_dir / CACHE_FILE).count() == 1
@@ -437,7 +440,7 @@ def test_only_failures_of_the_files_bytes_are_cached(model, tracks, cache_dir, t
     sf.write(tmp_path / "touched.wav", np.zeros(0, np.float32), SR)  # no samples (other bytes than empty.wav)
     (tmp_path / "notaudio.flac").write_text("these are my notes, not audio\n" * 50)
     paths = [str(tmp_path / name) for name in ("empty.wav", "touched.wav", "notaudio.flac")] + tracks
-    real = embeddings.analyse_file
+    real = workers.analyse_file
 
     def flaky(path, *args, **kwargs):
         if path == tracks[0]:
@@ -449,7 +452,7 @@ def test_only_failures_of_the_files_bytes_are_cached(model, tracks, cache_dir, t
         return real(path, *args, **kwargs)
 
     with monkeypatch.context() as m:
-        m.setattr(embeddings, "analyse_file", flaky)
+        m.setattr(workers, "analyse_file", flaky)
         m.setattr(model, "embed_track", lambda segments: 1 / 0)
         first = embed_files(model, paths, workers=0, progress=False)
     assert not any(r.ok or r.cached for r in first)
@@ -476,7 +479,7 @@ def test_an_unreadable_file_is_not_cached(model, tracks, cache_dir):
 def test_an_old_cache_file_gains_the_failures_table(model, tracks, cache_dir, tmp_path):
     cache_dir.mkdir()
     old = sqlite3.connect(cache_dir / CACHE_FILE)
-    before = embeddings.SCHEMA.split("CREATE TABLE IF NOT EXISTS decode_failures")
+    before = embedcache.SCHEMA.split("CREATE TABLE IF NOT EXISTS decode_failures")
     assert len(before) == 2
     old.executescript(before[0])  # the schema before failures were kept
     old.close()
@@ -499,7 +502,7 @@ def test_a_cached_failure_keeps_the_name_as_given_and_goes_with_the_decoders(mod
     again, copied = embed_files(model, [str(bad), str(copy)], workers=0, progress=False)
     assert again.cached and again.error == first.error
     assert copied.cached and copied.error == f"{copy}: empty file (0 bytes)"
-    monkeypatch.setattr(embeddings, "decoder_stamp", lambda: "soundfile 99; ffmpeg none")
+    monkeypatch.setattr(embedcache, "decoder_stamp", lambda: "soundfile 99; ffmpeg none")
     retried = embed_files(model, [str(bad)], workers=0, progress=False)[0]
     assert not retried.cached and retried.error == first.error
 
@@ -551,10 +554,10 @@ def test_a_dying_worker_fails_only_its_file(tracks, tmp_path):
 
 WORKER_ENV_PROBE = """
 import os
-from zstag.embeddings import _pool, start_decoders
+from zstag.workers import decoder_pool, start_decoders
 start_decoders()
 start_decoders()  # harmless twice
-pool = _pool(1)
+pool = decoder_pool(1)
 print(pool.submit(os.getenv, "OPENBLAS_NUM_THREADS").result(), os.getenv("OPENBLAS_NUM_THREADS"))
 pool.shutdown()
 """

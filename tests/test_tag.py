@@ -15,7 +15,7 @@ import pytest
 import soundfile as sf
 from typer.testing import CliRunner
 
-from zstag import cli, embeddings, modelfile, tagger
+from zstag import cli, embedcache, embeddings, modelfile, tagger, workers
 from zstag.cli import app
 
 SR = 22050
@@ -290,13 +290,13 @@ def test_unknown_label_stops_before_any_decoding(music, model_dir, cache_dir, mo
         raise AssertionError("audio was decoded")
 
     monkeypatch.setattr(embeddings, "embed_files", fail)
-    monkeypatch.setattr(embeddings, "decode_file", fail)
+    monkeypatch.setattr(workers, "decode_file", fail)
     result = run(music, "--labels", "rock,qwzxv jazz", "--model", model_dir)
     assert result.exit_code == 2
     assert result.stdout == ""
     (line,) = result.stderr.strip().splitlines()
     assert "qwzxv" in line and "no word vector" in line
-    assert not (cache_dir / embeddings.CACHE_FILE).exists()
+    assert not (cache_dir / embedcache.CACHE_FILE).exists()
     assert run(music, "--model", model_dir).exit_code == 2  # no labels at all
 
 
@@ -349,7 +349,7 @@ def test_retag_with_new_labels_reads_the_cache(music, model_dir, monkeypatch, fo
 
 def test_no_cache_option(music, model_dir, cache_dir):
     assert run(music, "--labels", "rock", "--model", model_dir, "--no-cache").exit_code == 0
-    assert not (cache_dir / embeddings.CACHE_FILE).exists()
+    assert not (cache_dir / embedcache.CACHE_FILE).exists()
 
 
 def test_offset_and_max_seconds_change_what_is_scored(music, model_dir):
@@ -538,16 +538,16 @@ def test_without_ffmpeg_a_corrupt_file_is_remembered_until_ffmpeg_comes(music, m
     which = shutil.which
     with monkeypatch.context() as m:
         m.setattr(shutil, "which", lambda name, *a, **k: None if name == "ffmpeg" else which(name, *a, **k))
-        embeddings.decoder_stamp.cache_clear()
+        embedcache.decoder_stamp.cache_clear()
         args = [music, "--labels", "rock", "--model", model_dir, "--format", "jsonl", "--workers", "0"]
         first = run(*args)
         assert first.exit_code == 1 and "corrupt.mp3: cannot decode: unrecognised audio format" in first.stderr
-        assert "(ffmpeg:" not in first.stderr and "no ffmpeg" in embeddings.decoder_stamp()
+        assert "(ffmpeg:" not in first.stderr and "no ffmpeg" in embedcache.decoder_stamp()
         forbid_decoding(m)  # nothing is decoded again: each failure comes from the cache
         again = run(*args)
     assert again.exit_code == 1 and again.stdout == first.stdout and again.stderr == first.stderr.replace(
         "(0 from the cache)", "(3 from the cache)")
-    embeddings.decoder_stamp.cache_clear()
+    embedcache.decoder_stamp.cache_clear()
     if which("ffmpeg") is not None:  # with ffmpeg on PATH the stamp differs, and ffmpeg tries the file
         retried = run(*args)
         assert "corrupt.mp3: cannot decode: unrecognised audio format or corrupt data (ffmpeg:" in retried.stderr

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from zstag import tagfiles, tagger
 from zstag.cli import app
-from zstag.embeddings import content_digest
+from zstag.embedcache import content_digest
 
 LABELS = "speech,piano,jazz,rock"
 FORMATS = ["mp3", "ogg", "opus", "flac", "m4a"]

@@ -99,7 +99,7 @@ def analyse_file(path, front_end, offset: float = 0.0, duration: float | None = 
     """Decode one file → (log-mel [n_mels, n_frames], file_stats) from one decode; raises AudioError, and
     ContentError for audio too short or silent to tag (audio.check_content).
 
-    The worker step shared by ``zstag tag``/``eval`` (embeddings.py) and ``zstag preprocess`` (features.py).
+    The worker step shared by ``zstag tag``/``eval`` (workers.py) and ``zstag preprocess`` (features.py).
     """
     from zstag import audio
 

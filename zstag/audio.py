@@ -183,7 +183,7 @@ def decode_audio(path, sample_rate: int, offset: float = 0.0, duration: float | 
             cause = _soundfile_cause(e)
             if shutil.which("ffmpeg") is None:
                 # The bytes are to blame as far as the decoders here can tell; the cache keys that verdict
-                # by them (embeddings.decoder_stamp: installing ffmpeg makes the file be tried again).
+                # by them (embedcache.decoder_stamp: installing ffmpeg makes the file be tried again).
                 kind = ContentError if e.code in SOUNDFILE_CONTENT_CODES else AudioError
                 raise _error(path, f"cannot decode: {cause}", kind) from None
             decoded = Decoded(_load_ffmpeg(path, sample_rate, offset, duration, soundfile_cause=cause), None, None)

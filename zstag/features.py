@@ -269,21 +269,21 @@ def _isolated(task: tuple) -> tuple:
 
 
 def _init_worker(main_pid: int) -> None:
-    from zstag.embeddings import _blas_limit, _keep_freed_memory, watch_main
+    from zstag.workers import blas_limit, keep_freed_memory, watch_main
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
     watch_main(main_pid)  # a killed run leaves no worker, fork server or resource tracker behind
-    _blas_limit()  # one BLAS thread per worker: the workers already fill the cores
-    _keep_freed_memory()  # as the tag workers: no fresh pages faulted in for every file
+    blas_limit()  # one BLAS thread per worker: the workers already fill the cores
+    keep_freed_memory()  # as the tag workers: no fresh pages faulted in for every file
 
 
 def _pool(workers: int):
     from concurrent.futures import ProcessPoolExecutor
 
-    from zstag.embeddings import _context
+    from zstag.workers import mp_context
 
     # the tag workers' fork server: the same preloaded modules and one-thread BLAS from the start
-    return ProcessPoolExecutor(workers, mp_context=_context(), initializer=_init_worker, initargs=(os.getpid(),))
+    return ProcessPoolExecutor(workers, mp_context=mp_context(), initializer=_init_worker, initargs=(os.getpid(),))
 
 
 def _progress_bar(enabled: bool):

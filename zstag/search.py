@@ -61,7 +61,7 @@ def load_library(files, found, *, first: list[str] = (), workers: int | None = N
 
 def cached_library(model_id: str, use_cache: bool = True) -> Library:
     """Every file the embedding cache holds a whole-track embedding of by model_id, still there unchanged."""
-    from zstag.embeddings import EmbeddingCache, _stamp
+    from zstag.embedcache import EmbeddingCache, file_stamp
 
     cache = EmbeddingCache.open_default() if use_cache else None
     if cache is None:
@@ -70,7 +70,7 @@ def cached_library(model_id: str, use_cache: bool = True) -> Library:
         rows = cache.library(model_id)
     finally:
         cache.close()
-    tracks = [Track(path, emb, stats) for path, stamp, emb, stats in rows if _stamp(path) == stamp]
+    tracks = [Track(path, emb, stats) for path, stamp, emb, stats in rows if file_stamp(path) == stamp]
     return Library(tracks, cached=len(tracks), from_cache=True)
 
 

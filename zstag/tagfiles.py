@@ -182,8 +182,8 @@ def write(path: str, labels: list[str], model_id: str, *, digest: str | None, fi
           append: bool = False, dry_run: bool = False) -> tuple[Change, str | None]:
     """Write labels into path's tags (see the module docstring); returns (Change, the new content digest,
     None when nothing was written). digest: the content digest the labels were computed from
-    (embeddings.content_digest); the file is refused if its content differs. TagWriteError, one line."""
-    from zstag.embeddings import content_digest
+    (embedcache.content_digest); the file is refused if its content differs. TagWriteError, one line."""
+    from zstag.embedcache import content_digest
 
     change, audio = plan(path, labels, model_id, field=field, append=append)
     if not change.changed:
@@ -307,9 +307,9 @@ def write_records(records: list[dict], model_id: str, digests: dict[str, str | N
                   append: bool = False, dry_run: bool = False, use_cache: bool = True) -> WriteReport:
     """Write each record's labels into its file (tagger.file_records' records, in order); a file that
     fails is one line in the report and the others go on. digests: path → the content digest its scores
-    came from (embeddings.file_digests before embedding). With the cache, a rewritten file's embeddings
+    came from (embedcache.file_digests before embedding). With the cache, a rewritten file's embeddings
     are kept under its new digest (the audio is the same), so it is not embedded again."""
-    from zstag.embeddings import EmbeddingCache, _stamp
+    from zstag.embedcache import EmbeddingCache, file_stamp
 
     report = WriteReport([], 0, [], [])
     moved = []  # (old digest, new digest, real path)
@@ -334,7 +334,7 @@ def write_records(records: list[dict], model_id: str, digests: dict[str, str | N
         try:
             for old, new, real in moved:
                 cache.copy_rows(old, new)
-                stamp = _stamp(real)
+                stamp = file_stamp(real)
                 if stamp is not None:
                     cache.remember_digests([(real, stamp, new)])
         except Exception as exc:  # sqlite3.Error: the tags are written; the files will be embedded again

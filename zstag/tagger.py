@@ -359,7 +359,7 @@ def run(
     for line in found.problems:
         print(f"zstag: {line}", file=sys.stderr)
     if write_tags:  # the digests the scores come from: a file that changes before it is tagged is refused
-        from zstag.embeddings import file_digests
+        from zstag.embedcache import file_digests
 
         digests = dict(zip(found.files, file_digests(found.files, workers=workers, use_cache=use_cache)))
     results = track_results(files, found.files, workers=workers, use_cache=use_cache, offset=offset,
@@ -498,8 +498,10 @@ def track_results(files, paths: list[str], *, workers: int | None = None, use_ca
     thread while the first files decode, and so is bf16's need of a CPU with native bfloat16.
     files: modelfile.ModelFiles."""
     from zstag.devices import DeviceError
-    from zstag.embeddings import EmbeddingCache, ModelBuild, cache_id, cached_results, embed_files, start_decoders
+    from zstag.embedcache import EmbeddingCache, cache_id
+    from zstag.embeddings import ModelBuild, cached_results, embed_files
     from zstag.modelfile import ModelError
+    from zstag.workers import start_decoders
 
     cache = EmbeddingCache.open_default() if use_cache else None
     try:
