@@ -15,7 +15,7 @@ import pytest
 import soundfile as sf
 from typer.testing import CliRunner
 
-from zstag import cli, embedcache, embeddings, modelfile, tagger, workers
+from zstag import cli, embedcache, embeddings, modelfile, tagger
 from zstag.cli import app
 
 SR = 22050
@@ -285,12 +285,12 @@ def test_labels_file_and_labels_combine(music, model_dir, tmp_path):
     assert result.exit_code == 2 and "nope.txt" in result.stderr
 
 
-def test_unknown_label_stops_before_any_decoding(music, model_dir, cache_dir, monkeypatch):
+def test_unknown_label_stops_before_any_decoding(music, model_dir, cache_dir, monkeypatch, forbid_decoding):
     def fail(*args, **kwargs):
         raise AssertionError("audio was decoded")
 
     monkeypatch.setattr(embeddings, "embed_files", fail)
-    monkeypatch.setattr(workers, "decode_file", fail)
+    forbid_decoding(monkeypatch)  # the call every decode goes through (decode_file runs in other processes)
     result = run(music, "--labels", "rock,qwzxv jazz", "--model", model_dir)
     assert result.exit_code == 2
     assert result.stdout == ""
