@@ -27,7 +27,7 @@ TIMEOUT_S = 900
 
 # (name, file, original fragment, mutated fragment, pytest arguments)
 MUTATIONS = [
-    ("tag --output written in place", "zstag/tagger.py",
+    ("tag --output written in place", "zstag/render.py",
      'atomic_write(output, text.encode("utf-8", "surrogateescape"), follow_links=True)',
      'open(output, "wb").write(text.encode("utf-8", "surrogateescape"))',
      ["tests/test_tag.py", "-k", "output"]),

@@ -118,27 +118,19 @@ def render(records: list[dict], fmt: str, *, query: dict, model_id: str, output:
         from zstag.playlist import m3u8
 
         return m3u8([r["path"] for r in records], [r["duration_s"] for r in records], output)
-    from zstag.paths import name_bytes, valid_text
-    from zstag.tagger import _portable  # "path" as valid Unicode, "path_bytes" for a name that is not UTF-8
+    from zstag.paths import valid_text
+    from zstag.render import csv_text, portable
 
     if fmt == "json":
         if "similar_to" in query:
             query = {"similar_to": valid_text(query["similar_to"])}
         return json.dumps({"model": model_id, "query": query, "score": SEARCH_NOTE,
-                           "tracks": [_portable(r) for r in records]}, indent=2, ensure_ascii=False) + "\n"
+                           "tracks": [portable(r) for r in records]}, indent=2, ensure_ascii=False) + "\n"
     if fmt == "jsonl":
-        return "".join(json.dumps(_portable(r), ensure_ascii=False) + "\n" for r in records)
+        return "".join(json.dumps(portable(r), ensure_ascii=False) + "\n" for r in records)
     if fmt == "csv":
-        import csv
-
-        out = io.StringIO()
-        writer = csv.writer(out, lineterminator="\n")
-        raw = [name_bytes(r["path"]) for r in records]
-        extra = any(b is not None for b in raw)  # the path_bytes column, only when some name needs it
-        writer.writerow(["rank", "path", "score", "duration_s"] + (["path_bytes"] if extra else []))
-        writer.writerows([r["rank"], valid_text(r["path"]), r["score"], r["duration_s"]] + ([b or ""] if extra else [])
-                         for r, b in zip(records, raw))
-        return out.getvalue()
+        return csv_text(["rank", "path", "score", "duration_s"],
+                        [[r["rank"], r["path"], r["score"], r["duration_s"]] for r in records])
     if fmt == "table":
         return _table(records, query, width)
     raise TagUsageError(f"unknown format {fmt!r} (choose from {', '.join(FORMATS)})")
@@ -232,11 +224,11 @@ def run(query: str | None, inputs: list[str], *, labels: list[str] | None = None
 
 
 def _write(records, fmt, about, model_id, output, library) -> int:
-    from zstag.tagger import _terminal_width, write_output
+    from zstag.render import terminal_width, write_output
 
     terminal = output is None and sys.stdout is not None and sys.stdout.isatty()
     text = render(records, fmt, query=about, model_id=model_id, output=output,
-                  width=_terminal_width() if terminal else None)
+                  width=terminal_width() if terminal else None)
     if not write_output(text, output):
         return 1
     print(f"zstag: searched {len(library.tracks)} tracks ({library.cached} from the cache)"

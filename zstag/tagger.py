@@ -21,7 +21,6 @@ stderr naming the file and the cause, and the exit code is 1.
 
 from __future__ import annotations
 
-import csv
 import functools
 import io
 import json
@@ -33,8 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-from zstag.paths import (Input, OutputIsInputError, atomic_write, check_output, name_bytes, one_line, valid_text,
-                         walk)
+from zstag.paths import Input, OutputIsInputError, check_output, one_line, walk
+from zstag.render import csv_text, portable, terminal_width, write_output
 
 FORMATS = ("table", "json", "jsonl", "csv")
 SOFTMAX_TEMPERATURE = 0.1  # cosine gaps of ~0.1 between labels become ~e:1 odds in --single confidence
@@ -189,14 +188,8 @@ def render(
     bf16: bool = False,
 ) -> str:
     """The records as text in one of FORMATS (json's header names the model and its precision: --bf16).
-
-    The text is valid Unicode whatever the file names, so its UTF-8 is valid too: a name that is not
-    UTF-8 (os.fsdecode's lone surrogates) is written in json, jsonl and csv with U+FFFD for each bad
-    byte in "path" (paths.valid_text), and losslessly in "path_bytes" (json/jsonl: that key, only for
-    such a name; csv: a last column, only when some name needs it): paths.name_bytes, the name's bytes
-    percent-encoded as in a URL. The table shows control characters (a newline) and such bytes as
-    backslash escapes (paths.one_line), so a row never splits.
-    """
+    Valid Unicode whatever the file names (render.portable, render.csv_text; the table escapes control
+    characters and bytes that are not UTF-8: paths.one_line, so a row never splits)."""
     if fmt == "json":
         return json.dumps({
             "model": model_id,
@@ -204,39 +197,20 @@ def render(
             "labels": labels,
             "mode": "single" if single else "multi",
             "score": SCORE_NOTE + ("; " + SINGLE_NOTE if single else ""),
-            "files": [_portable(r) for r in records],
+            "files": [portable(r) for r in records],
         }, indent=2, ensure_ascii=False) + "\n"
     if fmt == "jsonl":
-        return "".join(json.dumps(_portable(r), ensure_ascii=False) + "\n" for r in records)
+        return "".join(json.dumps(portable(r), ensure_ascii=False) + "\n" for r in records)
     if fmt == "csv":
-        out = io.StringIO()
-        writer = csv.writer(out, lineterminator="\n")
-        raw = [name_bytes(r["path"]) for r in records]
-        extra = any(b is not None for b in raw)  # the path_bytes column, only when some name needs it
-        head, tails = (["path_bytes"], [[b or ""] for b in raw]) if extra else ([], [[] for _ in raw])
         if single:
-            writer.writerow(["path", "label", "confidence", "score", *head])
-            writer.writerows([valid_text(r["path"]), r["label"] or "", r["confidence"], r["score"], *tail]
-                             for r, tail in zip(records, tails))
-        else:
-            writer.writerow(["path", "rank", "label", "score", *head])
-            for r, tail in zip(records, tails):
-                writer.writerows([valid_text(r["path"]), rank, t["label"], t["score"], *tail]
-                                 for rank, t in enumerate(r["tags"], 1))
-        return out.getvalue()
+            return csv_text(["path", "label", "confidence", "score"],
+                            [[r["path"], r["label"] or "", r["confidence"], r["score"]] for r in records])
+        return csv_text(["path", "rank", "label", "score"],
+                        [[r["path"], rank, t["label"], t["score"]] for r in records
+                         for rank, t in enumerate(r["tags"], 1)])
     if fmt == "table":
         return _table(records, single, width)
     raise TagUsageError(f"unknown format {fmt!r} (choose from {', '.join(FORMATS)})")
-
-
-def _portable(record: dict) -> dict:
-    """A record for json/jsonl: "path" as valid Unicode, "path_bytes" after it for a name that is not UTF-8."""
-    out = {"path": valid_text(record["path"])}
-    raw = name_bytes(record["path"])
-    if raw is not None:
-        out["path_bytes"] = raw
-    out.update((key, value) for key, value in record.items() if key != "path")
-    return out
 
 
 def _table(records: list[dict], single: bool, width: int | None) -> str:
@@ -380,7 +354,7 @@ def run(
         written = _write_tags(records, files.model_id, digests, tag_field, append, dry_run, use_cache)
     terminal = output is None and sys.stdout is not None and sys.stdout.isatty()
     text = render(records, fmt, single=single, labels=label_list, model_id=files.model_id, bf16=bf16,
-                  width=_terminal_width() if terminal else None)
+                  width=terminal_width() if terminal else None)
     if dry_run:
         text = written.dry_run_text()
     if output is not None and not good:  # a run that tagged nothing never replaces a previous result with an empty one
@@ -447,48 +421,6 @@ def check_tag_output(output: str, found: Found, labels_file, vectors, model_fold
         raise TagUsageError(str(exc)) from None
 
 
-def write_output(text: str, output: str | None) -> bool:
-    """Write text to stdout (output None) or atomically to the file output (a link's target replaced);
-    False, with one line on stderr, when it could not be written. Used by tag, search and similar."""
-    if output is None:
-        error = write_stdout(text)
-        if error:
-            print(f"zstag: error: cannot write to stdout: {error}", file=sys.stderr)
-            return False
-        return True
-    try:  # tag's formats are valid Unicode (render); an m3u8 keeps a non-UTF-8 name's bytes: the player opens it
-        atomic_write(output, text.encode("utf-8", "surrogateescape"), follow_links=True)
-    except OSError as exc:
-        print(f"zstag: error: {output}: cannot write: {exc.strerror or exc}", file=sys.stderr)
-        return False
-    return True
-
-
-def write_stdout(text: str) -> str | None:
-    """Write text to stdout and flush it; None when it got there, else the cause (stdout closed, disk full,
-    broken pipe). Where stdout's encoding cannot carry a character (PYTHONIOENCODING=ascii), the text goes
-    out as UTF-8, the encoding of every format."""
-    if sys.stdout is None:  # Python started with descriptor 1 closed
-        return "it is closed"
-    try:
-        try:
-            sys.stdout.write(text)
-        except UnicodeEncodeError:
-            sys.stdout.flush()
-            sys.stdout.buffer.write(text.encode("utf-8", "replace"))
-        sys.stdout.flush()
-    except (OSError, ValueError) as exc:  # ValueError: sys.stdout closed inside Python
-        try:  # what is still buffered goes nowhere, instead of failing again (a traceback) at exit
-            fd = sys.stdout.fileno()
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, fd)
-            os.close(devnull)
-        except (OSError, ValueError):
-            pass
-        return getattr(exc, "strerror", None) or str(exc)
-    return None
-
-
 def track_results(files, paths: list[str], *, workers: int | None = None, use_cache: bool = True,
                   offset: float = 0.0, max_seconds: float | None = None, progress: bool = True,
                   device: str = "cpu", bf16: bool = False) -> list:
@@ -553,8 +485,3 @@ def _build_model(files, device: str, bf16: bool = False):
         check_bf16(target)
     return load_model(files=files)
 
-
-def _terminal_width() -> int:
-    import shutil
-
-    return shutil.get_terminal_size().columns
