@@ -12,7 +12,6 @@ exiting: results come back as records, a bad file as a record with its one-line 
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field
 import numpy as np
 
@@ -69,7 +68,7 @@ def embed(
     files, found = _files_and_inputs(model, paths, extensions)
     results = _results(files, found.files, use_cache, workers, offset, max_seconds, device, bf16)
     return ([Embedding(r.path, r.embedding, r.error, r.cached) for r in results]
-            + [Embedding(_problem_path(p), None, p) for p in found.problems])
+            + [Embedding(path, None, line) for path, line in zip(found.problem_paths, found.problems)])
 
 
 def tag(
@@ -107,7 +106,7 @@ def tag(
     rows = iter(scores)
     out = [Tags(r.path, dict(zip(label_list, map(float, next(rows))))) if r.ok else Tags(r.path, error=r.error)
            for r in results]
-    return out + [Tags(_problem_path(p), error=p) for p in found.problems]
+    return out + [Tags(path, error=line) for path, line in zip(found.problem_paths, found.problems)]
 
 
 def _files_and_inputs(model, paths, extensions):
@@ -130,9 +129,3 @@ def _results(files, paths, use_cache, workers, offset, max_seconds, device, bf16
     return track_results(files, paths, workers=workers, use_cache=use_cache, offset=offset,
                          max_seconds=max_seconds, progress=False, device=device, bf16=bf16)
 
-
-def _problem_path(line: str) -> str:
-    """The path that a find_audio_files problem line ("PATH: no such file or folder", "PATH: cannot read...")
-    names."""
-    match = re.match(r"(.*?): (?:no such file or folder|cannot read)", line, re.DOTALL)
-    return match.group(1) if match else line

@@ -55,6 +55,11 @@ class Found:
     problems: list[str]  # one-line errors: inputs that do not exist, folders or links that cannot be read
     duplicates: int  # paths skipped because they name a file already found
     ids: dict[tuple[int, int], str] = field(default_factory=dict)  # (st_dev, st_ino) of each file → its path
+    problem_paths: list[str] = field(default_factory=list)  # the path each line of problems names
+
+    def problem(self, path: str, cause: str) -> None:
+        self.problems.append(f"{path}: {cause}")
+        self.problem_paths.append(path)
 
 
 # --- labels -------------------------------------------------------------------------------------
@@ -102,7 +107,7 @@ def find_audio_files(inputs: list[str], extensions: frozenset[str]) -> Found:
         try:
             st = os.stat(path)
         except OSError as exc:
-            found.problems.append(f"{path}: cannot read: {exc.strerror or exc}")
+            found.problem(path, f"cannot read: {exc.strerror or exc}")
             return
         key = (st.st_dev, st.st_ino)
         if key in found.ids:
@@ -112,7 +117,7 @@ def find_audio_files(inputs: list[str], extensions: frozenset[str]) -> Found:
             found.files.append(path)
 
     def unreadable_folder(exc: OSError) -> None:
-        found.problems.append(f"{exc.filename}: cannot read folder: {exc.strerror or exc}")
+        found.problem(str(exc.filename), f"cannot read folder: {exc.strerror or exc}")
 
     for item in inputs:
         item = str(item)
@@ -134,7 +139,7 @@ def find_audio_files(inputs: list[str], extensions: frozenset[str]) -> Found:
         elif os.path.lexists(item):
             add(item)
         else:
-            found.problems.append(f"{item}: no such file or folder")
+            found.problem(item, "no such file or folder")
     return found
 
 
