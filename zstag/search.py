@@ -85,16 +85,19 @@ def query_embeddings(files, words, labels: list[str]) -> np.ndarray:
         raise TagUsageError(str(exc)) from None
 
 
-def rank(tracks: list[Track], query: np.ndarray, limit: int | None, exclude: set | None = None) -> list[dict]:
-    """The best `limit` tracks for query [M, D] (the mean of each track's cosines with its rows), best
-    first, ties in library order; exclude: (st_dev, st_ino) of files to leave out (the query track)."""
-    from zstag.modelfile import cosine_scores
+def rank(tracks: list[Track], query: np.ndarray, limit: int | None, exclude: set | None = None,
+         config: dict | None = None, similar: bool = False) -> list[dict]:
+    """The best `limit` tracks for query [M, D] (the mean of each track's scores with its rows: the model's
+    label scores, zstag/scoring.py, or with similar the track-to-track similarity), best first, ties in library
+    order; exclude: (st_dev, st_ino) of files to leave out (the query track)."""
+    from zstag import scoring
 
     if exclude:
         tracks = [t for t in tracks if _file_id(t.path) not in exclude]
     if not tracks:
         return []
-    scores = cosine_scores(np.stack([t.embedding for t in tracks]), np.atleast_2d(query)).astype(np.float64)
+    score = scoring.similarity if similar else scoring.scores
+    scores = score(config or {}, np.stack([t.embedding for t in tracks]), np.atleast_2d(query)).astype(np.float64)
     # Rounded before sorting: the order is that of the numbers written out.
     scores = np.round(scores.mean(axis=1), SCORE_DIGITS)
     order = np.argsort(-scores, kind="stable")[:limit]
@@ -219,7 +222,7 @@ def run(query: str | None, inputs: list[str], *, labels: list[str] | None = None
             print(f"zstag: error: {head[0].error}", file=sys.stderr)
             return 1
         query_emb, exclude = head[0].embedding, {_file_id(similar_to)}
-    records = rank(library.tracks, query_emb, limit, exclude)
+    records = rank(library.tracks, query_emb, limit, exclude, files.config, similar=similar_to is not None)
     return _write(records, fmt, about, files.model_id, output, library)
 
 

@@ -190,7 +190,7 @@ def file_records(
 
 def render(
     records: list[dict], fmt: str, *, single: bool, labels: list[str], model_id: str, width: int | None = None,
-    bf16: bool = False,
+    bf16: bool = False, score_note: str = SCORE_NOTE,
 ) -> str:
     """The records as text in one of FORMATS (json's header names the model and its precision: --bf16).
     Valid Unicode whatever the file names (render.portable, render.csv_text; the table escapes control
@@ -201,7 +201,7 @@ def render(
             "precision": "bfloat16" if bf16 else "float32",
             "labels": labels,
             "mode": "single" if single else "multi",
-            "score": SCORE_NOTE + ("; " + SINGLE_NOTE if single else ""),
+            "score": score_note + ("; " + SINGLE_NOTE if single else ""),
             "files": [portable(r) for r in records],
         }, indent=2, ensure_ascii=False) + "\n"
     if fmt == "jsonl":
@@ -290,7 +290,7 @@ def run(
     checked only if some file must be embedded; so is bf16 (embeddings.embed_files), which has its own
     cache rows.
     """
-    from zstag import modelfile
+    from zstag import modelfile, scoring
     from zstag.audio import check_span
     from zstag.devices import DeviceError, check_device
     from zstag.words import UnknownLabelError, VectorsError, load_words
@@ -350,7 +350,7 @@ def run(
             print(f"zstag: {r.error}", file=sys.stderr)
 
     if good:
-        scores = modelfile.cosine_scores(np.stack([r.embedding for r in good]), label_emb)
+        scores = scoring.scores(files.config, np.stack([r.embedding for r in good]), label_emb)
     else:
         scores = np.zeros((0, len(label_list)), dtype=np.float32)
     records = file_records([r.path for r in good], scores, label_list, single=single, top_k=top_k, threshold=threshold)
@@ -359,6 +359,7 @@ def run(
         written = _write_tags(records, files.model_id, digests, tag_field, append, dry_run, use_cache)
     terminal = output is None and sys.stdout is not None and sys.stdout.isatty()
     text = render(records, fmt, single=single, labels=label_list, model_id=files.model_id, bf16=bf16,
+                  score_note=scoring.note(files.config, SCORE_NOTE),
                   width=terminal_width() if terminal else None)
     if dry_run:
         text = written.dry_run_text()

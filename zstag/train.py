@@ -353,7 +353,7 @@ def _validate(model, cache, tracks: TrackSet, plan: dict, vectors, options, devi
         ids = tracks.ids[:VALIDATION_MAX_TRACKS]
         emb = embed_cached_tracks(model, cache, ids, device)
         label_emb = model.embed_labels(vectors).cpu().numpy()
-        metrics = ranking_metrics(ZeroShotModel.scores(emb, label_emb), tracks.positives[: len(ids)])
+        metrics = ranking_metrics(model.scores(emb, label_emb), tracks.positives[: len(ids)])
     model.train()
     return {"val_loss": total / max(count, 1), "val_accuracy": metrics["accuracy"], "val_mean_rank": metrics["mean_rank"]}
 
