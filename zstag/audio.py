@@ -41,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 from zstag.paths import atomic_write, npy_bytes
+from zstag.errors import ZstagError
 
 READ_BLOCK_FRAMES = 1 << 18  # frames decoded per soundfile read (~6 s at 44.1 kHz)
 STFT_BLOCK_FRAMES = 128  # STFT frames transformed at once: the block's buffers (≤ 1.3 MB) stay in cache
@@ -114,7 +115,7 @@ MUSICNN = FrontEnd(
 FRONT_ENDS = {fe.name: fe for fe in (PAPER, MUSICNN)}
 
 
-class AudioError(Exception):
+class AudioError(ZstagError):
     """A file that cannot be turned into audio; str(e) is one line, "PATH: cause"."""
 
 

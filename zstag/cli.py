@@ -6,6 +6,7 @@ so `zstag --help` and `zstag labels` start fast.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from pathlib import Path
@@ -48,14 +49,32 @@ def fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
-def _check_output(output, option: str, inputs, **how) -> None:
-    """paths.check_output: an output that would replace one of the run's inputs is a usage error (exit 2)."""
-    from zstag.paths import OutputIsInputError, check_output
+def _exit_codes(function):
+    """The command with zstag's errors as one line on stderr: exit 2 for a UsageError, 1 for any other
+    ZstagError (errors.py); a message or code that depends on where the error comes from is set there."""
 
-    try:
-        check_output(output, option, inputs, **how)
-    except OutputIsInputError as exc:
-        fail(str(exc), 2)
+    @functools.wraps(function)
+    def run(*args, **kwargs):
+        from zstag.errors import UsageError, ZstagError
+
+        try:
+            return function(*args, **kwargs)
+        except UsageError as exc:
+            fail(str(exc), 2)
+        except ZstagError as exc:
+            fail(str(exc))
+
+    return run
+
+
+def command(name: Optional[str] = None, **options):
+    """app.command, with _exit_codes."""
+
+    def register(function):
+        app.command(name, **options)(_exit_codes(function))
+        return function
+
+    return register
 
 
 def _write_or_fail(path, write) -> None:
@@ -69,7 +88,7 @@ def _write_or_fail(path, write) -> None:
 # --- labels (words.py) -------------------------------------------------------
 
 
-@app.command()
+@command()
 def labels(
     names: List[str] = typer.Argument(..., metavar="LABEL...", help="Labels to look up, e.g. jazz \"drum and bass\"."),
     vectors: Optional[Path] = typer.Option(
@@ -81,12 +100,9 @@ def labels(
     from rich.table import Table
 
     from zstag.spelling import typo_note
-    from zstag.words import UnknownLabelError, VectorsError, WordVectors
+    from zstag.words import UnknownLabelError, WordVectors
 
-    try:
-        wv = WordVectors.load(vectors)
-    except VectorsError as e:
-        fail(str(e), 2)
+    wv = WordVectors.load(vectors)
     table = Table(title=f"labels in {wv.source} ({wv.dim}-d)")
     for column in ("label", "normalised", "words used", "in vocabulary", "nearest words"):
         table.add_column(column)
@@ -122,7 +138,7 @@ def _open_training_corpus(kind: str, root: Path, audio: Optional[Path], top_n: O
                           min_tracks: Optional[int], min_val: Optional[float]):
     """open_corpus with only the reader options the user gave; one-line errors; what the reader left out
     (missing audio, malformed rows) is one line on stderr."""
-    from zstag.corpora import KINDS, CorpusError, open_corpus
+    from zstag.corpora import KINDS, open_corpus
 
     if kind != "auto" and kind not in KINDS:
         fail(f"--corpus: unknown kind {kind!r}: expected one of {', '.join(KINDS)} or auto", 2)
@@ -130,8 +146,6 @@ def _open_training_corpus(kind: str, root: Path, audio: Optional[Path], top_n: O
     options = {k: v for k, v in given.items() if v is not None}
     try:
         data = open_corpus(kind, root, **options)
-    except CorpusError as exc:
-        fail(str(exc))
     except TypeError as exc:
         if "unexpected keyword argument" not in str(exc):
             raise
@@ -164,26 +178,22 @@ def _check_split_options(unseen, unseen_fraction, split_by, val_fraction, test_f
 def _split_for(corpus, split_file, seed, unseen, unseen_fraction, split_by, val_fraction, test_fraction):
     import warnings
 
-    from zstag.splits import SplitError, SplitLabelError, load_split, make_split
+    from zstag.splits import load_split, make_split
 
-    try:
-        if split_file is not None:
-            return load_split(split_file)
-        with warnings.catch_warnings(record=True) as caught:  # one line each, not Python's source-line format
-            warnings.simplefilter("always")
-            split = make_split(corpus, seed=seed, unseen=_unseen_names(unseen), unseen_fraction=unseen_fraction,
-                               by_artist=split_by == "artist", validation_fraction=val_fraction,
-                               test_fraction=test_fraction)
-    except SplitLabelError as exc:  # --unseen names a label the corpus does not have
-        fail(str(exc), 2)
-    except SplitError as exc:
-        fail(str(exc))
+    # SplitLabelError (a usage error, exit 2): --unseen names a label the corpus does not have
+    if split_file is not None:
+        return load_split(split_file)
+    with warnings.catch_warnings(record=True) as caught:  # one line each, not Python's source-line format
+        warnings.simplefilter("always")
+        split = make_split(corpus, seed=seed, unseen=_unseen_names(unseen), unseen_fraction=unseen_fraction,
+                           by_artist=split_by == "artist", validation_fraction=val_fraction,
+                           test_fraction=test_fraction)
     for warning in caught:
         typer.echo(f"zstag: warning: {warning.message}", err=True)
     return split
 
 
-@app.command("preprocess")
+@command("preprocess")
 def preprocess_command(
     corpus: str = typer.Option("auto", "--corpus", help=CORPUS_HELP),
     root: Path = typer.Option(..., "--root", help="The corpus root (folder or manifest/tag file)."),
@@ -201,7 +211,8 @@ def preprocess_command(
     """Decode a corpus into log-mel features for training (resumable; bad files are listed, not fatal)."""
     from zstag.audio import FRONT_ENDS
     from zstag.corpora import corpus_inputs
-    from zstag.features import FeatureCacheError, parse_shard, preprocess
+    from zstag.features import parse_shard, preprocess
+    from zstag.paths import check_output
 
     if front_end not in FRONT_ENDS:
         fail(f"--front-end {front_end!r}: expected one of {', '.join(FRONT_ENDS)}", 2)
@@ -210,7 +221,7 @@ def preprocess_command(
     except ValueError as exc:
         fail(str(exc), 2)
     data = _open_training_corpus(corpus, root, audio, top_n, min_tracks, min_val)
-    _check_output(out, "--out", corpus_inputs(data), folder=True)
+    check_output(out, "--out", corpus_inputs(data), folder=True)
     from zstag.paths import put_name, valid_text
 
     # cache.json in valid Unicode: the name is shown (and names splits and models), the root kept whole
@@ -219,8 +230,6 @@ def preprocess_command(
     try:
         report = preprocess(data.tracks, out, FRONT_ENDS[front_end], workers=workers, shard=part,
                             shard_size=shard_size, source=source, progress=not no_progress)
-    except FeatureCacheError as exc:
-        fail(str(exc))
     except OSError as exc:
         fail(f"{exc.filename or out}: cannot write: {exc.strerror or exc}")
     failed = len(report.failures)  # tracks_done counts every track this run tried, failed ones too
@@ -237,7 +246,7 @@ def preprocess_command(
         typer.echo(f"  all failures: {out / 'failures.csv'}", err=True)
 
 
-@app.command("split")
+@command("split")
 def split_command(
     out: Path = typer.Option(..., "--out", help="Split JSON file to write."),
     features: Optional[Path] = typer.Option(None, "--features", help="Take the tracks from this feature cache ..."),
@@ -252,7 +261,7 @@ def split_command(
 ) -> None:
     """Make the paper's seen/unseen label split and train/validation/test partitions; save it as JSON."""
     from zstag.corpora import corpus_inputs
-    from zstag.paths import Input
+    from zstag.paths import Input, check_output
     from zstag.splits import save_split
 
     if (features is None) == (root is None):
@@ -264,7 +273,7 @@ def split_command(
     else:
         data = _open_training_corpus(corpus, root, None, None, None, None)
         inputs = corpus_inputs(data)
-    _check_output(out, "--out", inputs)
+    check_output(out, "--out", inputs)
     split = _split_for(data, None, seed, unseen, unseen_fraction, split_by, val_fraction, test_fraction)
     _write_or_fail(out, lambda: save_split(split, out))
     counts = split.counts()
@@ -273,16 +282,12 @@ def split_command(
 
 
 def _cache_corpus(features: Path):
-    from zstag.features import FeatureCacheError
     from zstag.features import cache_corpus
 
-    try:
-        return cache_corpus(features)
-    except FeatureCacheError as exc:
-        fail(str(exc))
+    return cache_corpus(features)
 
 
-@app.command("train")
+@command("train")
 def train_command(
     features: Path = typer.Option(..., "--features", help="Feature cache from `zstag preprocess`."),
     out: Path = typer.Option(..., "--out", help="Model folder to write (checkpoints go inside)."),
@@ -316,12 +321,12 @@ def train_command(
     """
     import os
 
-    from zstag.devices import DeviceError, pick_device
-    from zstag.features import FeatureCache, FeatureCacheError
-    from zstag.paths import Input
-    from zstag.splits import SplitError, check_split, save_split
+    from zstag.devices import pick_device
+    from zstag.features import FeatureCache
+    from zstag.paths import Input, check_output
+    from zstag.splits import check_split, save_split
     from zstag.train import SPLIT_FILE, TrainError, TrainOptions, has_checkpoint, train
-    from zstag.words import UnknownLabelError, VectorsError, parse_random_source
+    from zstag.words import VectorsError, parse_random_source
 
     # Everything that can be checked is checked before anything is written: a refused run leaves --out as it was.
     options = TrainOptions(
@@ -338,27 +343,18 @@ def train_command(
         fail(f"--vectors {exc}", 2)
     if split is None:
         _check_split_options(unseen, unseen_fraction, split_by, val_fraction, test_fraction)
-    try:
-        pick_device(device, int(os.environ.get("LOCAL_RANK", "0")))
-    except DeviceError as exc:
-        fail(str(exc), 2)
-    try:
-        cache = FeatureCache.open(features)
-    except FeatureCacheError as exc:
-        fail(str(exc))
+    pick_device(device, int(os.environ.get("LOCAL_RANK", "0")))
+    cache = FeatureCache.open(features)
     data = _cache_corpus(features)
     saved_split = out / SPLIT_FILE
     read = [Input("the feature cache", features, whole=True)]  # and --split, --vectors when they are files
     read += [Input(what, path) for what, path in (("the split file", split), ("the word-vector file", vectors)) if path]
-    _check_output(out, "--out", read, folder=True, allowed=[saved_split])  # a split kept in --out is read back
+    check_output(out, "--out", read, folder=True, allowed=[saved_split])  # a split kept in --out is read back
     if split is None and resume and saved_split.is_file():
         split = saved_split  # the resumed run keeps the split it was started with
     the_split = _split_for(data, split, seed, unseen, unseen_fraction, split_by, val_fraction, test_fraction)
     if split is not None:
-        try:
-            absent = check_split(the_split, data)
-        except SplitError as exc:
-            fail(str(exc))
+        absent = check_split(the_split, data)
         if absent:
             typer.echo(f"zstag: warning: {len(absent)} tracks of the split are not in the feature cache; skipped",
                        err=True)
@@ -373,16 +369,11 @@ def train_command(
         if split is None or Path(split).resolve() != saved_split.resolve():
             _write_or_fail(saved_split, lambda: save_split(the_split, saved_split))
 
-    try:
-        result = train(
-            cache, the_split.tracks("train"), the_split.tracks("validation"), the_split.seen, out, options,
-            vectors_source=vectors, split_sha256=the_split.sha256, corpus_name=the_split.corpus, resume=resume,
-            progress=not no_progress, on_start=save_the_split,
-        )
-    except (UnknownLabelError, VectorsError) as exc:  # labels and word vectors: usage errors, as in tag and eval
-        fail(str(exc), 2)
-    except (TrainError, FeatureCacheError) as exc:
-        fail(str(exc))
+    result = train(
+        cache, the_split.tracks("train"), the_split.tracks("validation"), the_split.seen, out, options,
+        vectors_source=vectors, split_sha256=the_split.sha256, corpus_name=the_split.corpus, resume=resume,
+        progress=not no_progress, on_start=save_the_split,
+    )
     if "model_id" in result:
         typer.echo(f"{out}: model {result['model_id']}, best epoch {result['best_epoch']} of {result['epochs']} "
                    f"(validation loss {result['best_val_loss']:.4f})" + (", stopped early" if result["stopped_early"] else ""))
@@ -400,7 +391,7 @@ to stderr, one line each; exit code 1 if any file failed, 2 for usage errors.
 """
 
 
-@app.command("tag", help=TAG_HELP)
+@command("tag", help=TAG_HELP)
 def tag_command(
     paths: List[str] = typer.Argument(..., metavar="PATH", help="Audio files and/or folders (searched recursively)."),
     labels: Optional[List[str]] = typer.Option(
@@ -445,15 +436,12 @@ def tag_command(
 
     global _quick_exit
     _quick_exit = True
-    try:
-        code = tagger.run(
-            paths, labels=labels, labels_file=labels_file, model=model, vectors=vectors, extensions=extensions,
-            single=single, top_k=top_k, threshold=threshold, fmt=fmt, output=output, workers=workers,
-            use_cache=not no_cache, offset=offset, max_seconds=max_seconds, device=device, bf16=bf16,
-            write_tags=write_tags, tag_field=tag_field, append=append, dry_run=dry_run,
-        )
-    except tagger.TagUsageError as exc:
-        fail(str(exc), 2)
+    code = tagger.run(
+        paths, labels=labels, labels_file=labels_file, model=model, vectors=vectors, extensions=extensions,
+        single=single, top_k=top_k, threshold=threshold, fmt=fmt, output=output, workers=workers,
+        use_cache=not no_cache, offset=offset, max_seconds=max_seconds, device=device, bf16=bf16,
+        write_tags=write_tags, tag_field=tag_field, append=append, dry_run=dry_run,
+    )
     raise typer.Exit(code)
 
 
@@ -473,7 +461,7 @@ cannot be decoded (or are silent or too short) are reported on stderr and left o
 """
 
 
-@app.command("eval", help=EVAL_HELP)
+@command("eval", help=EVAL_HELP)
 def eval_command(
     corpus: str = typer.Option(..., "--corpus", "-c", help="Corpus kind: gtzan, mtat, msd, folder or csv."),
     root: Path = typer.Option(..., "--root", "-r", help="The corpus root folder (or manifest / annotations file)."),
@@ -497,24 +485,18 @@ def eval_command(
     from rich.console import Console
 
     from zstag import evaluate
-    from zstag.corpora import KINDS, CorpusError
-    from zstag.devices import DeviceError, check_bf16, pick_device
-    from zstag.model import ModelError
-    from zstag.paths import OutputIsInputError, check_distinct
-    from zstag.splits import SplitError
-    from zstag.tagger import TagUsageError, parse_labels
-    from zstag.words import VectorsError
+    from zstag.corpora import KINDS
+    from zstag.devices import check_bf16, pick_device
+    from zstag.paths import check_distinct
+    from zstag.tagger import parse_labels
 
     global _quick_exit
     _quick_exit = True
     if corpus not in KINDS:
         fail(f"--corpus: unknown kind {corpus!r}: expected one of {', '.join(KINDS)}", 2)
-    try:
-        target = pick_device(device)  # eval loads torch anyway: an unusable GPU is a usage error before any work
-        if bf16:
-            check_bf16(target)
-    except DeviceError as exc:
-        fail(str(exc), 2)
+    target = pick_device(device)  # eval loads torch anyway: an unusable GPU is a usage error before any work
+    if bf16:
+        check_bf16(target)
     for target, option in ((out, "--out"), (plot, "--plot")):
         if target is not None and not target.parent.is_dir():
             fail(f"{target}: the folder for {option} does not exist", 2)
@@ -525,21 +507,13 @@ def eval_command(
             import matplotlib  # noqa: F401
         except ImportError:
             fail("--plot needs matplotlib, which is not installed: install zstag's plot extra (pip install -e '.[plot]')", 2)
-    try:
-        check_distinct({"--out": out, "--plot": plot})
-    except OutputIsInputError as exc:
-        fail(str(exc), 2)
-    try:
-        chosen = parse_labels(labels) if labels else None
-        result = evaluate.evaluate(
-            corpus, root, model=model, split=split, labels=chosen, top_n=top_n, vectors=vectors, workers=workers,
-            use_cache=not no_cache, max_seconds=max_seconds, device=device, bf16=bf16,
-            outputs={"--out": out, "--plot": plot},  # refused if one would replace an input, before any decoding
-        )
-    except (TagUsageError, evaluate.EvalUsageError, ModelError, VectorsError) as exc:  # as tag: labels, options,
-        fail(str(exc), 2)  # the model and its word vectors
-    except (evaluate.EvalError, CorpusError, SplitError) as exc:
-        fail(str(exc))
+    check_distinct({"--out": out, "--plot": plot})
+    chosen = parse_labels(labels) if labels else None
+    result = evaluate.evaluate(  # labels, options, the model and its word vectors: usage errors, as in tag
+        corpus, root, model=model, split=split, labels=chosen, top_n=top_n, vectors=vectors, workers=workers,
+        use_cache=not no_cache, max_seconds=max_seconds, device=device, bf16=bf16,
+        outputs={"--out": out, "--plot": plot},  # refused if one would replace an input, before any decoding
+    )
     report = result.report
     # Files and stderr first, the table last: a reader that closes stdout early (| head) cuts only the table.
     draw = plot is not None and report["task"] == "classification"
@@ -593,14 +567,10 @@ def _search_options(model, vectors, extensions, limit, fmt, output, workers, no_
 
 def _run_search(query, paths, **options) -> None:
     from zstag import search
-    from zstag.tagger import TagUsageError
 
     global _quick_exit
     _quick_exit = True
-    try:
-        code = search.run(query, paths, **options)
-    except TagUsageError as exc:
-        fail(str(exc), 2)
+    code = search.run(query, paths, **options)
     raise typer.Exit(code)
 
 
@@ -615,7 +585,7 @@ _SEARCH_DEVICE = typer.Option("auto", "--device", help="Where the audio model ru
 _SEARCH_NO_PROGRESS = typer.Option(False, "--no-progress", help="No progress bar.")
 
 
-@app.command("search", help=SEARCH_HELP)
+@command("search", help=SEARCH_HELP)
 def search_command(
     args: Optional[List[str]] = typer.Argument(None, metavar="QUERY [PATH]...", help="The query, then files and/or folders."),
     labels: Optional[List[str]] = typer.Option(
@@ -636,7 +606,7 @@ def search_command(
     _run_search(query, args, labels=labels, labels_file=labels_file, **options)
 
 
-@app.command("similar")
+@command("similar")
 def similar_command(
     file: str = typer.Argument(..., metavar="FILE", help="The track to find more like."),
     paths: Optional[List[str]] = typer.Argument(None, metavar="[PATH]...", help="Files and/or folders to search (default: the cache's)."),

@@ -13,11 +13,13 @@ import functools
 import os
 import re
 
+from zstag.errors import UsageError
+
 DEVICE_HELP = "auto (a CUDA GPU when torch sees one, else the CPU), cpu, cuda or cuda:N"
 _NAME = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
-class DeviceError(ValueError):
+class DeviceError(UsageError, ValueError):
     """A --device that is malformed or not present on this machine (one-line message)."""
 
 

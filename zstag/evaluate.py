@@ -50,6 +50,7 @@ from zstag.evalrender import fmt as _fmt
 from zstag.evalrender import render  # noqa: F401  (the CLI's and tests' evaluate.render)
 from zstag.modelfile import cosine_scores, label_embeddings, scored_as
 from zstag.paths import atomic_write, valid_text
+from zstag.errors import UsageError, ZstagError
 
 REPORT_FORMAT = "zstag-eval/1"
 STATS_FILE = "corpus_stats.json"  # written beside a model by training: acoustics.corpus_summary
@@ -58,11 +59,11 @@ TOP_N_KINDS = ("mtat", "msd", "csv")  # readers with a top_n option
 NO_STATS_NOTE = f"the model ships no {STATS_FILE}: no training-corpus statistics to compare"
 
 
-class EvalError(Exception):
+class EvalError(ZstagError):
     """Bad options or inputs for `zstag eval`; str(e) is one line."""
 
 
-class EvalUsageError(EvalError):
+class EvalUsageError(EvalError, UsageError):
     """Option values or combinations that cannot work, whatever the data (the CLI exits 2)."""
 
 

@@ -43,6 +43,7 @@ import numpy as np
 from zstag.audio import FrontEnd
 from zstag.paths import atomic_write, get_name, name_bytes, name_from_bytes, put_name, valid_text
 from zstag.shards import DTYPE, SHARD_PATTERN, ShardWriter, npy_problem, remove_leftovers, shard_complete, write_json
+from zstag.errors import ZstagError
 
 SHARD_TRACKS = 256  # tracks per shard: ~80 MB of float16 frames for 256 × 30 s clips at 128 mels
 SHARD_SECONDS = 60.0  # a shard open this long is written out as a part: what a kill can lose ...
@@ -55,7 +56,7 @@ MAX_OPEN_SHARDS = 256  # memory maps kept open by a reader: MSD has ~1,600 shard
 IN_FLIGHT_PER_WORKER = 4  # decoded tracks waiting per worker: bounds memory when the writer lags
 
 
-class FeatureCacheError(Exception):
+class FeatureCacheError(ZstagError):
     """A cache folder that is missing, incomplete, or made for something else (one-line message)."""
 
 

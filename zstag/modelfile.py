@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from zstag.errors import UsageError
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.safetensors"
@@ -31,7 +32,7 @@ MLP_LAYERS = ("0", "3")  # nn.Sequential(Linear, ReLU, Dropout, Linear): the two
 MAX_DENIALS = 4
 
 
-class ModelError(Exception):
+class ModelError(UsageError):
     """A model folder that is missing, incomplete or inconsistent (one-line message)."""
 
 

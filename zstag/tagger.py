@@ -34,6 +34,7 @@ import numpy as np
 
 from zstag.paths import Input, OutputIsInputError, check_output, one_line, walk
 from zstag.render import csv_text, portable, terminal_width, write_output
+from zstag.errors import UsageError
 
 FORMATS = ("table", "json", "jsonl", "csv")
 SOFTMAX_TEMPERATURE = 0.1  # cosine gaps of ~0.1 between labels become ~e:1 odds in --single confidence
@@ -43,7 +44,7 @@ SCORE_NOTE = "score: cosine similarity of track and label embeddings, -1..1 (hig
 SINGLE_NOTE = f"confidence: softmax over the given labels of cosine / {SOFTMAX_TEMPERATURE} (relative, not calibrated)"
 
 
-class TagUsageError(Exception):
+class TagUsageError(UsageError):
     """Bad options or inputs that stop the run (exit code 2), before any result is written: most before any
     audio is decoded; an unusable device or a model whose audio weights are damaged while the first files
     decode (the torch model is built then)."""

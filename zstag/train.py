@@ -41,6 +41,7 @@ from zstag.model import CONFIG_FILE, MARGIN, ZeroShotModel, cnn1d_config, save_m
 from zstag.paths import atomic_write
 from zstag.words import RANDOM_DIM
 from zstag.words import RANDOM_SOURCE as RANDOM_VECTORS  # --vectors random[:DIM[:SEED]]: the random-label baseline
+from zstag.errors import ZstagError
 
 OPTIMIZERS = ("sgd", "adam")
 MIN_IMPROVEMENT = 1e-4  # relative: a validation loss must beat the best by this to count (LR schedule and stopping)
@@ -57,7 +58,7 @@ SPLIT_FILE = "split.json"
 RESUME_MAY_CHANGE = ("epochs", "device", "loader_workers", "threads")  # options that do not change the results
 
 
-class TrainError(Exception):
+class TrainError(ZstagError):
     """Inputs that cannot be trained on (one-line message)."""
 
 

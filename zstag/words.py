@@ -53,6 +53,7 @@ from pathlib import Path
 import numpy as np
 
 from zstag.paths import atomic_write, cache_dir, npy_bytes
+from zstag.errors import UsageError
 
 DEFAULT_SOURCE = "glove-6B-50d"
 FUNCTION_WORDS = frozenset({"and", "of", "the", "a", "an", "in", "on", "with", "for", "to", "or"})
@@ -72,15 +73,15 @@ RANDOM_SOURCE = "random"  # random[:DIM[:SEED]]: zstag train's random-label base
 RANDOM_DIM = 50
 
 
-class UnknownLabelError(ValueError):
+class UnknownLabelError(UsageError, ValueError):
     """A label with a word that has no vector; str(e) is one line with the nearest spellings."""
 
 
-class VectorsError(ValueError):
+class VectorsError(UsageError, ValueError):
     """A word-vector file that cannot be read; str(e) is one line, "PATH: cause"."""
 
 
-class LabelsError(ValueError):
+class LabelsError(UsageError, ValueError):
     """No labels given, or an unreadable labels file (one line)."""
 
 
