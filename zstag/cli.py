@@ -213,6 +213,7 @@ def preprocess_command(
     from zstag.corpora import corpus_inputs
     from zstag.features import parse_shard, preprocess
     from zstag.paths import check_output
+    from zstag.progress import Bar
 
     if front_end not in FRONT_ENDS:
         fail(f"--front-end {front_end!r}: expected one of {', '.join(FRONT_ENDS)}", 2)
@@ -228,8 +229,9 @@ def preprocess_command(
     source = {"name": valid_text(data.name), "kind": data.kind, **put_name({}, "root", str(root)),
               "options": data.options}
     try:
-        report = preprocess(data.tracks, out, FRONT_ENDS[front_end], workers=workers, shard=part,
-                            shard_size=shard_size, source=source, progress=not no_progress)
+        with Bar("preprocess", not no_progress) as bar:
+            report = preprocess(data.tracks, out, FRONT_ENDS[front_end], workers=workers, shard=part,
+                                shard_size=shard_size, source=source, progress=bar)
     except OSError as exc:
         fail(f"{exc.filename or out}: cannot write: {exc.strerror or exc}")
     failed = len(report.failures)  # tracks_done counts every track this run tried, failed ones too
@@ -324,6 +326,7 @@ def train_command(
     from zstag.devices import pick_device
     from zstag.features import FeatureCache
     from zstag.paths import Input, check_output
+    from zstag.progress import Bar
     from zstag.splits import check_split, save_split
     from zstag.train import SPLIT_FILE, TrainError, TrainOptions, has_checkpoint, train
     from zstag.words import VectorsError, parse_random_source
@@ -369,11 +372,12 @@ def train_command(
         if split is None or Path(split).resolve() != saved_split.resolve():
             _write_or_fail(saved_split, lambda: save_split(the_split, saved_split))
 
-    result = train(
-        cache, the_split.tracks("train"), the_split.tracks("validation"), the_split.seen, out, options,
-        vectors_source=vectors, split_sha256=the_split.sha256, corpus_name=the_split.corpus, resume=resume,
-        progress=not no_progress, on_start=save_the_split,
-    )
+    with Bar("train", not no_progress) as bar:
+        result = train(
+            cache, the_split.tracks("train"), the_split.tracks("validation"), the_split.seen, out, options,
+            vectors_source=vectors, split_sha256=the_split.sha256, corpus_name=the_split.corpus, resume=resume,
+            progress=bar, log=bar.log, on_start=save_the_split,
+        )
     if "model_id" in result:
         typer.echo(f"{out}: model {result['model_id']}, best epoch {result['best_epoch']} of {result['epochs']} "
                    f"(validation loss {result['best_val_loss']:.4f})" + (", stopped early" if result["stopped_early"] else ""))
@@ -432,14 +436,15 @@ def tag_command(
     dry_run: bool = typer.Option(
         False, "--dry-run", help="With --write-tags: print each file's old and new tag values; write nothing."),
 ) -> None:
-    from zstag import tagger
+    from zstag.cli_run import run_tag
+    from zstag.devices import Target
 
     global _quick_exit
     _quick_exit = True
-    code = tagger.run(
+    code = run_tag(
         paths, labels=labels, labels_file=labels_file, model=model, vectors=vectors, extensions=extensions,
         single=single, top_k=top_k, threshold=threshold, fmt=fmt, output=output, workers=workers,
-        use_cache=not no_cache, offset=offset, max_seconds=max_seconds, device=device, bf16=bf16,
+        use_cache=not no_cache, offset=offset, max_seconds=max_seconds, device=Target(device, bf16),
         write_tags=write_tags, tag_field=tag_field, append=append, dry_run=dry_run,
     )
     raise typer.Exit(code)
@@ -486,17 +491,17 @@ def eval_command(
 
     from zstag import evaluate
     from zstag.corpora import KINDS
-    from zstag.devices import check_bf16, pick_device
+    from zstag.devices import Target
     from zstag.paths import check_distinct
+    from zstag.progress import Bar
     from zstag.tagger import parse_labels
 
     global _quick_exit
     _quick_exit = True
     if corpus not in KINDS:
         fail(f"--corpus: unknown kind {corpus!r}: expected one of {', '.join(KINDS)}", 2)
-    target = pick_device(device)  # eval loads torch anyway: an unusable GPU is a usage error before any work
-    if bf16:
-        check_bf16(target)
+    runs_on = Target(device, bf16)
+    runs_on.device  # eval loads torch anyway: an unusable GPU is a usage error before any work
     for target, option in ((out, "--out"), (plot, "--plot")):
         if target is not None and not target.parent.is_dir():
             fail(f"{target}: the folder for {option} does not exist", 2)
@@ -509,11 +514,12 @@ def eval_command(
             fail("--plot needs matplotlib, which is not installed: install zstag's plot extra (pip install -e '.[plot]')", 2)
     check_distinct({"--out": out, "--plot": plot})
     chosen = parse_labels(labels) if labels else None
-    result = evaluate.evaluate(  # labels, options, the model and its word vectors: usage errors, as in tag
-        corpus, root, model=model, split=split, labels=chosen, top_n=top_n, vectors=vectors, workers=workers,
-        use_cache=not no_cache, max_seconds=max_seconds, device=device, bf16=bf16,
-        outputs={"--out": out, "--plot": plot},  # refused if one would replace an input, before any decoding
-    )
+    with Bar("embedding") as bar:  # labels, options, the model and its word vectors: usage errors, as in tag
+        result = evaluate.evaluate(
+            corpus, root, model=model, split=split, labels=chosen, top_n=top_n, vectors=vectors, workers=workers,
+            use_cache=not no_cache, max_seconds=max_seconds, device=runs_on, progress=bar,
+            outputs={"--out": out, "--plot": plot},  # refused if one would replace an input, before any decoding
+        )
     report = result.report
     # Files and stderr first, the table last: a reader that closes stdout early (| head) cuts only the table.
     draw = plot is not None and report["task"] == "classification"
@@ -561,16 +567,18 @@ playlist (paths relative to its folder where it holds the tracks).
 
 
 def _search_options(model, vectors, extensions, limit, fmt, output, workers, no_cache, device, no_progress) -> dict:
+    from zstag.devices import Target
+
     return dict(model=model, vectors=vectors, extensions=extensions, limit=limit, fmt=fmt, output=output,
-                workers=workers, use_cache=not no_cache, device=device, progress=not no_progress)
+                workers=workers, use_cache=not no_cache, device=Target(device), progress=not no_progress)
 
 
 def _run_search(query, paths, **options) -> None:
-    from zstag import search
+    from zstag.cli_run import run_search
 
     global _quick_exit
     _quick_exit = True
-    code = search.run(query, paths, **options)
+    code = run_search(query, paths, **options)
     raise typer.Exit(code)
 
 

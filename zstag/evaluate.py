@@ -349,13 +349,14 @@ def evaluate(
     workers: int | None = None,
     use_cache: bool = True,
     max_seconds: float | None = None,
-    progress: bool = True,
-    device: str = "cpu",
+    progress=None,
+    device="cpu",
     bf16: bool = False,
     outputs: dict | None = None,
 ) -> Evaluation:
-    """Evaluate a model on a corpus; see the module docstring. bf16: as embeddings.embed_files (recorded in
-    the report's model.bf16: its figures are of bfloat16 embeddings). outputs: option → path the caller
+    """Evaluate a model on a corpus; see the module docstring. progress, device, bf16: as
+    embeddings.embed_files (bf16 is recorded in the report's model.bf16: its figures are of bfloat16
+    embeddings). outputs: option → path the caller
     will write (--out, --plot), refused as check_outputs says once the corpus is read, before any decoding.
 
     Raises EvalError, CorpusError, SplitError, ModelError, VectorsError or DeviceError (all one line): bad options and
@@ -370,10 +371,13 @@ def evaluate(
     from zstag.splits import check_split, load_split
     from zstag.words import UnknownLabelError, VectorsError, load_words
 
+    from zstag.devices import target_of
+
     try:
         check_span(0.0, max_seconds)
     except ValueError as exc:
         raise EvalUsageError(f"--max-seconds: {exc}") from None
+    target = target_of(device, bf16)
     net = load_model(model)
     try:
         words = load_words(net, vectors)
@@ -431,7 +435,7 @@ def evaluate(
         raise EvalError(f"{root}: no track to evaluate" + (" in the split's test partition" if the_split else ""))
 
     results = embed_files(net, [t.path for t in tracks], workers=workers, use_cache=use_cache,
-                          max_seconds=max_seconds, progress=progress, device=device, bf16=bf16)
+                          max_seconds=max_seconds, progress=progress, device=target)
     good = [(t, r) for t, r in zip(tracks, results) if r.ok]
     failed = [{"id": t.id, "error": r.error} for t, r in zip(tracks, results) if not r.ok]
     if not good:
@@ -458,7 +462,7 @@ def evaluate(
             "words": words.source,
             "split_sha256": net.config.get("split_sha256"),
             "train_labels": net.train_labels,
-            "bf16": bf16,
+            "bf16": target.bf16,
         },
         "corpus": {
             "kind": corpus.kind,

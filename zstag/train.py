@@ -371,14 +371,16 @@ def train(
     split_sha256: str | None = None,
     corpus_name: str | None = None,
     resume: bool = False,
-    progress: bool = True,
-    log: Callable[[str], None] = print,
+    progress: Callable | None = None,
+    log: Callable[[str], None] | None = None,
     on_start: Callable[[], None] | None = None,
 ) -> dict:
     """Train a CNN1D model on ``train_ids`` with the seen ``labels``; the best model is saved in ``out``.
 
     ``on_start`` runs on rank 0 once every check has passed, before the first epoch (the CLI saves the
-    split there: a run refused for its options, vectors or ``out`` leaves ``out`` as it was).
+    split there: a run refused for its options, vectors or ``out`` leaves ``out`` as it was). On rank 0,
+    ``log`` gets a line per epoch and warnings, ``progress`` is called as progress("epochs", epoch, epochs,
+    info=...) and progress("batches", batch, batches, info=...) (progress.Bar draws it); None: nothing.
     ``resume``: go on from the last checkpoint in ``out``; where a run stopped before its first one
     (has_checkpoint is False), start afresh; a model folder that no run of this kind started is refused.
 
@@ -388,6 +390,8 @@ def train(
     options.check()
     out = Path(out)
     rank, world, device = _distributed(options.device)
+    log = log if log is not None and rank == 0 else (lambda line: None)
+    bar = progress if callable(progress) and rank == 0 else (lambda *args, **fields: None)
     if options.threads:
         torch.set_num_threads(options.threads)
     if options.batch_size % world:
@@ -425,7 +429,7 @@ def train(
         if meta.get("cache_plan_sha256") != cache.manifest.get("plan_sha256") or meta.get("split_sha256") != split_sha256:
             raise TrainError(f"{out}: the checkpoint was made from another feature cache or split")
         changed = [k for k, v in asdict(options).items() if k not in RESUME_MAY_CHANGE and meta["options"].get(k) != v]
-        if changed and rank == 0:
+        if changed:
             log(f"warning: resuming with other {', '.join(changed)} than the run was started with")
         model.load_state_dict(weights)
         optimizer.load_state_dict(_optimizer_join(tensors, meta["optimizer"]))
@@ -435,8 +439,7 @@ def train(
             torch.cuda.set_rng_state_all([tensors[k] for k in sorted(t for t in tensors if t.startswith("rng.cuda."))])
         start_epoch, best_loss, best_epoch = meta["epoch"] + 1, meta["best_val_loss"], meta["best_epoch"]
         bad_epochs, history = meta["bad_epochs"], meta["history"]
-        if rank == 0:
-            log(f"resuming after epoch {meta['epoch']} (best validation loss {best_loss:.4f} at epoch {best_epoch})")
+        log(f"resuming after epoch {meta['epoch']} (best validation loss {best_loss:.4f} at epoch {best_epoch})")
     elif has_checkpoint(out):
         raise TrainError(f"{out}: holds a training run already; pass --resume to continue it or choose another --out")
     elif (out / CONFIG_FILE).exists() and not started_here:  # a finished or shipped model: never trained over
@@ -447,7 +450,7 @@ def train(
 
     n_samples = options.epoch_size or len(train_set)
     monitored = val_set if len(val_set) else train_set
-    if not len(val_set) and rank == 0:
+    if not len(val_set):
         log("warning: no validation tracks; monitoring the loss on training tracks instead")
     val_rng = np.random.default_rng([options.seed, VALIDATION_STREAM])
     val_plan = sample_plan(monitored, val_rng, max(len(monitored), options.val_samples), options.negatives, frames)
@@ -457,65 +460,61 @@ def train(
         (out / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
         if on_start is not None:
             on_start()
-    bar = _progress_bar(progress and rank == 0)
-    with bar:
-        epoch_task = bar.add_task("epochs", total=options.epochs, completed=start_epoch - 1, info="")
-        step_task = bar.add_task("batches", total=None, info="")
-        for epoch in range(start_epoch, options.epochs + 1):
-            if bad_epochs >= options.early_stop:
-                stopped_early = True
-                break
-            started = time.perf_counter()
-            plan = sample_plan(train_set, np.random.default_rng([options.seed, epoch]), n_samples, options.negatives, frames)
-            dataset = CropDataset(cache, train_set, plan, frames)
-            sampler = None
-            if world > 1:
-                sampler = torch.utils.data.distributed.DistributedSampler(dataset, world, rank, shuffle=False)
-            loader = torch.utils.data.DataLoader(
-                dataset, batch_size=per_process_batch, sampler=sampler, num_workers=options.loader_workers,
-                pin_memory=device.type == "cuda",
-            )
-            bar.reset(step_task, total=len(loader), info="")
-            model.train()
-            total, count = 0.0, 0
-            for x, pos, neg in loader:
-                loss = objective(x.to(device, non_blocking=True), pos.to(device), neg.to(device), vectors)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total += float(loss.detach()) * len(x)
-                count += len(x)
-                bar.update(step_task, advance=1, info=f"loss {total / count:.4f}")
-            if world > 1:  # report the loss over every process's samples, not just this one's
-                import torch.distributed as dist
+    bar("epochs", start_epoch - 1, options.epochs, info="")
+    bar("batches", 0, None, info="")
+    for epoch in range(start_epoch, options.epochs + 1):
+        if bad_epochs >= options.early_stop:
+            stopped_early = True
+            break
+        started = time.perf_counter()
+        plan = sample_plan(train_set, np.random.default_rng([options.seed, epoch]), n_samples, options.negatives, frames)
+        dataset = CropDataset(cache, train_set, plan, frames)
+        sampler = None
+        if world > 1:
+            sampler = torch.utils.data.distributed.DistributedSampler(dataset, world, rank, shuffle=False)
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_size=per_process_batch, sampler=sampler, num_workers=options.loader_workers,
+            pin_memory=device.type == "cuda",
+        )
+        bar("batches", 0, len(loader), info="")
+        model.train()
+        total, count, step = 0.0, 0, 0
+        for x, pos, neg in loader:
+            loss = objective(x.to(device, non_blocking=True), pos.to(device), neg.to(device), vectors)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach()) * len(x)
+            count += len(x)
+            step += 1
+            bar("batches", step, len(loader), info=f"loss {total / count:.4f}")
+        if world > 1:  # report the loss over every process's samples, not just this one's
+            import torch.distributed as dist
 
-                sums = torch.tensor([total, count], dtype=torch.float64, device=device)
-                dist.all_reduce(sums)
-                total, count = float(sums[0]), int(sums[1])
-            val = _validate(model, cache, monitored, val_plan, vectors, options, device)
-            scheduler.step(val["val_loss"])
-            record = {"epoch": epoch, "loss": total / count, **val, "lr": optimizer.param_groups[0]["lr"],
-                      "seconds": round(time.perf_counter() - started, 3)}
-            history.append(record)
-            improved = val["val_loss"] < best_loss * (1 - MIN_IMPROVEMENT)
+            sums = torch.tensor([total, count], dtype=torch.float64, device=device)
+            dist.all_reduce(sums)
+            total, count = float(sums[0]), int(sums[1])
+        val = _validate(model, cache, monitored, val_plan, vectors, options, device)
+        scheduler.step(val["val_loss"])
+        record = {"epoch": epoch, "loss": total / count, **val, "lr": optimizer.param_groups[0]["lr"],
+                  "seconds": round(time.perf_counter() - started, 3)}
+        history.append(record)
+        improved = val["val_loss"] < best_loss * (1 - MIN_IMPROVEMENT)
+        if improved:
+            best_loss, best_epoch, bad_epochs = val["val_loss"], epoch, 0
+        else:
+            bad_epochs += 1
+        if rank == 0:
             if improved:
-                best_loss, best_epoch, bad_epochs = val["val_loss"], epoch, 0
-            else:
-                bad_epochs += 1
-            if rank == 0:
-                if improved:
-                    config["training"].update(epoch=epoch, val_loss=val["val_loss"])
-                    save_model(model, out)
-                state = {"best_val_loss": best_loss, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
-                         "history": history, "options": asdict(options), "split_sha256": split_sha256,
-                         "cache_plan_sha256": cache.manifest.get("plan_sha256")}
-                save_checkpoint(out, epoch, model, optimizer, scheduler, state)
-                atomic_write(out / HISTORY_FILE, json.dumps(history, indent=1).encode())
-                bar.update(epoch_task, completed=epoch, info=f"best val loss {best_loss:.4f} (epoch {best_epoch})")
-                if progress:
-                    bar.console.print(f"epoch {epoch}: {_epoch_line(record)}")  # scrolls above the bars
-                else:
-                    log(f"epoch {epoch}: {_epoch_line(record)}")
+                config["training"].update(epoch=epoch, val_loss=val["val_loss"])
+                save_model(model, out)
+            state = {"best_val_loss": best_loss, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
+                     "history": history, "options": asdict(options), "split_sha256": split_sha256,
+                     "cache_plan_sha256": cache.manifest.get("plan_sha256")}
+            save_checkpoint(out, epoch, model, optimizer, scheduler, state)
+            atomic_write(out / HISTORY_FILE, json.dumps(history, indent=1).encode())
+            bar("epochs", epoch, options.epochs, info=f"best val loss {best_loss:.4f} (epoch {best_epoch})")
+            log(f"epoch {epoch}: {_epoch_line(record)}")
     if world > 1:
         import torch.distributed as dist
 
@@ -551,12 +550,3 @@ def _epoch_line(r: dict) -> str:
     acc = "–" if r["val_accuracy"] is None else f"{r['val_accuracy']:.3f}"
     rank = "–" if r["val_mean_rank"] is None else f"{r['val_mean_rank']:.2f}"
     return f"loss {r['loss']:.4f}  val loss {r['val_loss']:.4f}  val acc {acc}  val rank {rank}  lr {r['lr']:.2g}"
-
-
-def _progress_bar(enabled: bool):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(bar_width=30), MofNCompleteColumn(), TimeElapsedColumn(),
-        TextColumn("{task.fields[info]}"), disable=not enabled,
-    )
