@@ -78,7 +78,7 @@ class Evaluation:
 
 def choose_labels(available: list[str], requested: list[str] | None) -> list[str]:
     """The requested labels (matched after normalisation, in the order of `available`), or all of them."""
-    from zstag.words import normalise_label
+    from zstag.labels import normalise_label
 
     if not requested:
         return list(available)

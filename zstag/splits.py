@@ -168,10 +168,10 @@ def split_hash(split) -> str:
 def split_labels(labels: Iterable[str], seed: int = 0, unseen: Optional[Sequence[str]] = None,
                  unseen_fraction: float = UNSEEN_FRACTION) -> tuple[list[str], list[str]]:
     """(seen, unseen), both sorted: the named unseen labels, or a seeded random unseen_fraction of them. A name
-    matches the corpus labels it normalises as (words.normalise_label: "cha_cha" and "Cha Cha" name "cha cha")."""
+    matches the corpus labels it normalises as (labels.normalise_label: "cha_cha" and "Cha Cha" name "cha cha")."""
     labels = sorted(set(labels))
     if unseen is not None:
-        from zstag.words import normalise_label
+        from zstag.labels import normalise_label
 
         by_spelling: dict[str, list[str]] = {}
         for label in labels:

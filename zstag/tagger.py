@@ -66,10 +66,10 @@ class Found:
 
 
 def parse_labels(values: list[str] | None, labels_file: str | os.PathLike | None = None) -> list[str]:
-    """``words.parse_labels`` (comma-separated --labels values and a one-per-line file), its errors as
+    """``labels.parse_labels`` (comma-separated --labels values and a one-per-line file), its errors as
     TagUsageError."""
-    from zstag.words import LabelsError
-    from zstag.words import parse_labels as parse
+    from zstag.labels import LabelsError
+    from zstag.labels import parse_labels as parse
 
     try:
         return parse(values, labels_file)
