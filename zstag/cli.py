@@ -1,4 +1,6 @@
-"""The `zstag` command line: thin wrappers that parse options and call the modules.
+"""The `zstag` command line: thin wrappers that parse options and call the modules; the library's
+ZstagError / UsageError become one line on stderr and exit 1 / 2 (errors.py). Help texts and shared
+options: cli_options.py; what tag, search, similar and eval show: cli_run.py.
 
 Heavy imports (torch, librosa, gensim) happen inside the commands, never at module level,
 so `zstag --help` and `zstag labels` start fast.
@@ -13,6 +15,11 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+
+from zstag.cli_options import (_LIMIT, _SEARCH_DEVICE, _SEARCH_EXTENSIONS, _SEARCH_FORMAT, _SEARCH_MODEL,
+                               _SEARCH_NO_CACHE, _SEARCH_NO_PROGRESS, _SEARCH_OUTPUT, _SEARCH_WORKERS, CORPUS_HELP,
+                               EVAL_HELP, SEARCH_HELP, TAG_HELP, _cache_corpus, _check_split_options,
+                               _open_training_corpus, _search_options, _split_for, _write_or_fail, fail)
 
 app = typer.Typer(
     add_completion=False,
@@ -43,12 +50,6 @@ def _root(
 _quick_exit = False
 
 
-def fail(message: str, code: int = 1) -> None:
-    """Print a one-line error on stderr and exit."""
-    typer.echo(f"zstag: error: {message}", err=True)
-    raise typer.Exit(code)
-
-
 def _exit_codes(function):
     """The command with zstag's errors as one line on stderr: exit 2 for a UsageError, 1 for any other
     ZstagError (errors.py); a message or code that depends on where the error comes from is set there."""
@@ -75,14 +76,6 @@ def command(name: Optional[str] = None, **options):
         return function
 
     return register
-
-
-def _write_or_fail(path, write) -> None:
-    """Run write(); an unwritable destination is a one-line error, not a traceback."""
-    try:
-        write()
-    except OSError as exc:
-        fail(f"{exc.filename or path}: cannot write: {exc.strerror or exc}")
 
 
 # --- labels (words.py) -------------------------------------------------------
@@ -130,68 +123,6 @@ def labels(
 
 
 # --- preprocess / train (features.py, train.py) ------------------------------
-
-CORPUS_HELP = "Corpus kind: msd, mtat, gtzan, folder, csv or auto."
-
-
-def _open_training_corpus(kind: str, root: Path, audio: Optional[Path], top_n: Optional[int],
-                          min_tracks: Optional[int], min_val: Optional[float]):
-    """open_corpus with only the reader options the user gave; one-line errors; what the reader left out
-    (missing audio, malformed rows) is one line on stderr."""
-    from zstag.corpora import KINDS, open_corpus
-
-    if kind != "auto" and kind not in KINDS:
-        fail(f"--corpus: unknown kind {kind!r}: expected one of {', '.join(KINDS)} or auto", 2)
-    given = {"audio": audio, "top_n": top_n, "min_tracks": min_tracks, "min_val": min_val}
-    options = {k: v for k, v in given.items() if v is not None}
-    try:
-        data = open_corpus(kind, root, **options)
-    except TypeError as exc:
-        if "unexpected keyword argument" not in str(exc):
-            raise
-        name = str(exc).rsplit("'", 2)[-2].replace("_", "-")
-        fail(f"--{name} does not apply to a {kind} corpus", 2)
-    left_out = data.left_out()
-    if left_out:
-        typer.echo(f"zstag: {left_out}", err=True)
-    return data
-
-
-def _unseen_names(unseen: Optional[str]) -> Optional[list[str]]:
-    return [x.strip() for x in unseen.split(",") if x.strip()] if unseen else None
-
-
-def _check_split_options(unseen, unseen_fraction, split_by, val_fraction, test_fraction) -> None:
-    """The split options' values, before any data is read: a bad one is a usage error (exit 2)."""
-    from zstag.splits import ARTIST_TEST_FRACTION, SplitError, check_fractions
-
-    if split_by not in ("artist", "tracks"):
-        fail(f"--split-by {split_by!r}: expected artist or tracks", 2)
-    if test_fraction is None:
-        test_fraction = ARTIST_TEST_FRACTION if split_by == "artist" else 0.0
-    try:
-        check_fractions(None if _unseen_names(unseen) else unseen_fraction, val_fraction, test_fraction)
-    except SplitError as exc:
-        fail(str(exc), 2)
-
-
-def _split_for(corpus, split_file, seed, unseen, unseen_fraction, split_by, val_fraction, test_fraction):
-    import warnings
-
-    from zstag.splits import load_split, make_split
-
-    # SplitLabelError (a usage error, exit 2): --unseen names a label the corpus does not have
-    if split_file is not None:
-        return load_split(split_file)
-    with warnings.catch_warnings(record=True) as caught:  # one line each, not Python's source-line format
-        warnings.simplefilter("always")
-        split = make_split(corpus, seed=seed, unseen=_unseen_names(unseen), unseen_fraction=unseen_fraction,
-                           by_artist=split_by == "artist", validation_fraction=val_fraction,
-                           test_fraction=test_fraction)
-    for warning in caught:
-        typer.echo(f"zstag: warning: {warning.message}", err=True)
-    return split
-
 
 @command("preprocess")
 def preprocess_command(
@@ -281,12 +212,6 @@ def split_command(
     counts = split.counts()
     typer.echo(f"{out}: {counts['seen']} seen / {counts['unseen']} unseen labels; train {counts['train']}, "
                f"validation {counts['validation']}, test {counts['test']} tracks; sha256 {split.sha256[:16]}")
-
-
-def _cache_corpus(features: Path):
-    from zstag.features import cache_corpus
-
-    return cache_corpus(features)
 
 
 @command("train")
@@ -384,17 +309,6 @@ def train_command(
 
 # --- tag (tagger.py) ---------------------------------------------------------
 
-TAG_HELP = """Score audio files against free-text labels (zero-shot).
-
-Each file is embedded whole (the mean over all its ~3 s segments; deterministic) and compared with
-each label's embedding. Scores are cosine similarities in -1..1: higher is closer; they rank labels
-and files but are not probabilities. --single picks one label per file with a confidence =
-softmax(cosine / 0.1) over the given labels (relative to that label set). Track embeddings are
-cached by file content and model, so re-tagging with new labels decodes nothing. Per-file errors go
-to stderr, one line each; exit code 1 if any file failed, 2 for usage errors.
-"""
-
-
 @command("tag", help=TAG_HELP)
 def tag_command(
     paths: List[str] = typer.Argument(..., metavar="PATH", help="Audio files and/or folders (searched recursively)."),
@@ -452,20 +366,6 @@ def tag_command(
 
 # --- eval (evaluate.py) ------------------------------------------------------
 
-EVAL_HELP = """Evaluate a model on a labelled corpus: zero-shot figures for seen, unseen and all labels.
-
-Single-label corpora (gtzan, folder, a csv with one label per track): accuracy of the argmax over the
-label words, per-class recall, confusion matrix (--plot FILE.png draws it). Multi-label corpora (mtat,
-msd, csv): retrieval ROC-AUC / PR-AUC per label and annotation ROC-AUC / AP per track (both averaged),
-hit@k and P@k for k = 1, 5, 10. Seen labels are those in the model's training vocabulary; with --split
-they are the split's seen labels and only the split's test partition (groups B and C, plus any held-out
-group-A tracks) is evaluated. A transfer report compares the labels and the acoustic conditions with the
-model's training corpus. Track embeddings are cached, so a second run decodes nothing. Files that
-cannot be decoded (or are silent or too short) are reported on stderr and left out, and the exit code is 1
-(the report is still written); 2 for usage errors. --out writes every figure as JSON.
-"""
-
-
 @command("eval", help=EVAL_HELP)
 def eval_command(
     corpus: str = typer.Option(..., "--corpus", "-c", help="Corpus kind: gtzan, mtat, msd, folder or csv."),
@@ -487,9 +387,8 @@ def eval_command(
     device: str = typer.Option("auto", "--device", help="Where the audio model runs: auto (a GPU when torch sees one, else the CPU), cpu, cuda or cuda:N."),
     bf16: bool = typer.Option(False, "--bf16", help="As tag --bf16 (a CPU with AMX: ~2x faster embedding; the report says so)."),
 ) -> None:
-    from rich.console import Console
-
     from zstag import evaluate
+    from zstag.cli_run import show_eval
     from zstag.corpora import KINDS
     from zstag.devices import Target
     from zstag.paths import check_distinct
@@ -520,58 +419,10 @@ def eval_command(
             use_cache=not no_cache, max_seconds=max_seconds, device=runs_on, progress=bar,
             outputs={"--out": out, "--plot": plot},  # refused if one would replace an input, before any decoding
         )
-    report = result.report
-    # Files and stderr first, the table last: a reader that closes stdout early (| head) cuts only the table.
-    draw = plot is not None and report["task"] == "classification"
-    if out is not None:
-        _write_or_fail(out, lambda: evaluate.write_report(report, out))
-    if draw:
-        _write_or_fail(plot, lambda: evaluate.plot_confusion(report, plot))
-    if report["corpus"]["left_out"]:
-        typer.echo(f"zstag: {report['corpus']['left_out']}", err=True)
-    for failure in report["tracks"]["failed"]:
-        typer.echo(f"zstag: {failure['error']}", err=True)
-    for warning in report["warnings"]:
-        typer.echo(f"zstag: warning: {warning}", err=True)
-    for note in report["labels"]["likely_typos"]:
-        typer.echo(f"zstag: note: {note}", err=True)
-    if plot is not None and not draw:
-        typer.echo("zstag: warning: --plot draws the confusion matrix of single-label corpora; nothing drawn", err=True)
-    failed = len(report["tracks"]["failed"])
-    typer.echo(f"zstag: evaluated {report['tracks']['evaluated']} of {report['tracks']['selected']} tracks "
-               f"({result.cached} from the cache)" + (f"; {failed} failed" if failed else ""), err=True)
-    if out is not None:
-        typer.echo(f"zstag: report written to {out}", err=True)
-    if draw:
-        typer.echo(f"zstag: confusion matrix written to {plot}", err=True)
-    if sys.stdout is None:  # started with descriptor 1 closed: the table has nowhere to go
-        fail("cannot write the table to stdout: it is closed")
-    try:
-        evaluate.render(report, Console())  # a pipe closed early (| head): rich sends the rest to /dev/null, exit 1
-    except OSError as exc:  # a full disk, an I/O error
-        fail(f"cannot write the table to stdout: {exc.strerror or exc}")
-    if failed:  # as tag: the figures leave those tracks out
-        raise typer.Exit(1)
+    show_eval(result, out, plot)
 
 
 # --- search / similar (search.py) ----------------------------------------------
-
-SEARCH_HELP = """Find the tracks closest to a text query: one label or phrase ("speech", "calm piano").
-
-Without --labels the first argument is the query and the rest are the files and folders to search; with
---labels (several labels: a track scores the mean of its cosines with them) every argument is a path.
-Files not yet embedded are embedded first (the cache is shared with `zstag tag`); without a PATH the
-search covers every file the embedding cache holds for the model. --format m3u8 -o list.m3u8 writes a
-playlist (paths relative to its folder where it holds the tracks).
-"""
-
-
-def _search_options(model, vectors, extensions, limit, fmt, output, workers, no_cache, device, no_progress) -> dict:
-    from zstag.devices import Target
-
-    return dict(model=model, vectors=vectors, extensions=extensions, limit=limit, fmt=fmt, output=output,
-                workers=workers, use_cache=not no_cache, device=Target(device), progress=not no_progress)
-
 
 def _run_search(query, paths, **options) -> None:
     from zstag.cli_run import run_search
@@ -580,17 +431,6 @@ def _run_search(query, paths, **options) -> None:
     _quick_exit = True
     code = run_search(query, paths, **options)
     raise typer.Exit(code)
-
-
-_LIMIT = typer.Option(20, "--limit", "-n", min=1, help="How many tracks to list.")
-_SEARCH_FORMAT = typer.Option("table", "--format", "-f", help="table, json, jsonl, csv or m3u8 (a playlist).")
-_SEARCH_OUTPUT = typer.Option(None, "--output", "-o", help="Write here (atomically) instead of stdout.")
-_SEARCH_MODEL = typer.Option("default", "--model", "-m", help="Model folder, or a name in models/.")
-_SEARCH_EXTENSIONS = typer.Option(None, "--extensions", help="Extensions to take from folders: mp3,wav.")
-_SEARCH_WORKERS = typer.Option(None, "--workers", min=0, help="Decode processes for files not yet embedded (default: all cores).")
-_SEARCH_NO_CACHE = typer.Option(False, "--no-cache", help="Neither read nor write the embedding cache (needs PATHs).")
-_SEARCH_DEVICE = typer.Option("auto", "--device", help="Where the audio model runs: auto, cpu, cuda or cuda:N.")
-_SEARCH_NO_PROGRESS = typer.Option(False, "--no-progress", help="No progress bar.")
 
 
 @command("search", help=SEARCH_HELP)

@@ -150,3 +150,47 @@ def write_stdout(text: str) -> str | None:
             pass
         return getattr(exc, "strerror", None) or str(exc)
     return None
+
+
+def show_eval(result, out, plot) -> None:
+    """`zstag eval`'s output: the report written to --out and the confusion matrix to --plot, the left-out,
+    failed, warning and note lines and the summary on stderr, then the table on stdout; typer.Exit(1)
+    when some track failed (the figures leave it out)."""
+    import typer
+    from rich.console import Console
+
+    from zstag import evaluate
+    from zstag.cli_options import _write_or_fail, fail
+
+    report = result.report
+    # Files and stderr first, the table last: a reader that closes stdout early (| head) cuts only the table.
+    draw = plot is not None and report["task"] == "classification"
+    if out is not None:
+        _write_or_fail(out, lambda: evaluate.write_report(report, out))
+    if draw:
+        _write_or_fail(plot, lambda: evaluate.plot_confusion(report, plot))
+    if report["corpus"]["left_out"]:
+        typer.echo(f"zstag: {report['corpus']['left_out']}", err=True)
+    for failure in report["tracks"]["failed"]:
+        typer.echo(f"zstag: {failure['error']}", err=True)
+    for warning in report["warnings"]:
+        typer.echo(f"zstag: warning: {warning}", err=True)
+    for note in report["labels"]["likely_typos"]:
+        typer.echo(f"zstag: note: {note}", err=True)
+    if plot is not None and not draw:
+        typer.echo("zstag: warning: --plot draws the confusion matrix of single-label corpora; nothing drawn", err=True)
+    failed = len(report["tracks"]["failed"])
+    typer.echo(f"zstag: evaluated {report['tracks']['evaluated']} of {report['tracks']['selected']} tracks "
+               f"({result.cached} from the cache)" + (f"; {failed} failed" if failed else ""), err=True)
+    if out is not None:
+        typer.echo(f"zstag: report written to {out}", err=True)
+    if draw:
+        typer.echo(f"zstag: confusion matrix written to {plot}", err=True)
+    if sys.stdout is None:  # started with descriptor 1 closed: the table has nowhere to go
+        fail("cannot write the table to stdout: it is closed")
+    try:
+        evaluate.render(report, Console())  # a pipe closed early (| head): rich sends the rest to /dev/null, exit 1
+    except OSError as exc:  # a full disk, an I/O error
+        fail(f"cannot write the table to stdout: {exc.strerror or exc}")
+    if failed:  # as tag: the figures leave those tracks out
+        raise typer.Exit(1)
