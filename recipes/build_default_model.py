@@ -222,14 +222,14 @@ def _synonyms() -> dict[str, str]:
     """Ground-truth spellings of teacher tags → the teacher's word ("female vocal" → "female vocals"), so that
     one meaning is one training label."""
     from zstag.teacher import TAG_WORDS
-    from zstag.words import normalise_label
+    from zstag.labels import normalise_label
 
     return {normalise_label(tag): word for mapping in TAG_WORDS.values() for tag, word in mapping.items()
             if normalise_label(tag) != word}
 
 
 def load_tracks(rows_by_set: dict[str, list[dict]]) -> list[TrackData]:
-    from zstag.words import normalise_label
+    from zstag.labels import normalise_label
 
     SYNONYMS = _synonyms()
     out = []

@@ -121,11 +121,10 @@ def _files_and_inputs(model, paths, extensions):
 
 def _results(files, paths, use_cache, workers, offset, max_seconds, device, bf16):
     from zstag.audio import check_span
-    from zstag.devices import check_device
+    from zstag.devices import Target
     from zstag.tagger import track_results
 
     check_span(offset, max_seconds)
-    check_device(device)
     return track_results(files, paths, workers=workers, use_cache=use_cache, offset=offset,
-                         max_seconds=max_seconds, progress=False, device=device, bf16=bf16)
+                         max_seconds=max_seconds, device=Target(device, bf16))
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from zstag.errors import UsageError
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.safetensors"
@@ -31,7 +32,7 @@ MLP_LAYERS = ("0", "3")  # nn.Sequential(Linear, ReLU, Dropout, Linear): the two
 MAX_DENIALS = 4
 
 
-class ModelError(Exception):
+class ModelError(UsageError):
     """A model folder that is missing, incomplete or inconsistent (one-line message)."""
 
 
@@ -142,7 +143,7 @@ def training_spellings(model, labels: list[str]) -> dict[str, tuple[str, str, st
     tag prints it), never a substitution: "blue" is not "blues". The trained map places such pairs far apart
     although their word vectors are close (MODEL_CARD.md: "vocal" and "vocals" have cosine 0.80 in GloVe,
     0.04 in the default model's joint space)."""
-    from zstag.words import NEGATIONS, normalise_label
+    from zstag.labels import NEGATIONS, normalise_label
 
     trained = {normalise_label(label): label for label in train_labels(model.config)}
     sizes = {len(norm.split()) for norm in trained}  # an inflection has as many words as the label
