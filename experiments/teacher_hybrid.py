@@ -20,6 +20,11 @@ Two protocols, 3 training seeds each (recipes/build_default_model.py's folds):
   instruments, the 9 gcompris styles, the dance songs' 5 unseen styles, and rendered instruments (12 common
   instrument words, if their features are cached: `--rendered`).
 
+A first run (models/default/EXPERIMENTS.md) failed the rule below for H K=3: the K nearest teacher words of a word
+that is not one carry little of its meaning (dance styles, held-out teacher words), and mixing them in cost 0.08 of
+zero-shot ROC-AUC. Hence a third variant, "H exact", fixed before its measurement: the hybrid for labels that are
+teacher words, P alone for every other label (both are z-scores, so one argmax over them is coherent); same rule.
+
 Rule fixed before measuring: adopt the hybrid if, on *seen words*, mean hit@1 beats the cosine by >= 0.05 on every
 seed, and on *zero-shot* mean retrieval ROC-AUC is no lower by more than 0.01 and mean hit@1 no lower by more than
 0.02. K = 3 (ConSE's best T on the recipe's dev grid) is fixed; K = 1 is printed for information.
@@ -39,7 +44,7 @@ K_NEAREST = 3
 RENDERED_WORDS = ("piano", "organ", "violin", "cello", "guitar", "flute", "clarinet", "saxophone", "trumpet",
                   "trombone", "drums", "choir")
 RENDERED_PER_WORD = 6
-SCORINGS = ("cosine", "P (z)", "T K=3", "T K=1", "H K=3", "H K=1")
+SCORINGS = ("cosine", "P (z)", "T K=3", "T K=1", "H K=3", "H K=1", "H exact")
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -90,6 +95,8 @@ def label_weights(labels, words, glove, allowed: np.ndarray, k: int) -> np.ndarr
         exact = table.get(normalise_label(label))
         if exact is not None and allowed[index[exact]]:
             out[m, index[exact]] = 1.0
+            continue
+        if k == 0:  # "exact": only teacher words take the teacher path; other labels are P alone
             continue
         s = np.where(allowed, sims[m], -np.inf)
         top = np.argsort(-s, kind="stable")[:k]
@@ -160,6 +167,9 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--sets", default=None, help="comma-separated set names (default: the recipe's adopted sets)")
     args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(1)  # the heads are small: one thread is as fast and never stalls on a busy machine
     glove = WordVectors.load()
     sets = {k: v for k, v in B.find_sets().items() if k not in B.NOT_ADOPTED_SETS}
     if args.sets:
@@ -196,6 +206,7 @@ def main() -> int:
                     w = label_weights(s["labels"], words, glove, allowed, k)
                     scored[f"T K={k}"] = ref.score("T", emb, lg, lab, w)
                     scored[f"H K={k}"] = ref.score("H", emb, lg, lab, w)
+                scored["H exact"] = ref.score("H", emb, lg, lab, label_weights(s["labels"], words, glove, allowed, 0))
                 for kind, sc in scored.items():
                     results[protocol].setdefault(kind, {}).setdefault(name, []).append(B.figures(sc, s["truth"]))
     for protocol, table in results.items():

@@ -69,6 +69,9 @@ def test_teacher_weights_take_a_teacher_word_or_tag_spelling_whole_and_else_the_
     assert w[1].tolist() == [0, 0, 0, 1]
     # "heavy" is no teacher word: its two nearest (rock, metal) by cosine, weights ∝ cosine, summing to 1
     assert w[2, 1] == 0 and w[2, 3] == 0 and w[2, 0] > 0 and w[2, 2] > 0 and abs(w[2].sum() - 1) < 1e-12
+    # k_nearest 0: a label that is no teacher word has no teacher path at all
+    only = {"scores": {**config["scores"], "k_nearest": 0}}
+    assert scoring.teacher_weights(only, _Words(), ["heavy", "rock"]).tolist() == [[0, 0, 0, 0], [0, 0, 1, 0]]
     # a tag spelling ("singing" is one of MTT's tags for vocals) counts as the word itself
     assert scoring.teacher_spellings(config)["singing"] == "vocals"
 

@@ -74,7 +74,8 @@ def teacher_spellings(config: dict) -> dict[str, str]:
 
 
 def teacher_weights(config: dict, words, labels: list[str]) -> np.ndarray:
-    """[M, K]: each label's weights over the teacher words (rows sum to 1)."""
+    """[M, K]: each label's weights over the teacher words (rows sum to 1; all zero for a label that is no
+    teacher word when ``k_nearest`` is 0)."""
     from zstag.words import normalise_label
 
     spec = config["scores"]
@@ -88,6 +89,8 @@ def teacher_weights(config: dict, words, labels: list[str]) -> np.ndarray:
         exact = table.get(normalise_label(label))
         if exact is not None:
             out[m, index[exact]] = 1.0
+            continue
+        if k == 0:  # only teacher words take the teacher path; this label is scored by the joint space alone
             continue
         top = np.argsort(-sims[m], kind="stable")[:k]
         w = np.clip(sims[m, top], 0.0, None)
