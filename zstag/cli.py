@@ -400,6 +400,13 @@ to stderr, one line each; exit code 1 if any file failed, 2 for usage errors.
 """
 
 
+# Not min=: a bad value is tag's one-line usage error (tagger.check_sampling), as for --threshold.
+_SAMPLE_SECONDS = typer.Option(
+    None, "--sample-seconds", metavar="N",
+    help="Analyse only ~N s per file: whole ~3 s segments at evenly spread places (faster, a little less exact; "
+         "deterministic, cached apart). Files no longer than N: whole.")
+
+
 @app.command("tag", help=TAG_HELP)
 def tag_command(
     paths: List[str] = typer.Argument(..., metavar="PATH", help="Audio files and/or folders (searched recursively)."),
@@ -430,6 +437,7 @@ def tag_command(
         False, "--bf16",
         help="On a CPU with native bfloat16 products (AMX): ~2x faster embedding, scores within ~0.01 of float32; cached apart.",
     ),
+    sample_seconds: Optional[float] = _SAMPLE_SECONDS,
     write_tags: bool = typer.Option(
         False, "--write-tags",
         help="Also write each file's chosen labels into its tags (field ZSTAG, best first; ZSTAG_MODEL: the model id). "
@@ -450,7 +458,7 @@ def tag_command(
             paths, labels=labels, labels_file=labels_file, model=model, vectors=vectors, extensions=extensions,
             single=single, top_k=top_k, threshold=threshold, fmt=fmt, output=output, workers=workers,
             use_cache=not no_cache, offset=offset, max_seconds=max_seconds, device=device, bf16=bf16,
-            write_tags=write_tags, tag_field=tag_field, append=append, dry_run=dry_run,
+            sample_seconds=sample_seconds, write_tags=write_tags, tag_field=tag_field, append=append, dry_run=dry_run,
         )
     except tagger.TagUsageError as exc:
         fail(str(exc), 2)
@@ -586,9 +594,11 @@ playlist (paths relative to its folder where it holds the tracks).
 """
 
 
-def _search_options(model, vectors, extensions, limit, fmt, output, workers, no_cache, device, no_progress) -> dict:
+def _search_options(model, vectors, extensions, limit, fmt, output, workers, no_cache, device, no_progress,
+                    sample_seconds) -> dict:
     return dict(model=model, vectors=vectors, extensions=extensions, limit=limit, fmt=fmt, output=output,
-                workers=workers, use_cache=not no_cache, device=device, progress=not no_progress)
+                workers=workers, use_cache=not no_cache, device=device, progress=not no_progress,
+                sample_seconds=sample_seconds)
 
 
 def _run_search(query, paths, **options) -> None:
@@ -625,6 +635,7 @@ def search_command(
     limit: int = _LIMIT, fmt: str = _SEARCH_FORMAT, output: Optional[str] = _SEARCH_OUTPUT, model: str = _SEARCH_MODEL,
     extensions: Optional[str] = _SEARCH_EXTENSIONS, workers: Optional[int] = _SEARCH_WORKERS,
     no_cache: bool = _SEARCH_NO_CACHE, device: str = _SEARCH_DEVICE, no_progress: bool = _SEARCH_NO_PROGRESS,
+    sample_seconds: Optional[float] = _SAMPLE_SECONDS,
 ) -> None:
     args = list(args or [])
     query = None
@@ -632,7 +643,8 @@ def search_command(
         if not args:
             fail("give a QUERY (or --labels)", 2)
         query, args = args[0], args[1:]
-    options = _search_options(model, vectors, extensions, limit, fmt, output, workers, no_cache, device, no_progress)
+    options = _search_options(model, vectors, extensions, limit, fmt, output, workers, no_cache, device, no_progress,
+                              sample_seconds)
     _run_search(query, args, labels=labels, labels_file=labels_file, **options)
 
 
@@ -643,9 +655,11 @@ def similar_command(
     limit: int = _LIMIT, fmt: str = _SEARCH_FORMAT, output: Optional[str] = _SEARCH_OUTPUT, model: str = _SEARCH_MODEL,
     extensions: Optional[str] = _SEARCH_EXTENSIONS, workers: Optional[int] = _SEARCH_WORKERS,
     no_cache: bool = _SEARCH_NO_CACHE, device: str = _SEARCH_DEVICE, no_progress: bool = _SEARCH_NO_PROGRESS,
+    sample_seconds: Optional[float] = _SAMPLE_SECONDS,
 ) -> None:
     """The tracks nearest to FILE in the joint space ("more like this"), best first; FILE itself left out."""
-    options = _search_options(model, None, extensions, limit, fmt, output, workers, no_cache, device, no_progress)
+    options = _search_options(model, None, extensions, limit, fmt, output, workers, no_cache, device, no_progress,
+                              sample_seconds)
     _run_search(None, list(paths or []), similar_to=file, **options)
 
 

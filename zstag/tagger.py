@@ -274,6 +274,7 @@ def run(
     progress: bool = True,
     device: str = "cpu",
     bf16: bool = False,
+    sample_seconds: float | None = None,
     write_tags: bool = False,
     tag_field: str = "zstag",
     append: bool = False,
@@ -288,7 +289,7 @@ def run(
     row is written (see TagUsageError for when). Torch is imported only if some file is not in the
     embedding cache (or with use_cache=False). device: where the audio model runs (devices.DEVICE_HELP),
     checked only if some file must be embedded; so is bf16 (embeddings.embed_files), which has its own
-    cache rows.
+    cache rows. sample_seconds: only that much audio per file, in windows spread over it (sampling.py).
     """
     from zstag import modelfile
     from zstag.audio import check_span
@@ -302,6 +303,7 @@ def run(
         raise TagUsageError(str(exc)) from None
     except ValueError as exc:
         raise TagUsageError(f"--offset / --max-seconds: {exc}") from None
+    check_sampling(sample_seconds)
     if fmt not in FORMATS:
         raise TagUsageError(f"unknown format {fmt!r} (choose from {', '.join(FORMATS)})")
     if single and top_k is not None:
@@ -342,7 +344,8 @@ def run(
 
         digests = dict(zip(found.files, file_digests(found.files, workers=workers, use_cache=use_cache)))
     results = track_results(files, found.files, workers=workers, use_cache=use_cache, offset=offset,
-                            max_seconds=max_seconds, progress=progress, device=device, bf16=bf16)
+                            max_seconds=max_seconds, progress=progress, device=device, bf16=bf16,
+                            sample_seconds=sample_seconds)
     good = [r for r in results if r.ok]
     for r in results:
         if not r.ok:
@@ -428,7 +431,7 @@ def check_tag_output(output: str, found: Found, labels_file, vectors, model_fold
 
 def track_results(files, paths: list[str], *, workers: int | None = None, use_cache: bool = True,
                   offset: float = 0.0, max_seconds: float | None = None, progress: bool = True,
-                  device: str = "cpu", bf16: bool = False) -> list:
+                  device: str = "cpu", bf16: bool = False, sample_seconds: float | None = None) -> list:
     """A TrackResult per path, in order: all from the embedding cache when every file is there (no torch,
     no decoding); otherwise the model is built (torch) and ``embed_files`` embeds only the misses (their
     digests are remembered, not hashed again) on device. The device is checked and the model built on a
@@ -443,7 +446,7 @@ def track_results(files, paths: list[str], *, workers: int | None = None, use_ca
     cache = EmbeddingCache.open_default() if use_cache else None
     try:
         if cache is not None:
-            results = cached_results(cache_id(files.model_id, bf16), paths, offset=offset, max_seconds=max_seconds, workers=workers,
+            results = cached_results(cache_id(files.model_id, bf16, sample_seconds), paths, offset=offset, max_seconds=max_seconds, workers=workers,
                                      cache=cache)
         else:
             results = [None] * len(paths)
@@ -457,7 +460,7 @@ def track_results(files, paths: list[str], *, workers: int | None = None, use_ca
         try:
             embedded = embed_files(net, [paths[i] for i in missing], workers=workers, use_cache=cache is not None,
                                    cache=cache, offset=offset, max_seconds=max_seconds, progress=progress,
-                                   device=device, bf16=bf16)
+                                   device=device, bf16=bf16, sample_seconds=sample_seconds)
         except (DeviceError, ModelError) as exc:
             raise TagUsageError(str(exc)) from None
         for i, result in zip(missing, embedded):
@@ -466,6 +469,16 @@ def track_results(files, paths: list[str], *, workers: int | None = None, use_ca
     finally:
         if cache is not None:
             cache.close()
+
+
+def check_sampling(sample_seconds: float | None) -> None:
+    """TagUsageError unless --sample-seconds is absent or a finite number of seconds > 0 (sampling.py)."""
+    from zstag.sampling import check_sample_seconds
+
+    try:
+        check_sample_seconds(sample_seconds)
+    except ValueError as exc:
+        raise TagUsageError(f"--sample-seconds: {exc}") from None
 
 
 def _front_end(files):
