@@ -241,13 +241,13 @@ def _decode_stages(paths: list[str], fe_dict: dict, sample_seconds: float | None
     """In a decode worker (the pool tag uses: the same memory and thread settings): CPU ms per file of
     each stage of decode_file, and the segments for timing the embedding. sample_seconds: decode_file's
     whole work on the sampled windows is one stage (SAMPLED), beside the floor's whole-file decode."""
-    from zstag import acoustics, audio, sampling, workers
+    from zstag import acoustics, audio, windows, workers
 
     fe, stages = audio.FrontEnd.from_dict(fe_dict), {}
     workers.decode_file(paths[0], fe_dict, sample_seconds=sample_seconds)  # warm-up: the mel filterbank, first-call costs
     decoded = _timed(stages, "decode + resample", lambda f: audio.decode_audio(f, fe.sample_rate), paths)
     if sample_seconds is not None:
-        sampled = _timed(stages, SAMPLED, lambda f: sampling.analyse_sampled(f, fe, sample_seconds), paths)
+        sampled = _timed(stages, SAMPLED, lambda f: windows.analyse_sampled(f, fe, sample_seconds), paths)
         return stages, [segments for segments, _ in sampled]
     mels = _timed(stages, "log-mel", lambda d: audio.log_mel(d.samples, fe), decoded)
     _timed(stages, "statistics",
@@ -298,11 +298,11 @@ def cpu_text(stages: dict[str, float]) -> str:
 
 def tag_in_process(folder: Path, model: str, labels: list[str], workers: int, out: Path, device: str,
                    bf16: bool = False, sample_seconds: float | None = None) -> float:
-    from zstag import tagger
+    from zstag.cli_run import run_tag
 
     start = time.perf_counter()
-    code = tagger.run([str(folder)], labels=[",".join(labels)], model=model, fmt="jsonl", output=str(out),
-                      workers=workers, progress=False, device=device, bf16=bf16, sample_seconds=sample_seconds)
+    code = run_tag([str(folder)], labels=[",".join(labels)], model=model, fmt="jsonl", output=str(out),
+                   workers=workers, progress=False, device=device, bf16=bf16, sample_seconds=sample_seconds)
     elapsed = time.perf_counter() - start
     if code != 0:
         raise SystemExit(f"tag exited with {code}")
@@ -336,13 +336,13 @@ def _import_seconds(modules: str) -> float:
 def seed_cache(scratch: Path, model: str, device: str, bf16: bool = False) -> Path:
     """A cache folder holding what any machine has after its first run (the vocabulary list, the mel
     filterbank) but no track embeddings: "cold" below means a cold embedding cache, not a new machine."""
-    from zstag import tagger
+    from zstag.cli_run import run_tag
 
     seed = scratch / "cache-seed"
     os.environ["ZSTAG_CACHE_DIR"] = str(seed)
     write_mp3(scratch / "warm-up.mp3", 3.0, seed=12345)
-    tagger.run([str(scratch / "warm-up.mp3")], labels=["rock"], model=model, fmt="jsonl",
-               output=str(scratch / "warm-up.jsonl"), workers=0, progress=False, device=device, bf16=bf16)
+    run_tag([str(scratch / "warm-up.mp3")], labels=["rock"], model=model, fmt="jsonl",
+            output=str(scratch / "warm-up.jsonl"), workers=0, progress=False, device=device, bf16=bf16)
     (seed / "embeddings.sqlite").unlink()
     return seed
 

@@ -42,7 +42,7 @@ from torch.nn import functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from zstag import audio, modelfile, sampling  # noqa: E402
+from zstag import audio, modelfile, windows  # noqa: E402
 from zstag.backbones import musicnn  # noqa: E402
 from zstag.model import load_model  # noqa: E402
 from zstag.words import load_words  # noqa: E402
@@ -223,7 +223,7 @@ def main() -> None:
     labels = modelfile.train_labels(files.config)
     label_emb = modelfile.label_embeddings(files, load_words(files), labels)
     paths = clips()
-    tracks = [sampling.analyse_sampled(p, audio.MUSICNN, CLIP_SECONDS)[0] for p in paths]
+    tracks = [windows.analyse_sampled(p, audio.MUSICNN, CLIP_SECONDS)[0] for p in paths]
     print(f"{len(paths)} clips ({sum(len(t) for t in tracks)} patches), {len(labels)} labels; torch {torch.__version__}, "
           f"CPU capability {torch.backends.cpu.get_cpu_capability()}, quantized engine {torch.backends.quantized.engine}")
 

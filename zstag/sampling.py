@@ -1,119 +1,66 @@
-"""--sample-seconds: a track analysed from a few windows spread evenly over it instead of whole.
-
-    segments, stats = analyse_sampled("a.flac", MUSICNN, sample_seconds=15)   # 5 segments of ~3 s
-
-The model's cost grows with the number of segments it sees, so analysing N seconds of a longer track
-costs ~N / duration of the whole-track run. The windows are model segments (fe.segment_frames frames):
-k = floor(N / segment length), at least one, each centred at one of k evenly spaced points of the span
-analysed (the whole file, or --offset / --max-seconds' part of it): centre i at (i + ½) · span / k. The
-positions depend only on the span's length, so the same bytes always give the same segments. A span no
-longer than N (or than one segment) is analysed whole, as without sampling. Each window is decoded on
-its own with MARGIN_FRAMES of audio either side, so its frames see real audio (not the STFT's zero
-padding nor the resampler's first samples); they differ from the whole track's frames at the same place
-only by the decoder's and resampler's restart (≤ ~0.03 in log-mel on the project's ogg clips).
-
-Where libsndfile reads the file and the header gives its length, only the windows are decoded
-(seeking: ~k · 3 s of audio instead of the whole file); otherwise (ffmpeg's formats, an unknown length)
-the span is decoded and analysed whole, and the windows' frames taken from its features.
+"""Training samples, as Choi et al. (ISMIR 2019): the tracks of a partition with their seen positive and
+negative labels (TrackSet), an epoch's seeded plan of (track, positive, negatives, crop start)
+(sample_plan), and the crops it names read from the feature cache (CropDataset).
 """
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
+import torch
 
-from zstag import audio
-from zstag.acoustics import analyse_file, file_stats
+from zstag.features import FeatureCache
 
-MARGIN_FRAMES = 8  # hops of context decoded either side of a window (≥ n_fft / 2 / hop for both front ends)
+class TrackSet:
+    """Tracks of one partition with their positives among the training labels (index arrays)."""
 
+    def __init__(self, cache: FeatureCache, track_ids: list[str], labels: list[str]):
+        position = {label: i for i, label in enumerate(labels)}
+        self.ids, self.positives, self.negatives, self.n_frames = [], [], [], []
+        for track_id in track_ids:
+            entry = cache.by_id.get(track_id)
+            if entry is None:
+                continue  # failed in preprocess: listed in the cache's failures.csv
+            positive = sorted({position[l] for l in entry.labels if l in position})
+            negative = sorted(set(range(len(labels))) - set(positive))
+            if not positive or not negative:
+                continue
+            self.ids.append(track_id)
+            self.positives.append(np.asarray(positive))
+            self.negatives.append(np.asarray(negative))
+            self.n_frames.append(entry.n_frames)
+        self.n_frames = np.asarray(self.n_frames, dtype=np.int64)
 
-def check_sample_seconds(value: float | None) -> None:
-    """ValueError unless value is None (whole tracks) or a finite number of seconds > 0."""
-    if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-        raise ValueError(f"need a finite number of seconds > 0 (got {value})")
-
-
-def window_count(sample_seconds: float, fe: audio.FrontEnd) -> int:
-    """How many model segments N seconds buys: whole segments, never more than N, at least one."""
-    # The small slack: N = 3 · segment length typed in decimal still buys three segments.
-    return max(1, math.floor(sample_seconds / fe.segment_seconds + 1e-9))
-
-
-def window_starts(span_frames: int, sample_seconds: float, fe: audio.FrontEnd) -> list[int] | None:
-    """The windows' first frames (hops of fe from the span's start), or None: analyse the span whole (no
-    longer than N, or than the windows themselves)."""
-    k, size = window_count(sample_seconds, fe), fe.segment_frames
-    if span_frames * fe.hop_length <= sample_seconds * fe.sample_rate or span_frames <= k * size:
-        return None
-    # Centres at (i + ½)·span/k: windows never overlap (span/k > size) and lie inside the span.
-    return [(2 * i + 1) * span_frames // (2 * k) - size // 2 for i in range(k)]
-
-
-def analyse_sampled(path, fe: audio.FrontEnd, sample_seconds: float, offset: float = 0.0,
-                    duration: float | None = None) -> tuple[np.ndarray, dict]:
-    """(segments float32 [k, n_mels, segment_frames], acoustics.file_stats) of the sampled windows, or of the
-    whole span when it is no longer than sample_seconds. Raises audio.AudioError / ContentError as
-    analyse_file does. Statistics: of the windows' audio where only they were decoded, else of the span."""
-    check_sample_seconds(sample_seconds)
-    audio.check_span(offset, duration)
-    probe = _probe(path)
-    if probe is not None:
-        rate, frames = probe
-        start = round(offset * rate)
-        span = min(frames - start, frames if duration is None else round(duration * rate))
-        starts = window_starts(span * fe.sample_rate // (rate * fe.hop_length), sample_seconds, fe)
-        if span > 0 and starts is not None:  # else: whole, or past the end (analyse_file says so)
-            return _from_windows(path, fe, [_decode_window(path, fe, offset, s) for s in starts], rate, frames / rate)
-    mel, stats = analyse_file(path, fe, offset=offset, duration=duration)
-    starts = window_starts(mel.shape[1] - 1, sample_seconds, fe)  # frames = 1 + samples // hop
-    if starts is None:
-        return audio.segment(mel, fe), stats
-    return np.stack([mel[:, s: s + fe.segment_frames] for s in starts]), stats
+    def __len__(self) -> int:
+        return len(self.ids)
 
 
-def _probe(path) -> tuple[int, int] | None:
-    """(native rate, frames the header declares) where libsndfile reads the file, seeks in it and knows its
-    length; None otherwise (ffmpeg's formats, streams of unknown length, unreadable or not audio: the
-    whole-span decode handles, or reports, those)."""
-    import soundfile as sf
-
-    if str(path).lower().endswith(tuple(audio.FFMPEG_EXTENSIONS)):
-        return None
-    try:
-        with open(path, "rb") as handle, sf.SoundFile(handle.fileno(), closefd=False) as f:
-            if not f.seekable():
-                return None
-            # The declared length, not the frames present: a WAV cut short fails as it does whole.
-            frames = audio._declared_frames(Path(path), f.format, f.frames)
-            return (f.samplerate, frames) if frames > 0 else None
-    except (OSError, RuntimeError, sf.LibsndfileError):
-        return None
+def sample_plan(tracks: TrackSet, rng: np.random.Generator, n_samples: int, negatives: int, frames: int) -> dict:
+    """n_samples (track, positive, k negatives, crop start); tracks in shuffled passes of the whole set."""
+    passes = math.ceil(n_samples / len(tracks))
+    order = np.concatenate([rng.permutation(len(tracks)) for _ in range(passes)])[:n_samples]
+    u_pos, u_neg, u_start = rng.random(n_samples), rng.random((n_samples, negatives)), rng.random(n_samples)
+    positive = np.empty(n_samples, dtype=np.int64)
+    negative = np.empty((n_samples, negatives), dtype=np.int64)
+    for i, t in enumerate(order):
+        pos, neg = tracks.positives[t], tracks.negatives[t]
+        positive[i] = pos[int(u_pos[i] * len(pos))]
+        negative[i] = neg[(u_neg[i] * len(neg)).astype(np.int64)]
+    room = np.maximum(tracks.n_frames[order] - frames + 1, 1)
+    start = (u_start * room).astype(np.int64)
+    return {"track": order, "positive": positive, "negatives": negative, "start": start}
 
 
-def _decode_window(path, fe: audio.FrontEnd, offset: float, start: int) -> tuple[int, np.ndarray]:
-    """(margin frames before the window, samples) of the window starting `start` frames into the span."""
-    before = min(MARGIN_FRAMES, start)
-    first = (start - before) * fe.hop_length
-    length = (before + fe.segment_frames + MARGIN_FRAMES) * fe.hop_length
-    samples = audio.decode_audio(path, fe.sample_rate, offset + first / fe.sample_rate,
-                                 length / fe.sample_rate).samples
-    return before, samples
+class CropDataset(torch.utils.data.Dataset):
+    """Sample i of a plan → (log-mel crop float32 [n_mels, frames], positive index, negative indices)."""
 
+    def __init__(self, cache: FeatureCache, tracks: TrackSet, plan: dict, frames: int):
+        self.cache, self.ids, self.plan, self.frames = cache, tracks.ids, plan, frames
 
-def _from_windows(path, fe: audio.FrontEnd, windows, native_rate, seconds) -> tuple[np.ndarray, dict]:
-    """Each window's segment, and statistics of the windows' audio (without the margins)."""
-    size = fe.segment_frames * fe.hop_length
-    heard = np.concatenate([samples[before * fe.hop_length: before * fe.hop_length + size]
-                            for before, samples in windows])
-    audio.check_content(path, heard, fe.sample_rate, span=True)
-    segments = np.empty((len(windows), fe.n_mels, fe.segment_frames), np.float32)
-    for i, (before, samples) in enumerate(windows):
-        mel = audio.log_mel(samples, fe)
-        if not np.isfinite(mel).all():
-            raise audio.ContentError(f"{path}: NaN or infinite samples in the audio")
-        first = min(before, max(0, mel.shape[1] - fe.segment_frames))  # a window cut short by the file's end
-        segments[i] = audio.segment(mel[:, first:first + fe.segment_frames], fe)[0]
-    return segments, file_stats(heard, fe.sample_rate, native_rate, seconds)
+    def __len__(self) -> int:
+        return len(self.plan["track"])
+
+    def __getitem__(self, i: int):
+        crop = self.cache.crop(self.ids[self.plan["track"][i]], int(self.plan["start"][i]), self.frames)
+        return torch.from_numpy(crop), int(self.plan["positive"][i]), torch.from_numpy(self.plan["negatives"][i])

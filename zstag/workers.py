@@ -29,7 +29,7 @@ from concurrent.futures.process import BrokenProcessPool, ProcessPoolExecutor
 
 import numpy as np
 
-from zstag import audio, sampling
+from zstag import audio, windows
 from zstag.acoustics import analyse_file, error_cause, error_line, failure_line
 
 IN_FLIGHT_PER_WORKER = 2  # decoded tracks waiting per worker: keeps workers busy, bounds memory
@@ -70,11 +70,11 @@ def decode_file(path: str, fe_dict: dict, offset: float = 0.0, max_seconds: floa
                 sample_seconds: float | None = None):
     """(segments [n_seg, n_mels, T] float32, stats dict), or a one-line error string naming the file: a
     ContentFailure when the file's bytes are to blame (audio.ContentError). sample_seconds: only that much
-    of the span, in windows spread over it (sampling.py)."""
+    of the span, in windows spread over it (windows.py)."""
     try:
         fe = audio.FrontEnd.from_dict(fe_dict)
         if sample_seconds is not None:
-            segments, stats = sampling.analyse_sampled(path, fe, sample_seconds, offset, max_seconds)
+            segments, stats = windows.analyse_sampled(path, fe, sample_seconds, offset, max_seconds)
             return np.ascontiguousarray(segments, dtype=np.float32), stats
         mel, stats = analyse_file(path, fe, offset=offset, duration=max_seconds)
         return np.ascontiguousarray(audio.segment(mel, fe), dtype=np.float32), stats

@@ -1,4 +1,4 @@
-"""--sample-seconds (zstag/sampling.py): windows spread over a track, through tag, search, similar and the API."""
+"""--sample-seconds (zstag/windows.py): windows spread over a track, through tag, search, similar and the API."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ import pytest
 from typer.testing import CliRunner
 
 import zstag
-from zstag import embedcache, sampling, workers
+from zstag import embedcache, windows, workers
 from zstag.audio import PAPER
 from zstag.cli import app
+from zstag.errors import UsageError
 
 from test_tag import write_music
 
@@ -44,36 +45,36 @@ def tag_scores(path, model_dir, *extra) -> tuple[dict[str, float], str]:
 
 def test_windows_are_whole_segments_evenly_spread_inside_the_span():
     size = PAPER.segment_frames
-    starts = sampling.window_starts(1000, 10.0, PAPER)  # 10 s buys 3 segments of ~3.02 s
-    assert len(starts) == sampling.window_count(10.0, PAPER) == 3
+    starts = windows.window_starts(1000, 10.0, PAPER)  # 10 s buys 3 segments of ~3.02 s
+    assert len(starts) == windows.window_count(10.0, PAPER) == 3
     centres = [s + size // 2 for s in starts]
     assert centres == [1000 // 6, 3 * 1000 // 6, 5 * 1000 // 6]  # (i + ½) · span / k
     assert starts[0] >= 0 and starts[-1] + size <= 1000
     assert all(b - a >= size for a, b in zip(starts, starts[1:]))  # never overlapping
-    assert sampling.window_count(0.5, PAPER) == 1  # less than a segment: one segment
-    assert sampling.window_count(3 * PAPER.segment_seconds, PAPER) == 3  # exactly three in decimal
+    assert windows.window_count(0.5, PAPER) == 1  # less than a segment: one segment
+    assert windows.window_count(3 * PAPER.segment_seconds, PAPER) == 3  # exactly three in decimal
     # A span no longer than N (or than its windows) is analysed whole.
     n_frames = math.floor(10.0 * PAPER.sample_rate / PAPER.hop_length)
-    assert sampling.window_starts(n_frames, 10.0, PAPER) is None
-    assert sampling.window_starts(size, 0.5, PAPER) is None
+    assert windows.window_starts(n_frames, 10.0, PAPER) is None
+    assert windows.window_starts(size, 0.5, PAPER) is None
 
 
 def test_seeking_to_the_windows_gives_the_whole_tracks_frames(long_track, monkeypatch):
     """Decoded window by window (seeking), the segments are the whole track's frames at the same places;
     decoded whole (the path for ffmpeg's formats), they are those frames exactly."""
     fe = PAPER
-    mel, _ = sampling.analyse_file(long_track, fe)
-    starts = sampling.window_starts(mel.shape[1] - 1, 10.0, fe)
+    mel, _ = windows.analyse_file(long_track, fe)
+    starts = windows.window_starts(mel.shape[1] - 1, 10.0, fe)
     expected = np.stack([mel[:, s:s + fe.segment_frames] for s in starts])
-    sought, stats = sampling.analyse_sampled(long_track, fe, 10.0)
+    sought, stats = windows.analyse_sampled(long_track, fe, 10.0)
     assert sought.shape == (3, fe.n_mels, fe.segment_frames) and stats["duration_s"] == pytest.approx(30.0)
     # Same samples (a 22,050 Hz file, no resampler); only the mel GEMM may sum in another order: each mel value's
     # relative error ≤ n·u with n = n_fft/2 + 1 terms, u = 2^-24; log10(1 + g·x) turns that into ≤ n·u / ln 10
     # absolute, then / std. Twice that for the two sides.
     bound = 2 * (fe.n_fft // 2 + 1) * 2.0 ** -24 / (math.log(10) * fe.std)
     np.testing.assert_allclose(sought, expected, rtol=0, atol=bound)
-    monkeypatch.setattr(sampling, "_probe", lambda path: None)  # as for a file only ffmpeg reads
-    cut, _ = sampling.analyse_sampled(long_track, fe, 10.0)
+    monkeypatch.setattr(windows, "_probe", lambda path: None)  # as for a file only ffmpeg reads
+    cut, _ = windows.analyse_sampled(long_track, fe, 10.0)
     np.testing.assert_array_equal(cut, expected)
 
 
@@ -150,8 +151,9 @@ def test_a_bad_sample_length_is_a_one_line_usage_error(value, tmp_path, tiny_mod
         assert result.exit_code == 2 and result.stdout == "", (args, result.stderr)
         (line,) = result.stderr.strip().splitlines()
         assert line == f"zstag: error: --sample-seconds: need a finite number of seconds > 0 (got {float(value)})"
-    with pytest.raises(ValueError, match="seconds > 0"):
+    with pytest.raises(ValueError, match="seconds > 0") as raised:  # the API: as a bad span, a ValueError
         zstag.tag(tmp_path, "rock", tiny_model_dir, sample_seconds=float(value))
+    assert isinstance(raised.value, UsageError)
 
 
 def test_search_and_similar_never_mix_sampled_and_whole_embeddings(tmp_path, tiny_model_dir):
