@@ -4,6 +4,7 @@
     python benchmarks/tag_throughput.py --n 50 --folder ~/bench --model default
     python benchmarks/tag_throughput.py --n 60 --model default --device cuda   # the model on a GPU
     python benchmarks/tag_throughput.py --n 20 --model default --bf16          # bfloat16 products on a CPU
+    python benchmarks/tag_throughput.py --n 20 --model default --sample-seconds 15   # as tag --sample-seconds
 
 Prints, in one run:
 - CPU time per file on one thread, stage by stage (decode + resample, log-mel, statistics and segments
@@ -46,6 +47,7 @@ SAMPLE_EVERY_S = 0.05  # memory sampler period
 ROUNDS = 3  # floor and cold-tag timings, alternately; the minimum of each counts
 CPU_REPEATS = 3  # per-stage CPU timings: the minimum over repeats counts
 CPU_FILES = 20  # files for the per-stage CPU timings
+SAMPLED = "sampled decode + features"  # the stage of --sample-seconds: decode_file on the windows only
 
 
 # --- synthetic music ------------------------------------------------------------------------------
@@ -235,14 +237,18 @@ def _timed(stages: dict, name: str, function, inputs: list) -> list:
     return outputs
 
 
-def _decode_stages(paths: list[str], fe_dict: dict) -> tuple[dict, list]:
+def _decode_stages(paths: list[str], fe_dict: dict, sample_seconds: float | None = None) -> tuple[dict, list]:
     """In a decode worker (the pool tag uses: the same memory and thread settings): CPU ms per file of
-    each stage of decode_file, and the segments for timing the embedding."""
-    from zstag import acoustics, audio, workers
+    each stage of decode_file, and the segments for timing the embedding. sample_seconds: decode_file's
+    whole work on the sampled windows is one stage (SAMPLED), beside the floor's whole-file decode."""
+    from zstag import acoustics, audio, windows, workers
 
     fe, stages = audio.FrontEnd.from_dict(fe_dict), {}
-    workers.decode_file(paths[0], fe_dict)  # warm-up: the mel filterbank, first-call costs
+    workers.decode_file(paths[0], fe_dict, sample_seconds=sample_seconds)  # warm-up: the mel filterbank, first-call costs
     decoded = _timed(stages, "decode + resample", lambda f: audio.decode_audio(f, fe.sample_rate), paths)
+    if sample_seconds is not None:
+        sampled = _timed(stages, SAMPLED, lambda f: windows.analyse_sampled(f, fe, sample_seconds), paths)
+        return stages, [segments for segments, _ in sampled]
     mels = _timed(stages, "log-mel", lambda d: audio.log_mel(d.samples, fe), decoded)
     _timed(stages, "statistics",
            lambda d: acoustics.file_stats(d.samples, fe.sample_rate, d.native_rate, d.native_seconds or 0.0), decoded)
@@ -250,7 +256,8 @@ def _decode_stages(paths: list[str], fe_dict: dict) -> tuple[dict, list]:
     return stages, segments
 
 
-def stage_cpu_ms(files: list[Path], model: str, device: str, bf16: bool = False) -> tuple[dict[str, float], int]:
+def stage_cpu_ms(files: list[Path], model: str, device: str, bf16: bool = False,
+                 sample_seconds: float | None = None) -> tuple[dict[str, float], int]:
     """CPU ms per file on one thread, per stage of what tag does to a file: the decode side in a decode
     worker, hashing and embedding in this process, as tag runs them. "decode + resample" is the floor's
     work, the rest is what tag adds (not counted: moving segments between processes, scheduling). On a
@@ -264,7 +271,8 @@ def stage_cpu_ms(files: list[Path], model: str, device: str, bf16: bool = False)
     net = load_model(model).to(pick_device(device))
     pool = decoder_pool(1)
     try:
-        stages, segments = pool.submit(_decode_stages, [str(f) for f in files], net.front_end.to_dict()).result()
+        stages, segments = pool.submit(_decode_stages, [str(f) for f in files], net.front_end.to_dict(),
+                                       sample_seconds).result()
     finally:
         pool.shutdown()
     with inference_threads(), deterministic_cuda(), cpu_bfloat16() if bf16 else contextlib.nullcontext():
@@ -274,22 +282,27 @@ def stage_cpu_ms(files: list[Path], model: str, device: str, bf16: bool = False)
     return stages, net.front_end.sample_rate
 
 
+def tag_work_ms(stages: dict[str, float]) -> float:
+    """CPU ms of all tag work per file: every stage, less the whole-file decode where tag samples windows."""
+    return sum(stages.values()) - (stages["decode + resample"] if SAMPLED in stages else 0.0)
+
+
 def cpu_text(stages: dict[str, float]) -> str:
     floor = stages["decode + resample"]
     added = {k: v for k, v in stages.items() if k != "decode + resample"}
-    total = floor + sum(added.values())
+    total = tag_work_ms(stages)
     parts = ", ".join(f"{k} {v:.1f}" for k, v in added.items())
     return (f"CPU ms per file, one thread: decode + resample {floor:.1f}; tag adds {parts}; "
             f"all tag work {total:.1f} ms ({total / floor:.2f}× the floor's)")
 
 
 def tag_in_process(folder: Path, model: str, labels: list[str], workers: int, out: Path, device: str,
-                   bf16: bool = False) -> float:
+                   bf16: bool = False, sample_seconds: float | None = None) -> float:
     from zstag.cli_run import run_tag
 
     start = time.perf_counter()
     code = run_tag([str(folder)], labels=[",".join(labels)], model=model, fmt="jsonl", output=str(out),
-                    workers=workers, progress=False, device=device, bf16=bf16)
+                   workers=workers, progress=False, device=device, bf16=bf16, sample_seconds=sample_seconds)
     elapsed = time.perf_counter() - start
     if code != 0:
         raise SystemExit(f"tag exited with {code}")
@@ -297,11 +310,12 @@ def tag_in_process(folder: Path, model: str, labels: list[str], workers: int, ou
 
 
 def tag_cli(inputs: list[str], model: str, labels: list[str], workers: int, cache: Path, out: Path, device: str,
-            bf16: bool = False):
+            bf16: bool = False, sample_seconds: float | None = None):
     """(seconds, TreeMemory) of `zstag tag` as a subprocess."""
     cmd = [sys.executable, "-m", "zstag", "tag", *inputs, "--labels", ",".join(labels), "--model", model,
            "--format", "jsonl", "--output", str(out), "--workers", str(workers), "--device", device]
     cmd += ["--bf16"] if bf16 else []
+    cmd += ["--sample-seconds", str(sample_seconds)] if sample_seconds is not None else []
     env = {**os.environ, "ZSTAG_CACHE_DIR": str(cache)}
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
@@ -361,6 +375,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=default_workers())
     parser.add_argument("--device", default="cpu", help="where the model runs, as `zstag tag --device` (default cpu)")
     parser.add_argument("--bf16", action="store_true", help="bfloat16 products on the CPU, as `zstag tag --bf16`")
+    parser.add_argument("--sample-seconds", type=float, help="as `zstag tag --sample-seconds` (the floor stays whole files)")
     args = parser.parse_args()
 
     from zstag.tagger import find_audio_files, parse_extensions
@@ -387,16 +402,17 @@ def run_benchmark(args, folder: Path, files: list[Path], scratch: Path) -> None:
     audio_s = sum(sf.info(str(f)).duration for f in files)
     print(f"{len(files)} files ({audio_s / 60:.1f} min of audio) in {folder}; "
           f"workers {args.workers}; cores {default_workers()}; model {args.model or 'random paper CNN1D'}; "
-          f"device {args.device}{' (--bf16)' if args.bf16 else ''}")
+          f"device {args.device}{' (--bf16)' if args.bf16 else ''}"
+          f"{f'; --sample-seconds {args.sample_seconds:g}' if args.sample_seconds is not None else ''}")
 
     import torch  # noqa: F401  (imported before timing, as the CLI imports it before tagging)
 
     print(f"load average before: {' '.join(f'{x:.1f}' for x in os.getloadavg())} "
           "(other work on the machine skews wall times)")
     seed = seed_cache(scratch, model, args.device, args.bf16)  # and ZSTAG_CACHE_DIR points at it from here on
-    stages, rate = stage_cpu_ms(files[:CPU_FILES], model, args.device, args.bf16)
+    stages, rate = stage_cpu_ms(files[:CPU_FILES], model, args.device, args.bf16, args.sample_seconds)
     print(cpu_text(stages))
-    tag_cpu = sum(stages.values())
+    tag_cpu = tag_work_ms(stages)
 
     floor_seconds(files[:2], args.workers, rate)  # start the fork server once, outside every timing
     floors, colds, main_cpu = [], [], []
@@ -405,10 +421,11 @@ def run_benchmark(args, folder: Path, files: list[Path], scratch: Path) -> None:
         os.environ["ZSTAG_CACHE_DIR"] = str(fresh_cache(seed, scratch / f"cache-in-process-{k}"))
         cpu = time.process_time()
         colds.append(tag_in_process(folder, model, LABELS_COLD, args.workers, scratch / "cold.jsonl", args.device,
-                                    args.bf16))
+                                    args.bf16, args.sample_seconds))
         main_cpu.append(time.process_time() - cpu)
     floor, cold = min(floors), min(colds)
-    warm = tag_in_process(folder, model, LABELS_WARM, args.workers, scratch / "warm.jsonl", args.device, args.bf16)
+    warm = tag_in_process(folder, model, LABELS_WARM, args.workers, scratch / "warm.jsonl", args.device, args.bf16,
+                          args.sample_seconds)
     cores = default_workers()
     bound = len(files) * tag_cpu / 1000 / cores
     floor_bound = len(files) * stages["decode + resample"] / 1000 / min(cores, max(args.workers, 1))
@@ -428,9 +445,9 @@ def run_benchmark(args, folder: Path, files: list[Path], scratch: Path) -> None:
 
     cache = fresh_cache(seed, scratch / "cache-cli")
     cold_cli, cold_mem = tag_cli([str(folder)], model, LABELS_COLD, args.workers, cache, scratch / "c.jsonl", args.device,
-                                 args.bf16)
+                                 args.bf16, args.sample_seconds)
     warm_cli, warm_mem = tag_cli([str(folder)], model, LABELS_WARM, args.workers, cache, scratch / "w.jsonl", args.device,
-                                 args.bf16)
+                                 args.bf16, args.sample_seconds)
     print(f"cold tag (CLI end to end)           {cold_cli:7.2f} s  {len(files) / cold_cli:6.1f} files/s  "
           f"{cold_cli / floor:.2f}× the floor; {cold_mem.text()}")
     print(f"warm re-tag (CLI end to end)        {warm_cli:7.2f} s  cold/warm {cold_cli / warm_cli:.1f}×; "
@@ -442,7 +459,8 @@ def run_benchmark(args, folder: Path, files: list[Path], scratch: Path) -> None:
         long_file = scratch / "long.mp3"
         write_mp3(long_file, args.long_minutes * 60, seed=999)
         seconds, memory = tag_cli([str(long_file)], model, LABELS_COLD, args.workers,
-                                  fresh_cache(seed, scratch / "cache-long"), scratch / "long.jsonl", args.device, args.bf16)
+                                  fresh_cache(seed, scratch / "cache-long"), scratch / "long.jsonl", args.device, args.bf16,
+                                  args.sample_seconds)
         print(f"{args.long_minutes:g}-minute file (CLI, cold)        {seconds:7.2f} s  {memory.text()} (target ≤ 1 GB)")
     print(f"load average after: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
 

@@ -62,11 +62,13 @@ def embed(
     max_seconds: float | None = None,
     device: str = "auto",
     bf16: bool = False,
+    sample_seconds: float | None = None,
 ) -> list[Embedding]:
     """Track embeddings of files and folders (searched recursively for audio, as ``zstag tag`` does), in
-    discovery order; inputs that do not exist come back as records with an error."""
+    discovery order; inputs that do not exist come back as records with an error. sample_seconds: embed only
+    that much of each track, in windows spread evenly over it (deterministic; ``zstag tag --sample-seconds``)."""
     files, found = _files_and_inputs(model, paths, extensions)
-    results = _results(files, found.files, use_cache, workers, offset, max_seconds, device, bf16)
+    results = _results(files, found.files, use_cache, workers, offset, max_seconds, device, bf16, sample_seconds)
     return ([Embedding(r.path, r.embedding, r.error, r.cached) for r in results]
             + [Embedding(path, None, line) for path, line in zip(found.problem_paths, found.problems)])
 
@@ -84,11 +86,13 @@ def tag(
     max_seconds: float | None = None,
     device: str = "auto",
     bf16: bool = False,
+    sample_seconds: float | None = None,
 ) -> list[Tags]:
     """Score files and folders against free-text labels (a list, or one comma-separated string).
 
     Labels are checked before any audio is decoded (``zstag.words.UnknownLabelError`` names the nearest known
-    spellings). Scores are the CLI's, to the last bit: cosine similarities, not probabilities.
+    spellings). Scores are the CLI's, to the last bit: cosine similarities, not probabilities. sample_seconds:
+    as for ``embed``.
     """
     from zstag import modelfile, scoring
     from zstag.tagger import parse_labels
@@ -99,7 +103,7 @@ def tag(
     words = load_words(files, vectors)
     label_emb = modelfile.label_embeddings(files, words, label_list)
     _, found = _files_and_inputs(files, paths, extensions)
-    results = _results(files, found.files, use_cache, workers, offset, max_seconds, device, bf16)
+    results = _results(files, found.files, use_cache, workers, offset, max_seconds, device, bf16, sample_seconds)
     good = [r for r in results if r.ok]
     scores = (scoring.scores(files.config, np.stack([r.embedding for r in good]), label_emb) if good
               else np.zeros((0, len(label_list)), dtype=np.float32))
@@ -119,12 +123,14 @@ def _files_and_inputs(model, paths, extensions):
     return files, find_audio_files(inputs, parse_extensions(extensions))
 
 
-def _results(files, paths, use_cache, workers, offset, max_seconds, device, bf16):
+def _results(files, paths, use_cache, workers, offset, max_seconds, device, bf16, sample_seconds):
     from zstag.audio import check_span
     from zstag.devices import Target
     from zstag.tagger import track_results
+    from zstag.windows import check_sample_seconds
 
     check_span(offset, max_seconds)
+    check_sample_seconds(sample_seconds)  # windows.SampleSecondsError: a UsageError and, as a bad span, a ValueError
     return track_results(files, paths, workers=workers, use_cache=use_cache, offset=offset,
-                         max_seconds=max_seconds, device=Target(device, bf16))
+                         max_seconds=max_seconds, device=Target(device, bf16), sample_seconds=sample_seconds)
 

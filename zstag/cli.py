@@ -16,8 +16,9 @@ from typing import List, Optional
 
 import typer
 
-from zstag.cli_options import (_LIMIT, _SEARCH_DEVICE, _SEARCH_EXTENSIONS, _SEARCH_FORMAT, _SEARCH_MODEL,
-                               _SEARCH_NO_CACHE, _SEARCH_NO_PROGRESS, _SEARCH_OUTPUT, _SEARCH_WORKERS, CORPUS_HELP,
+from zstag.cli_options import (_LIMIT, _SAMPLE_SECONDS, _SEARCH_DEVICE, _SEARCH_EXTENSIONS, _SEARCH_FORMAT,
+                               _SEARCH_MODEL, _SEARCH_NO_CACHE, _SEARCH_NO_PROGRESS, _SEARCH_OUTPUT, _SEARCH_WORKERS,
+                               CORPUS_HELP,
                                EVAL_HELP, SEARCH_HELP, TAG_HELP, _cache_corpus, _check_split_options,
                                _open_training_corpus, _search_options, _split_for, _write_or_fail, fail)
 
@@ -339,6 +340,7 @@ def tag_command(
         False, "--bf16",
         help="On a CPU with native bfloat16 products (AMX): ~2x faster embedding, scores within ~0.01 of float32; cached apart.",
     ),
+    sample_seconds: Optional[float] = _SAMPLE_SECONDS,
     write_tags: bool = typer.Option(
         False, "--write-tags",
         help="Also write each file's chosen labels into its tags (field ZSTAG, best first; ZSTAG_MODEL: the model id). "
@@ -359,7 +361,7 @@ def tag_command(
         paths, labels=labels, labels_file=labels_file, model=model, vectors=vectors, extensions=extensions,
         single=single, top_k=top_k, threshold=threshold, fmt=fmt, output=output, workers=workers,
         use_cache=not no_cache, offset=offset, max_seconds=max_seconds, device=Target(device, bf16),
-        write_tags=write_tags, tag_field=tag_field, append=append, dry_run=dry_run,
+        sample_seconds=sample_seconds, write_tags=write_tags, tag_field=tag_field, append=append, dry_run=dry_run,
     )
     raise typer.Exit(code)
 
@@ -443,6 +445,7 @@ def search_command(
     limit: int = _LIMIT, fmt: str = _SEARCH_FORMAT, output: Optional[str] = _SEARCH_OUTPUT, model: str = _SEARCH_MODEL,
     extensions: Optional[str] = _SEARCH_EXTENSIONS, workers: Optional[int] = _SEARCH_WORKERS,
     no_cache: bool = _SEARCH_NO_CACHE, device: str = _SEARCH_DEVICE, no_progress: bool = _SEARCH_NO_PROGRESS,
+    sample_seconds: Optional[float] = _SAMPLE_SECONDS,
 ) -> None:
     args = list(args or [])
     query = None
@@ -450,7 +453,8 @@ def search_command(
         if not args:
             fail("give a QUERY (or --labels)", 2)
         query, args = args[0], args[1:]
-    options = _search_options(model, vectors, extensions, limit, fmt, output, workers, no_cache, device, no_progress)
+    options = _search_options(model, vectors, extensions, limit, fmt, output, workers, no_cache, device, no_progress,
+                              sample_seconds)
     _run_search(query, args, labels=labels, labels_file=labels_file, **options)
 
 
@@ -461,9 +465,11 @@ def similar_command(
     limit: int = _LIMIT, fmt: str = _SEARCH_FORMAT, output: Optional[str] = _SEARCH_OUTPUT, model: str = _SEARCH_MODEL,
     extensions: Optional[str] = _SEARCH_EXTENSIONS, workers: Optional[int] = _SEARCH_WORKERS,
     no_cache: bool = _SEARCH_NO_CACHE, device: str = _SEARCH_DEVICE, no_progress: bool = _SEARCH_NO_PROGRESS,
+    sample_seconds: Optional[float] = _SAMPLE_SECONDS,
 ) -> None:
     """The tracks nearest to FILE in the joint space ("more like this"), best first; FILE itself left out."""
-    options = _search_options(model, None, extensions, limit, fmt, output, workers, no_cache, device, no_progress)
+    options = _search_options(model, None, extensions, limit, fmt, output, workers, no_cache, device, no_progress,
+                              sample_seconds)
     _run_search(None, list(paths or []), similar_to=file, **options)
 
 

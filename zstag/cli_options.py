@@ -128,11 +128,13 @@ playlist (paths relative to its folder where it holds the tracks).
 """
 
 
-def _search_options(model, vectors, extensions, limit, fmt, output, workers, no_cache, device, no_progress) -> dict:
+def _search_options(model, vectors, extensions, limit, fmt, output, workers, no_cache, device, no_progress,
+                    sample_seconds) -> dict:
     from zstag.devices import Target
 
     return dict(model=model, vectors=vectors, extensions=extensions, limit=limit, fmt=fmt, output=output,
-                workers=workers, use_cache=not no_cache, device=Target(device), progress=not no_progress)
+                workers=workers, use_cache=not no_cache, device=Target(device), progress=not no_progress,
+                sample_seconds=sample_seconds)
 
 
 _LIMIT = typer.Option(20, "--limit", "-n", min=1, help="How many tracks to list.")
@@ -144,3 +146,8 @@ _SEARCH_WORKERS = typer.Option(None, "--workers", min=0, help="Decode processes 
 _SEARCH_NO_CACHE = typer.Option(False, "--no-cache", help="Neither read nor write the embedding cache (needs PATHs).")
 _SEARCH_DEVICE = typer.Option("auto", "--device", help="Where the audio model runs: auto, cpu, cuda or cuda:N.")
 _SEARCH_NO_PROGRESS = typer.Option(False, "--no-progress", help="No progress bar.")
+# Not min=: a bad value is the library's one-line usage error (tagger.check_sampling), as for --threshold.
+_SAMPLE_SECONDS = typer.Option(
+    None, "--sample-seconds", metavar="N",
+    help="Analyse only ~N s per file: whole ~3 s segments at evenly spread places (faster, a little less exact; "
+         "deterministic, cached apart). Files no longer than N: whole.")

@@ -47,6 +47,7 @@ PIPELINE_VERSION = 5  # bump when decoding, features or inference change, so tha
 HASH_CHUNK = 1 << 20
 SQLITE_TIMEOUT_S = 30.0  # wait this long for another zstag process holding the write lock
 BF16_CACHE_SUFFIX = "+bf16"  # appended to a model id in the cache: bfloat16 rows are other numbers (--bf16)
+SAMPLE_CACHE_SUFFIX = "+sample="  # ... and this with N: embeddings of N seconds' windows (--sample-seconds N)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS digests (
@@ -265,9 +266,11 @@ def _max_key(max_seconds: float | None) -> float:
     return -1.0 if max_seconds is None else float(max_seconds)  # NULLs never match in a key
 
 
-def cache_id(model_id: str, bf16: bool = False) -> str:
-    """The model id that the cache keys a model's rows by: bfloat16 embeddings (--bf16) have their own."""
-    return model_id + BF16_CACHE_SUFFIX if bf16 else model_id
+def cache_id(model_id: str, bf16: bool = False, sample_seconds: float | None = None) -> str:
+    """The model id that the cache keys a model's rows by: bfloat16 embeddings (--bf16) and those of sampled
+    windows (--sample-seconds N, per N) have their own, so they never mix with whole-track float32 rows."""
+    sampled = "" if sample_seconds is None else f"{SAMPLE_CACHE_SUFFIX}{float(sample_seconds)!r}"
+    return model_id + (BF16_CACHE_SUFFIX if bf16 else "") + sampled
 
 
 def file_digests(paths: list[str], *, workers: int | None = None, use_cache: bool = True) -> list[str | None]:

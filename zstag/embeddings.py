@@ -91,6 +91,7 @@ def embed_files(
     cache: EmbeddingCache | None = None,
     device="cpu",
     bf16: bool = False,
+    sample_seconds: float | None = None,
 ) -> list[TrackResult]:
     """Embed each file as a whole track; results in input order. Never raises for a bad file.
 
@@ -102,7 +103,8 @@ def embed_files(
     unusable, unless model is a ModelBuild, whose build should resolve it; the model is back where it was
     when this returns. Cache rows do not depend on it (see devices.py). bf16: run the model's float32
     products in bfloat16 on a CPU that has it natively (devices.cpu_bfloat16; DeviceError otherwise, when
-    the device is resolved); such rows are cached apart (cache_id).
+    the device is resolved); such rows are cached apart (cache_id). sample_seconds: embed only that much
+    audio of each track, in windows spread over it (windows.py); cached apart too.
     """
     from zstag.devices import target_of
 
@@ -123,8 +125,8 @@ def embed_files(
     if not use_cache or model_id == "untrained":
         cache = None
     try:
-        _embed(model, cache_id(model_id, target.bf16), paths, results, cache, workers, offset, max_seconds,
-               _Count(len(paths), report), target)
+        _embed(model, cache_id(model_id, target.bf16, sample_seconds), paths, results, cache, workers, offset,
+               max_seconds, _Count(len(paths), report), target, sample_seconds)
     finally:
         if own_cache and cache is not None:
             cache.close()
@@ -172,7 +174,8 @@ def _fill_hits(cache, model_id, paths, digests, offset, max_seconds, results) ->
             results[i] = TrackResult(paths[i], hit[0], None, hit[1], cached=True)
 
 
-def _embed(model, model_id, paths, results, cache, workers, offset, max_seconds, bar, target) -> None:
+def _embed(model, model_id, paths, results, cache, workers, offset, max_seconds, bar, target,
+           sample_seconds=None) -> None:
     digests: dict[int, tuple[str, tuple]] = {}  # index → (content digest, stat stamp when hashed)
     if cache is not None:
         digests = content_digests(cache, paths, workers)
@@ -193,7 +196,8 @@ def _embed(model, model_id, paths, results, cache, workers, offset, max_seconds,
     building = isinstance(model, ModelBuild)
     if building and (workers == 0 or not todo):
         model, building = model.result().eval(), False  # decoding here would wait for the import anyway
-    with contextlib.closing(decode_files(todo, model.front_end.to_dict(), offset, max_seconds, workers)) as decoded:
+    with contextlib.closing(decode_files(todo, model.front_end.to_dict(), offset, max_seconds, workers,
+                                         sample_seconds=sample_seconds)) as decoded:
         early: deque = deque()
         if building:
             early = _decoded_while_building(model, decoded)

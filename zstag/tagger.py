@@ -3,7 +3,8 @@
 What the scores mean
 --------------------
 Each file is embedded as a whole track: the mean of the embeddings of *all* its ~3 s segments
-(optionally within --offset/--max-seconds), never a random crop, so two runs give identical scores.
+(optionally within --offset/--max-seconds; with --sample-seconds N, of k whole segments at evenly
+spread places: windows.py), never a random crop, so two runs give identical scores.
 Each label goes through its word vector and the model's label branch. The score of (file, label) is
 the cosine similarity of the two embeddings, in [-1, 1]; higher means the track sits closer to the
 label. It is a similarity, not a probability: it ranks labels for a file (and files for a label),
@@ -274,6 +275,7 @@ class TagJob:
     tag_field: str = "zstag"
     append: bool = False
     dry_run: bool = False
+    sample_seconds: float | None = None  # --sample-seconds (windows.py); None: whole tracks
 
 
 @dataclass
@@ -303,6 +305,7 @@ def prepare(
     max_seconds: float | None = None,
     device="cpu",
     bf16: bool = False,
+    sample_seconds: float | None = None,
     write_tags: bool = False,
     tag_field: str = "zstag",
     append: bool = False,
@@ -312,6 +315,7 @@ def prepare(
 
     write_tags: also write each file's chosen labels into its own tags (tagfiles: tag_field, append);
     dry_run: the output is instead each file's old and new tag values, and no file is written.
+    sample_seconds: only that much audio per file, in windows spread over it (windows.py).
     Raises TagUsageError (bad options, model, word vectors or labels) or DeviceError (a malformed --device;
     whether it is usable, and so is bf16, is known only if some file must be embedded: see track_results).
     Imports no torch.
@@ -324,6 +328,7 @@ def prepare(
         check_span(offset, max_seconds)
     except ValueError as exc:
         raise TagUsageError(f"--offset / --max-seconds: {exc}") from None
+    check_sampling(sample_seconds)
     target = target_of(device, bf16)
     if fmt not in FORMATS:
         raise TagUsageError(f"unknown format {fmt!r} (choose from {', '.join(FORMATS)})")
@@ -344,7 +349,7 @@ def prepare(
         notes.append(f'"{word}" is not among the model\'s training labels, "{trained}" is: use "{instead}" if that '
                      f'is what you mean by "{label}" (a label the model never trained on scores less reliably)')
     return TagJob(files, label_list, label_emb, extension_set, target, notes, single, top_k, threshold, offset,
-                  max_seconds, write_tags, tag_field, append, dry_run)
+                  max_seconds, write_tags, tag_field, append, dry_run, sample_seconds)
 
 
 def _model_and_labels(model, vectors, label_list):
@@ -372,7 +377,8 @@ def tag(job: TagJob, found: Found, *, workers: int | None = None, use_cache: boo
 
         digests = dict(zip(found.files, file_digests(found.files, workers=workers, use_cache=use_cache)))
     results = track_results(job.files, found.files, workers=workers, use_cache=use_cache, offset=job.offset,
-                            max_seconds=job.max_seconds, progress=progress, device=job.target)
+                            max_seconds=job.max_seconds, progress=progress, device=job.target,
+                            sample_seconds=job.sample_seconds)
     good = [r for r in results if r.ok]
     if good:
         scores = scoring.scores(job.files.config, np.stack([r.embedding for r in good]), job.label_emb)
@@ -420,12 +426,13 @@ def check_tag_output(output: str, found: Found, labels_file, vectors, model_fold
 
 def track_results(files, paths: list[str], *, workers: int | None = None, use_cache: bool = True,
                   offset: float = 0.0, max_seconds: float | None = None, progress=None,
-                  device="cpu", bf16: bool = False) -> list:
+                  device="cpu", bf16: bool = False, sample_seconds: float | None = None) -> list:
     """A TrackResult per path, in order: all from the embedding cache when every file is there (no torch,
     no decoding); otherwise the model is built (torch) and ``embed_files`` embeds only the misses (their
     digests are remembered, not hashed again) on device. The device is checked and the model built on a
     thread while the first files decode, and so is bf16's need of a CPU with native bfloat16.
-    files: modelfile.ModelFiles. device: a devices.Target, or its name with bf16."""
+    files: modelfile.ModelFiles. device: a devices.Target, or its name with bf16. sample_seconds: embeddings
+    of that much audio per track (windows.py), cached apart."""
     from zstag.devices import DeviceError, target_of
     from zstag.embedcache import EmbeddingCache, cache_id
     from zstag.embeddings import ModelBuild, cached_results, embed_files
@@ -436,7 +443,7 @@ def track_results(files, paths: list[str], *, workers: int | None = None, use_ca
     cache = EmbeddingCache.open_default() if use_cache else None
     try:
         if cache is not None:
-            results = cached_results(cache_id(files.model_id, target.bf16), paths, offset=offset, max_seconds=max_seconds, workers=workers,
+            results = cached_results(cache_id(files.model_id, target.bf16, sample_seconds), paths, offset=offset, max_seconds=max_seconds, workers=workers,
                                      cache=cache)
         else:
             results = [None] * len(paths)
@@ -450,7 +457,7 @@ def track_results(files, paths: list[str], *, workers: int | None = None, use_ca
         try:
             embedded = embed_files(net, [paths[i] for i in missing], workers=workers, use_cache=cache is not None,
                                    cache=cache, offset=offset, max_seconds=max_seconds, progress=progress,
-                                   device=target)
+                                   device=target, sample_seconds=sample_seconds)
         except (DeviceError, ModelError) as exc:
             raise TagUsageError(str(exc)) from None
         for i, result in zip(missing, embedded):
@@ -459,6 +466,16 @@ def track_results(files, paths: list[str], *, workers: int | None = None, use_ca
     finally:
         if cache is not None:
             cache.close()
+
+
+def check_sampling(sample_seconds: float | None) -> None:
+    """TagUsageError unless --sample-seconds is absent or a finite number of seconds > 0 (windows.py)."""
+    from zstag.windows import SampleSecondsError, check_sample_seconds
+
+    try:
+        check_sample_seconds(sample_seconds)
+    except SampleSecondsError as exc:
+        raise TagUsageError(f"--sample-seconds: {exc}") from None
 
 
 def _front_end(files):

@@ -16,6 +16,7 @@ the same settings (one BLAS thread, fd 2 silenced), so the features are bit-iden
 from __future__ import annotations
 
 import contextlib
+import functools
 import multiprocessing
 import os
 import signal
@@ -28,7 +29,7 @@ from concurrent.futures.process import BrokenProcessPool, ProcessPoolExecutor
 
 import numpy as np
 
-from zstag import audio
+from zstag import audio, windows
 from zstag.acoustics import analyse_file, error_cause, error_line, failure_line
 
 IN_FLIGHT_PER_WORKER = 2  # decoded tracks waiting per worker: keeps workers busy, bounds memory
@@ -65,11 +66,16 @@ def default_workers() -> int:
         return os.cpu_count() or 1
 
 
-def decode_file(path: str, fe_dict: dict, offset: float = 0.0, max_seconds: float | None = None):
+def decode_file(path: str, fe_dict: dict, offset: float = 0.0, max_seconds: float | None = None,
+                sample_seconds: float | None = None):
     """(segments [n_seg, n_mels, T] float32, stats dict), or a one-line error string naming the file: a
-    ContentFailure when the file's bytes are to blame (audio.ContentError)."""
+    ContentFailure when the file's bytes are to blame (audio.ContentError). sample_seconds: only that much
+    of the span, in windows spread over it (windows.py)."""
     try:
         fe = audio.FrontEnd.from_dict(fe_dict)
+        if sample_seconds is not None:
+            segments, stats = windows.analyse_sampled(path, fe, sample_seconds, offset, max_seconds)
+            return np.ascontiguousarray(segments, dtype=np.float32), stats
         mel, stats = analyse_file(path, fe, offset=offset, duration=max_seconds)
         return np.ascontiguousarray(audio.segment(mel, fe), dtype=np.float32), stats
     except audio.ContentError as exc:
@@ -80,14 +86,17 @@ def decode_file(path: str, fe_dict: dict, offset: float = 0.0, max_seconds: floa
 
 def decode_files(
     jobs: list[tuple[int, str]], fe_dict: dict, offset: float, max_seconds: float | None, workers: int,
-    decode=decode_file,
+    decode=decode_file, sample_seconds: float | None = None,
 ):
-    """Yield (index, decode(path, fe_dict, offset, max_seconds)) for each (index, path) job, in completion order.
+    """Yield (index, decode(path, fe_dict, offset, max_seconds)) for each (index, path) job, in completion order;
+    sample_seconds, when given, goes to decode too (decode_file's).
 
     At most IN_FLIGHT_PER_WORKER decoded tracks per worker wait for the consumer. If a worker dies
     (a decoder crash, the OOM killer), the files it may have held are retried one at a time in a
     fresh pool; the one that kills its worker again is reported as failed, and the rest go on.
     """
+    if sample_seconds is not None:
+        decode = functools.partial(decode, sample_seconds=sample_seconds)  # pickles: decode is a module's function
     if workers == 0 or not jobs:
         yield from _decode_here(jobs, decode, fe_dict, offset, max_seconds)
         return
