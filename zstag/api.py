@@ -1,6 +1,6 @@
 """The Python API: ``zstag.tag``, ``zstag.embed``, ``zstag.load_model``.
 
-The same pipeline as the CLI (audio → segments → track embeddings → cosine scores), without printing or
+The same pipeline as the CLI (audio → segments → track embeddings → scores), without printing or
 exiting: results come back as records, a bad file as a record with its one-line ``error``, bad options
 (unknown labels, a missing model, an unusable device) as exceptions. Track embeddings share the CLI's cache.
 
@@ -30,7 +30,7 @@ class Embedding:
 
 @dataclass
 class Tags:
-    """One input file's scores: label → cosine similarity (-1..1), in the order the labels were given;
+    """One input file's scores: label → score (the model's: a cosine in -1..1, or calibrated 0..1, zstag/scoring.py), in the order the labels were given;
     ``error`` (one line naming the file and the cause) when the file could not be tagged."""
 
     path: str
@@ -91,7 +91,7 @@ def tag(
     """Score files and folders against free-text labels (a list, or one comma-separated string).
 
     Labels are checked before any audio is decoded (``zstag.words.UnknownLabelError`` names the nearest known
-    spellings). Scores are the CLI's, to the last bit: cosine similarities, not probabilities. sample_seconds:
+    spellings). Scores are the CLI's, to the last bit: the model's scores (zstag/scoring.py), not probabilities. sample_seconds:
     as for ``embed``.
     """
     from zstag import modelfile, scoring
