@@ -30,7 +30,8 @@ class Embedding:
 
 @dataclass
 class Tags:
-    """One input file's scores: label → score (the model's: a cosine in -1..1, or calibrated 0..1, zstag/scoring.py), in the order the labels were given;
+    """One input file's scores: label → score (the model's: a cosine in -1..1, or calibrated 0..1: zstag/scoring.py),
+    in the order the labels were given;
     ``error`` (one line naming the file and the cause) when the file could not be tagged."""
 
     path: str
