@@ -457,6 +457,49 @@ def tag_command(
     raise typer.Exit(code)
 
 
+# --- embed (embedset.py) -------------------------------------------------------
+
+
+@app.command("embed")
+def embed_command(
+    paths: Optional[List[str]] = typer.Argument(None, metavar="[PATH]...", help="Audio files, folders (recursive) or URIs (s3://..., file://...)."),
+    out: str = typer.Option(..., "--out", help="The embedding set (a Parquet folder) to create or resume."),
+    from_list: Optional[List[str]] = typer.Option(None, "--from-list", help="A text file of paths, one per line ('-': stdin); repeatable."),
+    model: str = typer.Option("default", "--model", "-m", help="Model folder, or a name in models/."),
+    extensions: Optional[str] = typer.Option(None, "--extensions", help="Extensions to take from folders: mp3,wav."),
+    engine: str = typer.Option("local", "--engine", help="local (this machine) or ray (a Ray cluster: pip install 'zstag[ray]')."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="--engine ray: the cluster (auto: the one `ray start` made); default: a local Ray."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="local: decode processes (default: all cores); ray: model actors."),
+    gpus_per_worker: Optional[float] = typer.Option(None, "--gpus-per-worker", min=0.0, help="--engine ray: GPUs per actor."),
+    part_files: int = typer.Option(256, "--part-files", min=1, help="Rows per part file (a kill loses at most one part's work)."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="local: neither read nor write the SQLite embedding cache."),
+    device: str = typer.Option("auto", "--device", help="Where the audio model runs: auto, cpu, cuda or cuda:N."),
+    bf16: bool = typer.Option(False, "--bf16", help="As tag --bf16 (the set's precision is bfloat16)."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
+) -> None:
+    """Embed audio into an embedding set: a Parquet folder, one row per file (path, content digest, size, duration,
+    model, embedding or error). Resumable: a rerun embeds only what the set lacks. Query it with
+    `zstag tag --embeddings DIR` and `zstag search QUERY --embeddings DIR` (no audio, no torch)."""
+    from zstag import embedset
+    from zstag.tagger import TagUsageError
+
+    global _quick_exit
+    _quick_exit = True
+    ray_options = {k: v for k, v in (("address", ray_address), ("gpus_per_worker", gpus_per_worker)) if v is not None}
+    if engine == "ray" and workers is not None:
+        ray_options["actors"] = workers
+    try:
+        code = embedset.run(list(paths or []), out, lists=list(from_list or []), model=model, extensions=extensions,
+                            engine=engine, part_files=part_files, workers=None if engine == "ray" else workers,
+                            use_cache=not no_cache, device=device, bf16=bf16, progress=not no_progress,
+                            ray_options=ray_options, note=lambda line: typer.echo(line, err=True))
+    except (embedset.EmbedUsageError, TagUsageError) as exc:
+        fail(str(exc), 2)
+    except embedset.EmbedSetError as exc:
+        fail(str(exc))
+    raise typer.Exit(code)
+
+
 # --- eval (evaluate.py) ------------------------------------------------------
 
 EVAL_HELP = """Evaluate a model on a labelled corpus: zero-shot figures for seen, unseen and all labels.

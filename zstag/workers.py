@@ -71,7 +71,8 @@ def decode_file(path: str, fe_dict: dict, offset: float = 0.0, max_seconds: floa
     try:
         fe = audio.FrontEnd.from_dict(fe_dict)
         mel, stats = analyse_file(path, fe, offset=offset, duration=max_seconds)
-        return np.ascontiguousarray(audio.segment(mel, fe), dtype=np.float32), stats
+        segments = np.ascontiguousarray(audio.segment(mel, fe), dtype=np.float32)
+        return segments, {**stats, "segments": len(segments)}  # the embedding set's n_segments
     except audio.ContentError as exc:
         return ContentFailure(path, error_cause(path, exc))
     except Exception as exc:  # a worker must answer for every file, whatever the decoder throws

@@ -1,0 +1,515 @@
+"""Embedding sets: a library's track embeddings as a Parquet dataset (`zstag embed`), read by the set queries
+(setquery.py: `tag --embeddings`, `search --embeddings`) without audio or torch.
+
+A set is a folder of part files ``part-NNNNNN-XXXXXXXX.parquet``, one row per file (SCHEMA): its path (valid
+UTF-8, + ``path_bytes`` percent-encoded where the name is not UTF-8, as render.py writes it), content digest
+(embedcache.content_digest, the SQLite cache's), size, duration, model id, precision, number of segments, the
+embedding (fixed-size list of float32) or the error line of a file that failed. Every part holds one model
+and precision (also in its schema metadata, so a query checks them from the footers alone); a set holds one.
+
+Each part is written whole to a temporary name (".part-…tmp", never read) and renamed (paths.atomic_write):
+a killed run leaves only complete parts. A rerun skips each file whose (path, digest) has a row, copies
+the row of a digest already there under another path (a copy or a moved file: nothing decoded), and embeds
+the rest; so a rerun after a kill redoes only what no part holds, and adds no duplicate row.
+
+The engine decides only where files are embedded: "local" (tagger.track_results: the decoders, the model
+and the SQLite cache of `zstag tag`) or "ray" (rayengine.py: actors running embeddings.embed_files). Both
+give the rows of embed_rows, from the same code. A file is a row once its digest is known: gone and
+unreadable files (no digest) are reported, not written, and tried again by the next run.
+
+Inputs: local files and folders (folders walked as tag walks them), text files of paths (--from-list: one
+path per line, taken as it is but for the line end; "-" reads stdin), and URIs "scheme://…" read through
+pyarrow.fs (file://, s3://, gs://, hdfs:// where pyarrow has that filesystem): a folder URI is listed
+recursively. A URI is read twice: hashed by the planning driver, fetched again by whoever embeds it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import sys
+import tempfile
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+PART_PREFIX = "part-"
+PART_SUFFIX = ".parquet"
+PART_FILES = 256  # rows per part file: what a kill can lose at most (the local engine's chunk of files)
+FORMAT = "zstag-embeddings/1"  # in each part's schema metadata
+URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")  # "scheme://": a URI; anything else is a local path
+
+
+class EmbedSetError(Exception):
+    """An embedding set that cannot be read or written (one line naming the folder and the cause)."""
+
+
+class EmbedUsageError(EmbedSetError):
+    """Bad options or a set of another model: nothing written (exit 2)."""
+
+
+@dataclass
+class Source:
+    """An input file: name is what its row says (an absolute local path, or the URI); local is the file
+    to open (None for a URI). digest and size are filled by plan()."""
+
+    name: str
+    local: str | None
+    digest: str | None = None
+    size: int | None = None
+    fetch_error: str | None = None  # a URI that could not be read: its one line
+
+
+@dataclass
+class Plan:
+    todo: list[Source] = field(default_factory=list)  # to embed
+    copies: list[tuple[Source, Source]] = field(default_factory=list)  # (new path, a row's source with its digest)
+    skipped: int = 0  # (path, digest) already has a row
+    stale: set = field(default_factory=set)  # (path, digest) rows of files whose content has changed since
+    problems: list[str] = field(default_factory=list)  # one line each: no row, tried again next run
+
+
+def is_uri(text: str) -> bool:
+    return bool(URI.match(text))
+
+
+# --- the schema -----------------------------------------------------------------------------------
+
+
+def schema(dim: int, model_id: str, precision: str):
+    import pyarrow as pa
+
+    return pa.schema([
+        ("path", pa.string()), ("path_bytes", pa.string()), ("digest", pa.string()), ("size", pa.int64()),
+        ("duration_s", pa.float64()), ("model_id", pa.string()), ("precision", pa.string()),
+        ("n_segments", pa.int32()), ("embedding", pa.list_(pa.float32(), dim)), ("error", pa.string()),
+    ], metadata={"format": FORMAT, "model_id": model_id, "precision": precision, "dim": str(dim)})
+
+
+def model_dim(files) -> int:
+    """The model's joint-space size, from the numpy label branch (no torch): the width of every row."""
+    return int(files.embed_label_vectors(np.zeros((1, int(files.config["word_dim"])), np.float32)).shape[1])
+
+
+def row(source: Source, embedding, error: str | None, stats: dict | None) -> dict:
+    from zstag.paths import name_bytes, valid_text
+
+    stats = stats or {}
+    return {"path": valid_text(source.name), "path_bytes": name_bytes(source.name), "digest": source.digest,
+            "size": source.size, "duration_s": stats.get("duration_s"), "n_segments": stats.get("segments"),
+            "embedding": None if embedding is None else np.asarray(embedding, np.float32), "error": error}
+
+
+def rows_table(rows: list[dict], dim: int, model_id: str, precision: str):
+    import pyarrow as pa
+
+    sch = schema(dim, model_id, precision)
+    flat = np.zeros((len(rows), dim), np.float32)
+    valid = np.zeros(len(rows), bool)
+    for i, r in enumerate(rows):
+        if r["embedding"] is not None:
+            flat[i], valid[i] = r["embedding"], True
+    embedding = pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), dim, mask=pa.array(~valid))
+    columns = {name: pa.array([r[name] for r in rows], sch.field(name).type)
+               for name in ("path", "path_bytes", "digest", "size", "duration_s", "n_segments", "error")}
+    columns.update(model_id=pa.array([model_id] * len(rows), pa.string()),
+                   precision=pa.array([precision] * len(rows), pa.string()), embedding=embedding)
+    return pa.table([columns[f.name] for f in sch], schema=sch)
+
+
+# --- reading a set ---------------------------------------------------------------------------------
+
+
+def parts(folder: str | os.PathLike) -> list[Path]:
+    """The set's complete part files, in the order they were written (temporary files are dot-names)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise EmbedSetError(f"{folder}: no such embedding set (a folder written by `zstag embed`)")
+    return sorted(p for p in folder.iterdir() if p.name.startswith(PART_PREFIX) and p.name.endswith(PART_SUFFIX))
+
+
+def set_model(folder) -> tuple[str, str, int] | None:
+    """(model id, precision, dim) of the set's parts (their footers only); None for a set without parts.
+    EmbedSetError for a damaged part or parts of different models."""
+    import pyarrow.parquet as pq
+
+    found = set()
+    for part in parts(folder):
+        try:
+            meta = pq.read_schema(part).metadata or {}
+        except Exception as exc:  # pyarrow raises ArrowInvalid, OSError...: any unreadable part
+            raise EmbedSetError(f"{part}: unreadable part file: {' '.join(str(exc).split())}") from None
+        if meta.get(b"format") != FORMAT.encode():
+            raise EmbedSetError(f"{part}: not a part of a zstag embedding set ({FORMAT})")
+        found.add((meta[b"model_id"].decode(), meta[b"precision"].decode(), int(meta[b"dim"])))
+    if len(found) > 1:
+        raise EmbedSetError(f"{folder}: parts of several models {sorted(found)}")
+    return found.pop() if found else None
+
+
+def iter_batches(folder, columns: list[str], batch_rows: int = 65536):
+    """The set's rows as pyarrow RecordBatches of these columns, part after part (memory-mapped)."""
+    import pyarrow.parquet as pq
+
+    for part in parts(folder):
+        try:
+            yield from pq.ParquetFile(part, memory_map=True).iter_batches(batch_size=batch_rows, columns=columns)
+        except OSError as exc:
+            raise EmbedSetError(f"{part}: unreadable part file: {' '.join(str(exc).split())}") from None
+
+
+def row_names(batch) -> list[str]:
+    """The file names of a batch's rows, exactly (path_bytes where the name is not UTF-8)."""
+    from zstag.paths import name_from_bytes
+
+    return [text if raw is None else name_from_bytes(raw)
+            for text, raw in zip(batch.column("path").to_pylist(), batch.column("path_bytes").to_pylist())]
+
+
+def embeddings_of(batch) -> np.ndarray:
+    """float32 [rows, dim] of a batch's embedding column, zero-copy where it has no nulls (rows without
+    one: zeros; the caller picks rows by the error column)."""
+    column = batch.column("embedding")
+    dim = column.type.list_size
+    if column.null_count:
+        column = column.fill_null([0.0] * dim) if hasattr(column, "fill_null") else column
+    return column.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim) if len(column) else np.zeros((0, dim), np.float32)
+
+
+# --- inputs ----------------------------------------------------------------------------------------
+
+
+def read_list(path: str) -> list[str]:
+    """The paths of a list file, one per line (bytes kept: os.fsdecode); blank lines skipped; "-": stdin."""
+    try:
+        data = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+    except OSError as exc:
+        raise EmbedUsageError(f"{path}: cannot read the list of paths: {exc.strerror or exc}") from None
+    return [os.fsdecode(line.rstrip(b"\r")) for line in data.split(b"\n") if line.strip()]
+
+
+def gather(inputs: list[str], extensions: frozenset[str]) -> tuple[list[Source], list[str], int]:
+    """(sources in discovery order, one-line problems, duplicate paths skipped): local files and folders as
+    tag finds them (tagger.find_audio_files), URIs through pyarrow.fs."""
+    from zstag.tagger import find_audio_files
+
+    found = find_audio_files([i for i in inputs if not is_uri(i)], extensions)
+    sources = [Source(os.path.abspath(p), os.path.abspath(p)) for p in found.files]
+    problems = list(found.problems)
+    seen = set()
+    for uri in (i for i in inputs if is_uri(i)):
+        for name in list_uri(uri, extensions, problems):
+            if name not in seen:
+                seen.add(name)
+                sources.append(Source(name, None))
+    return sources, problems, found.duplicates
+
+
+def filesystem(uri: str):
+    """(pyarrow filesystem, its path) of a URI; EmbedUsageError when pyarrow cannot read that scheme."""
+    import pyarrow.fs as pafs
+
+    try:
+        return pafs.FileSystem.from_uri(uri)
+    except Exception as exc:  # ArrowInvalid, ArrowNotImplementedError: no such filesystem here
+        raise EmbedUsageError(f"{uri}: cannot read this URI here: {' '.join(str(exc).split())}") from None
+
+
+def list_uri(uri: str, extensions: frozenset[str], problems: list[str]) -> list[str]:
+    """The file URIs under a URI (itself if a file), sorted; audio extensions only inside folders."""
+    import pyarrow.fs as pafs
+
+    fs, path = filesystem(uri)
+    prefix = uri.rstrip("/")[: len(uri.rstrip("/")) - len(path.rstrip("/"))] if uri.rstrip("/").endswith(
+        path.rstrip("/")) else uri.split("://", 1)[0] + "://"
+    try:
+        info = fs.get_file_info(path)
+        if info.type == pafs.FileType.NotFound:
+            problems.append(f"{uri}: no such file or folder")
+            return []
+        if info.type != pafs.FileType.Directory:
+            return [uri]
+        infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
+    except OSError as exc:
+        problems.append(f"{uri}: cannot read: {' '.join(str(exc).split())}")
+        return []
+    names = []
+    for item in infos:
+        relative = item.path[len(path.rstrip("/")):].lstrip("/")
+        hidden = any(part.startswith(".") for part in relative.split("/"))
+        if item.type == pafs.FileType.File and not hidden and os.path.splitext(item.path)[1].lower() in extensions:
+            names.append(prefix + item.path)
+    return sorted(names)
+
+
+class fetched:
+    """Context: local files for sources (a URI copied into a temporary folder, under its own extension:
+    decoders look at it); the copies are removed on exit."""
+
+    def __init__(self, sources: list[Source]):
+        self.sources = sources
+        self.folder: str | None = None
+
+    def __enter__(self) -> list[str | None]:
+        paths = []
+        for k, source in enumerate(self.sources):
+            if source.local is not None:
+                paths.append(source.local)
+                continue
+            if self.folder is None:
+                self.folder = tempfile.mkdtemp(prefix="zstag-fetch-")
+            local = os.path.join(self.folder, f"{k}{os.path.splitext(source.name)[1][:16]}")
+            try:
+                fs, path = filesystem(source.name)
+                with fs.open_input_stream(path) as src, open(local, "wb") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 20)
+            except (OSError, EmbedUsageError) as exc:
+                local = None
+                source.fetch_error = f"{source.name}: cannot read: {' '.join(str(exc).split())}"
+            paths.append(local)
+        return paths
+
+    def __exit__(self, *exc):
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def embed_rows(sources: list[Source], embed_paths) -> list[dict]:
+    """The rows of sources (digests known), each file embedded by embed_paths(local paths) -> TrackResults
+    (tagger.track_results or embeddings.embed_files): the one step both engines run."""
+    with fetched(sources) as locals_:
+        ready = [(s, p) for s, p in zip(sources, locals_) if p is not None]
+        results = embed_paths([p for _, p in ready]) if ready else []
+    rows, by_source = [], {id(s): r for (s, _), r in zip(ready, results)}
+    for source in sources:
+        result = by_source.get(id(source))
+        if result is None:
+            rows.append(row(source, None, source.fetch_error or f"{source.name}: cannot read", None))
+        elif result.ok:
+            rows.append(row(source, result.embedding, None, result.stats))
+        else:  # the line names the file as the decoder saw it: a fetched copy is named by its URI
+            line = result.error
+            local = result.path
+            rows.append(row(source, None, source.name + line[len(local):] if line.startswith(local) else line, None))
+    return rows
+
+
+# --- planning --------------------------------------------------------------------------------------
+
+
+def plan(folder, sources: list[Source], *, workers: int | None = None, use_cache: bool = True) -> Plan:
+    """Digest each source (local files: embedcache.file_digests, remembered in the SQLite cache; URIs:
+    read through pyarrow.fs) and sort them against the set's rows: skipped, copied or to embed."""
+    from zstag.embedcache import file_digests
+
+    result = Plan()
+    local = [s for s in sources if s.local is not None]
+    for source, digest in zip(local, file_digests([s.local for s in local], workers=workers, use_cache=use_cache)):
+        source.digest = digest
+        if digest is not None:
+            try:
+                source.size = os.stat(source.local).st_size
+            except OSError:
+                source.digest = None
+    for source in (s for s in sources if s.local is None):
+        uri_digest(source)
+    have, by_digest, by_name = set(), {}, {}
+    if Path(folder).is_dir() and parts(folder):
+        for batch in iter_batches(folder, ["path", "path_bytes", "digest"]):
+            for name, digest in zip(row_names(batch), batch.column("digest").to_pylist()):
+                have.add((name, digest))
+                by_digest.setdefault(digest, name)
+                by_name.setdefault(name, set()).add(digest)
+    for source in sources:
+        if source.digest is None:
+            result.problems.append(source.fetch_error or f"{source.name}: cannot read the file")
+            continue
+        result.stale |= {(source.name, d) for d in by_name.get(source.name, ()) if d != source.digest}
+        if (source.name, source.digest) in have:
+            result.skipped += 1
+        elif source.digest in by_digest:
+            result.copies.append((source, Source(by_digest[source.digest], None, source.digest, source.size)))
+        else:
+            result.todo.append(source)
+    return result
+
+
+def uri_digest(source: Source) -> None:
+    from zstag.embedcache import stream_digest
+
+    try:
+        fs, path = filesystem(source.name)
+        size = fs.get_file_info(path).size
+        with fs.open_input_stream(path) as handle:
+            source.digest, source.size = stream_digest(handle, size), size
+    except (OSError, EmbedUsageError) as exc:
+        source.fetch_error = f"{source.name}: cannot read: {' '.join(str(exc).split())}"
+
+
+def copied_rows(folder, copies: list[tuple[Source, Source]]) -> list[dict]:
+    """Rows for files whose content the set holds under another path: that row, with the new path."""
+    if not copies:
+        return []
+    wanted = {old.digest for _, old in copies}
+    found = {}
+    for batch in iter_batches(folder, ["digest", "duration_s", "n_segments", "embedding", "error"]):
+        digests = batch.column("digest").to_pylist()
+        hits = [i for i, d in enumerate(digests) if d in wanted and d not in found]
+        if hits:
+            emb = embeddings_of(batch)
+            for i in hits:
+                found[digests[i]] = (emb[i].copy(), batch.column("error")[i].as_py(),
+                                     batch.column("duration_s")[i].as_py(), batch.column("n_segments")[i].as_py())
+    rows = []
+    for new, old in copies:
+        emb, error, duration, n_segments = found[old.digest]
+        if error is not None:  # the line named the old path
+            error = new.name + error[len(old.name):] if error.startswith(old.name) else error
+        rows.append(row(new, None if error is not None else emb, error,
+                        {"duration_s": duration, "segments": n_segments}))
+    return rows
+
+
+# --- writing ----------------------------------------------------------------------------------------
+
+
+class PartWriter:
+    """Writes rows as new part files of a set, each whole or not at all (paths.atomic_write), numbered
+    after the parts already there."""
+
+    def __init__(self, folder, dim: int, model_id: str, precision: str):
+        self.folder, self.dim, self.model_id, self.precision = Path(folder), dim, model_id, precision
+        existing = parts(folder) if self.folder.is_dir() else []
+        self.next = 1 + max((int(p.name[len(PART_PREFIX):].split("-")[0]) for p in existing), default=0)
+        self.rows = 0
+
+    def write(self, rows: list[dict]) -> Path | None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        from zstag.paths import atomic_write
+
+        if not rows:
+            return None
+        sink = pa.BufferOutputStream()
+        pq.write_table(rows_table(rows, self.dim, self.model_id, self.precision), sink)
+        path = self.folder / f"{PART_PREFIX}{self.next:06d}-{uuid.uuid4().hex[:8]}{PART_SUFFIX}"
+        atomic_write(path, [memoryview(sink.getvalue())])
+        self.next += 1
+        self.rows += len(rows)
+        return path
+
+
+def drop_rows(folder, stale: set) -> None:
+    """Rewrite the parts holding (path, digest) rows in stale without them, each atomically: run after the
+    files' new rows are written, so a kill in between leaves the old row beside the new one (the next run
+    drops it), never neither."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from zstag.paths import atomic_write
+
+    if not stale:
+        return
+    for part in parts(folder):
+        table = pq.read_table(part)
+        keep = [(name, digest) not in stale for name, digest in zip(row_names(table), table.column("digest").to_pylist())]
+        if all(keep):
+            continue
+        sink = pa.BufferOutputStream()
+        pq.write_table(table.filter(pa.array(keep)), sink)
+        atomic_write(part, [memoryview(sink.getvalue())])
+
+
+def chunks(items: list, size: int):
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+# --- the command --------------------------------------------------------------------------------------
+
+
+def run(inputs: list[str], out: str, *, lists: list[str] = (), model: str = "default", extensions: str | None = None,
+        engine: str = "local", part_files: int = PART_FILES, workers: int | None = None, use_cache: bool = True,
+        device: str = "auto", bf16: bool = False, progress: bool = True, ray_options: dict | None = None,
+        note=lambda line: print(line, file=sys.stderr)) -> int:
+    """`zstag embed`: embed the inputs into the set `out` (created or resumed); returns the exit code (0, or 1
+    when some input failed). note(line): where the per-file error lines and the summary go. EmbedUsageError
+    (exit 2) before anything is written: bad options, a model or device that cannot be used, an --out that
+    holds an input or a set of another model."""
+    from zstag import modelfile
+    from zstag.paths import Input, OutputIsInputError, check_output
+    from zstag.tagger import TagUsageError, parse_extensions
+
+    if engine not in ("local", "ray"):
+        raise EmbedUsageError(f"--engine {engine!r}: choose local or ray")
+    if engine != "ray" and ray_options:
+        raise EmbedUsageError("--ray-address, --gpus-per-worker go with --engine ray")
+    items = list(inputs) + [path for listed in lists for path in read_list(listed)]
+    if not items:
+        raise EmbedUsageError("no inputs: give PATHs or --from-list FILE")
+    try:
+        files = modelfile.read_model(model)
+        extension_set = parse_extensions(extensions)
+    except (modelfile.ModelError, TagUsageError) as exc:
+        raise EmbedUsageError(str(exc)) from None
+    precision = "bfloat16" if bf16 else "float32"
+    there = set_model(out) if Path(out).is_dir() else None
+    if there is not None and there[:2] != (files.model_id, precision):
+        raise EmbedUsageError(f"{out}: holds embeddings of model {there[0]} ({there[1]}), not {files.model_id} "
+                              f"({precision}): one model per set, give another --out")
+    sources, problems, duplicates = gather(items, extension_set)
+    read = [Input("the input file", s.local) for s in sources] + [Input("the list file", f) for f in lists if f != "-"]
+    read += [Input("the model file", Path(files.folder) / name) for name in (modelfile.CONFIG_FILE, modelfile.WEIGHTS_FILE)]
+    try:
+        check_output(out, "--out", read, folder=True)
+    except OutputIsInputError as exc:
+        raise EmbedUsageError(str(exc)) from None
+    if engine == "ray":
+        from zstag.rayengine import ray_batches  # ImportError here: EmbedUsageError, before any work
+
+        batches = ray_batches(files, part_files, bf16=bf16, **(ray_options or {}))
+    else:
+        batches = local_batches(files, part_files, workers=workers, use_cache=use_cache, device=device, bf16=bf16,
+                                progress=progress)
+    Path(out).mkdir(parents=True, exist_ok=True)
+    todo = plan(out, sources, workers=workers, use_cache=use_cache)
+    problems += todo.problems
+    for line in problems:
+        note(f"zstag: {line}")
+    writer = PartWriter(out, model_dim(files), files.model_id, precision)
+    for rows in chunks(copied_rows(out, todo.copies), part_files):
+        writer.write(rows)
+    failed = 0
+    for rows in batches(todo.todo):
+        writer.write(rows)
+        for r in rows:
+            if r["error"] is not None:
+                failed += 1
+                note(f"zstag: {r['error']}")
+    drop_rows(out, todo.stale)
+    note(f"zstag: {out}: embedded {len(todo.todo) - failed} of {len(todo.todo)} files"
+         + (f" ({failed} failed: error rows)" if failed else "")
+         + f"; {todo.skipped} already there, {len(todo.copies)} copied from rows of the same content"
+         + (f"; {len(problems)} not read (no row: tried again next run)" if problems else "")
+         + (f"; {len(todo.stale)} row(s) of changed files replaced" if todo.stale else "")
+         + (f"; {duplicates} duplicate path(s) skipped" if duplicates else ""))
+    return 1 if failed or problems else 0
+
+
+def local_batches(files, part_files: int, *, workers, use_cache, device, bf16, progress):
+    """batches(sources) -> the rows of each part_files sources in turn, embedded by tagger.track_results."""
+    from zstag.tagger import track_results
+
+    def embed_paths(paths):
+        return track_results(files, paths, workers=workers, use_cache=use_cache, progress=progress, device=device,
+                             bf16=bf16)
+
+    def batches(sources):
+        for chunk in chunks(sources, part_files):
+            yield embed_rows(chunk, embed_paths)
+
+    return batches
