@@ -1,6 +1,7 @@
 """`zstag embed` (embedding sets, embedset.py) and the queries over them (setquery.py), through the CLI, on
 synthetic audio written to tmp folders (bad files included) and the tests' tiny model."""
 
+import json
 import os
 import shutil
 import signal
@@ -16,7 +17,7 @@ from typer.testing import CliRunner
 
 import zstag
 from test_kill import BLOCKING_DECODER  # tests/test_kill.py
-from test_tag import _fresh_cache, music, write_bad_files, write_music  # noqa: F401 (fixtures)
+from test_tag import LABELS, _fresh_cache, cli_subprocess, music, write_bad_files, write_music  # noqa: F401 (fixtures)
 from zstag import embedset
 from zstag.cli import app
 from zstag.embedcache import content_digest
@@ -170,3 +171,73 @@ def test_embed_refuses_an_out_holding_an_input_or_a_set_of_another_model(music, 
     result = cli("embed", music / "c.mp3", "--out", out)  # the default model
     assert result.exit_code == 2 and "one model per set" in result.stderr and sorted(out.iterdir()) == before
     assert cli("embed", music, "--out", out, "--engine", "spark").exit_code == 2
+
+
+# --- queries over a set ------------------------------------------------------------------------------
+
+
+def scores_of(json_text: str) -> dict:
+    return {f["path"]: {t["label"]: t["score"] for t in f["tags"]} for f in json.loads(json_text)["files"]}
+
+
+def test_tag_embeddings_scores_as_tag_on_the_audio_without_torch(music, tiny_model_dir, tmp_path):
+    write_bad_files(music)
+    out = tmp_path / "set"
+    assert cli("embed", music, "--out", out, "--model", tiny_model_dir, "--no-cache").exit_code == 1
+    labels = ",".join(LABELS + ["no vocals"])
+    audio = cli("tag", music.resolve(), "-l", labels, "-m", tiny_model_dir, "-f", "json", "--no-cache")
+    proc, heavy = cli_subprocess(tmp_path, "tag", "--embeddings", out, "-l", labels, "-m", tiny_model_dir, "-f", "json")
+    assert proc.returncode == audio.exit_code == 1  # the bad files: one line each, as tag says them
+    assert heavy == ["pyarrow"]  # no torch, no decoder: only the Parquet reader
+    assert sorted(proc.stderr.splitlines()[:-1]) == sorted(audio.stderr.splitlines()[:-1])
+    assert "tagged 3 of 7 files (from the embedding set" in proc.stderr
+    expected, got = scores_of(audio.stdout), scores_of(proc.stdout)
+    assert sorted(got) == sorted(expected)
+    for path, scores in expected.items():
+        for label, score in scores.items():
+            assert abs(got[path][label] - score) <= SCORE_TOLERANCE
+
+    table = cli("tag", "--embeddings", out, "-l", labels, "-m", tiny_model_dir, "-f", "parquet", "-o", tmp_path / "s.parquet")
+    assert table.exit_code == 1
+    written = pq.read_table(tmp_path / "s.parquet").to_pylist()
+    assert [r["path"] for r in written] == list(got) and list(written[0]) == ["path", "path_bytes", *labels.split(",")]
+    for r in written:
+        for label in labels.split(","):
+            assert abs(round(r[label], 6) - got[r["path"]][label]) <= SCORE_TOLERANCE  # float32 column, rounded
+
+    single = cli("tag", "--embeddings", out, "-l", labels, "-m", tiny_model_dir, "--single", "-f", "jsonl")
+    single_pq = cli("tag", "--embeddings", out, "-l", labels, "-m", tiny_model_dir, "--single", "-f", "parquet",
+                    "-o", tmp_path / "single.parquet")
+    assert single.exit_code == single_pq.exit_code == 1
+    as_json = [json.loads(line) for line in single.stdout.splitlines()]
+    assert pq.read_table(tmp_path / "single.parquet").drop(["path_bytes"]).to_pylist() == as_json
+
+
+def test_set_queries_check_the_model_and_their_options(music, tiny_model_dir, tmp_path):
+    out = tmp_path / "set"
+    assert cli("embed", music, "--out", out, "--model", tiny_model_dir).exit_code == 0
+    result = cli("tag", "--embeddings", out, "-l", "rock")  # the default model: not the set's
+    assert result.exit_code == 2 and "embedded by model" in result.stderr and len(result.stderr.splitlines()) == 1
+    result = cli("tag", "--embeddings", out, "-l", "rock", "-m", tiny_model_dir, "-f", "parquet")
+    assert result.exit_code == 2 and "needs --output" in result.stderr
+    result = cli("tag", music, "--embeddings", out, "-l", "rock", "-m", tiny_model_dir)
+    assert result.exit_code == 2 and "no PATH" in result.stderr
+    result = cli("tag", "--embeddings", out, "-l", "rock", "-m", tiny_model_dir, "-o", out / "x.csv", "-f", "csv")
+    assert result.exit_code == 2 and "lies inside the embedding set" in result.stderr
+    assert cli("tag", "--embeddings", tmp_path / "none", "-l", "rock", "-m", tiny_model_dir).exit_code == 2
+
+
+def test_search_embeddings_ranks_as_search_on_the_audio(music, tiny_model_dir, tmp_path):
+    out = tmp_path / "set"
+    assert cli("embed", music, "--out", out, "--model", tiny_model_dir, "--no-cache").exit_code == 0
+    audio = cli("search", "piano", music.resolve(), "-m", tiny_model_dir, "-f", "json", "--no-cache")
+    proc, heavy = cli_subprocess(tmp_path, "search", "piano", "--embeddings", out, "-m", tiny_model_dir, "-f", "json")
+    assert proc.returncode == audio.exit_code == 0 and heavy == ["pyarrow"]
+    expected, got = json.loads(audio.stdout)["tracks"], json.loads(proc.stdout)["tracks"]
+    assert [t["path"] for t in got] == [t["path"] for t in expected]
+    for a, b in zip(got, expected):
+        assert abs(a["score"] - b["score"]) <= SCORE_TOLERANCE and a["duration_s"] == b["duration_s"]
+    top = cli("search", "piano", "--embeddings", out, "-m", tiny_model_dir, "-n", "2", "-f", "parquet",
+              "-o", tmp_path / "top.parquet")
+    assert top.exit_code == 0
+    assert [r["path"] for r in pq.read_table(tmp_path / "top.parquet").to_pylist()] == [t["path"] for t in got[:2]]

@@ -402,10 +402,12 @@ to stderr, one line each; exit code 1 if any file failed, 2 for usage errors.
 
 @app.command("tag", help=TAG_HELP)
 def tag_command(
-    paths: List[str] = typer.Argument(..., metavar="PATH", help="Audio files and/or folders (searched recursively)."),
+    paths: Optional[List[str]] = typer.Argument(None, metavar="PATH", help="Audio files and/or folders (searched recursively)."),
     labels: Optional[List[str]] = typer.Option(
         None, "--labels", "-l", help='Comma-separated labels, e.g. rock,jazz,"drum and bass" (repeatable).'
     ),
+    embeddings: Optional[str] = typer.Option(
+        None, "--embeddings", help="Score the rows of this embedding set (`zstag embed`) instead of PATHs: no audio, no torch."),
     labels_file: Optional[str] = typer.Option(None, "--labels-file", help="File with one label per line (# comments)."),
     model: str = typer.Option("default", "--model", "-m", help="Model folder, or a name in models/."),
     vectors: Optional[str] = typer.Option(None, "--vectors", help="Word-vector file (default: the model's)."),
@@ -413,7 +415,7 @@ def tag_command(
     single: bool = typer.Option(False, "--single", help="One label per file (argmax) with a softmax confidence."),
     top_k: Optional[int] = typer.Option(None, "--top-k", min=1, help="Keep the k best labels per file."),
     threshold: Optional[float] = typer.Option(None, "--threshold", help="Keep labels whose cosine score is >= this (-1..1)."),
-    fmt: str = typer.Option("table", "--format", "-f", help="table, json, jsonl or csv."),
+    fmt: str = typer.Option("table", "--format", "-f", help="table, json, jsonl, csv, or parquet (with --embeddings and -o)."),
     output: Optional[str] = typer.Option(None, "--output", "-o", help="Write here (atomically) instead of stdout."),
     workers: Optional[int] = typer.Option(
         None, "--workers", min=0,
@@ -445,6 +447,12 @@ def tag_command(
 
     global _quick_exit
     _quick_exit = True
+    if embeddings is not None:
+        _tag_embedding_set(embeddings, paths, write_tags or offset or max_seconds is not None or bf16, labels=labels,
+                           labels_file=labels_file, model=model, vectors=vectors, single=single, top_k=top_k,
+                           threshold=threshold, fmt=fmt, output=output)
+    if not paths:
+        fail("give the audio files or folders to tag (PATH), or --embeddings DIR", 2)
     try:
         code = tagger.run(
             paths, labels=labels, labels_file=labels_file, model=model, vectors=vectors, extensions=extensions,
@@ -497,6 +505,19 @@ def embed_command(
         fail(str(exc), 2)
     except embedset.EmbedSetError as exc:
         fail(str(exc))
+    raise typer.Exit(code)
+
+
+def _tag_embedding_set(folder: str, paths, audio_options: bool, **options) -> None:
+    """tag --embeddings: setquery.tag; PATHs and the options about audio do not apply."""
+    from zstag import setquery
+
+    if paths or audio_options:
+        fail("--embeddings scores the set's rows: no PATH, --write-tags, --offset, --max-seconds or --bf16", 2)
+    try:
+        code = setquery.tag(folder, **options)
+    except setquery.TagUsageError as exc:
+        fail(str(exc), 2)
     raise typer.Exit(code)
 
 
@@ -665,6 +686,8 @@ def search_command(
         None, "--labels", "-l", help="Several query labels, comma-separated (repeatable); then every argument is a PATH."),
     labels_file: Optional[str] = typer.Option(None, "--labels-file", help="Query labels, one per line."),
     vectors: Optional[str] = typer.Option(None, "--vectors", help="Word-vector file (default: the model's)."),
+    embeddings: Optional[str] = typer.Option(
+        None, "--embeddings", help="Search the rows of this embedding set (`zstag embed`) instead of PATHs (-f parquet too)."),
     limit: int = _LIMIT, fmt: str = _SEARCH_FORMAT, output: Optional[str] = _SEARCH_OUTPUT, model: str = _SEARCH_MODEL,
     extensions: Optional[str] = _SEARCH_EXTENSIONS, workers: Optional[int] = _SEARCH_WORKERS,
     no_cache: bool = _SEARCH_NO_CACHE, device: str = _SEARCH_DEVICE, no_progress: bool = _SEARCH_NO_PROGRESS,
@@ -675,6 +698,17 @@ def search_command(
         if not args:
             fail("give a QUERY (or --labels)", 2)
         query, args = args[0], args[1:]
+    if embeddings is not None:
+        from zstag import setquery
+
+        if args:
+            fail("--embeddings searches the set's rows: no PATH", 2)
+        try:
+            code = setquery.search(embeddings, query, labels=labels, labels_file=labels_file, model=model,
+                                   vectors=vectors, limit=limit, fmt=fmt, output=output)
+        except setquery.TagUsageError as exc:
+            fail(str(exc), 2)
+        raise typer.Exit(code)
     options = _search_options(model, vectors, extensions, limit, fmt, output, workers, no_cache, device, no_progress)
     _run_search(query, args, labels=labels, labels_file=labels_file, **options)
 

@@ -170,13 +170,14 @@ def row_names(batch) -> list[str]:
 
 
 def embeddings_of(batch) -> np.ndarray:
-    """float32 [rows, dim] of a batch's embedding column, zero-copy where it has no nulls (rows without
-    one: zeros; the caller picks rows by the error column)."""
+    """float32 [rows, dim] of a batch's embedding column, zero-copy where it can be; a row without an
+    embedding (an error row) gives what its slot holds (zeros as written here): callers go by the error column."""
     column = batch.column("embedding")
+    if hasattr(column, "combine_chunks"):  # a Table's ChunkedArray
+        column = column.combine_chunks()
     dim = column.type.list_size
-    if column.null_count:
-        column = column.fill_null([0.0] * dim) if hasattr(column, "fill_null") else column
-    return column.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim) if len(column) else np.zeros((0, dim), np.float32)
+    values = column.values.slice(column.offset * dim, len(column) * dim)
+    return values.to_numpy(zero_copy_only=False).reshape(-1, dim)
 
 
 # --- inputs ----------------------------------------------------------------------------------------
@@ -376,6 +377,15 @@ def copied_rows(folder, copies: list[tuple[Source, Source]]) -> list[dict]:
 # --- writing ----------------------------------------------------------------------------------------
 
 
+def write_part(table, sink) -> None:
+    """A part's Parquet bytes: the embeddings uncompressed and without a dictionary (float vectors gain
+    nothing from either, and queries read them faster), the rest snappy."""
+    import pyarrow.parquet as pq
+
+    pq.write_table(table, sink, compression={f.name: "none" if f.name == "embedding" else "snappy" for f in table.schema},
+                   use_dictionary=[f.name for f in table.schema if f.name != "embedding"])
+
+
 class PartWriter:
     """Writes rows as new part files of a set, each whole or not at all (paths.atomic_write), numbered
     after the parts already there."""
@@ -388,14 +398,13 @@ class PartWriter:
 
     def write(self, rows: list[dict]) -> Path | None:
         import pyarrow as pa
-        import pyarrow.parquet as pq
 
         from zstag.paths import atomic_write
 
         if not rows:
             return None
         sink = pa.BufferOutputStream()
-        pq.write_table(rows_table(rows, self.dim, self.model_id, self.precision), sink)
+        write_part(rows_table(rows, self.dim, self.model_id, self.precision), sink)
         path = self.folder / f"{PART_PREFIX}{self.next:06d}-{uuid.uuid4().hex[:8]}{PART_SUFFIX}"
         atomic_write(path, [memoryview(sink.getvalue())])
         self.next += 1
@@ -420,7 +429,7 @@ def drop_rows(folder, stale: set) -> None:
         if all(keep):
             continue
         sink = pa.BufferOutputStream()
-        pq.write_table(table.filter(pa.array(keep)), sink)
+        write_part(table.filter(pa.array(keep)), sink)
         atomic_write(part, [memoryview(sink.getvalue())])
 
 
