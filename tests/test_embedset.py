@@ -241,3 +241,16 @@ def test_search_embeddings_ranks_as_search_on_the_audio(music, tiny_model_dir, t
               "-o", tmp_path / "top.parquet")
     assert top.exit_code == 0
     assert [r["path"] for r in pq.read_table(tmp_path / "top.parquet").to_pylist()] == [t["path"] for t in got[:2]]
+
+
+def test_embed_local_tag_and_set_queries_never_import_ray(music, tiny_model_dir, tmp_path):
+    """Ray is imported by --engine ray alone (rayengine.py); the probe lists every module a command imported."""
+    out = tmp_path / "set"
+    runs = [("embed", music, "--out", out, "--model", tiny_model_dir, "--engine", "local"),
+            ("tag", music, "-l", "rock", "--model", tiny_model_dir),
+            ("tag", "--embeddings", out, "-l", "rock", "--model", tiny_model_dir)]
+    for args in runs:
+        proc, _ = cli_subprocess(tmp_path, *args)
+        assert proc.returncode == 0, proc.stderr
+        imported = json.loads((tmp_path / "modules.json").read_text())  # written by test_tag's probe
+        assert "zstag" in imported and "ray" not in imported

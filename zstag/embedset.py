@@ -480,7 +480,7 @@ def run(inputs: list[str], out: str, *, lists: list[str] = (), model: str = "def
     if engine == "ray":
         from zstag.rayengine import ray_batches  # ImportError here: EmbedUsageError, before any work
 
-        batches = ray_batches(files, part_files, bf16=bf16, **(ray_options or {}))
+        batches = ray_batches(files, part_files, bf16=bf16, progress=progress, **(ray_options or {}))
     else:
         batches = local_batches(files, part_files, workers=workers, use_cache=use_cache, device=device, bf16=bf16,
                                 progress=progress)
