@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import zstag
+import zstag.rayengine
 from test_embedset import by_path, cli  # tests/test_embedset.py
 from test_tag import _fresh_cache, music, write_bad_files  # noqa: F401 (fixtures)
 from zstag.workers import CRASH_MESSAGE
@@ -34,6 +35,18 @@ CRASHING_DECODER = textwrap.dedent(
             return real(path, *args, **kwargs)
 
         audio.decode_audio = decode_audio
+
+    if os.environ.get("ZSTAG_TEST_CRASH_ACTOR"):  # an actor given this file dies, every time
+        import zstag.embedset as embedset
+
+        real_rows = embedset.embed_rows
+
+        def embed_rows(sources, embed_paths):
+            if any(os.path.basename(s.name) == os.environ["ZSTAG_TEST_CRASH_ACTOR"] for s in sources):
+                os.kill(os.getpid(), signal.SIGKILL)
+            return real_rows(sources, embed_paths)
+
+        embedset.embed_rows = embed_rows
     """
 )
 
@@ -42,9 +55,10 @@ CRASHING_DECODER = textwrap.dedent(
 def ray_cluster(tmp_path_factory):
     hook = tmp_path_factory.mktemp("hook")
     (hook / "sitecustomize.py").write_text(CRASHING_DECODER)
-    saved = {k: os.environ.get(k) for k in ("PYTHONPATH", "ZSTAG_TEST_CRASH")}
+    saved = {k: os.environ.get(k) for k in ("PYTHONPATH", "ZSTAG_TEST_CRASH", "ZSTAG_TEST_CRASH_ACTOR")}
     os.environ["PYTHONPATH"] = os.pathsep.join([str(hook), str(Path(zstag.__file__).resolve().parents[1])])
     os.environ["ZSTAG_TEST_CRASH"] = "crash.wav"
+    os.environ["ZSTAG_TEST_CRASH_ACTOR"] = "killer.wav"
     try:
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)  # its processes take this environment
     finally:
@@ -81,3 +95,16 @@ def test_ray_gives_the_rows_of_local_and_a_crashing_file_is_an_error_row(ray_clu
 
     again = cli("embed", music, "--out", tmp_path / "ray", "--model", tiny_model_dir, "--engine", "ray", "--no-progress")
     assert again.exit_code == 0 and "embedded 0 of 0 files; 8 already there" in again.stderr
+
+
+def test_a_file_that_kills_its_actor_every_time_is_an_error_row_and_the_rest_are_embedded(ray_cluster, music,
+                                                                                          tiny_model_dir, tmp_path):
+    shutil.copy(music / "a.wav", music / "killer.wav")
+    result = cli("embed", music, "--out", tmp_path / "ray", "--model", tiny_model_dir, "--engine", "ray",
+                 "--workers", "1", "--no-progress")
+    assert result.exit_code == 1, result.stderr
+    got = by_path(tmp_path / "ray")
+    assert sorted(got) == sorted(str(p) for p in (music / "a.wav", music / "c.mp3", music / "sub" / "b.flac",
+                                                  music / "killer.wav"))
+    assert got[str(music / "killer.wav")]["error"] == f"{music / 'killer.wav'}: {zstag.rayengine.DIED}"
+    assert all(got[str(p)]["embedding"] is not None for p in (music / "a.wav", music / "c.mp3", music / "sub" / "b.flac"))
