@@ -10,37 +10,34 @@ and precision (also in its schema metadata, so a query checks them from the foot
 Each part is written whole to a temporary name (".part-…tmp", never read) and renamed (paths.atomic_write):
 a killed run leaves only complete parts. A rerun skips each file whose (path, digest) has a row, copies
 the row of a digest already there under another path (a copy or a moved file: nothing decoded), and embeds
-the rest; so a rerun after a kill redoes only what no part holds, and adds no duplicate row.
+the rest; so a rerun after a kill redoes only what no part holds, and adds no duplicate row. A file whose
+content changed gets a new row, and the parts holding its old one are rewritten without it (drop_rows).
 
 The engine decides only where files are embedded: "local" (tagger.track_results: the decoders, the model
 and the SQLite cache of `zstag tag`) or "ray" (rayengine.py: actors running embeddings.embed_files). Both
 give the rows of embed_rows, from the same code. A file is a row once its digest is known: gone and
 unreadable files (no digest) are reported, not written, and tried again by the next run.
 
-Inputs: local files and folders (folders walked as tag walks them), text files of paths (--from-list: one
-path per line, taken as it is but for the line end; "-" reads stdin), and URIs "scheme://…" read through
-pyarrow.fs (file://, s3://, gs://, hdfs:// where pyarrow has that filesystem): a folder URI is listed
-recursively. A URI is read twice: hashed by the planning driver, fetched again by whoever embeds it.
+Inputs (setinputs.py): local files and folders, --from-list files of paths, and URIs read through pyarrow.fs;
+a URI is read twice: hashed by the planning driver, fetched again by whoever embeds it.
 """
 
 from __future__ import annotations
 
 import os
-import re
-import shutil
 import sys
-import tempfile
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from zstag.setinputs import InputError, Source, fetched, gather, read_list, uri_digest
+
 PART_PREFIX = "part-"
 PART_SUFFIX = ".parquet"
 PART_FILES = 256  # rows per part file: what a kill can lose at most (the local engine's chunk of files)
 FORMAT = "zstag-embeddings/1"  # in each part's schema metadata
-URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")  # "scheme://": a URI; anything else is a local path
 
 
 class EmbedSetError(Exception):
@@ -52,28 +49,12 @@ class EmbedUsageError(EmbedSetError):
 
 
 @dataclass
-class Source:
-    """An input file: name is what its row says (an absolute local path, or the URI); local is the file
-    to open (None for a URI). digest and size are filled by plan()."""
-
-    name: str
-    local: str | None
-    digest: str | None = None
-    size: int | None = None
-    fetch_error: str | None = None  # a URI that could not be read: its one line
-
-
-@dataclass
 class Plan:
     todo: list[Source] = field(default_factory=list)  # to embed
     copies: list[tuple[Source, Source]] = field(default_factory=list)  # (new path, a row's source with its digest)
     skipped: int = 0  # (path, digest) already has a row
     stale: set = field(default_factory=set)  # (path, digest) rows of files whose content has changed since
     problems: list[str] = field(default_factory=list)  # one line each: no row, tried again next run
-
-
-def is_uri(text: str) -> bool:
-    return bool(URI.match(text))
 
 
 # --- the schema -----------------------------------------------------------------------------------
@@ -180,102 +161,7 @@ def embeddings_of(batch) -> np.ndarray:
     return values.to_numpy(zero_copy_only=False).reshape(-1, dim)
 
 
-# --- inputs ----------------------------------------------------------------------------------------
-
-
-def read_list(path: str) -> list[str]:
-    """The paths of a list file, one per line (bytes kept: os.fsdecode); blank lines skipped; "-": stdin."""
-    try:
-        data = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
-    except OSError as exc:
-        raise EmbedUsageError(f"{path}: cannot read the list of paths: {exc.strerror or exc}") from None
-    return [os.fsdecode(line.rstrip(b"\r")) for line in data.split(b"\n") if line.strip()]
-
-
-def gather(inputs: list[str], extensions: frozenset[str]) -> tuple[list[Source], list[str], int]:
-    """(sources in discovery order, one-line problems, duplicate paths skipped): local files and folders as
-    tag finds them (tagger.find_audio_files), URIs through pyarrow.fs."""
-    from zstag.tagger import find_audio_files
-
-    found = find_audio_files([i for i in inputs if not is_uri(i)], extensions)
-    sources = [Source(os.path.abspath(p), os.path.abspath(p)) for p in found.files]
-    problems = list(found.problems)
-    seen = set()
-    for uri in (i for i in inputs if is_uri(i)):
-        for name in list_uri(uri, extensions, problems):
-            if name not in seen:
-                seen.add(name)
-                sources.append(Source(name, None))
-    return sources, problems, found.duplicates
-
-
-def filesystem(uri: str):
-    """(pyarrow filesystem, its path) of a URI; EmbedUsageError when pyarrow cannot read that scheme."""
-    import pyarrow.fs as pafs
-
-    try:
-        return pafs.FileSystem.from_uri(uri)
-    except Exception as exc:  # ArrowInvalid, ArrowNotImplementedError: no such filesystem here
-        raise EmbedUsageError(f"{uri}: cannot read this URI here: {' '.join(str(exc).split())}") from None
-
-
-def list_uri(uri: str, extensions: frozenset[str], problems: list[str]) -> list[str]:
-    """The file URIs under a URI (itself if a file), sorted; audio extensions only inside folders."""
-    import pyarrow.fs as pafs
-
-    fs, path = filesystem(uri)
-    prefix = uri.rstrip("/")[: len(uri.rstrip("/")) - len(path.rstrip("/"))] if uri.rstrip("/").endswith(
-        path.rstrip("/")) else uri.split("://", 1)[0] + "://"
-    try:
-        info = fs.get_file_info(path)
-        if info.type == pafs.FileType.NotFound:
-            problems.append(f"{uri}: no such file or folder")
-            return []
-        if info.type != pafs.FileType.Directory:
-            return [uri]
-        infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
-    except OSError as exc:
-        problems.append(f"{uri}: cannot read: {' '.join(str(exc).split())}")
-        return []
-    names = []
-    for item in infos:
-        relative = item.path[len(path.rstrip("/")):].lstrip("/")
-        hidden = any(part.startswith(".") for part in relative.split("/"))
-        if item.type == pafs.FileType.File and not hidden and os.path.splitext(item.path)[1].lower() in extensions:
-            names.append(prefix + item.path)
-    return sorted(names)
-
-
-class fetched:
-    """Context: local files for sources (a URI copied into a temporary folder, under its own extension:
-    decoders look at it); the copies are removed on exit."""
-
-    def __init__(self, sources: list[Source]):
-        self.sources = sources
-        self.folder: str | None = None
-
-    def __enter__(self) -> list[str | None]:
-        paths = []
-        for k, source in enumerate(self.sources):
-            if source.local is not None:
-                paths.append(source.local)
-                continue
-            if self.folder is None:
-                self.folder = tempfile.mkdtemp(prefix="zstag-fetch-")
-            local = os.path.join(self.folder, f"{k}{os.path.splitext(source.name)[1][:16]}")
-            try:
-                fs, path = filesystem(source.name)
-                with fs.open_input_stream(path) as src, open(local, "wb") as dst:
-                    shutil.copyfileobj(src, dst, 1 << 20)
-            except (OSError, EmbedUsageError) as exc:
-                local = None
-                source.fetch_error = f"{source.name}: cannot read: {' '.join(str(exc).split())}"
-            paths.append(local)
-        return paths
-
-    def __exit__(self, *exc):
-        if self.folder is not None:
-            shutil.rmtree(self.folder, ignore_errors=True)
+# --- embedding ---------------------------------------------------------------------------------------
 
 
 def embed_rows(sources: list[Source], embed_paths) -> list[dict]:
@@ -336,18 +222,6 @@ def plan(folder, sources: list[Source], *, workers: int | None = None, use_cache
         else:
             result.todo.append(source)
     return result
-
-
-def uri_digest(source: Source) -> None:
-    from zstag.embedcache import stream_digest
-
-    try:
-        fs, path = filesystem(source.name)
-        size = fs.get_file_info(path).size
-        with fs.open_input_stream(path) as handle:
-            source.digest, source.size = stream_digest(handle, size), size
-    except (OSError, EmbedUsageError) as exc:
-        source.fetch_error = f"{source.name}: cannot read: {' '.join(str(exc).split())}"
 
 
 def copied_rows(folder, copies: list[tuple[Source, Source]]) -> list[dict]:
@@ -457,20 +331,23 @@ def run(inputs: list[str], out: str, *, lists: list[str] = (), model: str = "def
         raise EmbedUsageError(f"--engine {engine!r}: choose local or ray")
     if engine != "ray" and ray_options:
         raise EmbedUsageError("--ray-address, --gpus-per-worker go with --engine ray")
-    items = list(inputs) + [path for listed in lists for path in read_list(listed)]
-    if not items:
-        raise EmbedUsageError("no inputs: give PATHs or --from-list FILE")
     try:
+        items = list(inputs) + [path for listed in lists for path in read_list(listed)]
         files = modelfile.read_model(model)
         extension_set = parse_extensions(extensions)
-    except (modelfile.ModelError, TagUsageError) as exc:
+    except (InputError, modelfile.ModelError, TagUsageError) as exc:
         raise EmbedUsageError(str(exc)) from None
+    if not items:
+        raise EmbedUsageError("no inputs: give PATHs or --from-list FILE")
     precision = "bfloat16" if bf16 else "float32"
     there = set_model(out) if Path(out).is_dir() else None
     if there is not None and there[:2] != (files.model_id, precision):
         raise EmbedUsageError(f"{out}: holds embeddings of model {there[0]} ({there[1]}), not {files.model_id} "
                               f"({precision}): one model per set, give another --out")
-    sources, problems, duplicates = gather(items, extension_set)
+    try:
+        sources, problems, duplicates = gather(items, extension_set)
+    except InputError as exc:
+        raise EmbedUsageError(str(exc)) from None
     read = [Input("the input file", s.local) for s in sources] + [Input("the list file", f) for f in lists if f != "-"]
     read += [Input("the model file", Path(files.folder) / name) for name in (modelfile.CONFIG_FILE, modelfile.WEIGHTS_FILE)]
     try:

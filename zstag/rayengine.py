@@ -34,7 +34,8 @@ class EmbedActor:
 
     def __call__(self, batch: dict) -> dict:
         from zstag.embeddings import embed_files
-        from zstag.embedset import Source, embed_rows
+        from zstag.embedset import embed_rows
+        from zstag.setinputs import Source
 
         sources = [Source(os.fsdecode(name), os.fsdecode(local) if local else None)
                    for name, local in zip(batch["name"], batch["local"])]
