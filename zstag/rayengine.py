@@ -6,9 +6,9 @@ pool of actors (--workers of them, --gpus-per-worker each), each holding the mod
 embedset.embed_rows with embeddings.embed_files (the code of `zstag tag`: a decoder process per actor, so
 a file that crashes its decoder is an error row; one torch thread per pass, so the numbers are those of
 the local engine). Ray Data streams the batches with backpressure (memory stays bounded whatever the
-library's size), restarts a dead actor and retries its batch (ACTOR_RETRIES). Should a batch still fail
-(a file that kills the actor itself every time), its files are embedded again one per batch, and a file
-that fails alone too becomes an error row. Ray is imported only here, only for --engine ray.
+library's size), restarts a dead actor and retries its batch (ACTOR_RETRIES times). Should a batch still fail
+(a file that kills the actor itself every time), its files are embedded again one per batch, in passes
+while some succeed, and a file that fails alone every time becomes an error row. Ray is imported only here, only for --engine ray.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import warnings
 import numpy as np
 
 BATCH_FILES = 8  # files per actor call: small, so a retried or failed batch costs little
-ACTOR_RETRIES = 2  # restarts of a dead actor, and retries of the batch it held
+ACTOR_RETRIES = 2  # retries of a batch whose actor died (the actor itself is always restarted)
 DIED = "the Ray worker died while embedding it (crash or out of memory)"
 
 
@@ -70,14 +70,18 @@ def ray_batches(files, part_files: int, *, bf16: bool = False, address: str | No
         if not sources:
             return
         _connect(address, progress)
-        pending, rows = dict(enumerate(sources)), []
-        for batch_files in (BATCH_FILES, 1):  # the second pass: the files of batches that failed, one by one
+        pending, rows, batch_files = dict(enumerate(sources)), [], BATCH_FILES
+        while pending:  # later passes: the files of the batches that failed, one by one, while some succeed
+            before = len(pending)
             for index, row in _embedded(pending, batch_files, options, actors, gpus_per_worker):
                 rows.append(row)
                 del pending[index]
                 if len(rows) >= part_files:
                     yield rows
                     rows = []
+            if batch_files == 1 and len(pending) == before:
+                break  # each file left fails alone
+            batch_files = 1
         from zstag.embedset import row as make_row
 
         rows += [make_row(source, None, f"{source.name}: {DIED}", None) for source in pending.values()]
@@ -109,15 +113,23 @@ def _embedded(pending: dict, batch_files: int, options: dict, actors, gpus_per_w
 
     if not pending:
         return
-    items = [{"index": i, "name": os.fsencode(s.name), "local": os.fsencode(s.local) if s.local else b""}
-             for i, s in pending.items()]
+    import pyarrow as pa
+
+    # The driver's list of files as Arrow blocks of one batch each (not a Python dict per file: millions of
+    # them would fill the driver's memory); names as bytes, as they are on disk.
+    table = pa.table({"index": pa.array(list(pending), pa.int64()),
+                      "name": pa.array([os.fsencode(s.name) for s in pending.values()], pa.binary()),
+                      "local": pa.array([os.fsencode(s.local) if s.local else b"" for s in pending.values()], pa.binary())})
+    blocks = [table.slice(start, batch_files) for start in range(0, len(table), batch_files)]
     size = actors or max(1, int(ray.available_resources().get("CPU", 1)) // 2)  # an actor + its decoder: 2 cores
-    with warnings.catch_warnings():  # max_restarts / max_task_retries: Ray Data's default is to retry for ever
+    with warnings.catch_warnings():  # max_task_retries: Ray Data's default is to retry a batch for ever
         warnings.simplefilter("ignore", DeprecationWarning)
-        data = ray.data.from_items(items).map_batches(
+        data = ray.data.from_arrow(blocks).map_batches(
             EmbedActor, fn_constructor_kwargs=options, batch_size=batch_files, batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=size), num_cpus=1, num_gpus=gpus_per_worker or 0,
-            max_restarts=ACTOR_RETRIES, max_task_retries=ACTOR_RETRIES)
+            # One file at a time per actor when isolating: an actor that dies for good takes no other file with it.
+            compute=ray.data.ActorPoolStrategy(size=size, max_tasks_in_flight_per_actor=1 if batch_files == 1 else None),
+            num_cpus=1, num_gpus=gpus_per_worker or 0,
+            max_restarts=-1, max_task_retries=ACTOR_RETRIES)  # a dead actor always comes back, a batch has 3 tries
     for batch in data.iter_batches(batch_size=None, batch_format="numpy"):
         for k, index in enumerate(batch["index"]):
             source, error = pending[int(index)], batch["error"][k] or None
