@@ -27,10 +27,12 @@ DIED = "the Ray worker died while embedding it (crash or out of memory)"
 class EmbedActor:
     """A Ray actor holding the model: embeds batches of {name, local} with embedset.embed_rows."""
 
-    def __init__(self, model_folder: str, dim: int, device: str, bf16: bool):
+    def __init__(self, model_folder: str, model_id: str, dim: int, device: str, bf16: bool):
         from zstag.model import load_model
 
         self.model, self.dim, self.device, self.bf16 = load_model(model_folder), dim, device, bf16
+        if self.model.model_id != model_id:  # the folder differs on this node: its rows would lie about their model
+            raise RuntimeError(f"{model_folder}: model {self.model.model_id} on this node, {model_id} on the driver")
 
     def __call__(self, batch: dict) -> dict:
         from zstag.embeddings import embed_files
@@ -64,7 +66,7 @@ def ray_batches(files, part_files: int, *, bf16: bool = False, address: str | No
         import ray.data  # noqa: F401
     except ImportError:
         raise EmbedUsageError("--engine ray needs Ray: pip install 'zstag[ray]'") from None
-    options = dict(model_folder=str(files.folder), dim=model_dim(files), device="cuda" if gpus_per_worker else "cpu", bf16=bf16)
+    options = dict(model_folder=str(files.folder), model_id=files.model_id, dim=model_dim(files), device="cuda" if gpus_per_worker else "cpu", bf16=bf16)
 
     def batches(sources):
         if not sources:
