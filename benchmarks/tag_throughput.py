@@ -285,11 +285,11 @@ def cpu_text(stages: dict[str, float]) -> str:
 
 def tag_in_process(folder: Path, model: str, labels: list[str], workers: int, out: Path, device: str,
                    bf16: bool = False) -> float:
-    from zstag import tagger
+    from zstag.cli_run import run_tag
 
     start = time.perf_counter()
-    code = tagger.run([str(folder)], labels=[",".join(labels)], model=model, fmt="jsonl", output=str(out),
-                      workers=workers, progress=False, device=device, bf16=bf16)
+    code = run_tag([str(folder)], labels=[",".join(labels)], model=model, fmt="jsonl", output=str(out),
+                    workers=workers, progress=False, device=device, bf16=bf16)
     elapsed = time.perf_counter() - start
     if code != 0:
         raise SystemExit(f"tag exited with {code}")
@@ -322,13 +322,13 @@ def _import_seconds(modules: str) -> float:
 def seed_cache(scratch: Path, model: str, device: str, bf16: bool = False) -> Path:
     """A cache folder holding what any machine has after its first run (the vocabulary list, the mel
     filterbank) but no track embeddings: "cold" below means a cold embedding cache, not a new machine."""
-    from zstag import tagger
+    from zstag.cli_run import run_tag
 
     seed = scratch / "cache-seed"
     os.environ["ZSTAG_CACHE_DIR"] = str(seed)
     write_mp3(scratch / "warm-up.mp3", 3.0, seed=12345)
-    tagger.run([str(scratch / "warm-up.mp3")], labels=["rock"], model=model, fmt="jsonl",
-               output=str(scratch / "warm-up.jsonl"), workers=0, progress=False, device=device, bf16=bf16)
+    run_tag([str(scratch / "warm-up.mp3")], labels=["rock"], model=model, fmt="jsonl",
+            output=str(scratch / "warm-up.jsonl"), workers=0, progress=False, device=device, bf16=bf16)
     (seed / "embeddings.sqlite").unlink()
     return seed
 

@@ -27,11 +27,11 @@ TIMEOUT_S = 900
 
 # (name, file, original fragment, mutated fragment, pytest arguments)
 MUTATIONS = [
-    ("tag --output written in place", "zstag/render.py",
+    ("tag --output written in place", "zstag/cli_run.py",
      'atomic_write(output, text.encode("utf-8", "surrogateescape"), follow_links=True)',
      'open(output, "wb").write(text.encode("utf-8", "surrogateescape"))',
      ["tests/test_tag.py", "-k", "output"]),
-    ("tag exit code 0 although files failed", "zstag/tagger.py",
+    ("tag exit code 0 although files failed", "zstag/cli_run.py",
      "return 1 if failures or (written is not None and written.failures) else 0", "return 0",
      ["tests/test_tag.py", "-k", "bad_files"]),
     ("softmax without temperature", "zstag/tagger.py",

@@ -222,14 +222,14 @@ def _synonyms() -> dict[str, str]:
     """Ground-truth spellings of teacher tags → the teacher's word ("female vocal" → "female vocals"), so that
     one meaning is one training label."""
     from zstag.teacher import TAG_WORDS
-    from zstag.words import normalise_label
+    from zstag.labels import normalise_label
 
     return {normalise_label(tag): word for mapping in TAG_WORDS.values() for tag, word in mapping.items()
             if normalise_label(tag) != word}
 
 
 def load_tracks(rows_by_set: dict[str, list[dict]]) -> list[TrackData]:
-    from zstag.words import normalise_label
+    from zstag.labels import normalise_label
 
     SYNONYMS = _synonyms()
     out = []
@@ -960,6 +960,59 @@ LABEL_SOURCES = [
 ACCEPTANCE_LABELS = ("jazz", "classical", "ragtime", "country", "electronic", "speech", "bird")
 
 
+# How the shipped default model scores: "calibrated" (zstag/scoring.py: the trained projection and the teachers'
+# own words, each standardised over the reference library) since experiments/teacher_hybrid.py measured it
+# (models/default/EXPERIMENTS.md), else "cosine".
+SHIPPED_SCORES = "calibrated"
+TEACHER_OUTPUTS = ("penultimate", "logits")  # per backbone: the projection reads MSD's penultimate, the teacher path the logits
+K_NEAREST = 3  # teacher words a non-teacher label reaches (ConSE's best T on the dev grid)
+
+
+def calibrated_model(model_config: dict, projection, reference: list[TrackData], config: ProjectionConfig):
+    """The default model with calibrated scores: both taggers run, the trained projection reads MSD's penultimate
+    layer, and the teacher words' statistics and the joint reference covariance come from the reference library
+    (the training tracks of music sets)."""
+    import torch
+
+    from zstag.backbones.musicnn import musicnn_tags
+    from zstag.model import ZeroShotModel
+    from zstag.teacher import tag_words, teacher_words
+
+    if tuple(config.backbones) != ("MSD_musicnn",) or tuple(config.outputs) != ("penultimate",):
+        raise ValueError(f"calibrated scores are built for the MSD penultimate projection, not {config.name()}")
+    width = 250  # per backbone: penultimate 200 + logits 50
+    model_config = {
+        **model_config,
+        "audio_encoder": {"type": "musicnn", "backbones": list(BACKBONES), "outputs": list(TEACHER_OUTPUTS),
+                          "feature_dim": width * len(BACKBONES)},
+        "audio_projection": {"type": "teacher", "joint": config.head, "joint_columns": [0, 200],
+                             "tag_columns": {b: [k * width + 200, (k + 1) * width] for k, b in enumerate(BACKBONES)},
+                             "tag_words": {b: tag_words(b, musicnn_tags(b)) for b in BACKBONES}},
+        "scores": {"type": "calibrated", "teacher_words": teacher_words(), "k_nearest": K_NEAREST,
+                   "reference": f"{len(reference)} training tracks of music sets"},
+    }
+    model = ZeroShotModel(model_config)
+    model.audio_projection.joint.load_state_dict(projection.folded_audio_state())
+    model.label_projection.load_state_dict(projection.folded_label_state())
+    model.eval()
+    music = [t for t in reference if t.set not in NON_MUSIC_SETS]
+    feats = torch.from_numpy(np.stack([patch_inputs(t, BACKBONES, TEACHER_OUTPUTS).mean(axis=0) for t in music]))
+    with torch.no_grad():
+        values = model.audio_projection.word_values(feats).double()
+        model.audio_projection.mu.copy_(values.mean(dim=0).float())
+        model.audio_projection.sigma.copy_(values.std(dim=0, unbiased=False).clamp_min(1e-6).float())
+    emb = model.project_features(feats.numpy()).astype(np.float64)
+    d = model_config["embed_dim"]
+    x = np.concatenate([emb[:, :d] / np.linalg.norm(emb[:, :d], axis=1, keepdims=True), emb[:, d:]], axis=1)
+    mean = x.mean(axis=0)
+    cov = (x - mean).T @ (x - mean) / len(x)
+    with torch.no_grad():
+        model.calibration.mean.copy_(torch.from_numpy(mean))
+        model.calibration.cov.copy_(torch.from_numpy((cov + cov.T) / 2))
+    model.config["scores"]["reference"] = f"{len(music)} training tracks of music sets"
+    return model
+
+
 def final(rows_by_set: dict[str, list[dict]], report: dict, models_dir: Path, log=print) -> dict:
     """Retrain the chosen projection on every training set with every label; save default and conse."""
     from types import SimpleNamespace
@@ -1003,17 +1056,23 @@ def final(rows_by_set: dict[str, list[dict]], report: dict, models_dir: Path, lo
     }
     if config.score not in SHIPPABLE_SCORES:
         raise ValueError(f"score {config.score!r} cannot be shipped (zstag scores by {', '.join(SHIPPABLE_SCORES)})")
-    model = ZeroShotModel(model_config)
-    model.audio_projection.load_state_dict(projection.folded_audio_state())
-    model.label_projection.load_state_dict(projection.folded_label_state())
-    model.eval()
+    pooled = np.stack([p.mean(axis=0) for p in patches])
+    if SHIPPED_SCORES == "calibrated":
+        model = calibrated_model(model_config, projection, [tracks[i] for i in train_idx], config)
+        joint = model.project_features(np.stack([patch_inputs(tracks[i], BACKBONES, TEACHER_OUTPUTS).mean(axis=0)
+                                                 for i in train_idx]))[:, : model_config["embed_dim"]]
+    else:
+        model = ZeroShotModel(model_config)
+        model.audio_projection.load_state_dict(projection.folded_audio_state())
+        model.label_projection.load_state_dict(projection.folded_label_state())
+        model.eval()
+        joint = model.project_features(pooled)
 
     # the folded model must equal the trained heads on the training tracks' pooled features
-    pooled = np.stack([p.mean(axis=0) for p in patches])
-    embeddings = model.project_features(pooled)
-    gap = float(np.abs(embeddings - projection.embed_audio(pooled)).max())
-    if gap > 1e-3 * float(np.abs(embeddings).max()):
+    gap = float(np.abs(joint - projection.embed_audio(pooled)).max())
+    if gap > 1e-3 * float(np.abs(joint).max()):
         raise RuntimeError(f"folding the standardisation changed the embeddings (max gap {gap:.2e})")
+    embeddings = joint
 
     results = [SimpleNamespace(embedding=e, stats=tracks[i].stats) for e, i in zip(embeddings, train_idx)]
     stats = {**corpus_summary("+".join(training_sets), results), "label_sources": LABEL_SOURCES}
@@ -1035,10 +1094,14 @@ def final(rows_by_set: dict[str, list[dict]], report: dict, models_dir: Path, lo
 
     # acceptance preview on the cached windows (the real check runs the CLI on whole files)
     test = [t for t in tracks if t.set == "cc-examples"]
-    label_emb = model.embed_label_vectors(words.vectors(list(ACCEPTANCE_LABELS)))
-    test_emb = model.project_features(np.stack([patch_inputs(t, config.backbones, config.outputs).mean(axis=0) for t in test]))
+    from zstag.modelfile import label_embeddings
+
+    label_emb = label_embeddings(model, words, list(ACCEPTANCE_LABELS))
+    encoder = model.config["audio_encoder"]
+    test_emb = model.project_features(np.stack([patch_inputs(t, encoder["backbones"], encoder["outputs"]).mean(axis=0)
+                                                for t in test]))
     table = []
-    for t, row in zip(test, cosine(test_emb, label_emb)):
+    for t, row in zip(test, model.scores(test_emb, label_emb)):
         order = [ACCEPTANCE_LABELS[j] for j in np.argsort(-row, kind="stable")]
         table.append({"id": t.id, "labels": t.labels, "ranking": order})
         log(f"  {Path(t.id).name[:48]:48s} {t.labels} → {order[:3]}")

@@ -115,7 +115,7 @@ def test_word_probabilities_merge_duplicates_and_average_backbones():
 
 
 def test_tagging_a_generated_file_is_deterministic(tmp_path, tone, write_audio):
-    from zstag import tagger
+    from zstag.cli_run import run_tag
 
     rng = np.random.default_rng(0)
     signal = tone(7.0, 22050, freqs=(220.0, 330.0, 440.0), amplitude=0.15, noise=0.02)
@@ -124,8 +124,8 @@ def test_tagging_a_generated_file_is_deterministic(tmp_path, tone, write_audio):
     outputs = []
     for run in range(2):
         out = tmp_path / f"tags-{run}.json"
-        code = tagger.run([str(path)], labels=["rock", "jazz", "speech", "piano"], fmt="json", output=str(out),
-                          workers=0, use_cache=False, progress=False)
+        code = run_tag([str(path)], labels=["rock", "jazz", "speech", "piano"], fmt="json", output=str(out),
+                       workers=0, use_cache=False, progress=False)
         assert code == 0
         outputs.append(json.loads(out.read_text()))
     assert outputs[0] == outputs[1]

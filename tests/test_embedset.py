@@ -17,15 +17,17 @@ from typer.testing import CliRunner
 
 import zstag
 from test_kill import BLOCKING_DECODER  # tests/test_kill.py
+from test_scoring import calibrated_model_dir  # noqa: F401 (fixture; tests/test_scoring.py)
 from test_tag import LABELS, _fresh_cache, cli_subprocess, music, write_bad_files, write_music  # noqa: F401 (fixtures)
 from zstag import embedset
 from zstag.cli import app
 from zstag.embedcache import content_digest
 
 # The set stores the float32 embedding that `tag` computes (the same deterministic pipeline), and both score
-# it with modelfile.cosine_scores in float64: a different BLAS blocking of the [N, D] x [D, M] product moves a
+# it with scoring.scores in float64: a different BLAS blocking of the [N, D] x [D, M] product moves a
 # cosine by at most D * 2**-53 relative (~1e-14), which can flip the float32 rounding by one ulp (<= 6e-8 for
 # |cosine| <= 1) and so the 6-decimal rounding of the output by one unit: 1e-6, plus slack for the decimal print.
+# A calibrated score is Φ of such a product (Φ' <= 0.4, so it moves less), in 0..1: the same bound holds.
 SCORE_TOLERANCE = 1e-6 + 1e-12
 
 
@@ -241,6 +243,35 @@ def test_search_embeddings_ranks_as_search_on_the_audio(music, tiny_model_dir, t
               "-o", tmp_path / "top.parquet")
     assert top.exit_code == 0
     assert [r["path"] for r in pq.read_table(tmp_path / "top.parquet").to_pylist()] == [t["path"] for t in got[:2]]
+
+
+def test_a_calibrated_models_rows_score_as_tag_and_search_on_the_audio(music, calibrated_model_dir, tmp_path):
+    """A calibrated model's track embedding is [joint D | teacher K] (scoring.py): the set stores it whole, and
+    the set queries score it through scoring.scores, as tag and search do on the audio."""
+    from zstag import modelfile, scoring
+
+    files = modelfile.read_model(calibrated_model_dir)
+    out = tmp_path / "set"
+    assert cli("embed", music, "--out", out, "--model", calibrated_model_dir, "--no-cache").exit_code == 0
+    dim = scoring.joint_dim(files.config) + len(files.config["scores"]["teacher_words"])
+    assert embedset.set_model(out) == (files.model_id, "float32", dim)
+    labels = "rock,piano,no vocals,lullaby"
+    audio = cli("tag", music.resolve(), "-l", labels, "-m", calibrated_model_dir, "-f", "json")  # fills the cache
+    from_set = cli("tag", "--embeddings", out, "-l", labels, "-m", calibrated_model_dir, "-f", "json")
+    assert audio.exit_code == from_set.exit_code == 0, from_set.output
+    assert "calibrated" in json.loads(from_set.stdout)["score"]
+    expected, got = scores_of(audio.stdout), scores_of(from_set.stdout)
+    assert sorted(got) == sorted(expected)
+    for path, scores in expected.items():
+        assert all(0 <= v <= 1 for v in scores.values())
+        for label, score in scores.items():
+            assert abs(got[path][label] - score) <= SCORE_TOLERANCE
+    searched = cli("search", "calm piano", music.resolve(), "-m", calibrated_model_dir, "-f", "json")  # cached
+    searched_set = cli("search", "calm piano", "--embeddings", out, "-m", calibrated_model_dir, "-f", "json")
+    assert searched.exit_code == searched_set.exit_code == 0, searched_set.output
+    expected, got = json.loads(searched.stdout)["tracks"], json.loads(searched_set.stdout)["tracks"]
+    assert [t["path"] for t in got] == [t["path"] for t in expected]
+    assert all(abs(a["score"] - b["score"]) <= SCORE_TOLERANCE for a, b in zip(got, expected))
 
 
 def test_embed_local_tag_and_set_queries_never_import_ray(music, tiny_model_dir, tmp_path):

@@ -828,7 +828,8 @@ def test_a_file_whose_path_is_longer_than_libsndfile_takes_is_tagged(tmp_path, m
 
 @pytest.mark.parametrize("option", [["--offset", "nan"], ["--offset", "inf"], ["--max-seconds", "nan"]])
 def test_non_finite_offset_or_length_is_a_usage_error(option, tmp_path):
-    from zstag.tagger import TagUsageError, run
+    from zstag.cli_run import run_tag as run
+    from zstag.tagger import TagUsageError
 
     with pytest.raises(TagUsageError, match="finite"):
         run([str(tmp_path)], labels=["jazz"], offset=float(option[1]) if option[0] == "--offset" else 0.0,

@@ -377,7 +377,7 @@ def test_default_index_agrees_with_the_full_word_list(glove, full_index):
 
 
 def test_word_index_survives_hash_collisions(monkeypatch):
-    from zstag import words as words_module
+    from zstag import wordindex as words_module  # WordIndex and its hash
 
     vocab = ["jazz", "rock", "lo-fi", "jazz", "café", "", "日本", "x"]  # a repeat: the last row wins, as in a dict
     monkeypatch.setattr(words_module, "_word_hash", lambda data: len(data) % 2)  # nearly every word collides

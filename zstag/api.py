@@ -90,7 +90,7 @@ def tag(
     Labels are checked before any audio is decoded (``zstag.words.UnknownLabelError`` names the nearest known
     spellings). Scores are the CLI's, to the last bit: cosine similarities, not probabilities.
     """
-    from zstag import modelfile
+    from zstag import modelfile, scoring
     from zstag.tagger import parse_labels
     from zstag.words import load_words
 
@@ -101,7 +101,7 @@ def tag(
     _, found = _files_and_inputs(files, paths, extensions)
     results = _results(files, found.files, use_cache, workers, offset, max_seconds, device, bf16)
     good = [r for r in results if r.ok]
-    scores = (modelfile.cosine_scores(np.stack([r.embedding for r in good]), label_emb) if good
+    scores = (scoring.scores(files.config, np.stack([r.embedding for r in good]), label_emb) if good
               else np.zeros((0, len(label_list)), dtype=np.float32))
     rows = iter(scores)
     out = [Tags(r.path, dict(zip(label_list, map(float, next(rows))))) if r.ok else Tags(r.path, error=r.error)
@@ -121,11 +121,10 @@ def _files_and_inputs(model, paths, extensions):
 
 def _results(files, paths, use_cache, workers, offset, max_seconds, device, bf16):
     from zstag.audio import check_span
-    from zstag.devices import check_device
+    from zstag.devices import Target
     from zstag.tagger import track_results
 
     check_span(offset, max_seconds)
-    check_device(device)
     return track_results(files, paths, workers=workers, use_cache=use_cache, offset=offset,
-                         max_seconds=max_seconds, progress=False, device=device, bf16=bf16)
+                         max_seconds=max_seconds, device=Target(device, bf16))
 

@@ -19,12 +19,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from zstag.errors import ZstagError
 
 MODES = ("z", "center")  # z: (cos - mu) / sigma; center: cos - mu only
 MIN_SIGMA = 1e-6  # a label whose training cosines do not vary at all is left unscaled beyond this
 
 
-class CalibrationError(ValueError):
+class CalibrationError(ZstagError, ValueError):
     """A calibration file that cannot be used (malformed, or for another embedding size)."""
 
 

@@ -1,4 +1,6 @@
-"""The `zstag` command line: thin wrappers that parse options and call the modules.
+"""The `zstag` command line: thin wrappers that parse options and call the modules; the library's
+ZstagError / UsageError become one line on stderr and exit 1 / 2 (errors.py). Help texts and shared
+options: cli_options.py; what tag, search, similar and eval show: cli_run.py.
 
 Heavy imports (torch, librosa, gensim) happen inside the commands, never at module level,
 so `zstag --help` and `zstag labels` start fast.
@@ -6,12 +8,18 @@ so `zstag --help` and `zstag labels` start fast.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from pathlib import Path
 from typing import List, Optional
 
 import typer
+
+from zstag.cli_options import (_LIMIT, _SEARCH_DEVICE, _SEARCH_EXTENSIONS, _SEARCH_FORMAT, _SEARCH_MODEL,
+                               _SEARCH_NO_CACHE, _SEARCH_NO_PROGRESS, _SEARCH_OUTPUT, _SEARCH_WORKERS, CORPUS_HELP,
+                               EVAL_HELP, SEARCH_HELP, TAG_HELP, _cache_corpus, _check_split_options,
+                               _open_training_corpus, _search_options, _split_for, _write_or_fail, fail)
 
 app = typer.Typer(
     add_completion=False,
@@ -42,34 +50,38 @@ def _root(
 _quick_exit = False
 
 
-def fail(message: str, code: int = 1) -> None:
-    """Print a one-line error on stderr and exit."""
-    typer.echo(f"zstag: error: {message}", err=True)
-    raise typer.Exit(code)
+def _exit_codes(function):
+    """The command with zstag's errors as one line on stderr: exit 2 for a UsageError, 1 for any other
+    ZstagError (errors.py); a message or code that depends on where the error comes from is set there."""
+
+    @functools.wraps(function)
+    def run(*args, **kwargs):
+        from zstag.errors import UsageError, ZstagError
+
+        try:
+            return function(*args, **kwargs)
+        except UsageError as exc:
+            fail(str(exc), 2)
+        except ZstagError as exc:
+            fail(str(exc))
+
+    return run
 
 
-def _check_output(output, option: str, inputs, **how) -> None:
-    """paths.check_output: an output that would replace one of the run's inputs is a usage error (exit 2)."""
-    from zstag.paths import OutputIsInputError, check_output
+def command(name: Optional[str] = None, **options):
+    """app.command, with _exit_codes."""
 
-    try:
-        check_output(output, option, inputs, **how)
-    except OutputIsInputError as exc:
-        fail(str(exc), 2)
+    def register(function):
+        app.command(name, **options)(_exit_codes(function))
+        return function
 
-
-def _write_or_fail(path, write) -> None:
-    """Run write(); an unwritable destination is a one-line error, not a traceback."""
-    try:
-        write()
-    except OSError as exc:
-        fail(f"{exc.filename or path}: cannot write: {exc.strerror or exc}")
+    return register
 
 
 # --- labels (words.py) -------------------------------------------------------
 
 
-@app.command()
+@command()
 def labels(
     names: List[str] = typer.Argument(..., metavar="LABEL...", help="Labels to look up, e.g. jazz \"drum and bass\"."),
     vectors: Optional[Path] = typer.Option(
@@ -81,12 +93,9 @@ def labels(
     from rich.table import Table
 
     from zstag.spelling import typo_note
-    from zstag.words import UnknownLabelError, VectorsError, WordVectors
+    from zstag.words import UnknownLabelError, WordVectors
 
-    try:
-        wv = WordVectors.load(vectors)
-    except VectorsError as e:
-        fail(str(e), 2)
+    wv = WordVectors.load(vectors)
     table = Table(title=f"labels in {wv.source} ({wv.dim}-d)")
     for column in ("label", "normalised", "words used", "in vocabulary", "nearest words"):
         table.add_column(column)
@@ -115,75 +124,7 @@ def labels(
 
 # --- preprocess / train (features.py, train.py) ------------------------------
 
-CORPUS_HELP = "Corpus kind: msd, mtat, gtzan, folder, csv or auto."
-
-
-def _open_training_corpus(kind: str, root: Path, audio: Optional[Path], top_n: Optional[int],
-                          min_tracks: Optional[int], min_val: Optional[float]):
-    """open_corpus with only the reader options the user gave; one-line errors; what the reader left out
-    (missing audio, malformed rows) is one line on stderr."""
-    from zstag.corpora import KINDS, CorpusError, open_corpus
-
-    if kind != "auto" and kind not in KINDS:
-        fail(f"--corpus: unknown kind {kind!r}: expected one of {', '.join(KINDS)} or auto", 2)
-    given = {"audio": audio, "top_n": top_n, "min_tracks": min_tracks, "min_val": min_val}
-    options = {k: v for k, v in given.items() if v is not None}
-    try:
-        data = open_corpus(kind, root, **options)
-    except CorpusError as exc:
-        fail(str(exc))
-    except TypeError as exc:
-        if "unexpected keyword argument" not in str(exc):
-            raise
-        name = str(exc).rsplit("'", 2)[-2].replace("_", "-")
-        fail(f"--{name} does not apply to a {kind} corpus", 2)
-    left_out = data.left_out()
-    if left_out:
-        typer.echo(f"zstag: {left_out}", err=True)
-    return data
-
-
-def _unseen_names(unseen: Optional[str]) -> Optional[list[str]]:
-    return [x.strip() for x in unseen.split(",") if x.strip()] if unseen else None
-
-
-def _check_split_options(unseen, unseen_fraction, split_by, val_fraction, test_fraction) -> None:
-    """The split options' values, before any data is read: a bad one is a usage error (exit 2)."""
-    from zstag.splits import ARTIST_TEST_FRACTION, SplitError, check_fractions
-
-    if split_by not in ("artist", "tracks"):
-        fail(f"--split-by {split_by!r}: expected artist or tracks", 2)
-    if test_fraction is None:
-        test_fraction = ARTIST_TEST_FRACTION if split_by == "artist" else 0.0
-    try:
-        check_fractions(None if _unseen_names(unseen) else unseen_fraction, val_fraction, test_fraction)
-    except SplitError as exc:
-        fail(str(exc), 2)
-
-
-def _split_for(corpus, split_file, seed, unseen, unseen_fraction, split_by, val_fraction, test_fraction):
-    import warnings
-
-    from zstag.splits import SplitError, SplitLabelError, load_split, make_split
-
-    try:
-        if split_file is not None:
-            return load_split(split_file)
-        with warnings.catch_warnings(record=True) as caught:  # one line each, not Python's source-line format
-            warnings.simplefilter("always")
-            split = make_split(corpus, seed=seed, unseen=_unseen_names(unseen), unseen_fraction=unseen_fraction,
-                               by_artist=split_by == "artist", validation_fraction=val_fraction,
-                               test_fraction=test_fraction)
-    except SplitLabelError as exc:  # --unseen names a label the corpus does not have
-        fail(str(exc), 2)
-    except SplitError as exc:
-        fail(str(exc))
-    for warning in caught:
-        typer.echo(f"zstag: warning: {warning.message}", err=True)
-    return split
-
-
-@app.command("preprocess")
+@command("preprocess")
 def preprocess_command(
     corpus: str = typer.Option("auto", "--corpus", help=CORPUS_HELP),
     root: Path = typer.Option(..., "--root", help="The corpus root (folder or manifest/tag file)."),
@@ -201,7 +142,9 @@ def preprocess_command(
     """Decode a corpus into log-mel features for training (resumable; bad files are listed, not fatal)."""
     from zstag.audio import FRONT_ENDS
     from zstag.corpora import corpus_inputs
-    from zstag.features import FeatureCacheError, parse_shard, preprocess
+    from zstag.features import parse_shard, preprocess
+    from zstag.paths import check_output
+    from zstag.progress import Bar
 
     if front_end not in FRONT_ENDS:
         fail(f"--front-end {front_end!r}: expected one of {', '.join(FRONT_ENDS)}", 2)
@@ -210,17 +153,16 @@ def preprocess_command(
     except ValueError as exc:
         fail(str(exc), 2)
     data = _open_training_corpus(corpus, root, audio, top_n, min_tracks, min_val)
-    _check_output(out, "--out", corpus_inputs(data), folder=True)
+    check_output(out, "--out", corpus_inputs(data), folder=True)
     from zstag.paths import put_name, valid_text
 
     # cache.json in valid Unicode: the name is shown (and names splits and models), the root kept whole
     source = {"name": valid_text(data.name), "kind": data.kind, **put_name({}, "root", str(root)),
               "options": data.options}
     try:
-        report = preprocess(data.tracks, out, FRONT_ENDS[front_end], workers=workers, shard=part,
-                            shard_size=shard_size, source=source, progress=not no_progress)
-    except FeatureCacheError as exc:
-        fail(str(exc))
+        with Bar("preprocess", not no_progress) as bar:
+            report = preprocess(data.tracks, out, FRONT_ENDS[front_end], workers=workers, shard=part,
+                                shard_size=shard_size, source=source, progress=bar)
     except OSError as exc:
         fail(f"{exc.filename or out}: cannot write: {exc.strerror or exc}")
     failed = len(report.failures)  # tracks_done counts every track this run tried, failed ones too
@@ -237,7 +179,7 @@ def preprocess_command(
         typer.echo(f"  all failures: {out / 'failures.csv'}", err=True)
 
 
-@app.command("split")
+@command("split")
 def split_command(
     out: Path = typer.Option(..., "--out", help="Split JSON file to write."),
     features: Optional[Path] = typer.Option(None, "--features", help="Take the tracks from this feature cache ..."),
@@ -252,7 +194,7 @@ def split_command(
 ) -> None:
     """Make the paper's seen/unseen label split and train/validation/test partitions; save it as JSON."""
     from zstag.corpora import corpus_inputs
-    from zstag.paths import Input
+    from zstag.paths import Input, check_output
     from zstag.splits import save_split
 
     if (features is None) == (root is None):
@@ -264,7 +206,7 @@ def split_command(
     else:
         data = _open_training_corpus(corpus, root, None, None, None, None)
         inputs = corpus_inputs(data)
-    _check_output(out, "--out", inputs)
+    check_output(out, "--out", inputs)
     split = _split_for(data, None, seed, unseen, unseen_fraction, split_by, val_fraction, test_fraction)
     _write_or_fail(out, lambda: save_split(split, out))
     counts = split.counts()
@@ -272,17 +214,7 @@ def split_command(
                f"validation {counts['validation']}, test {counts['test']} tracks; sha256 {split.sha256[:16]}")
 
 
-def _cache_corpus(features: Path):
-    from zstag.features import FeatureCacheError
-    from zstag.features import cache_corpus
-
-    try:
-        return cache_corpus(features)
-    except FeatureCacheError as exc:
-        fail(str(exc))
-
-
-@app.command("train")
+@command("train")
 def train_command(
     features: Path = typer.Option(..., "--features", help="Feature cache from `zstag preprocess`."),
     out: Path = typer.Option(..., "--out", help="Model folder to write (checkpoints go inside)."),
@@ -316,12 +248,13 @@ def train_command(
     """
     import os
 
-    from zstag.devices import DeviceError, pick_device
-    from zstag.features import FeatureCache, FeatureCacheError
-    from zstag.paths import Input
-    from zstag.splits import SplitError, check_split, save_split
+    from zstag.devices import pick_device
+    from zstag.features import FeatureCache
+    from zstag.paths import Input, check_output
+    from zstag.progress import Bar
+    from zstag.splits import check_split, save_split
     from zstag.train import SPLIT_FILE, TrainError, TrainOptions, has_checkpoint, train
-    from zstag.words import UnknownLabelError, VectorsError, parse_random_source
+    from zstag.words import VectorsError, parse_random_source
 
     # Everything that can be checked is checked before anything is written: a refused run leaves --out as it was.
     options = TrainOptions(
@@ -338,27 +271,18 @@ def train_command(
         fail(f"--vectors {exc}", 2)
     if split is None:
         _check_split_options(unseen, unseen_fraction, split_by, val_fraction, test_fraction)
-    try:
-        pick_device(device, int(os.environ.get("LOCAL_RANK", "0")))
-    except DeviceError as exc:
-        fail(str(exc), 2)
-    try:
-        cache = FeatureCache.open(features)
-    except FeatureCacheError as exc:
-        fail(str(exc))
+    pick_device(device, int(os.environ.get("LOCAL_RANK", "0")))
+    cache = FeatureCache.open(features)
     data = _cache_corpus(features)
     saved_split = out / SPLIT_FILE
     read = [Input("the feature cache", features, whole=True)]  # and --split, --vectors when they are files
     read += [Input(what, path) for what, path in (("the split file", split), ("the word-vector file", vectors)) if path]
-    _check_output(out, "--out", read, folder=True, allowed=[saved_split])  # a split kept in --out is read back
+    check_output(out, "--out", read, folder=True, allowed=[saved_split])  # a split kept in --out is read back
     if split is None and resume and saved_split.is_file():
         split = saved_split  # the resumed run keeps the split it was started with
     the_split = _split_for(data, split, seed, unseen, unseen_fraction, split_by, val_fraction, test_fraction)
     if split is not None:
-        try:
-            absent = check_split(the_split, data)
-        except SplitError as exc:
-            fail(str(exc))
+        absent = check_split(the_split, data)
         if absent:
             typer.echo(f"zstag: warning: {len(absent)} tracks of the split are not in the feature cache; skipped",
                        err=True)
@@ -373,34 +297,19 @@ def train_command(
         if split is None or Path(split).resolve() != saved_split.resolve():
             _write_or_fail(saved_split, lambda: save_split(the_split, saved_split))
 
-    try:
+    with Bar("train", not no_progress) as bar:
         result = train(
             cache, the_split.tracks("train"), the_split.tracks("validation"), the_split.seen, out, options,
             vectors_source=vectors, split_sha256=the_split.sha256, corpus_name=the_split.corpus, resume=resume,
-            progress=not no_progress, on_start=save_the_split,
+            progress=bar, log=bar.log, on_start=save_the_split,
         )
-    except (UnknownLabelError, VectorsError) as exc:  # labels and word vectors: usage errors, as in tag and eval
-        fail(str(exc), 2)
-    except (TrainError, FeatureCacheError) as exc:
-        fail(str(exc))
     if "model_id" in result:
         typer.echo(f"{out}: model {result['model_id']}, best epoch {result['best_epoch']} of {result['epochs']} "
                    f"(validation loss {result['best_val_loss']:.4f})" + (", stopped early" if result["stopped_early"] else ""))
 
 # --- tag (tagger.py) ---------------------------------------------------------
 
-TAG_HELP = """Score audio files against free-text labels (zero-shot).
-
-Each file is embedded whole (the mean over all its ~3 s segments; deterministic) and compared with
-each label's embedding. Scores are cosine similarities in -1..1: higher is closer; they rank labels
-and files but are not probabilities. --single picks one label per file with a confidence =
-softmax(cosine / 0.1) over the given labels (relative to that label set). Track embeddings are
-cached by file content and model, so re-tagging with new labels decodes nothing. Per-file errors go
-to stderr, one line each; exit code 1 if any file failed, 2 for usage errors.
-"""
-
-
-@app.command("tag", help=TAG_HELP)
+@command("tag", help=TAG_HELP)
 def tag_command(
     paths: Optional[List[str]] = typer.Argument(None, metavar="PATH", help="Audio files and/or folders (searched recursively)."),
     labels: Optional[List[str]] = typer.Option(
@@ -443,101 +352,68 @@ def tag_command(
     dry_run: bool = typer.Option(
         False, "--dry-run", help="With --write-tags: print each file's old and new tag values; write nothing."),
 ) -> None:
-    from zstag import tagger
+    from zstag.cli_run import run_tag
+    from zstag.devices import Target
 
     global _quick_exit
     _quick_exit = True
     if embeddings is not None:
-        _tag_embedding_set(embeddings, paths, write_tags or offset or max_seconds is not None or bf16, labels=labels,
-                           labels_file=labels_file, model=model, vectors=vectors, single=single, top_k=top_k,
-                           threshold=threshold, fmt=fmt, output=output)
+        from zstag.cli_run import run_tag_set
+
+        if paths or write_tags or offset or max_seconds is not None or bf16:
+            fail("--embeddings scores the set's rows: no PATH, --write-tags, --offset, --max-seconds or --bf16", 2)
+        raise typer.Exit(run_tag_set(embeddings, labels=labels, labels_file=labels_file, model=model, vectors=vectors,
+                                     single=single, top_k=top_k, threshold=threshold, fmt=fmt, output=output))
     if not paths:
         fail("give the audio files or folders to tag (PATH), or --embeddings DIR", 2)
-    try:
-        code = tagger.run(
-            paths, labels=labels, labels_file=labels_file, model=model, vectors=vectors, extensions=extensions,
-            single=single, top_k=top_k, threshold=threshold, fmt=fmt, output=output, workers=workers,
-            use_cache=not no_cache, offset=offset, max_seconds=max_seconds, device=device, bf16=bf16,
-            write_tags=write_tags, tag_field=tag_field, append=append, dry_run=dry_run,
-        )
-    except tagger.TagUsageError as exc:
-        fail(str(exc), 2)
+    code = run_tag(
+        paths, labels=labels, labels_file=labels_file, model=model, vectors=vectors, extensions=extensions,
+        single=single, top_k=top_k, threshold=threshold, fmt=fmt, output=output, workers=workers,
+        use_cache=not no_cache, offset=offset, max_seconds=max_seconds, device=Target(device, bf16),
+        write_tags=write_tags, tag_field=tag_field, append=append, dry_run=dry_run,
+    )
     raise typer.Exit(code)
 
 
 # --- embed (embedset.py) -------------------------------------------------------
 
 
-@app.command("embed")
+@command("embed")
 def embed_command(
     paths: Optional[List[str]] = typer.Argument(None, metavar="[PATH]...", help="Audio files, folders (recursive) or URIs (s3://..., file://...)."),
     out: str = typer.Option(..., "--out", help="The embedding set (a Parquet folder) to create or resume."),
     from_list: Optional[List[str]] = typer.Option(None, "--from-list", help="A text file of paths, one per line ('-': stdin); repeatable."),
-    model: str = typer.Option("default", "--model", "-m", help="Model folder, or a name in models/."),
-    extensions: Optional[str] = typer.Option(None, "--extensions", help="Extensions to take from folders: mp3,wav."),
+    model: str = _SEARCH_MODEL, extensions: Optional[str] = _SEARCH_EXTENSIONS,
     engine: str = typer.Option("local", "--engine", help="local (this machine) or ray (a Ray cluster: pip install 'zstag[ray]')."),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="--engine ray: the cluster (auto: the one `ray start` made); default: a local Ray."),
     workers: Optional[int] = typer.Option(None, "--workers", min=0, help="local: decode processes (default: all cores); ray: model actors."),
     gpus_per_worker: Optional[float] = typer.Option(None, "--gpus-per-worker", min=0.0, help="--engine ray: GPUs per actor."),
     part_files: int = typer.Option(256, "--part-files", min=1, help="Rows per part file (a kill loses at most one part's work)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="local: neither read nor write the SQLite embedding cache."),
-    device: str = typer.Option("auto", "--device", help="Where the audio model runs: auto, cpu, cuda or cuda:N."),
+    device: str = _SEARCH_DEVICE, no_progress: bool = _SEARCH_NO_PROGRESS,
     bf16: bool = typer.Option(False, "--bf16", help="As tag --bf16 (the set's precision is bfloat16)."),
-    no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
 ) -> None:
     """Embed audio into an embedding set: a Parquet folder, one row per file (path, content digest, size, duration,
     model, embedding or error). Resumable: a rerun embeds only what the set lacks. Query it with
     `zstag tag --embeddings DIR` and `zstag search QUERY --embeddings DIR` (no audio, no torch)."""
-    from zstag import embedset
-    from zstag.tagger import TagUsageError
+    from zstag.cli_run import run_embed
+    from zstag.devices import Target
 
     global _quick_exit
     _quick_exit = True
     ray_options = {k: v for k, v in (("address", ray_address), ("gpus_per_worker", gpus_per_worker)) if v is not None}
     if engine == "ray" and workers is not None:
         ray_options["actors"] = workers
-    try:
-        code = embedset.run(list(paths or []), out, lists=list(from_list or []), model=model, extensions=extensions,
-                            engine=engine, part_files=part_files, workers=None if engine == "ray" else workers,
-                            use_cache=not no_cache, device=device, bf16=bf16, progress=not no_progress,
-                            ray_options=ray_options, note=lambda line: typer.echo(line, err=True))
-    except (embedset.EmbedUsageError, TagUsageError) as exc:
-        fail(str(exc), 2)
-    except embedset.EmbedSetError as exc:
-        fail(str(exc))
-    raise typer.Exit(code)
-
-
-def _tag_embedding_set(folder: str, paths, audio_options: bool, **options) -> None:
-    """tag --embeddings: setquery.tag; PATHs and the options about audio do not apply."""
-    from zstag import setquery
-
-    if paths or audio_options:
-        fail("--embeddings scores the set's rows: no PATH, --write-tags, --offset, --max-seconds or --bf16", 2)
-    try:
-        code = setquery.tag(folder, **options)
-    except setquery.TagUsageError as exc:
-        fail(str(exc), 2)
+    code = run_embed(list(paths or []), out, lists=list(from_list or []), model=model, extensions=extensions,
+                     engine=engine, part_files=part_files, workers=None if engine == "ray" else workers,
+                     use_cache=not no_cache, device=Target(device, bf16), progress=not no_progress,
+                     ray_options=ray_options)
     raise typer.Exit(code)
 
 
 # --- eval (evaluate.py) ------------------------------------------------------
 
-EVAL_HELP = """Evaluate a model on a labelled corpus: zero-shot figures for seen, unseen and all labels.
-
-Single-label corpora (gtzan, folder, a csv with one label per track): accuracy of the argmax over the
-label words, per-class recall, confusion matrix (--plot FILE.png draws it). Multi-label corpora (mtat,
-msd, csv): retrieval ROC-AUC / PR-AUC per label and annotation ROC-AUC / AP per track (both averaged),
-hit@k and P@k for k = 1, 5, 10. Seen labels are those in the model's training vocabulary; with --split
-they are the split's seen labels and only the split's test partition (groups B and C, plus any held-out
-group-A tracks) is evaluated. A transfer report compares the labels and the acoustic conditions with the
-model's training corpus. Track embeddings are cached, so a second run decodes nothing. Files that
-cannot be decoded (or are silent or too short) are reported on stderr and left out, and the exit code is 1
-(the report is still written); 2 for usage errors. --out writes every figure as JSON.
-"""
-
-
-@app.command("eval", help=EVAL_HELP)
+@command("eval", help=EVAL_HELP)
 def eval_command(
     corpus: str = typer.Option(..., "--corpus", "-c", help="Corpus kind: gtzan, mtat, msd, folder or csv."),
     root: Path = typer.Option(..., "--root", "-r", help="The corpus root folder (or manifest / annotations file)."),
@@ -558,27 +434,20 @@ def eval_command(
     device: str = typer.Option("auto", "--device", help="Where the audio model runs: auto (a GPU when torch sees one, else the CPU), cpu, cuda or cuda:N."),
     bf16: bool = typer.Option(False, "--bf16", help="As tag --bf16 (a CPU with AMX: ~2x faster embedding; the report says so)."),
 ) -> None:
-    from rich.console import Console
-
     from zstag import evaluate
-    from zstag.corpora import KINDS, CorpusError
-    from zstag.devices import DeviceError, check_bf16, pick_device
-    from zstag.model import ModelError
-    from zstag.paths import OutputIsInputError, check_distinct
-    from zstag.splits import SplitError
-    from zstag.tagger import TagUsageError, parse_labels
-    from zstag.words import VectorsError
+    from zstag.cli_run import show_eval
+    from zstag.corpora import KINDS
+    from zstag.devices import Target
+    from zstag.paths import check_distinct
+    from zstag.progress import Bar
+    from zstag.tagger import parse_labels
 
     global _quick_exit
     _quick_exit = True
     if corpus not in KINDS:
         fail(f"--corpus: unknown kind {corpus!r}: expected one of {', '.join(KINDS)}", 2)
-    try:
-        target = pick_device(device)  # eval loads torch anyway: an unusable GPU is a usage error before any work
-        if bf16:
-            check_bf16(target)
-    except DeviceError as exc:
-        fail(str(exc), 2)
+    runs_on = Target(device, bf16)
+    runs_on.device  # eval loads torch anyway: an unusable GPU is a usage error before any work
     for target, option in ((out, "--out"), (plot, "--plot")):
         if target is not None and not target.parent.is_dir():
             fail(f"{target}: the folder for {option} does not exist", 2)
@@ -589,97 +458,29 @@ def eval_command(
             import matplotlib  # noqa: F401
         except ImportError:
             fail("--plot needs matplotlib, which is not installed: install zstag's plot extra (pip install -e '.[plot]')", 2)
-    try:
-        check_distinct({"--out": out, "--plot": plot})
-    except OutputIsInputError as exc:
-        fail(str(exc), 2)
-    try:
-        chosen = parse_labels(labels) if labels else None
+    check_distinct({"--out": out, "--plot": plot})
+    chosen = parse_labels(labels) if labels else None
+    with Bar("embedding") as bar:  # labels, options, the model and its word vectors: usage errors, as in tag
         result = evaluate.evaluate(
             corpus, root, model=model, split=split, labels=chosen, top_n=top_n, vectors=vectors, workers=workers,
-            use_cache=not no_cache, max_seconds=max_seconds, device=device, bf16=bf16,
+            use_cache=not no_cache, max_seconds=max_seconds, device=runs_on, progress=bar,
             outputs={"--out": out, "--plot": plot},  # refused if one would replace an input, before any decoding
         )
-    except (TagUsageError, evaluate.EvalUsageError, ModelError, VectorsError) as exc:  # as tag: labels, options,
-        fail(str(exc), 2)  # the model and its word vectors
-    except (evaluate.EvalError, CorpusError, SplitError) as exc:
-        fail(str(exc))
-    report = result.report
-    # Files and stderr first, the table last: a reader that closes stdout early (| head) cuts only the table.
-    draw = plot is not None and report["task"] == "classification"
-    if out is not None:
-        _write_or_fail(out, lambda: evaluate.write_report(report, out))
-    if draw:
-        _write_or_fail(plot, lambda: evaluate.plot_confusion(report, plot))
-    if report["corpus"]["left_out"]:
-        typer.echo(f"zstag: {report['corpus']['left_out']}", err=True)
-    for failure in report["tracks"]["failed"]:
-        typer.echo(f"zstag: {failure['error']}", err=True)
-    for warning in report["warnings"]:
-        typer.echo(f"zstag: warning: {warning}", err=True)
-    for note in report["labels"]["likely_typos"]:
-        typer.echo(f"zstag: note: {note}", err=True)
-    if plot is not None and not draw:
-        typer.echo("zstag: warning: --plot draws the confusion matrix of single-label corpora; nothing drawn", err=True)
-    failed = len(report["tracks"]["failed"])
-    typer.echo(f"zstag: evaluated {report['tracks']['evaluated']} of {report['tracks']['selected']} tracks "
-               f"({result.cached} from the cache)" + (f"; {failed} failed" if failed else ""), err=True)
-    if out is not None:
-        typer.echo(f"zstag: report written to {out}", err=True)
-    if draw:
-        typer.echo(f"zstag: confusion matrix written to {plot}", err=True)
-    if sys.stdout is None:  # started with descriptor 1 closed: the table has nowhere to go
-        fail("cannot write the table to stdout: it is closed")
-    try:
-        evaluate.render(report, Console())  # a pipe closed early (| head): rich sends the rest to /dev/null, exit 1
-    except OSError as exc:  # a full disk, an I/O error
-        fail(f"cannot write the table to stdout: {exc.strerror or exc}")
-    if failed:  # as tag: the figures leave those tracks out
-        raise typer.Exit(1)
+    show_eval(result, out, plot)
 
 
 # --- search / similar (search.py) ----------------------------------------------
 
-SEARCH_HELP = """Find the tracks closest to a text query: one label or phrase ("speech", "calm piano").
-
-Without --labels the first argument is the query and the rest are the files and folders to search; with
---labels (several labels: a track scores the mean of its cosines with them) every argument is a path.
-Files not yet embedded are embedded first (the cache is shared with `zstag tag`); without a PATH the
-search covers every file the embedding cache holds for the model. --format m3u8 -o list.m3u8 writes a
-playlist (paths relative to its folder where it holds the tracks).
-"""
-
-
-def _search_options(model, vectors, extensions, limit, fmt, output, workers, no_cache, device, no_progress) -> dict:
-    return dict(model=model, vectors=vectors, extensions=extensions, limit=limit, fmt=fmt, output=output,
-                workers=workers, use_cache=not no_cache, device=device, progress=not no_progress)
-
-
 def _run_search(query, paths, **options) -> None:
-    from zstag import search
-    from zstag.tagger import TagUsageError
+    from zstag.cli_run import run_search
 
     global _quick_exit
     _quick_exit = True
-    try:
-        code = search.run(query, paths, **options)
-    except TagUsageError as exc:
-        fail(str(exc), 2)
+    code = run_search(query, paths, **options)
     raise typer.Exit(code)
 
 
-_LIMIT = typer.Option(20, "--limit", "-n", min=1, help="How many tracks to list.")
-_SEARCH_FORMAT = typer.Option("table", "--format", "-f", help="table, json, jsonl, csv or m3u8 (a playlist).")
-_SEARCH_OUTPUT = typer.Option(None, "--output", "-o", help="Write here (atomically) instead of stdout.")
-_SEARCH_MODEL = typer.Option("default", "--model", "-m", help="Model folder, or a name in models/.")
-_SEARCH_EXTENSIONS = typer.Option(None, "--extensions", help="Extensions to take from folders: mp3,wav.")
-_SEARCH_WORKERS = typer.Option(None, "--workers", min=0, help="Decode processes for files not yet embedded (default: all cores).")
-_SEARCH_NO_CACHE = typer.Option(False, "--no-cache", help="Neither read nor write the embedding cache (needs PATHs).")
-_SEARCH_DEVICE = typer.Option("auto", "--device", help="Where the audio model runs: auto, cpu, cuda or cuda:N.")
-_SEARCH_NO_PROGRESS = typer.Option(False, "--no-progress", help="No progress bar.")
-
-
-@app.command("search", help=SEARCH_HELP)
+@command("search", help=SEARCH_HELP)
 def search_command(
     args: Optional[List[str]] = typer.Argument(None, metavar="QUERY [PATH]...", help="The query, then files and/or folders."),
     labels: Optional[List[str]] = typer.Option(
@@ -699,21 +500,17 @@ def search_command(
             fail("give a QUERY (or --labels)", 2)
         query, args = args[0], args[1:]
     if embeddings is not None:
-        from zstag import setquery
+        from zstag.cli_run import run_search_set
 
         if args:
             fail("--embeddings searches the set's rows: no PATH", 2)
-        try:
-            code = setquery.search(embeddings, query, labels=labels, labels_file=labels_file, model=model,
-                                   vectors=vectors, limit=limit, fmt=fmt, output=output)
-        except setquery.TagUsageError as exc:
-            fail(str(exc), 2)
-        raise typer.Exit(code)
+        raise typer.Exit(run_search_set(embeddings, query, labels=labels, labels_file=labels_file, model=model,
+                                        vectors=vectors, limit=limit, fmt=fmt, output=output))
     options = _search_options(model, vectors, extensions, limit, fmt, output, workers, no_cache, device, no_progress)
     _run_search(query, args, labels=labels, labels_file=labels_file, **options)
 
 
-@app.command("similar")
+@command("similar")
 def similar_command(
     file: str = typer.Argument(..., metavar="FILE", help="The track to find more like."),
     paths: Optional[List[str]] = typer.Argument(None, metavar="[PATH]...", help="Files and/or folders to search (default: the cache's)."),

@@ -12,12 +12,15 @@ from __future__ import annotations
 import functools
 import os
 import re
+from dataclasses import dataclass
+
+from zstag.errors import UsageError
 
 DEVICE_HELP = "auto (a CUDA GPU when torch sees one, else the CPU), cpu, cuda or cuda:N"
 _NAME = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
-class DeviceError(ValueError):
+class DeviceError(UsageError, ValueError):
     """A --device that is malformed or not present on this machine (one-line message)."""
 
 
@@ -29,6 +32,31 @@ def check_device(name) -> str:
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise DeviceError(f"--device {name!r}: expected {DEVICE_HELP}")
     return name
+
+
+@dataclass(frozen=True)
+class Target:
+    """--device and --bf16, made once (the CLI, the API) and passed down: the name checked without torch
+    when made (a warm `zstag tag` never imports it), the torch.device resolved once, when a model first runs."""
+
+    name: str = "auto"
+    bf16: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "name", check_device(self.name))  # a torch.device becomes its name
+
+    @functools.cached_property
+    def device(self):
+        """The torch.device (pick_device), with bf16 checked on it (check_bf16); DeviceError otherwise."""
+        device = pick_device(self.name)
+        if self.bf16:
+            check_bf16(device)
+        return device
+
+
+def target_of(device, bf16: bool = False) -> Target:
+    """device itself when it is a Target, else Target(device, bf16)."""
+    return device if isinstance(device, Target) else Target(device, bf16)
 
 
 def pick_device(name: str = "auto", local_rank: int = 0):

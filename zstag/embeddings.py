@@ -87,29 +87,30 @@ def embed_files(
     use_cache: bool = True,
     offset: float = 0.0,
     max_seconds: float | None = None,
-    progress: bool = True,
+    progress: Callable | None = None,
     cache: EmbeddingCache | None = None,
-    device: str = "cpu",
+    device="cpu",
     bf16: bool = False,
 ) -> list[TrackResult]:
     """Embed each file as a whole track; results in input order. Never raises for a bad file.
 
     model: a model, or a ModelBuild (its build's exception is raised once the model is needed, after
     the first files have decoded; no embedding or failure is stored before). workers: decode processes
-    (None: all cores; 0: decode in this process). progress: a progress bar on stderr when it is a
-    terminal. cache: an open EmbeddingCache (default: the one in cache_dir()). device: where the model
-    runs (devices.DEVICE_HELP; DeviceError before any decoding if unusable, unless model is a
-    ModelBuild, whose build should check it); the model is back where it was when this returns. Cache
-    rows do not depend on it (see devices.py). bf16: run the model's float32 products in bfloat16 on a
-    CPU that has it natively (devices.cpu_bfloat16; DeviceError otherwise, when checked as device is);
-    such rows are cached apart (cache_id).
+    (None: all cores; 0: decode in this process). progress: a callback, progress("embedding", done, total)
+    as files finish (progress.Bar draws it). cache: an open EmbeddingCache (default: the one in
+    cache_dir()). device: where the model runs: a devices.Target, or its name (devices.DEVICE_HELP) with bf16; DeviceError before any decoding if
+    unusable, unless model is a ModelBuild, whose build should resolve it; the model is back where it was
+    when this returns. Cache rows do not depend on it (see devices.py). bf16: run the model's float32
+    products in bfloat16 on a CPU that has it natively (devices.cpu_bfloat16; DeviceError otherwise, when
+    the device is resolved); such rows are cached apart (cache_id).
     """
-    from zstag.devices import check_bf16, check_device, pick_device
+    from zstag.devices import target_of
 
+    target = target_of(device, bf16)
     building = isinstance(model, ModelBuild)
-    device = check_device(device) if building else pick_device(device)  # a ModelBuild's thread imports torch
-    if bf16 and not building:
-        check_bf16(device)
+    if not building:  # a ModelBuild's thread imports torch and resolves it
+        target.device
+    report = progress if callable(progress) else None
     paths = [str(p) for p in paths]
     workers = default_workers() if workers is None else max(0, int(workers))
     if not building:
@@ -122,9 +123,8 @@ def embed_files(
     if not use_cache or model_id == "untrained":
         cache = None
     try:
-        with _Progress(len(paths), progress) as bar:
-            _embed(model, cache_id(model_id, bf16), paths, results, cache, workers, offset, max_seconds, bar, device,
-                   bf16)
+        _embed(model, cache_id(model_id, target.bf16), paths, results, cache, workers, offset, max_seconds,
+               _Count(len(paths), report), target)
     finally:
         if own_cache and cache is not None:
             cache.close()
@@ -172,7 +172,7 @@ def _fill_hits(cache, model_id, paths, digests, offset, max_seconds, results) ->
             results[i] = TrackResult(paths[i], hit[0], None, hit[1], cached=True)
 
 
-def _embed(model, model_id, paths, results, cache, workers, offset, max_seconds, bar, device, bf16) -> None:
+def _embed(model, model_id, paths, results, cache, workers, offset, max_seconds, bar, target) -> None:
     digests: dict[int, tuple[str, tuple]] = {}  # index → (content digest, stat stamp when hashed)
     if cache is not None:
         digests = content_digests(cache, paths, workers)
@@ -198,15 +198,7 @@ def _embed(model, model_id, paths, results, cache, workers, offset, max_seconds,
         if building:
             early = _decoded_while_building(model, decoded)
             model = model.result().eval()
-        if not isinstance(device, str):
-            target = device  # resolved by embed_files
-        else:  # a ModelBuild's name, now that torch is loaded
-            from zstag.devices import check_bf16, pick_device
-
-            target = pick_device(device)
-            if bf16:
-                check_bf16(target)
-        with _Inference(model, target, workers, bf16) as inference:
+        with _Inference(model, target.device, workers, target.bf16) as inference:
             for i, outcome in chain(_popping(early), decoded):
                 if isinstance(outcome, str):
                     finish(i, outcome, None)
@@ -402,39 +394,15 @@ def _cannot_embed(path: str, exc: Exception) -> str:
     return failure_line(path, " ".join(f"cannot embed: {type(exc).__name__}: {exc}".split()))
 
 
-class _Progress:
-    """A rich progress bar (files, files/s, ETA) on stderr; silent when stderr is not a terminal."""
+class _Count:
+    """Files done so far, reported to a progress callback (none: nothing)."""
 
-    def __init__(self, total: int, enabled: bool):
-        self.total = total
-        self.enabled = enabled and sys.stderr.isatty() and total > 0
-        self.progress = None
-
-    def __enter__(self):
-        if self.enabled:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.progress = Progress(
-                TextColumn("embedding"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[rate]}"),
-                TextColumn("ETA"),
-                TimeRemainingColumn(),
-                console=Console(stderr=True),
-                transient=True,
-            )
-            self.progress.start()
-            self.task = self.progress.add_task("embedding", total=self.total, rate="")
-        return self
+    def __init__(self, total: int, report: Callable | None):
+        self.total, self.done, self.report = total, 0, report
+        if report is not None:
+            report("embedding", 0, total)
 
     def advance(self, n: int) -> None:
-        if self.progress is not None and n:
-            self.progress.advance(self.task, n)
-            speed = self.progress.tasks[0].speed
-            self.progress.update(self.task, rate=f"{speed:.1f} files/s" if speed else "")
-
-    def __exit__(self, *exc):
-        if self.progress is not None:
-            self.progress.stop()
+        if self.report is not None and n:
+            self.done += n
+            self.report("embedding", self.done, self.total)

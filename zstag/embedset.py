@@ -25,13 +25,13 @@ a URI is read twice: hashed by the planning driver, fetched again by whoever emb
 from __future__ import annotations
 
 import os
-import sys
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from zstag.errors import UsageError, ZstagError
 from zstag.setinputs import InputError, Source, fetched, gather, read_list, uri_digest
 
 PART_PREFIX = "part-"
@@ -40,11 +40,11 @@ PART_FILES = 256  # rows per part file: what a kill can lose at most (the local 
 FORMAT = "zstag-embeddings/1"  # in each part's schema metadata
 
 
-class EmbedSetError(Exception):
+class EmbedSetError(ZstagError):
     """An embedding set that cannot be read or written (one line naming the folder and the cause)."""
 
 
-class EmbedUsageError(EmbedSetError):
+class EmbedUsageError(EmbedSetError, UsageError):
     """Bad options or a set of another model: nothing written (exit 2)."""
 
 
@@ -55,6 +55,20 @@ class Plan:
     skipped: int = 0  # (path, digest) already has a row
     stale: set = field(default_factory=set)  # (path, digest) rows of files whose content has changed since
     problems: list[str] = field(default_factory=list)  # one line each: no row, tried again next run
+
+
+@dataclass
+class Embedded:
+    """What `zstag embed` did (run): files embedded, error rows written, rows already there, rows copied,
+    inputs not read (their lines), changed files' rows replaced, duplicate paths skipped."""
+
+    embedded: int
+    failed: int
+    skipped: int
+    copied: int
+    problems: list[str]
+    replaced: int
+    duplicates: int
 
 
 # --- the schema -----------------------------------------------------------------------------------
@@ -71,8 +85,12 @@ def schema(dim: int, model_id: str, precision: str):
 
 
 def model_dim(files) -> int:
-    """The model's joint-space size, from the numpy label branch (no torch): the width of every row."""
-    return int(files.embed_label_vectors(np.zeros((1, int(files.config["word_dim"])), np.float32)).shape[1])
+    """The width of the model's track embeddings, the width of every row (no torch): the label branch's joint
+    space, then a calibrated model's teacher words (scoring.py: its tracks are [joint D | teacher K])."""
+    from zstag import scoring
+
+    joint = int(files.embed_label_vectors(np.zeros((1, int(files.config["word_dim"])), np.float32)).shape[1])
+    return joint + (len(files.config["scores"]["teacher_words"]) if scoring.is_calibrated(files.config) else 0)
 
 
 def row(source: Source, embedding, error: str | None, stats: dict | None) -> dict:
@@ -317,16 +335,19 @@ def chunks(items: list, size: int):
 
 def run(inputs: list[str], out: str, *, lists: list[str] = (), model: str = "default", extensions: str | None = None,
         engine: str = "local", part_files: int = PART_FILES, workers: int | None = None, use_cache: bool = True,
-        device: str = "auto", bf16: bool = False, progress: bool = True, ray_options: dict | None = None,
-        note=lambda line: print(line, file=sys.stderr)) -> int:
-    """`zstag embed`: embed the inputs into the set `out` (created or resumed); returns the exit code (0, or 1
-    when some input failed). note(line): where the per-file error lines and the summary go. EmbedUsageError
-    (exit 2) before anything is written: bad options, a model or device that cannot be used, an --out that
-    holds an input or a set of another model."""
+        device="auto", progress=None, ray_options: dict | None = None, note=None) -> Embedded:
+    """`zstag embed`: embed the inputs into the set `out` (created or resumed). device: a devices.Target (its
+    bf16: the set's precision). progress: the local engine's callback (embeddings.embed_files); with --engine
+    ray, any progress shows Ray Data's bars. note(line): each input not read and each error row, as they come
+    (a run over millions of files keeps no list of them). EmbedUsageError (exit 2) before anything is written:
+    bad options, a model that cannot be used, an --out that holds an input or a set of another model."""
     from zstag import modelfile
+    from zstag.devices import target_of
     from zstag.paths import Input, OutputIsInputError, check_output
     from zstag.tagger import TagUsageError, parse_extensions
 
+    target = target_of(device)
+    note = note or (lambda line: None)
     if engine not in ("local", "ray"):
         raise EmbedUsageError(f"--engine {engine!r}: choose local or ray")
     if engine != "ray" and ray_options:
@@ -339,7 +360,7 @@ def run(inputs: list[str], out: str, *, lists: list[str] = (), model: str = "def
         raise EmbedUsageError(str(exc)) from None
     if not items:
         raise EmbedUsageError("no inputs: give PATHs or --from-list FILE")
-    precision = "bfloat16" if bf16 else "float32"
+    precision = "bfloat16" if target.bf16 else "float32"
     there = set_model(out) if Path(out).is_dir() else None
     if there is not None and there[:2] != (files.model_id, precision):
         raise EmbedUsageError(f"{out}: holds embeddings of model {there[0]} ({there[1]}), not {files.model_id} "
@@ -357,15 +378,15 @@ def run(inputs: list[str], out: str, *, lists: list[str] = (), model: str = "def
     if engine == "ray":
         from zstag.rayengine import ray_batches  # ImportError here: EmbedUsageError, before any work
 
-        batches = ray_batches(files, part_files, bf16=bf16, progress=progress, **(ray_options or {}))
+        batches = ray_batches(files, part_files, bf16=target.bf16, progress=progress is not None, **(ray_options or {}))
     else:
-        batches = local_batches(files, part_files, workers=workers, use_cache=use_cache, device=device, bf16=bf16,
+        batches = local_batches(files, part_files, workers=workers, use_cache=use_cache, device=target,
                                 progress=progress)
     Path(out).mkdir(parents=True, exist_ok=True)
     todo = plan(out, sources, workers=workers, use_cache=use_cache)
     problems += todo.problems
     for line in problems:
-        note(f"zstag: {line}")
+        note(line)
     writer = PartWriter(out, model_dim(files), files.model_id, precision)
     for rows in chunks(copied_rows(out, todo.copies), part_files):
         writer.write(rows)
@@ -375,24 +396,18 @@ def run(inputs: list[str], out: str, *, lists: list[str] = (), model: str = "def
         for r in rows:
             if r["error"] is not None:
                 failed += 1
-                note(f"zstag: {r['error']}")
+                note(r["error"])
     drop_rows(out, todo.stale)
-    note(f"zstag: {out}: embedded {len(todo.todo) - failed} of {len(todo.todo)} files"
-         + (f" ({failed} failed: error rows)" if failed else "")
-         + f"; {todo.skipped} already there, {len(todo.copies)} copied from rows of the same content"
-         + (f"; {len(problems)} not read (no row: tried again next run)" if problems else "")
-         + (f"; {len(todo.stale)} row(s) of changed files replaced" if todo.stale else "")
-         + (f"; {duplicates} duplicate path(s) skipped" if duplicates else ""))
-    return 1 if failed or problems else 0
+    return Embedded(len(todo.todo) - failed, failed, todo.skipped, len(todo.copies), problems, len(todo.stale),
+                    duplicates)
 
 
-def local_batches(files, part_files: int, *, workers, use_cache, device, bf16, progress):
+def local_batches(files, part_files: int, *, workers, use_cache, device, progress):
     """batches(sources) -> the rows of each part_files sources in turn, embedded by tagger.track_results."""
     from zstag.tagger import track_results
 
     def embed_paths(paths):
-        return track_results(files, paths, workers=workers, use_cache=use_cache, progress=progress, device=device,
-                             bf16=bf16)
+        return track_results(files, paths, workers=workers, use_cache=use_cache, progress=progress, device=device)
 
     def batches(sources):
         for chunk in chunks(sources, part_files):

@@ -43,6 +43,7 @@ import numpy as np
 from zstag.audio import FrontEnd
 from zstag.paths import atomic_write, get_name, name_bytes, name_from_bytes, put_name, valid_text
 from zstag.shards import DTYPE, SHARD_PATTERN, ShardWriter, npy_problem, remove_leftovers, shard_complete, write_json
+from zstag.errors import ZstagError
 
 SHARD_TRACKS = 256  # tracks per shard: ~80 MB of float16 frames for 256 × 30 s clips at 128 mels
 SHARD_SECONDS = 60.0  # a shard open this long is written out as a part: what a kill can lose ...
@@ -55,7 +56,7 @@ MAX_OPEN_SHARDS = 256  # memory maps kept open by a reader: MSD has ~1,600 shard
 IN_FLIGHT_PER_WORKER = 4  # decoded tracks waiting per worker: bounds memory when the writer lags
 
 
-class FeatureCacheError(Exception):
+class FeatureCacheError(ZstagError):
     """A cache folder that is missing, incomplete, or made for something else (one-line message)."""
 
 
@@ -145,7 +146,7 @@ def preprocess(
     shard: tuple[int, int] = (1, 1),
     shard_size: int = SHARD_TRACKS,
     source: dict | None = None,
-    progress: bool = True,
+    progress=None,
     part_seconds: float = SHARD_SECONDS,
     part_bytes: int = SHARD_BYTES,
 ) -> PreprocessReport:
@@ -153,7 +154,8 @@ def preprocess(
 
     Resumable: complete shards are kept and skipped, the parts of unfinished ones kept and the rest of
     them computed. ``shard=(K, N)`` does only the shards k with k % N == K − 1. ``source`` (e.g. corpus
-    kind and root) is recorded in cache.json. part_seconds, part_bytes: when an open shard is written out
+    kind and root) is recorded in cache.json. progress: a callback, progress("preprocess", done, total,
+    failed=n) as tracks finish (progress.Bar draws it). part_seconds, part_bytes: when an open shard is written out
     as a part (see zstag.shards).
     """
     started = time.perf_counter()
@@ -192,24 +194,23 @@ def preprocess(
             tasks.append((str(t.path), fe_dict, float(getattr(t, "offset", 0.0) or 0.0), getattr(t, "duration", None)))
             owners.append((s, t))
 
-    bar = _progress_bar(progress)
-    with bar:
-        task_id = bar.add_task("preprocess", total=len(tasks), failed=0)
-        try:
-            for (s, track), (frames, stats, error) in zip(owners, _map(tasks, workers)):
-                failure = None
-                if error is not None:
-                    failure = put_name(put_name({}, "id", str(track.id)), "path", str(track.path))
-                    failure["error"] = valid_text(error)
-                    report.failures.append(failure)
-                if writers[s].add(track, frames, stats, failure):
-                    report.shards_done += 1
-                report.tracks_done += 1
-                bar.update(task_id, advance=1, failed=len(report.failures))
-        except KeyboardInterrupt:  # Ctrl-C: the tracks done so far are kept for the next run
-            for writer in writers.values():
-                writer.write_part()
-            raise
+    report_progress = progress if callable(progress) else (lambda *args, **fields: None)
+    report_progress("preprocess", 0, len(tasks), failed=0)
+    try:
+        for (s, track), (frames, stats, error) in zip(owners, _map(tasks, workers)):
+            failure = None
+            if error is not None:
+                failure = put_name(put_name({}, "id", str(track.id)), "path", str(track.path))
+                failure["error"] = valid_text(error)
+                report.failures.append(failure)
+            if writers[s].add(track, frames, stats, failure):
+                report.shards_done += 1
+            report.tracks_done += 1
+            report_progress("preprocess", report.tracks_done, len(tasks), failed=len(report.failures))
+    except KeyboardInterrupt:  # Ctrl-C: the tracks done so far are kept for the next run
+        for writer in writers.values():
+            writer.write_part()
+        raise
     # Failures of shards skipped by this run were reported by the run that wrote them; list them all.
     report.complete = all(shard_complete(folder, s) for s in range(n_shards))
     _write_failures(folder, n_shards)
@@ -284,28 +285,6 @@ def _pool(workers: int):
 
     # the tag workers' fork server: the same preloaded modules and one-thread BLAS from the start
     return ProcessPoolExecutor(workers, mp_context=mp_context(), initializer=_init_worker, initargs=(os.getpid(),))
-
-
-def _progress_bar(enabled: bool):
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn,
-                               TimeElapsedColumn, TimeRemainingColumn)
-    from rich.text import Text
-
-    class FilesPerSecond(ProgressColumn):
-        def render(self, task):
-            return Text(f"{task.speed:.1f} files/s" if task.speed else "– files/s")
-
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        FilesPerSecond(),
-        TextColumn("[red]{task.fields[failed]} failed"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        disable=not enabled,
-        transient=False,
-    )
 
 
 def _write_failures(folder: Path, n_shards: int) -> None:

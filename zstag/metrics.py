@@ -125,3 +125,50 @@ def top_k(truth: np.ndarray, scores: np.ndarray, ks=TOP_K) -> dict:
         out[f"hit@{k}"] = float(np.mean(hits > 0))
         out[f"P@{k}"] = float(np.mean(hits / k))
     return out
+
+
+def set_figures(truth: np.ndarray, scores: np.ndarray, labels: list[str], subset: list[str], single_label: bool) -> dict:
+    """The figures of one label set; truth bool [N, M] and scores [N, M] are over `labels`."""
+    columns = [labels.index(label) for label in subset]
+    t, s = truth[:, columns], scores[:, columns]
+    if single_label:
+        rows = t.any(axis=1)  # tracks whose (one) label is in the set
+        true_index = t[rows].argmax(axis=1) if subset else np.zeros(0, dtype=np.int64)
+        out = classification(true_index, s[rows])
+        counts = t[rows].sum(axis=0)
+        return {
+            "n_labels": len(subset),
+            "n_tracks": out["n_tracks"],
+            "accuracy": out["accuracy"],
+            "mean_recall": out["mean_recall"],
+            "per_label": {label: {"n_tracks": int(n), "recall": r} for label, n, r in zip(subset, counts, out["recall"])},
+            "confusion": {"labels": list(subset), "matrix": out["confusion"]},
+        }
+    if not subset:  # e.g. no unseen label: nothing to rank, rather than every track "skipped"
+        t = s = np.zeros((0, 0))
+    ranked_tracks = retrieval(t, s)
+    ranked_labels = annotation(t, s)
+    per_label = {
+        label: {"n_positive": int(n), "roc_auc": r[0] if r else None, "pr_auc": r[1] if r else None}
+        for label, n, r in zip(subset, t.sum(axis=0), ranked_tracks["per_row"])
+    }
+    return {
+        "n_labels": len(subset),
+        "n_tracks": int(len(t)),
+        "retrieval": {
+            "roc_auc": ranked_tracks["roc_auc"],
+            "pr_auc": ranked_tracks["pr_auc"],
+            "n_labels_scored": ranked_tracks["n_scored"],
+            "skipped_no_positive": ranked_tracks["skipped_no_positive"],
+            "skipped_all_positive": ranked_tracks["skipped_all_positive"],
+        },
+        "annotation": {
+            "roc_auc": ranked_labels["roc_auc"],
+            "average_precision": ranked_labels["pr_auc"],
+            "n_tracks_scored": ranked_labels["n_scored"],
+            "skipped_no_positive": ranked_labels["skipped_no_positive"],
+            "skipped_all_positive": ranked_labels["skipped_all_positive"],
+        },
+        "top_k": top_k(t, s),
+        "per_label": per_label,
+    }

@@ -112,6 +112,64 @@ class ConseHead(nn.Module):
         return (weights.unsqueeze(-1) * self.tag_vectors[top.indices]).sum(dim=-2)
 
 
+class TeacherHead(nn.Module):
+    """The audio projection of a calibrated model (zstag/scoring.py): pooled backbone features →
+    [joint embedding (D) | teacher words' values standardised over the reference library (K)].
+
+    config (``audio_projection``): ``joint_columns`` [start, stop] of the features the trained map reads,
+    ``tag_columns`` {backbone: [start, stop]} of each tagger's logits, ``tag_words`` {backbone: [word per tag]};
+    a word's value is the max logit over its tags, then the mean over the backbones that have it.
+    """
+
+    def __init__(self, config: dict, teacher_words: list[str], out_dim: int):
+        super().__init__()
+        start, stop = (int(x) for x in config["joint_columns"])
+        self.joint_columns = (start, stop)
+        self.joint = build_head({"type": config.get("joint", "linear")}, stop - start, out_dim)
+        index = {w: j for j, w in enumerate(teacher_words)}
+        self.blocks = []
+        counts = torch.zeros(len(teacher_words))
+        for name, (a, b) in sorted(config["tag_columns"].items()):
+            tags = config["tag_words"][name]
+            if len(tags) != int(b) - int(a):
+                raise ModelError(f"{name}: {len(tags)} tag words for {int(b) - int(a)} columns")
+            # one-hot [n_tags, K]: the max over a word's tags is taken as a masked max below
+            member = torch.zeros(len(tags), len(teacher_words), dtype=torch.bool)
+            for t, word in enumerate(tags):
+                member[t, index[word]] = True
+            counts += member.any(dim=0).float()
+            self.blocks.append((int(a), int(b), member))
+        if (counts == 0).any():
+            raise ModelError("a teacher word has no tag")
+        self.register_buffer("counts", counts)
+        self.register_buffer("mu", torch.zeros(len(teacher_words)))
+        self.register_buffer("sigma", torch.ones(len(teacher_words)))
+
+    def word_values(self, features: torch.Tensor) -> torch.Tensor:
+        """[N, F] → [N, K] raw teacher-word values (before standardisation)."""
+        total = torch.zeros(features.shape[0], len(self.mu), dtype=features.dtype, device=features.device)
+        for a, b, member in self.blocks:
+            member = member.to(features.device)
+            logits = features[:, a:b].unsqueeze(-1).expand(-1, -1, member.shape[1])
+            best = logits.masked_fill(~member, float("-inf")).amax(dim=1)
+            total = total + torch.where(member.any(dim=0), best, torch.zeros_like(best))
+        return total / self.counts
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        a, b = self.joint_columns
+        teacher = (self.word_values(features) - self.mu) / self.sigma
+        return torch.cat([self.joint(features[:, a:b]), teacher], dim=-1)
+
+
+class ScoreStats(nn.Module):
+    """The reference library's mean and covariance of [unit joint embedding, teacher values] (zstag/scoring.py)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim, dtype=torch.float64))
+        self.register_buffer("cov", torch.eye(dim, dtype=torch.float64))
+
+
 def build_head(config: dict, in_dim: int, out_dim: int) -> nn.Module:
     kind = config.get("type", "linear")
     if kind == "identity":
@@ -152,7 +210,12 @@ class ZeroShotModel(nn.Module):
         elif kind == "musicnn":
             self.segment_encoder = MusicnnFeatures(audio["backbones"], audio.get("outputs", ["penultimate"]))
             proj = config.get("audio_projection", {"type": "linear"})
-            self.audio_projection = build_head(proj, int(audio["feature_dim"]), embed_dim)
+            if proj.get("type") == "teacher":
+                teacher = list(config["scores"]["teacher_words"])
+                self.audio_projection = TeacherHead(proj, teacher, embed_dim)
+                self.calibration = ScoreStats(embed_dim + len(teacher))
+            else:
+                self.audio_projection = build_head(proj, int(audio["feature_dim"]), embed_dim)
         elif kind == "conse":
             self.segment_encoder = MusicnnFeatures(audio["backbones"], ["taggram"])
             self.audio_projection = ConseHead(int(audio["feature_dim"]), word_dim, int(audio.get("top_t", 10)))
@@ -223,10 +286,17 @@ class ZeroShotModel(nn.Module):
                    for name, value in self.label_projection.state_dict().items()}
         return modelfile.project_labels(self.config, weights, vectors)
 
-    @staticmethod
-    def scores(track_emb: np.ndarray, label_emb: np.ndarray) -> np.ndarray:
-        """Cosine similarity, [N, D] × [M, D] → [N, M] in [-1, 1]."""
-        return modelfile.cosine_scores(track_emb, label_emb)
+    @property
+    def score_tensors(self) -> dict[str, np.ndarray]:
+        """The calibrated scores' reference statistics (zstag/scoring.py), empty for cosine models."""
+        stats = getattr(self, "calibration", None)
+        return {} if stats is None else {f"calibration.{k}": v.detach().cpu().numpy() for k, v in stats.state_dict().items()}
+
+    def scores(self, track_emb: np.ndarray, label_emb: np.ndarray) -> np.ndarray:
+        """[N, M] scores of track and label embeddings (label_embeddings'): cosine, or calibrated (scoring.py)."""
+        from zstag.scoring import scores
+
+        return scores(self.config, track_emb, label_emb)
 
 
 def track_chunks(segments: np.ndarray) -> list[np.ndarray]:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from zstag.errors import UsageError
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.safetensors"
@@ -31,7 +32,7 @@ MLP_LAYERS = ("0", "3")  # nn.Sequential(Linear, ReLU, Dropout, Linear): the two
 MAX_DENIALS = 4
 
 
-class ModelError(Exception):
+class ModelError(UsageError):
     """A model folder that is missing, incomplete or inconsistent (one-line message)."""
 
 
@@ -102,7 +103,16 @@ def label_embeddings(model, words, labels: list[str]) -> np.ndarray:
         if label in found:
             sign, what = found[label]
             emb[j] = sign * model.embed_label_vectors(words.vectors([what]))[0]
-    return emb
+    from zstag import scoring
+
+    if not scoring.is_calibrated(model.config):
+        return emb
+    # calibrated rows from what each label stands for; a denial is minus the row of what it denies
+    signs = np.array([found.get(label, (1, label))[0] for label in labels], dtype=np.float64)
+    what = [found.get(label, (1, label))[1] for label in labels]
+    weights = scoring.teacher_weights(model.config, words, what)
+    rows = scoring.calibrated_rows(model.config, model.score_tensors, signs[:, None] * emb, weights)
+    return (signs[:, None] * rows).astype(np.float32)
 
 
 def train_labels(config: dict) -> list[str]:
@@ -133,7 +143,7 @@ def training_spellings(model, labels: list[str]) -> dict[str, tuple[str, str, st
     tag prints it), never a substitution: "blue" is not "blues". The trained map places such pairs far apart
     although their word vectors are close (MODEL_CARD.md: "vocal" and "vocals" have cosine 0.80 in GloVe,
     0.04 in the default model's joint space)."""
-    from zstag.words import NEGATIONS, normalise_label
+    from zstag.labels import NEGATIONS, normalise_label
 
     trained = {normalise_label(label): label for label in train_labels(model.config)}
     sizes = {len(norm.split()) for norm in trained}  # an inflection has as many words as the label
@@ -203,6 +213,7 @@ class ModelFiles:
     weights_bytes: bytes = field(repr=False)
     model_id: str
     label_weights: dict[str, np.ndarray] = field(repr=False)
+    score_tensors: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     def embed_label_vectors(self, vectors: np.ndarray) -> np.ndarray:
         """[n, word_dim] → float32 [n, D], exactly as ``ZeroShotModel.embed_label_vectors``."""
@@ -225,9 +236,10 @@ def read_model(path_or_name: str | Path | None = None) -> ModelFiles:
         if not isinstance(config, dict):
             raise TypeError(f"{CONFIG_FILE} is not a JSON object")
         label_weights = _label_weights(config, weights_bytes)
+        score_tensors = _score_tensors(config, weights_bytes)
     except (ModelError, KeyError, TypeError, ValueError) as exc:
         raise damaged(folder, exc) from None
-    return ModelFiles(folder, config, weights_bytes, model_id(config_bytes, weights_bytes), label_weights)
+    return ModelFiles(folder, config, weights_bytes, model_id(config_bytes, weights_bytes), label_weights, score_tensors)
 
 
 def damaged(folder: Path, exc: Exception) -> ModelError:
@@ -236,6 +248,24 @@ def damaged(folder: Path, exc: Exception) -> ModelError:
         return ModelError(f"{folder}: {exc}")
     first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
     return ModelError(f"{folder}: weights and config do not match (or are damaged): {first}")
+
+
+def _score_tensors(config: dict, weights_bytes: bytes) -> dict[str, np.ndarray]:
+    """A calibrated model's reference statistics (zstag/scoring.py), their shapes checked; {} for cosine models."""
+    from safetensors.numpy import load
+
+    from zstag import scoring
+
+    if not scoring.is_calibrated(config):
+        return {}
+    tensors = load(weights_bytes)
+    dim = scoring.joint_dim(config) + len(config["scores"]["teacher_words"])
+    mean, cov = tensors.get(scoring.MEAN_KEY), tensors.get(scoring.COV_KEY)
+    if mean is None or cov is None or mean.shape != (dim,) or cov.shape != (dim, dim):
+        raise ValueError(f"no {scoring.MEAN_KEY} [{dim}] / {scoring.COV_KEY} [{dim}, {dim}]")
+    if not (np.isfinite(mean).all() and np.isfinite(cov).all()):
+        raise ValueError("non-finite score statistics")
+    return {scoring.MEAN_KEY: mean, scoring.COV_KEY: cov}
 
 
 def _label_weights(config: dict, weights_bytes: bytes) -> dict[str, np.ndarray]:

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
+from zstag.errors import UsageError
+
 CACHE_DIR_ENV = "ZSTAG_CACHE_DIR"  # overrides the platform cache folder (tests point it at tmp_path)
 
 
@@ -151,7 +153,7 @@ def npy_bytes(array) -> bytes:
 # --- outputs that would replace inputs ----------------------------------------------------------
 
 
-class OutputIsInputError(ValueError):
+class OutputIsInputError(UsageError, ValueError):
     """An output that would replace one of the run's inputs; str(e) is one line naming both paths."""
 
 

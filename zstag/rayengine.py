@@ -42,7 +42,7 @@ class EmbedActor:
         sources = [Source(os.fsdecode(name), os.fsdecode(local) if local else None)
                    for name, local in zip(batch["name"], batch["local"])]
         rows = embed_rows(sources, lambda paths: embed_files(self.model, paths, workers=1, use_cache=False,
-                                                             progress=False, device=self.device, bf16=self.bf16))
+                                                             device=self.device, bf16=self.bf16))
         embedding = np.zeros((len(rows), self.dim), np.float32)  # an error row's: zeros, dropped by the driver
         for k, r in enumerate(rows):
             if r["embedding"] is not None:

@@ -1,5 +1,5 @@
-"""Writing results out, shared by tag, search and similar: records as valid UTF-8 whatever the file names,
-and text to stdout or atomically to a file, with one line on stderr when it cannot be written.
+"""Results as text, shared by tag, search and similar: records as valid UTF-8 whatever the file names
+(cli_run writes the text out).
 
 A file name that is not UTF-8 (os.fsdecode's lone surrogates) is written with U+FFFD for each bad byte in
 "path" (paths.valid_text), and losslessly in "path_bytes" (paths.name_bytes: the bytes percent-encoded as in
@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import csv
 import io
-import os
-import sys
 
-from zstag.paths import atomic_write, name_bytes, valid_text
+from zstag.paths import name_bytes, valid_text
 
 
 def portable(record: dict) -> dict:
@@ -40,51 +38,3 @@ def csv_text(header: list[str], rows: list[list]) -> str:
         row[column] = valid_text(row[column])
         writer.writerow(row + ([b or ""] if extra else []))
     return out.getvalue()
-
-
-def write_output(text: str, output: str | None) -> bool:
-    """Write text to stdout (output None) or atomically to the file output (a link's target replaced);
-    False, with one line on stderr, when it could not be written. Used by tag, search and similar."""
-    if output is None:
-        error = write_stdout(text)
-        if error:
-            print(f"zstag: error: cannot write to stdout: {error}", file=sys.stderr)
-            return False
-        return True
-    try:  # tag's formats are valid Unicode (render); an m3u8 keeps a non-UTF-8 name's bytes: the player opens it
-        atomic_write(output, text.encode("utf-8", "surrogateescape"), follow_links=True)
-    except OSError as exc:
-        print(f"zstag: error: {output}: cannot write: {exc.strerror or exc}", file=sys.stderr)
-        return False
-    return True
-
-
-def write_stdout(text: str) -> str | None:
-    """Write text to stdout and flush it; None when it got there, else the cause (stdout closed, disk full,
-    broken pipe). Where stdout's encoding cannot carry a character (PYTHONIOENCODING=ascii), the text goes
-    out as UTF-8, the encoding of every format."""
-    if sys.stdout is None:  # Python started with descriptor 1 closed
-        return "it is closed"
-    try:
-        try:
-            sys.stdout.write(text)
-        except UnicodeEncodeError:
-            sys.stdout.flush()
-            sys.stdout.buffer.write(text.encode("utf-8", "replace"))
-        sys.stdout.flush()
-    except (OSError, ValueError) as exc:  # ValueError: sys.stdout closed inside Python
-        try:  # what is still buffered goes nowhere, instead of failing again (a traceback) at exit
-            fd = sys.stdout.fileno()
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, fd)
-            os.close(devnull)
-        except (OSError, ValueError):
-            pass
-        return getattr(exc, "strerror", None) or str(exc)
-    return None
-
-
-def terminal_width() -> int:
-    import shutil
-
-    return shutil.get_terminal_size().columns

@@ -14,7 +14,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import sys
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -42,7 +41,7 @@ class Library:
 
 
 def load_library(files, found, *, first: list[str] = (), workers: int | None = None, use_cache: bool = True,
-                 progress: bool = True, device: str = "cpu") -> tuple[Library, list]:
+                 progress=None, device="cpu") -> tuple[Library, list]:
     """(the library, the TrackResults of `first`): the files found (tagger.Found) under the PATHs, embedded
     where the cache misses them, or, found None, the cache's tracks (cached_library). first: files embedded
     in the same pass (similar's query track). files: modelfile.ModelFiles."""
@@ -85,16 +84,19 @@ def query_embeddings(files, words, labels: list[str]) -> np.ndarray:
         raise TagUsageError(str(exc)) from None
 
 
-def rank(tracks: list[Track], query: np.ndarray, limit: int | None, exclude: set | None = None) -> list[dict]:
-    """The best `limit` tracks for query [M, D] (the mean of each track's cosines with its rows), best
-    first, ties in library order; exclude: (st_dev, st_ino) of files to leave out (the query track)."""
-    from zstag.modelfile import cosine_scores
+def rank(tracks: list[Track], query: np.ndarray, limit: int | None, exclude: set | None = None,
+         config: dict | None = None, similar: bool = False) -> list[dict]:
+    """The best `limit` tracks for query [M, D] (the mean of each track's scores with its rows: the model's
+    label scores, zstag/scoring.py, or with similar the track-to-track similarity), best first, ties in library
+    order; exclude: (st_dev, st_ino) of files to leave out (the query track)."""
+    from zstag import scoring
 
     if exclude:
         tracks = [t for t in tracks if _file_id(t.path) not in exclude]
     if not tracks:
         return []
-    scores = cosine_scores(np.stack([t.embedding for t in tracks]), np.atleast_2d(query)).astype(np.float64)
+    score = scoring.similarity if similar else scoring.scores
+    scores = score(config or {}, np.stack([t.embedding for t in tracks]), np.atleast_2d(query)).astype(np.float64)
     # Rounded before sorting: the order is that of the numbers written out.
     scores = np.round(scores.mean(axis=1), SCORE_DIGITS)
     order = np.argsort(-scores, kind="stable")[:limit]
@@ -163,16 +165,28 @@ def _table(records: list[dict], query: dict, width: int | None) -> str:
 # --- the commands -------------------------------------------------------------------------------
 
 
-def run(query: str | None, inputs: list[str], *, labels: list[str] | None = None, labels_file: str | None = None,
-        similar_to: str | None = None, model: str = "default", vectors: str | None = None,
-        extensions: str | None = None, limit: int | None = DEFAULT_LIMIT, fmt: str = "table",
-        output: str | None = None, workers: int | None = None, use_cache: bool = True, progress: bool = True,
-        device: str = "cpu") -> int:
-    """`zstag search` (query text, or labels / labels_file) or, with similar_to, `zstag similar`; writes
-    the ranked tracks and returns the exit code (0, or 1 when some file failed or nothing was found).
-    TagUsageError for bad options, model, words or device, before any output."""
+@dataclass
+class Ranked:
+    """A search's result: the ranked records, what was asked (labels or similar_to), the model id, the
+    library searched; error: similar's track could not be embedded (one line; no records then)."""
+
+    records: list[dict]
+    about: dict
+    model_id: str
+    library: Library
+    error: str | None = None
+
+
+def search(query: str | None, inputs: list[str], *, labels: list[str] | None = None,
+           labels_file: str | None = None, similar_to: str | None = None, model: str = "default",
+           vectors: str | None = None, extensions: str | None = None, limit: int | None = DEFAULT_LIMIT,
+           fmt: str = "table", output: str | None = None, workers: int | None = None, use_cache: bool = True,
+           progress=None, device="cpu") -> Ranked:
+    """`zstag search` (query text, or labels / labels_file) or, with similar_to, `zstag similar`: the
+    tracks ranked. fmt and output are checked here (output never over an input), written by the caller.
+    TagUsageError (or DeviceError) for bad options, model, words or device, before any audio is read."""
     from zstag import modelfile
-    from zstag.devices import DeviceError, check_device
+    from zstag.devices import target_of
     from zstag.tagger import Found, check_tag_output, find_audio_files, parse_extensions, parse_labels
     from zstag.words import VectorsError, load_words
 
@@ -184,10 +198,10 @@ def run(query: str | None, inputs: list[str], *, labels: list[str] | None = None
         raise TagUsageError(f"--limit {limit}: need at least 1")
     if output is not None and (os.path.isdir(output) or not os.path.isdir(os.path.dirname(os.path.abspath(output)))):
         raise TagUsageError(f"{output}: --output must be a file in an existing folder")
+    target = target_of(device)
     try:
-        check_device(device)
         files = modelfile.read_model(model)
-    except (DeviceError, modelfile.ModelError) as exc:
+    except modelfile.ModelError as exc:
         raise TagUsageError(str(exc)) from None
     query_emb = None
     if similar_to is None:
@@ -210,31 +224,11 @@ def run(query: str | None, inputs: list[str], *, labels: list[str] | None = None
         query_id = _file_id(similar_to)
         found.files = [p for p in found.files if _file_id(p) != query_id]
     library, head = load_library(files, found, first=[similar_to] if similar_to else [], workers=workers,
-                                 use_cache=use_cache, progress=progress, device=device)
-    for line in library.failures:
-        print(f"zstag: {line}", file=sys.stderr)
+                                 use_cache=use_cache, progress=progress, device=target)
     exclude = None
     if similar_to is not None:
         if not head[0].ok:
-            print(f"zstag: error: {head[0].error}", file=sys.stderr)
-            return 1
+            return Ranked([], about, files.model_id, library, head[0].error)
         query_emb, exclude = head[0].embedding, {_file_id(similar_to)}
-    records = rank(library.tracks, query_emb, limit, exclude)
-    return _write(records, fmt, about, files.model_id, output, library)
-
-
-def _write(records, fmt, about, model_id, output, library) -> int:
-    from zstag.render import terminal_width, write_output
-
-    terminal = output is None and sys.stdout is not None and sys.stdout.isatty()
-    text = render(records, fmt, query=about, model_id=model_id, output=output,
-                  width=terminal_width() if terminal else None)
-    if not write_output(text, output):
-        return 1
-    print(f"zstag: searched {len(library.tracks)} tracks ({library.cached} from the cache)"
-          + (f"; {len(library.failures)} failed" if library.failures else ""), file=sys.stderr)
-    if not library.tracks:
-        hint = " in the embedding cache: give the files or folders to search" if library.from_cache else ""
-        print(f"zstag: no tracks to search{hint}", file=sys.stderr)
-        return 1
-    return 1 if library.failures else 0
+    return Ranked(rank(library.tracks, query_emb, limit, exclude, files.config, similar=similar_to is not None),
+                  about, files.model_id, library)

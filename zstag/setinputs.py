@@ -14,10 +14,12 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from zstag.errors import UsageError
+
 URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")  # "scheme://": a URI; anything else is a local path
 
 
-class InputError(Exception):
+class InputError(UsageError):
     """Inputs that cannot be used at all (an unreadable list file, a URI scheme pyarrow lacks): one line."""
 
 

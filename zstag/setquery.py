@@ -2,23 +2,38 @@
 --embeddings DIR`, with no audio decoded and no torch (the numpy label branch: modelfile).
 
 The set is read in record batches from memory-mapped parts (embedset.iter_batches) and scored block by
-block with the very function `zstag tag` uses (modelfile.cosine_scores: each row's cosines depend on that
-row alone), so a block's scores are those of a whole-set pass. Memory: one block of embeddings in float64,
-plus what the output needs: every row's record for table/json/jsonl/csv (as tag), the score matrix for
--f parquet (one float32 column per label, written in one atomic file), a score per row for search.
-Rows of files that failed when embedded are reported on stderr, one line each (exit 1), as tag reports them.
+block with the very function `zstag tag` uses (scoring.scores with the model's config: the cosine, or a
+calibrated model's score of its [joint | teacher] rows; each row's scores depend on that row alone), so a
+block's scores are those of a whole-set pass. Memory: one block of embeddings in float64, plus what the
+output needs: every row's record for table/json/jsonl/csv (as tag), the score matrix for -f parquet (one
+float32 column per label), a score per row for search. The results are returned (SetResult); cli_run
+writes them out and reports the rows of files that failed when embedded, one line each (exit 1), as tag does.
 """
 
 from __future__ import annotations
 
 import os
-import sys
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from zstag.tagger import SCORE_DIGITS, TagUsageError
 
 BLOCK_ROWS = 65536  # rows scored at once: 65536 x 100-d float64 = 52 MB
+
+
+@dataclass
+class SetResult:
+    """A set query's result: records (tag's or search's) for the text formats, or the -f parquet table;
+    rows: the rows scored; failures: the error lines of the rows of files that failed when embedded."""
+
+    files: object  # modelfile.ModelFiles
+    labels: list[str]
+    precision: str
+    rows: int
+    failures: list[str] = field(default_factory=list)
+    records: list[dict] = field(default_factory=list)
+    table: object = None  # pyarrow.Table, -f parquet
 
 
 def open_set(folder: str, model: str):
@@ -39,13 +54,12 @@ def open_set(folder: str, model: str):
     return files, there
 
 
-def scored_blocks(folder: str, label_emb: np.ndarray, columns=()):
+def scored_blocks(folder: str, config: dict, label_emb: np.ndarray, columns=()):
     """Yield (the batch's rows that have an embedding: path, path_bytes and `columns`, as Arrow; their float32
-    scores [n, M]; the error lines of the rows without one), block by block."""
+    scores [n, M] (scoring.scores with the model's config); the error lines of the rows without one), block by block."""
     import pyarrow as pa
 
-    from zstag import embedset
-    from zstag.modelfile import cosine_scores
+    from zstag import embedset, scoring
 
     for batch in embedset.iter_batches(folder, ["path", "path_bytes", "embedding", "error", *columns], BLOCK_ROWS):
         errors = batch.column("error")
@@ -55,7 +69,7 @@ def scored_blocks(folder: str, label_emb: np.ndarray, columns=()):
         if failed:  # numpy picks the embeddings (a pyarrow filter would copy the whole batch)
             keep = np.asarray(errors.is_null().to_numpy(zero_copy_only=False), bool)
             emb, rest = emb[keep], rest.filter(pa.array(keep))
-        scores = cosine_scores(emb, label_emb) if len(emb) else np.zeros((0, len(label_emb)), np.float32)
+        scores = scoring.scores(config, emb, label_emb) if len(emb) else np.zeros((0, len(label_emb)), np.float32)
         yield rest, scores, failed
 
 
@@ -90,32 +104,24 @@ def _check_output(output, fmt, folder, labels_file, vectors, files):
         raise TagUsageError(str(exc)) from None
 
 
-def write_parquet(output: str, table) -> bool:
-    """The table as one Parquet file, atomically (paths.atomic_write); False, with one line, if it cannot be."""
+def parquet_pieces(table) -> list:
+    """The table as one Parquet file's bytes, as pieces for paths.atomic_write (never joined in memory)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
-
-    from zstag.paths import atomic_write
 
     sink = pa.BufferOutputStream()
     # No dictionary (the paths are distinct), scores uncompressed (floats gain little): ~2x faster to write.
     pq.write_table(table, sink, use_dictionary=False,
                    compression={f.name: "snappy" if pa.types.is_string(f.type) else "none" for f in table.schema})
-    try:
-        atomic_write(output, [memoryview(sink.getvalue())], follow_links=True)
-    except OSError as exc:
-        print(f"zstag: error: {output}: cannot write: {exc.strerror or exc}", file=sys.stderr)
-        return False
-    return True
+    return [memoryview(sink.getvalue())]
 
 
 def tag(folder: str, *, labels=None, labels_file=None, model="default", vectors=None, single=False, top_k=None,
-        threshold=None, fmt="table", output=None) -> int:
-    """`zstag tag --embeddings DIR`: tag's records and formats (tagger.file_records, tagger.render) from the set's
-    rows, or -f parquet: path, path_bytes and one float32 score column per label (--single: label, confidence,
-    score). Returns the exit code (1 when the set has rows of failed files)."""
+        threshold=None, fmt="table", output=None) -> SetResult:
+    """`zstag tag --embeddings DIR`: tag's records (tagger.file_records) from the set's rows, or -f parquet's
+    table: path, path_bytes and one float32 score column per label (--single: label, confidence, score).
+    fmt and output are checked here (output never over an input), written by the caller."""
     from zstag import embedset, tagger
-    from zstag.render import terminal_width, write_output
 
     if fmt not in tagger.FORMATS + ("parquet",):
         raise TagUsageError(f"unknown format {fmt!r} (choose from {', '.join(tagger.FORMATS + ('parquet',))})")
@@ -126,31 +132,20 @@ def tag(folder: str, *, labels=None, labels_file=None, model="default", vectors=
     files, (_, precision, _) = open_set(folder, model)
     label_list, label_emb = _labels(files, labels, labels_file, vectors)
     _check_output(output, fmt, folder, labels_file, vectors, files)
-    names, blocks, failures = [], [], []
-    records = []
-    for block, scores, failed in scored_blocks(folder, label_emb):
-        failures += failed
+    result = SetResult(files, label_list, precision, 0)
+    names, blocks = [], []
+    for block, scores, failed in scored_blocks(folder, files.config, label_emb):
+        result.failures += failed
+        result.rows += len(block)
         if fmt == "parquet":  # the set's own path columns: no Python string per row
             names.append(block)
             blocks.append(scores)
         else:
-            records += tagger.file_records(embedset.row_names(block), scores, label_list, single=single, top_k=top_k,
-                                           threshold=threshold)
-    for line in failures:
-        print(f"zstag: {line}", file=sys.stderr)
-    tagged = sum(len(b) for b in blocks) if fmt == "parquet" else len(records)
+            result.records += tagger.file_records(embedset.row_names(block), scores, label_list, single=single,
+                                                  top_k=top_k, threshold=threshold)
     if fmt == "parquet":
-        ok = write_parquet(output, _score_table(names, blocks, label_list, single, threshold))
-    else:
-        terminal = output is None and sys.stdout is not None and sys.stdout.isatty()
-        ok = write_output(tagger.render(records, fmt, single=single, labels=label_list, model_id=files.model_id,
-                                        bf16=precision == "bfloat16", width=terminal_width() if terminal else None),
-                          output)
-    if not ok:
-        return 1
-    print(f"zstag: tagged {tagged} of {tagged + len(failures)} files (from the embedding set {folder})"
-          + (f"; {len(failures)} failed when embedded" if failures else ""), file=sys.stderr)
-    return 1 if failures else 0
+        result.table = _score_table(names, blocks, label_list, single, threshold)
+    return result
 
 
 def _score_table(names, blocks, label_list, single, threshold):
@@ -181,50 +176,40 @@ def _score_table(names, blocks, label_list, single, threshold):
 
 
 def search(folder: str, query: str | None, *, labels=None, labels_file=None, model="default", vectors=None,
-           limit=20, fmt="table", output=None) -> int:
-    """`zstag search QUERY --embeddings DIR`: the best `limit` rows by the mean of their cosines with the query
-    labels, as search.rank orders them (rounded, ties in set order); search's formats, or -f parquet."""
+           limit=20, fmt="table", output=None) -> SetResult:
+    """`zstag search QUERY --embeddings DIR`: the best `limit` rows by the mean of their scores (scoring.scores)
+    with the query labels, as search.rank orders them (rounded, ties in set order): search's records, or -f
+    parquet's table. fmt and output are checked here, written by the caller."""
     import pyarrow as pa
 
     from zstag import embedset
     from zstag import search as library_search
-    from zstag.render import terminal_width, write_output
 
     if fmt not in library_search.FORMATS + ("parquet",):
         raise TagUsageError(f"unknown format {fmt!r} (choose from {', '.join(library_search.FORMATS + ('parquet',))})")
     if limit is not None and limit < 1:
         raise TagUsageError(f"--limit {limit}: need at least 1")
-    files, _ = open_set(folder, model)
+    files, (_, precision, _) = open_set(folder, model)
     label_list, label_emb = _labels(files, [query] if query is not None else labels, labels_file, vectors)
     _check_output(output, fmt, folder, labels_file, vectors, files)
-    blocks, means, failures = [], [], []
-    for block, scores, failed in scored_blocks(folder, label_emb, ["duration_s"]):
+    result = SetResult(files, label_list, precision, 0)
+    blocks, means = [], []
+    for block, scores, failed in scored_blocks(folder, files.config, label_emb, ["duration_s"]):
         blocks.append(block)
         means.append(np.round(scores.astype(np.float64).mean(axis=1), SCORE_DIGITS))
-        failures += failed
-    for line in failures:
-        print(f"zstag: {line}", file=sys.stderr)
+        result.failures += failed
     mean = np.concatenate(means) if means else np.zeros(0)
+    result.rows = len(mean)
     order = np.argsort(-mean, kind="stable")[:limit]
     # Only the chosen rows' names and durations become Python objects (a set has parts: blocks is not empty).
     chosen = pa.concat_tables(blocks).take(pa.array(order, pa.int64()))
-    records = [{"rank": n, "path": name, "score": float(mean[i]), "duration_s": duration}
-               for n, (i, name, duration) in enumerate(zip(order, embedset.row_names(chosen),
-                                                           chosen.column("duration_s").to_pylist()), 1)]
     if fmt == "parquet":
-        ok = write_parquet(output, pa.table({
+        result.table = pa.table({
             "rank": pa.array(np.arange(1, len(order) + 1, dtype=np.int64)), "path": chosen.column("path"),
             "path_bytes": chosen.column("path_bytes"), "score": pa.array(mean[order]),
-            "duration_s": chosen.column("duration_s")}))
+            "duration_s": chosen.column("duration_s")})
     else:
-        terminal = output is None and sys.stdout is not None and sys.stdout.isatty()
-        ok = write_output(library_search.render(records, fmt, query={"labels": label_list}, model_id=files.model_id,
-                                                output=output, width=terminal_width() if terminal else None), output)
-    if not ok:
-        return 1
-    print(f"zstag: searched {len(mean)} tracks (from the embedding set {folder})"
-          + (f"; {len(failures)} failed when embedded" if failures else ""), file=sys.stderr)
-    if not len(mean):
-        print("zstag: no tracks to search", file=sys.stderr)
-        return 1
-    return 1 if failures else 0
+        result.records = [{"rank": n, "path": name, "score": float(mean[i]), "duration_s": duration}
+                          for n, (i, name, duration) in enumerate(zip(order, embedset.row_names(chosen),
+                                                                      chosen.column("duration_s").to_pylist()), 1)]
+    return result

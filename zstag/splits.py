@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 from zstag.paths import atomic_write, read_name, stored_name, valid_text
+from zstag.errors import UsageError, ZstagError
 
 SPLIT_FORMAT = "zstag-split/1"
 SPLIT_FORMAT_NAMES = "zstag-split/2"  # some id or label stored as {"text", "bytes"} (not UTF-8)
@@ -50,11 +51,11 @@ NOT_AN_ARTIST = frozenset({"", "jr", "jr.", "sr", "sr.", "the"})   # credit frag
 EPSILON = 1e-9                   # keeps floor(0.8 * 10) at 8 despite binary fractions
 
 
-class SplitError(ValueError):
+class SplitError(ZstagError, ValueError):
     """A split that cannot be made or a split file that cannot be used; str(e) is one line."""
 
 
-class SplitLabelError(SplitError):
+class SplitLabelError(SplitError, UsageError):
     """Named unseen labels that the corpus does not have (a usage error: the CLI exits 2)."""
 
 
@@ -167,10 +168,10 @@ def split_hash(split) -> str:
 def split_labels(labels: Iterable[str], seed: int = 0, unseen: Optional[Sequence[str]] = None,
                  unseen_fraction: float = UNSEEN_FRACTION) -> tuple[list[str], list[str]]:
     """(seen, unseen), both sorted: the named unseen labels, or a seeded random unseen_fraction of them. A name
-    matches the corpus labels it normalises as (words.normalise_label: "cha_cha" and "Cha Cha" name "cha cha")."""
+    matches the corpus labels it normalises as (labels.normalise_label: "cha_cha" and "Cha Cha" name "cha cha")."""
     labels = sorted(set(labels))
     if unseen is not None:
-        from zstag.words import normalise_label
+        from zstag.labels import normalise_label
 
         by_spelling: dict[str, list[str]] = {}
         for label in labels:

@@ -27,6 +27,7 @@ import tempfile
 from dataclasses import dataclass
 
 from zstag.paths import _fsync, _fsync_folder
+from zstag.errors import ZstagError
 
 ZSTAG_FIELD = "zstag"
 FIELDS = (ZSTAG_FIELD, "genre", "mood", "grouping", "comment")
@@ -40,7 +41,7 @@ MP4_ATOMS = {"genre": "\xa9gen", "mood": "----:com.apple.iTunes:MOOD", "grouping
 TAGGED_FORMATS = "mp3, ogg, opus, flac, m4a"
 
 
-class TagWriteError(Exception):
+class TagWriteError(ZstagError):
     """One file could not be tagged; str(e) is one line naming the file and the cause."""
 
 

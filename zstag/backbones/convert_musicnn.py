@@ -24,6 +24,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+from zstag.errors import ZstagError
 
 WHEEL_NAME = "musicnn-0.1.0-py3-none-any.whl"
 WHEEL_SHA256 = "f38a4890c648c1ddbb141c5d96d2b0a8cfcd36746002d896989f7b88beb65cfa"  # as served by PyPI
@@ -49,7 +50,7 @@ THE SOFTWARE IS PROVIDED "AS IS" AND THE AUTHOR DISCLAIMS ALL WARRANTIES WITH RE
 """
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ZstagError, ValueError):
     pass
 
 

@@ -30,6 +30,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from zstag import paths
+from zstag.errors import ZstagError
 
 MODEL_NAMES = ("MSD_musicnn", "MTT_musicnn")
 N_MELS = 96
@@ -46,7 +47,7 @@ METADATA_KEY = "musicnn"  # the safetensors metadata entry holding JSON {name, t
 PAD = 3  # (7 - 1) / 2 frames of zeros each side of the 7-frame convs, as models.py does by hand
 
 
-class MusicnnError(Exception):
+class MusicnnError(ZstagError):
     """Missing or broken musicnn weights (one-line message)."""
 
 

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional
 
+from zstag.errors import ZstagError
+
 KINDS = ("msd", "mtat", "gtzan", "folder", "csv")
 
 # Extensions a reader accepts as audio (lower case); decoding is audio.py's business.
@@ -26,7 +28,7 @@ AUDIO_EXTENSIONS = frozenset(
 )
 
 
-class CorpusError(Exception):
+class CorpusError(ZstagError):
     """A root that does not look like the expected corpus; str(e) is one line."""
 
 

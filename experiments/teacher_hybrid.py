@@ -1,0 +1,216 @@
+"""The calibrated teacher path, alone and combined with the trained projection (#16 item 3): a dev measurement.
+
+The musicnn taggers name 80 label words themselves (zstag/teacher.py). Their raw outputs carry a prior (MSD's
+"rock" is high for most music), so each word's track value (the patch-mean logit, max over the word's tags, mean
+over the backbones that have it) is standardised over a reference library: the development fold's training music
+tracks, never the scored ones. A label reaches the teacher words through its GloVe vector:
+
+- a label that *is* a teacher word or one of its tag spellings ("singing" → vocals) weighs that word alone;
+- any other label weighs its K nearest allowed teacher words by GloVe cosine (weights ∝ cosine, K fixed below).
+
+T = the weighted standardised values, divided by their standard deviation over the reference library (a z-score).
+P = the projection's cosine as a z-score over the same reference (zstag/calibration.py). The hybrid H is the
+z-score of P + T over the reference (the exact standard deviation of the sum, from the joint covariance).
+
+Two protocols, 3 training seeds each (recipes/build_default_model.py's folds):
+- **zero-shot**: the recipe's dev sets; held-out words are out of the projection's vocabulary *and* may not vote as
+  teacher words (so this measures near-word transfer only);
+- **seen words** (what a user typing "piano" or "metal" meets): the projection trained on the fold's training
+  tracks with every word (gcompris never trained on), every teacher word votes; sets: the 26 gcompris
+  instruments, the 9 gcompris styles, the dance songs' 5 unseen styles, and rendered instruments (12 common
+  instrument words, if their features are cached: `--rendered`).
+
+Rule fixed before measuring: adopt the hybrid if, on *seen words*, mean hit@1 beats the cosine by >= 0.05 on every
+seed, and on *zero-shot* mean retrieval ROC-AUC is no lower by more than 0.01 and mean hit@1 no lower by more than
+0.02. K = 3 (ConSE's best T on the recipe's dev grid) is fixed; K = 1 is printed for information.
+
+    python experiments/teacher_hybrid.py [--rendered]     # needs build_default_model.py's cached features
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+K_NEAREST = 3
+RENDERED_WORDS = ("piano", "organ", "violin", "cello", "guitar", "flute", "clarinet", "saxophone", "trumpet",
+                  "trombone", "drums", "choir")
+RENDERED_PER_WORD = 6
+SCORINGS = ("cosine", "P (z)", "T K=3", "T K=1", "H K=3", "H K=1")
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def teacher_word_logits(tracks, backbones=("MSD_musicnn", "MTT_musicnn")) -> tuple[list[str], np.ndarray]:
+    """(teacher words, [N, K]): per word, the patch-mean logit, max over its tags, mean over backbones having it."""
+    from zstag.backbones.musicnn import musicnn_tags
+    from zstag.teacher import tag_words, teacher_words
+
+    words = teacher_words(backbones)
+    out = np.zeros((len(tracks), len(words)))
+    counts = np.zeros(len(words))
+    for b in backbones:
+        mapped = tag_words(b, musicnn_tags(b))
+        logits = np.stack([t.patches[f"{b}.logits"].mean(axis=0) for t in tracks]).astype(np.float64)
+        for j, w in enumerate(words):
+            cols = [i for i, m in enumerate(mapped) if m == w]
+            if cols:
+                out[:, j] += logits[:, cols].max(axis=1)
+                counts[j] += 1
+    return words, out / counts
+
+
+def spellings() -> dict[str, str]:
+    """Every normalised tag spelling and word → its teacher word."""
+    from zstag.teacher import TAG_WORDS
+    from zstag.words import normalise_label
+
+    table = {}
+    for mapping in TAG_WORDS.values():
+        for tag, word in mapping.items():
+            table[normalise_label(tag)] = word
+            table[word] = word
+    return table
+
+
+def label_weights(labels, words, glove, allowed: np.ndarray, k: int) -> np.ndarray:
+    """[M, K] teacher-word weights of each label (rows sum to 1)."""
+    from zstag.words import normalise_label
+
+    table = spellings()
+    index = {w: j for j, w in enumerate(words)}
+    sims = unit(glove.vectors(labels)) @ unit(glove.vectors(words)).T
+    out = np.zeros((len(labels), len(words)))
+    for m, label in enumerate(labels):
+        exact = table.get(normalise_label(label))
+        if exact is not None and allowed[index[exact]]:
+            out[m, index[exact]] = 1.0
+            continue
+        s = np.where(allowed, sims[m], -np.inf)
+        top = np.argsort(-s, kind="stable")[:k]
+        w = np.clip(s[top], 0, None)
+        out[m, top] = w / w.sum() if w.sum() > 0 else 1.0 / k
+    return out
+
+
+class Reference:
+    """Statistics of the reference library: teacher standardisation and the joint covariance of [p̂, z]."""
+
+    def __init__(self, proj_emb: np.ndarray, logits: np.ndarray):
+        self.mu = logits.mean(axis=0)
+        self.sigma = np.maximum(logits.std(axis=0), 1e-6)
+        x = self.features(proj_emb, logits)
+        self.mean = x.mean(axis=0)
+        centred = x - self.mean
+        self.cov = centred.T @ centred / len(x)
+        self.d = proj_emb.shape[1]
+
+    def features(self, proj_emb, logits):
+        return np.concatenate([unit(proj_emb), (logits - self.mu) / self.sigma], axis=1)
+
+    def z(self, x: np.ndarray, u: np.ndarray) -> np.ndarray:
+        """z-scores [N, M] of the linear scores x @ u.T against the reference."""
+        var = np.einsum("md,de,me->m", u, self.cov, u)
+        return (x @ u.T - u @ self.mean) / np.sqrt(np.maximum(var, 1e-12))
+
+    def score(self, kind: str, proj_emb, logits, label_emb, weights) -> np.ndarray:
+        x = self.features(proj_emb, logits)
+        zeros_p = np.zeros((len(label_emb), self.d))
+        p_part = np.concatenate([unit(label_emb), np.zeros_like(weights)], axis=1)
+        t_part = np.concatenate([zeros_p, weights], axis=1)
+        if kind == "P":
+            return self.z(x, p_part)
+        if kind == "T":
+            return self.z(x, t_part)
+        # the hybrid: P and T each as a z-score, then the z-score of their sum
+        var_p = np.einsum("md,de,me->m", p_part, self.cov, p_part)
+        var_t = np.einsum("md,de,me->m", t_part, self.cov, t_part)
+        u = p_part / np.sqrt(np.maximum(var_p, 1e-12))[:, None] + t_part / np.sqrt(np.maximum(var_t, 1e-12))[:, None]
+        return self.z(x, u)
+
+
+def rendered_tracks(B):
+    """A fixed subset of the rendered-instrument set (recipes/build_rendered_instruments.py), with features."""
+    from zstag.paths import cache_dir  # noqa: F401  (the set lives in the cache folder)
+
+    manifest = Path.home() / ".cache" / "zstag" / "sets" / "rendered-instruments" / "manifest.csv"
+    rows = B.read_manifest(manifest)
+    chosen = []
+    for word in RENDERED_WORDS:
+        have = [r for r in rows if word in r["labels"]]
+        step = max(1, len(have) // RENDERED_PER_WORD)
+        chosen += have[::step][:RENDERED_PER_WORD]
+    rows = list({r["id"]: r for r in chosen}.values())
+    return B.load_tracks({"rendered-instruments": B.extract_set("rendered-instruments", rows, log=lambda *a: None)})
+
+
+def main() -> int:
+    sys.path[:0] = [str(ROOT), str(ROOT / "recipes")]
+    import build_default_model as B
+
+    from zstag.words import WordVectors
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rendered", action="store_true", help="add the rendered-instrument dev set")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--sets", default=None, help="comma-separated set names (default: the recipe's adopted sets)")
+    args = parser.parse_args()
+    glove = WordVectors.load()
+    sets = {k: v for k, v in B.find_sets().items() if k not in B.NOT_ADOPTED_SETS}
+    if args.sets:
+        sets = {k: v for k, v in sets.items() if k in args.sets.split(",")}
+    tracks = B.load_tracks({n: B.extract_set(n, B.read_manifest(m), log=lambda *a: None) for n, m in sets.items()})
+    extra = rendered_tracks(B) if args.rendered else []
+    everything = tracks + extra
+    words, logits = teacher_word_logits(everything)
+    config = B.replace(B.ProjectionConfig(), backbones=("MSD_musicnn",))
+    results = {p: {} for p in ("zero-shot", "seen words")}
+    for seed in range(args.seeds):
+        dev, train = B.dev_fold(tracks, B.dance_split(seed))
+        music = [i for i in train if tracks[i].set not in B.NON_MUSIC_SETS]
+        exclude = B.heldout_words(dev)
+        seen_sets = {k: v for k, v in dev.items() if k != B.POOLED_DEV and k != B.TEACHER_DEV}
+        if extra:
+            idx = list(range(len(tracks), len(everything)))
+            seen_sets[f"rendered instruments ({len(RENDERED_WORDS)})"] = B._dev_set(everything, idx, list(RENDERED_WORDS))
+        for protocol, held in (("zero-shot", exclude), ("seen words", set())):
+            vocab = B.training_vocab(tracks, train, held)
+            targets = B.make_targets([tracks[i] for i in train], vocab, config.top_k, config.pos_min)
+            patches = [B.patch_inputs(tracks[i], config.backbones, config.outputs) for i in train]
+            model = B.train_projection(patches, targets, glove.vectors(vocab), config, seed, [tracks[i].set for i in train])
+            feats = lambda idx: np.stack([B.patch_inputs(everything[i], config.backbones, config.outputs).mean(axis=0) for i in idx])
+            ref = Reference(model.embed_audio(feats(music)), logits[music])
+            allowed = np.array([w not in held for w in words])
+            chosen = {k: v for k, v in dev.items() if k != B.POOLED_DEV} if protocol == "zero-shot" else seen_sets
+            for name, s in chosen.items():
+                emb = model.embed_audio(feats(s["tracks"]))
+                lab = model.embed_words(glove.vectors(s["labels"]))
+                lg = logits[s["tracks"]]
+                scored = {"cosine": B.cosine(emb, lab), "P (z)": ref.score("P", emb, lg, lab, np.zeros((len(lab), len(words))))}
+                for k in (3, 1):
+                    w = label_weights(s["labels"], words, glove, allowed, k)
+                    scored[f"T K={k}"] = ref.score("T", emb, lg, lab, w)
+                    scored[f"H K={k}"] = ref.score("H", emb, lg, lab, w)
+                for kind, sc in scored.items():
+                    results[protocol].setdefault(kind, {}).setdefault(name, []).append(B.figures(sc, s["truth"]))
+    for protocol, table in results.items():
+        names = list(next(iter(table.values())))
+        print(f"\n### {protocol} (hit@1 / retrieval ROC-AUC / annotation ROC-AUC; mean of {args.seeds} seeds)\n")
+        print("| scores | " + " | ".join(names) + " | mean | mean hit@1 per seed |")
+        print("|---" * (len(names) + 3) + "|")
+        for kind in SCORINGS:
+            cells = [np.mean(table[kind][n], axis=0) for n in names]
+            mean = np.mean(cells, axis=0)
+            per_seed = [np.mean([table[kind][n][s][0] for n in names]) for s in range(args.seeds)]
+            print(f"| {kind} | " + " | ".join(f"{c[0]:.3f} / {c[1]:.3f} / {c[2]:.3f}" for c in cells)
+                  + f" | {mean[0]:.3f} / {mean[1]:.3f} / {mean[2]:.3f} | " + ", ".join(f"{x:.3f}" for x in per_seed) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
