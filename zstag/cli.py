@@ -312,10 +312,12 @@ def train_command(
 
 @command("tag", help=TAG_HELP)
 def tag_command(
-    paths: List[str] = typer.Argument(..., metavar="PATH", help="Audio files and/or folders (searched recursively)."),
+    paths: Optional[List[str]] = typer.Argument(None, metavar="PATH", help="Audio files and/or folders (searched recursively)."),
     labels: Optional[List[str]] = typer.Option(
         None, "--labels", "-l", help='Comma-separated labels, e.g. rock,jazz,"drum and bass" (repeatable).'
     ),
+    embeddings: Optional[str] = typer.Option(
+        None, "--embeddings", help="Score the rows of this embedding set (`zstag embed`) instead of PATHs: no audio, no torch."),
     labels_file: Optional[str] = typer.Option(None, "--labels-file", help="File with one label per line (# comments)."),
     model: str = typer.Option("default", "--model", "-m", help="Model folder, or a name in models/."),
     vectors: Optional[str] = typer.Option(None, "--vectors", help="Word-vector file (default: the model's)."),
@@ -323,7 +325,7 @@ def tag_command(
     single: bool = typer.Option(False, "--single", help="One label per file (argmax) with a softmax confidence."),
     top_k: Optional[int] = typer.Option(None, "--top-k", min=1, help="Keep the k best labels per file."),
     threshold: Optional[float] = typer.Option(None, "--threshold", help="Keep labels whose cosine score is >= this (-1..1)."),
-    fmt: str = typer.Option("table", "--format", "-f", help="table, json, jsonl or csv."),
+    fmt: str = typer.Option("table", "--format", "-f", help="table, json, jsonl, csv, or parquet (with --embeddings and -o)."),
     output: Optional[str] = typer.Option(None, "--output", "-o", help="Write here (atomically) instead of stdout."),
     workers: Optional[int] = typer.Option(
         None, "--workers", min=0,
@@ -357,12 +359,57 @@ def tag_command(
 
     global _quick_exit
     _quick_exit = True
+    if embeddings is not None:
+        from zstag.cli_run import run_tag_set
+
+        if paths or write_tags or offset or max_seconds is not None or bf16:
+            fail("--embeddings scores the set's rows: no PATH, --write-tags, --offset, --max-seconds or --bf16", 2)
+        raise typer.Exit(run_tag_set(embeddings, labels=labels, labels_file=labels_file, model=model, vectors=vectors,
+                                     single=single, top_k=top_k, threshold=threshold, fmt=fmt, output=output))
+    if not paths:
+        fail("give the audio files or folders to tag (PATH), or --embeddings DIR", 2)
     code = run_tag(
         paths, labels=labels, labels_file=labels_file, model=model, vectors=vectors, extensions=extensions,
         single=single, top_k=top_k, threshold=threshold, fmt=fmt, output=output, workers=workers,
         use_cache=not no_cache, offset=offset, max_seconds=max_seconds, device=Target(device, bf16),
         sample_seconds=sample_seconds, write_tags=write_tags, tag_field=tag_field, append=append, dry_run=dry_run,
     )
+    raise typer.Exit(code)
+
+
+# --- embed (embedset.py) -------------------------------------------------------
+
+
+@command("embed")
+def embed_command(
+    paths: Optional[List[str]] = typer.Argument(None, metavar="[PATH]...", help="Audio files, folders (recursive) or URIs (s3://..., file://...)."),
+    out: str = typer.Option(..., "--out", help="The embedding set (a Parquet folder) to create or resume."),
+    from_list: Optional[List[str]] = typer.Option(None, "--from-list", help="A text file of paths, one per line ('-': stdin); repeatable."),
+    model: str = _SEARCH_MODEL, extensions: Optional[str] = _SEARCH_EXTENSIONS,
+    engine: str = typer.Option("local", "--engine", help="local (this machine) or ray (a Ray cluster: pip install 'zstag[ray]')."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="--engine ray: the cluster (auto: the one `ray start` made); default: a local Ray."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="local: decode processes (default: all cores); ray: model actors."),
+    gpus_per_worker: Optional[float] = typer.Option(None, "--gpus-per-worker", min=0.0, help="--engine ray: GPUs per actor."),
+    part_files: int = typer.Option(256, "--part-files", min=1, help="Rows per part file (a kill loses at most one part's work)."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="local: neither read nor write the SQLite embedding cache."),
+    device: str = _SEARCH_DEVICE, no_progress: bool = _SEARCH_NO_PROGRESS,
+    bf16: bool = typer.Option(False, "--bf16", help="As tag --bf16 (the set's precision is bfloat16)."),
+) -> None:
+    """Embed audio into an embedding set: a Parquet folder, one row per file (path, content digest, size, duration,
+    model, embedding or error). Resumable: a rerun embeds only what the set lacks. Query it with
+    `zstag tag --embeddings DIR` and `zstag search QUERY --embeddings DIR` (no audio, no torch)."""
+    from zstag.cli_run import run_embed
+    from zstag.devices import Target
+
+    global _quick_exit
+    _quick_exit = True
+    ray_options = {k: v for k, v in (("address", ray_address), ("gpus_per_worker", gpus_per_worker)) if v is not None}
+    if engine == "ray" and workers is not None:
+        ray_options["actors"] = workers
+    code = run_embed(list(paths or []), out, lists=list(from_list or []), model=model, extensions=extensions,
+                     engine=engine, part_files=part_files, workers=None if engine == "ray" else workers,
+                     use_cache=not no_cache, device=Target(device, bf16), progress=not no_progress,
+                     ray_options=ray_options)
     raise typer.Exit(code)
 
 
@@ -442,6 +489,8 @@ def search_command(
         None, "--labels", "-l", help="Several query labels, comma-separated (repeatable); then every argument is a PATH."),
     labels_file: Optional[str] = typer.Option(None, "--labels-file", help="Query labels, one per line."),
     vectors: Optional[str] = typer.Option(None, "--vectors", help="Word-vector file (default: the model's)."),
+    embeddings: Optional[str] = typer.Option(
+        None, "--embeddings", help="Search the rows of this embedding set (`zstag embed`) instead of PATHs (-f parquet too)."),
     limit: int = _LIMIT, fmt: str = _SEARCH_FORMAT, output: Optional[str] = _SEARCH_OUTPUT, model: str = _SEARCH_MODEL,
     extensions: Optional[str] = _SEARCH_EXTENSIONS, workers: Optional[int] = _SEARCH_WORKERS,
     no_cache: bool = _SEARCH_NO_CACHE, device: str = _SEARCH_DEVICE, no_progress: bool = _SEARCH_NO_PROGRESS,
@@ -453,6 +502,13 @@ def search_command(
         if not args:
             fail("give a QUERY (or --labels)", 2)
         query, args = args[0], args[1:]
+    if embeddings is not None:
+        from zstag.cli_run import run_search_set
+
+        if args:
+            fail("--embeddings searches the set's rows: no PATH", 2)
+        raise typer.Exit(run_search_set(embeddings, query, labels=labels, labels_file=labels_file, model=model,
+                                        vectors=vectors, limit=limit, fmt=fmt, output=output))
     options = _search_options(model, vectors, extensions, limit, fmt, output, workers, no_cache, device, no_progress,
                               sample_seconds)
     _run_search(query, args, labels=labels, labels_file=labels_file, **options)

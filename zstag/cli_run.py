@@ -1,4 +1,4 @@
-"""What `zstag tag`, `search` and `similar` show: the library's results written out (stdout or a file),
+"""What `zstag tag`, `search`, `similar` and `embed` show (and tag / search over an embedding set): the library's results written out (stdout or a file),
 its notes, per-file errors and a summary on stderr, one line each, and the exit code (0; 1 when some file
 failed, nothing was found or the output could not be written). Errors that stop a run before any output
 (UsageError: exit 2) are raised, for cli.py to report.
@@ -103,6 +103,66 @@ def run_search(query: str | None, inputs: list[str], *, progress: bool = True, f
     return 1 if library.failures else 0
 
 
+def run_tag_set(folder: str, **options) -> int:
+    """`zstag tag --embeddings DIR`: setquery.tag (options: its keywords), written out; the exit code (1 when
+    the set has rows of failed files)."""
+    from zstag import scoring, setquery, tagger
+
+    result = setquery.tag(folder, **options)
+    fmt, output = options.get("fmt", "table"), options.get("output")
+    text = None if fmt == "parquet" else tagger.render(
+        result.records, fmt, single=options.get("single", False), labels=result.labels,
+        model_id=result.files.model_id, bf16=result.precision == "bfloat16", width=_width(output),
+        score_note=scoring.note(result.files.config, tagger.SCORE_NOTE))
+    total = result.rows + len(result.failures)
+    return _set_output(result, text, output, f"tagged {result.rows} of {total} files (from the embedding set {folder})")
+
+
+def run_search_set(folder: str, query: str | None, **options) -> int:
+    """`zstag search QUERY --embeddings DIR`: setquery.search (options: its keywords), written out; the exit code."""
+    from zstag import search, setquery
+
+    result = setquery.search(folder, query, **options)
+    fmt, output = options.get("fmt", "table"), options.get("output")
+    text = None if fmt == "parquet" else search.render(
+        result.records, fmt, query={"labels": result.labels}, model_id=result.files.model_id, output=output,
+        width=_width(output))
+    return _set_output(result, text, output, f"searched {result.rows} tracks (from the embedding set {folder})",
+                       empty="no tracks to search")
+
+
+def _set_output(result, text: str | None, output: str | None, summary: str, empty: str | None = None) -> int:
+    """A set query's failed rows (one line each), its output (text, or else its -f parquet table) and summary;
+    empty: the line (and exit 1) when no row was scored."""
+    from zstag.setquery import parquet_pieces
+
+    for line in result.failures:
+        say(line)
+    if not write_output(parquet_pieces(result.table) if text is None else text, output):
+        return 1
+    say(summary + (f"; {len(result.failures)} failed when embedded" if result.failures else ""))
+    if empty is not None and not result.rows:
+        say(empty)
+        return 1
+    return 1 if result.failures else 0
+
+
+def run_embed(inputs: list[str], out: str, *, progress: bool = True, **options) -> int:
+    """`zstag embed`: embedset.run (options: its keywords) with each input not read and each error row on
+    stderr as they come, then the summary; the exit code (1 when some input failed)."""
+    from zstag import embedset
+
+    with Bar("embedding", progress) as bar:
+        done = embedset.run(inputs, out, progress=bar if progress else None, note=say, **options)
+    say(f"{out}: embedded {done.embedded} of {done.embedded + done.failed} files"
+        + (f" ({done.failed} failed: error rows)" if done.failed else "")
+        + f"; {done.skipped} already there, {done.copied} copied from rows of the same content"
+        + (f"; {len(done.problems)} not read (no row: tried again next run)" if done.problems else "")
+        + (f"; {done.replaced} row(s) of changed files replaced" if done.replaced else "")
+        + (f"; {done.duplicates} duplicate path(s) skipped" if done.duplicates else ""))
+    return 1 if done.failed or done.problems else 0
+
+
 def _width(output: str | None) -> int | None:
     """The terminal's width when the text goes to one; None: the formats' own width."""
     import shutil
@@ -111,9 +171,10 @@ def _width(output: str | None) -> int | None:
     return shutil.get_terminal_size().columns if terminal else None
 
 
-def write_output(text: str, output: str | None) -> bool:
+def write_output(text, output: str | None) -> bool:
     """Write text to stdout (output None) or atomically to the file output (a link's target replaced);
-    False, with one line on stderr, when it could not be written. Used by tag, search and similar."""
+    False, with one line on stderr, when it could not be written. Used by tag, search and similar.
+    text: a str, or for a file a list of bytes-like pieces (-f parquet)."""
     if output is None:
         error = write_stdout(text)
         if error:
@@ -121,7 +182,8 @@ def write_output(text: str, output: str | None) -> bool:
             return False
         return True
     try:  # tag's formats are valid Unicode (render); an m3u8 keeps a non-UTF-8 name's bytes: the player opens it
-        atomic_write(output, text.encode("utf-8", "surrogateescape"), follow_links=True)
+        data = text.encode("utf-8", "surrogateescape") if isinstance(text, str) else text
+        atomic_write(output, data, follow_links=True)
     except OSError as exc:
         say(f"error: {output}: cannot write: {exc.strerror or exc}")
         return False

@@ -100,11 +100,16 @@ def _binary_stamp(path: str) -> str:
 
 def content_digest(path: str | os.PathLike) -> str:
     """SHA-256 of the file's size and bytes, in hex (first 32 digits)."""
-    digest = hashlib.sha256()  # twice as fast as BLAKE2b where the CPU has SHA instructions
     with open(path, "rb") as handle:
-        digest.update(os.fstat(handle.fileno()).st_size.to_bytes(8, "little"))
-        while chunk := handle.read(HASH_CHUNK):
-            digest.update(chunk)
+        return stream_digest(handle, os.fstat(handle.fileno()).st_size)
+
+
+def stream_digest(handle, size: int) -> str:
+    """content_digest of what handle.read() gives (size bytes): also for files read through pyarrow.fs."""
+    digest = hashlib.sha256()  # twice as fast as BLAKE2b where the CPU has SHA instructions
+    digest.update(int(size).to_bytes(8, "little"))
+    while chunk := handle.read(HASH_CHUNK):
+        digest.update(chunk)
     return digest.hexdigest()[:32]
 
 

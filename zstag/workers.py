@@ -75,9 +75,10 @@ def decode_file(path: str, fe_dict: dict, offset: float = 0.0, max_seconds: floa
         fe = audio.FrontEnd.from_dict(fe_dict)
         if sample_seconds is not None:
             segments, stats = windows.analyse_sampled(path, fe, sample_seconds, offset, max_seconds)
-            return np.ascontiguousarray(segments, dtype=np.float32), stats
+            return np.ascontiguousarray(segments, dtype=np.float32), {**stats, "segments": len(segments)}
         mel, stats = analyse_file(path, fe, offset=offset, duration=max_seconds)
-        return np.ascontiguousarray(audio.segment(mel, fe), dtype=np.float32), stats
+        segments = np.ascontiguousarray(audio.segment(mel, fe), dtype=np.float32)
+        return segments, {**stats, "segments": len(segments)}  # the embedding set's n_segments
     except audio.ContentError as exc:
         return ContentFailure(path, error_cause(path, exc))
     except Exception as exc:  # a worker must answer for every file, whatever the decoder throws
