@@ -257,3 +257,112 @@ def show_eval(result, out, plot) -> None:
         fail(f"cannot write the table to stdout: {exc.strerror or exc}")
     if failed:  # as tag: the figures leave those tracks out
         raise typer.Exit(1)
+
+
+def show_labels(names: list[str], vectors, nearest: int) -> None:
+    """`zstag labels`: each label's normalised form, words used and nearest words, as a table; unknown labels
+    are one usage error after the table."""
+    import typer
+
+    from zstag.cli_options import fail
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from zstag.spelling import typo_note
+    from zstag.words import UnknownLabelError, WordVectors
+
+    wv = WordVectors.load(vectors)
+    table = Table(title=f"labels in {wv.source} ({wv.dim}-d)")
+    for column in ("label", "normalised", "words used", "in vocabulary", "nearest words"):
+        table.add_column(column)
+    errors = []
+    for name in names:
+        try:
+            phrase = wv.phrase(name)
+        except UnknownLabelError as e:
+            errors.append(str(e))
+            continue
+        near = wv.nearest(phrase.vector, nearest + len(phrase.words)) if nearest else []
+        near = [f"{w} {s:.2f}" for w, s in near if w not in phrase.words][:nearest]
+        how = "yes" if phrase.in_vocab else f"composed ({len(phrase.words)} words)"
+        denied = wv.negated(name)
+        if denied is not None:  # modelfile.label_embeddings
+            how += f'; a model scores it as the opposite of "{denied}" (unless it trained on it)'
+        table.add_row(name, phrase.normalised, " + ".join(phrase.words), how, ", ".join(near))
+        note = typo_note(wv, name)
+        if note:
+            typer.echo(f"zstag: note: {note}", err=True)
+    if table.row_count:
+        Console().print(table)
+    if errors:  # an unknown label is a usage error, as in tag
+        fail("; ".join(errors), 2)
+
+
+def run_train(*, features, out, split, unseen, unseen_fraction, split_by, val_fraction, test_fraction, seed, epochs,
+              batch_size, lr, optimizer, negatives, epoch_size, early_stop, lr_patience, val_samples, vectors,
+              batch_norm, device, loader_workers, threads, resume, no_progress) -> None:
+    """`zstag train`: every check before anything is written, then the run with its progress bar and summary."""
+    from pathlib import Path
+
+    import typer
+
+    from zstag.cli_options import _cache_corpus, _check_split_options, _split_for, _write_or_fail, fail
+    from zstag.devices import pick_device
+    from zstag.features import FeatureCache
+    from zstag.paths import Input, check_output
+    from zstag.progress import Bar
+    from zstag.splits import check_split, save_split
+    from zstag.train import SPLIT_FILE, TrainError, TrainOptions, has_checkpoint, train
+    from zstag.words import VectorsError, parse_random_source
+
+    # Everything that can be checked is checked before anything is written: a refused run leaves --out as it was.
+    options = TrainOptions(
+        epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, negatives=negatives, lr_patience=lr_patience,
+        early_stop=early_stop, epoch_size=epoch_size, val_samples=val_samples, seed=seed, batch_norm=batch_norm, device=device,
+        loader_workers=loader_workers, threads=threads,
+    )
+    try:
+        options.check()
+        parse_random_source(vectors)
+    except TrainError as exc:
+        fail(str(exc), 2)
+    except VectorsError as exc:
+        fail(f"--vectors {exc}", 2)
+    if split is None:
+        _check_split_options(unseen, unseen_fraction, split_by, val_fraction, test_fraction)
+    pick_device(device, int(os.environ.get("LOCAL_RANK", "0")))
+    cache = FeatureCache.open(features)
+    data = _cache_corpus(features)
+    saved_split = out / SPLIT_FILE
+    read = [Input("the feature cache", features, whole=True)]  # and --split, --vectors when they are files
+    read += [Input(what, path) for what, path in (("the split file", split), ("the word-vector file", vectors)) if path]
+    check_output(out, "--out", read, folder=True, allowed=[saved_split])  # a split kept in --out is read back
+    if split is None and resume and saved_split.is_file():
+        split = saved_split  # the resumed run keeps the split it was started with
+    the_split = _split_for(data, split, seed, unseen, unseen_fraction, split_by, val_fraction, test_fraction)
+    if split is not None:
+        absent = check_split(the_split, data)
+        if absent:
+            typer.echo(f"zstag: warning: {len(absent)} tracks of the split are not in the feature cache; skipped",
+                       err=True)
+
+    afresh = resume and not has_checkpoint(out)  # the run to resume stopped before its first checkpoint
+
+    def save_the_split() -> None:
+        # The model folder always keeps the split it was trained on; train() calls this on rank 0 only, once
+        # the vectors, the resume state and --out have passed its checks.
+        if afresh:
+            typer.echo(f"zstag: note: {out}: no checkpoint to resume from yet; starting at epoch 1", err=True)
+        if split is None or Path(split).resolve() != saved_split.resolve():
+            _write_or_fail(saved_split, lambda: save_split(the_split, saved_split))
+
+    with Bar("train", not no_progress) as bar:
+        result = train(
+            cache, the_split.tracks("train"), the_split.tracks("validation"), the_split.seen, out, options,
+            vectors_source=vectors, split_sha256=the_split.sha256, corpus_name=the_split.corpus, resume=resume,
+            progress=bar, log=bar.log, on_start=save_the_split,
+        )
+    if "model_id" in result:
+        typer.echo(f"{out}: model {result['model_id']}, best epoch {result['best_epoch']} of {result['epochs']} "
+                   f"(validation loss {result['best_val_loss']:.4f})" + (", stopped early" if result["stopped_early"] else ""))
