@@ -70,82 +70,50 @@ def teacher_word_logits(tracks, backbones=("MSD_musicnn", "MTT_musicnn")) -> tup
     return words, out / counts
 
 
-def spellings() -> dict[str, str]:
-    """Every normalised tag spelling and word → its teacher word."""
-    from zstag.teacher import TAG_WORDS
-    from zstag.words import normalise_label
-
-    table = {}
-    for mapping in TAG_WORDS.values():
-        for tag, word in mapping.items():
-            table[normalise_label(tag)] = word
-            table[word] = word
-    return table
-
-
 def label_weights(labels, words, glove, allowed: np.ndarray, k: int) -> np.ndarray:
-    """[M, K] teacher-word weights of each label (rows sum to 1)."""
-    from zstag.words import normalise_label
+    """[M, K] teacher-word weights of each label: zstag.scoring.teacher_weights over the allowed words only (a
+    held-out word and its tag spellings may not vote); k = 0: teacher words only, other labels have none."""
+    from zstag import scoring
 
-    table = spellings()
-    index = {w: j for j, w in enumerate(words)}
-    sims = unit(glove.vectors(labels)) @ unit(glove.vectors(words)).T
+    config = {"scores": {"type": scoring.CALIBRATED, "k_nearest": k,
+                         "teacher_words": [w for w, ok in zip(words, allowed) if ok]}}
     out = np.zeros((len(labels), len(words)))
-    for m, label in enumerate(labels):
-        exact = table.get(normalise_label(label))
-        if exact is not None and allowed[index[exact]]:
-            out[m, index[exact]] = 1.0
-            continue
-        if k == 0:  # "exact": only teacher words take the teacher path; other labels are P alone
-            continue
-        s = np.where(allowed, sims[m], -np.inf)
-        top = np.argsort(-s, kind="stable")[:k]
-        w = np.clip(s[top], 0, None)
-        out[m, top] = w / w.sum() if w.sum() > 0 else 1.0 / k
+    out[:, allowed] = scoring.teacher_weights(config, glove, labels)
     return out
 
 
 class Reference:
-    """Statistics of the reference library: teacher standardisation and the joint covariance of [p̂, z]."""
+    """The reference library's statistics (teacher standardisation, mean and covariance of [p̂, z]); scores
+    through zstag.scoring.calibrated_rows, as a calibrated model does (before its normal CDF, which is monotone)."""
 
     def __init__(self, proj_emb: np.ndarray, logits: np.ndarray):
+        from zstag import scoring
+
         self.mu = logits.mean(axis=0)
         self.sigma = np.maximum(logits.std(axis=0), 1e-6)
         x = self.features(proj_emb, logits)
-        self.mean = x.mean(axis=0)
-        centred = x - self.mean
-        self.cov = centred.T @ centred / len(x)
-        self.d = proj_emb.shape[1]
+        mean = x.mean(axis=0)
+        self.tensors = {scoring.MEAN_KEY: mean, scoring.COV_KEY: (x - mean).T @ (x - mean) / len(x)}
+        self.config = {"embed_dim": proj_emb.shape[1]}
 
     def features(self, proj_emb, logits):
         return np.concatenate([unit(proj_emb), (logits - self.mu) / self.sigma], axis=1)
 
-    def z(self, x: np.ndarray, u: np.ndarray) -> np.ndarray:
-        """z-scores [N, M] of the linear scores x @ u.T against the reference."""
-        var = np.einsum("md,de,me->m", u, self.cov, u)
-        return (x @ u.T - u @ self.mean) / np.sqrt(np.maximum(var, 1e-12))
-
     def score(self, kind: str, proj_emb, logits, label_emb, weights) -> np.ndarray:
+        """z-scores [N, M]: P (the projection alone), T (the teachers alone) or H (both)."""
+        from zstag import scoring
+
+        joint = np.zeros_like(label_emb) if kind == "T" else label_emb
+        rows = scoring.calibrated_rows(self.config, self.tensors, joint, np.zeros_like(weights) if kind == "P" else weights)
         x = self.features(proj_emb, logits)
-        zeros_p = np.zeros((len(label_emb), self.d))
-        p_part = np.concatenate([unit(label_emb), np.zeros_like(weights)], axis=1)
-        t_part = np.concatenate([zeros_p, weights], axis=1)
-        if kind == "P":
-            return self.z(x, p_part)
-        if kind == "T":
-            return self.z(x, t_part)
-        # the hybrid: P and T each as a z-score, then the z-score of their sum
-        var_p = np.einsum("md,de,me->m", p_part, self.cov, p_part)
-        var_t = np.einsum("md,de,me->m", t_part, self.cov, t_part)
-        u = p_part / np.sqrt(np.maximum(var_p, 1e-12))[:, None] + t_part / np.sqrt(np.maximum(var_t, 1e-12))[:, None]
-        return self.z(x, u)
+        return np.concatenate([x, np.ones((len(x), 1))], axis=1) @ rows.astype(np.float64).T
 
 
 def rendered_tracks(B):
     """A fixed subset of the rendered-instrument set (recipes/build_rendered_instruments.py), with features."""
-    from zstag.paths import cache_dir  # noqa: F401  (the set lives in the cache folder)
+    from zstag.paths import cache_dir
 
-    manifest = Path.home() / ".cache" / "zstag" / "sets" / "rendered-instruments" / "manifest.csv"
+    manifest = cache_dir() / "sets" / "rendered-instruments" / "manifest.csv"
     rows = B.read_manifest(manifest)
     chosen = []
     for word in RENDERED_WORDS:

@@ -988,8 +988,7 @@ def calibrated_model(model_config: dict, projection, reference: list[TrackData],
         "audio_projection": {"type": "teacher", "joint": config.head, "joint_columns": [0, 200],
                              "tag_columns": {b: [k * width + 200, (k + 1) * width] for k, b in enumerate(BACKBONES)},
                              "tag_words": {b: tag_words(b, musicnn_tags(b)) for b in BACKBONES}},
-        "scores": {"type": "calibrated", "teacher_words": teacher_words(), "k_nearest": K_NEAREST,
-                   "reference": f"{len(reference)} training tracks of music sets"},
+        "scores": {"type": "calibrated", "teacher_words": teacher_words(), "k_nearest": K_NEAREST},
     }
     model = ZeroShotModel(model_config)
     model.audio_projection.joint.load_state_dict(projection.folded_audio_state())
@@ -1009,7 +1008,7 @@ def calibrated_model(model_config: dict, projection, reference: list[TrackData],
     with torch.no_grad():
         model.calibration.mean.copy_(torch.from_numpy(mean))
         model.calibration.cov.copy_(torch.from_numpy((cov + cov.T) / 2))
-    model.config["scores"]["reference"] = f"{len(music)} training tracks of music sets"
+    model.config["scores"]["reference"] = f"{len(music)} training tracks of music sets"  # what the statistics describe
     return model
 
 

@@ -92,8 +92,8 @@ def tag(
     """Score files and folders against free-text labels (a list, or one comma-separated string).
 
     Labels are checked before any audio is decoded (``zstag.words.UnknownLabelError`` names the nearest known
-    spellings). Scores are the CLI's, to the last bit: the model's scores (zstag/scoring.py), not probabilities. sample_seconds:
-    as for ``embed``.
+    spellings). Scores are the CLI's, to the last bit: the model's scores (zstag/scoring.py), not probabilities.
+    sample_seconds: as for ``embed``.
     """
     from zstag import modelfile, scoring
     from zstag.tagger import parse_labels
