@@ -1,4 +1,5 @@
-"""Calibrated scores (zstag/scoring.py): the teacher path, the joint z-score, and a calibrated model end to end."""
+"""Calibrated scores (zstag/scoring.py): teacher words by the taggers, other labels by the shared cosine scale,
+and a calibrated model end to end."""
 import json
 import math
 
@@ -17,39 +18,38 @@ def test_normal_cdf_matches_erf():
     assert np.abs(scoring.normal_cdf(z) - exact).max() <= 0.75e-7 + 1e-15
 
 
-def _reference(rng, n=400, d=6, k=4):
-    joint = rng.normal(size=(n, d)) + rng.normal(size=d)  # a common direction, as real embeddings have
-    teacher = rng.normal(size=(n, k)) @ rng.normal(size=(k, k))
-    x = np.concatenate([joint / np.linalg.norm(joint, axis=1, keepdims=True), teacher], axis=1)
-    mean = x.mean(axis=0)
-    cov = (x - mean).T @ (x - mean) / n
-    return np.concatenate([joint, teacher], axis=1), {scoring.MEAN_KEY: mean, scoring.COV_KEY: cov}
-
-
-def test_rows_give_exact_z_scores_over_the_reference():
+def test_rows_score_teacher_words_by_their_value_and_other_labels_by_the_shared_cosine_scale():
     rng = np.random.default_rng(0)
-    tracks, tensors = _reference(rng)
-    config = {"embed_dim": 6, "scores": {"type": "calibrated", "teacher_words": list("abcd")}}
-    label_joint = rng.normal(size=(3, 6))
-    weights = np.array([[1, 0, 0, 0], [0.5, 0.5, 0, 0], [0.2, 0.3, 0.1, 0.4]])
-    rows = scoring.calibrated_rows(config, tensors, label_joint, weights)
-    d = 6
-    x = np.concatenate([tracks[:, :d] / np.linalg.norm(tracks[:, :d], axis=1, keepdims=True), tracks[:, d:],
-                        np.ones((len(tracks), 1))], axis=1)
+    d, k = 6, 4
+    joint = rng.normal(size=(50, d)) + rng.normal(size=d)  # a common direction, as real embeddings have
+    teacher = rng.normal(size=(50, k))
+    tracks = np.concatenate([joint, teacher], axis=1)
+    config = {"embed_dim": d, "scores": {"type": "calibrated", "teacher_words": list("abcd"),
+                                         "joint_mean": 0.3, "joint_std": 0.2}}
+    label_joint = rng.normal(size=(4, d))
+    weights = np.array([[0, 0, 1, 0], [0, 0, 0, 0], [0, 0, 0, 0], [1, 0, 0, 0]], dtype=float)
+    signs = np.array([1, 1, -1, -1])
+    rows = scoring.calibrated_rows(config, label_joint, weights, signs)
+    x = np.concatenate([joint / np.linalg.norm(joint, axis=1, keepdims=True), teacher, np.ones((50, 1))], axis=1)
     z = x @ rows.astype(np.float64).T
-    # over the reference itself every label's z-score has mean 0 and standard deviation 1; rows are float32,
-    # so each z carries a relative error of about 2^-24 per term summed over ~11 terms of size |z| <= ~4
-    assert np.abs(z.mean(axis=0)).max() <= 1e-5
-    assert np.abs(z.std(axis=0) - 1).max() <= 1e-5
-    # and it is the equal-weight sum of the two paths' own z-scores, standardised again
-    p = (x[:, :d] @ (label_joint / np.linalg.norm(label_joint, axis=1, keepdims=True)).T)
-    t = x[:, d:-1] @ weights.T
-    zp = (p - p.mean(0)) / p.std(0)
-    zt = (t - t.mean(0)) / t.std(0)
-    both = zp + zt
-    assert np.abs(z - both / both.std(0)).max() <= 1e-4
+    cos = x[:, :d] @ (label_joint / np.linalg.norm(label_joint, axis=1, keepdims=True)).T
+    # rows are float32: each z carries a relative error of about 2^-24 per term, over <= 8 terms of size <= ~6
+    tol = 1e-5
+    assert np.abs(z[:, 0] - teacher[:, 2]).max() <= tol  # a teacher word: its standardised value
+    assert np.abs(z[:, 1] - (cos[:, 1] - 0.3) / 0.2).max() <= tol  # any other label: the shared affine map
+    assert np.abs(z[:, 2] - (-cos[:, 2] - 0.3) / 0.2).max() <= tol  # a denial: minus the cosine of what it denies
+    assert np.abs(z[:, 3] + teacher[:, 0]).max() <= tol  # ... or minus the teacher value
+    # one affine map for every non-teacher label: among them the ranking is the cosine's
+    two = scoring.calibrated_rows(config, label_joint[:3], np.zeros((3, k)))
+    assert (np.argsort(-(x @ two.astype(np.float64).T), axis=1)[:, 0] == np.argsort(-cos[:, :3], axis=1)[:, 0]).all()
     scores = scoring.scores(config, tracks, rows)
     assert scores.dtype == np.float32 and (scores > 0).all() and (scores < 1).all()
+
+
+@pytest.mark.parametrize("mean, std", [(None, 0.2), (0.3, 0.0), (0.3, float("nan")), (True, 0.2), ("0.3", 0.2)])
+def test_joint_stats_refuse_unusable_values(mean, std):
+    with pytest.raises(ValueError, match="joint_mean"):
+        scoring.joint_stats({"scores": {"type": "calibrated", "joint_mean": mean, "joint_std": std}})
 
 
 class _Words:
@@ -96,16 +96,12 @@ def calibrated_model_dir(tmp_path_factory):
                              "tag_columns": {"MSD_musicnn": [200, 250], "MTT_musicnn": [450, 500]},
                              "tag_words": {b: tag_words(b, musicnn_tags(b)) for b in backbones}},
         "label_projection": {"type": "linear"},
-        "scores": {"type": "calibrated", "teacher_words": words, "k_nearest": 3},
+        "scores": {"type": "calibrated", "teacher_words": words, "joint_mean": 0.1, "joint_std": 0.3},
     }
     model = ZeroShotModel(config)
-    dim = 8 + len(words)
-    a = torch.randn(dim, dim, dtype=torch.float64)
     with torch.no_grad():
         model.audio_projection.mu.normal_()
         model.audio_projection.sigma.fill_(10.0)  # moderate z-scores: Φ stays off its rounded ends
-        model.calibration.mean.copy_(torch.randn(dim, dtype=torch.float64))
-        model.calibration.cov.copy_(a @ a.T / dim + torch.eye(dim, dtype=torch.float64) * 0.1)
     folder = tmp_path_factory.mktemp("calibrated")
     save_model(model, folder)
     return str(folder)
@@ -142,3 +138,26 @@ def test_a_calibrated_model_tags_from_the_cli_cold_and_warm_alike(calibrated_mod
     assert all(0 <= v <= 1 for v in flat.values())
     # a denial is minus the z-score of what it denies: Φ(-z) = 1 - Φ(z), to the 4 printed digits
     assert abs(flat["no vocals"] + flat["vocals"] - 1) <= 1e-4 + 1e-12
+    # every output names what the scores are: the table's footer and search's too (similar stays a cosine)
+    table = CliRunner().invoke(app, args[:-2])
+    assert table.exit_code == 0 and "score: calibrated" in table.stdout and "score: cosine" not in table.stdout
+    found = CliRunner().invoke(app, ["search", "rock", str(path), "--model", calibrated_model_dir])
+    assert found.exit_code == 0 and "score: calibrated" in found.stdout, found.output
+    other = write_audio("b.wav", tone(4.0, 16000, freqs=(440.0,)), 16000)
+    similar = CliRunner().invoke(app, ["similar", str(path), str(other), "--model", calibrated_model_dir])
+    assert similar.exit_code == 0 and "score: cosine" in similar.stdout, similar.output
+
+
+def test_a_calibrated_model_with_damaged_score_statistics_is_refused_in_one_line(calibrated_model_dir, tmp_path):
+    import shutil
+
+    from zstag.modelfile import ModelError, read_model
+
+    folder = tmp_path / "damaged"
+    shutil.copytree(calibrated_model_dir, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["scores"]["joint_std"] = -1
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelError, match="joint_std") as err:
+        read_model(folder)
+    assert "\n" not in str(err.value)

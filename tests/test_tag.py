@@ -842,4 +842,4 @@ def test_a_threshold_outside_the_cosine_range_is_a_usage_error(value, music, mod
         result = run(music, "--labels", "rock,jazz", "--model", model_dir, "--threshold", value, *mode)
         assert result.exit_code == 2 and result.stdout == ""
         (line,) = result.stderr.strip().splitlines()
-        assert line == f"zstag: error: --threshold {float(value)}: need a number in -1..1 (scores are cosines)"
+        assert line == f"zstag: error: --threshold {float(value)}: need a number in -1..1 (cosine scores lie in -1..1, calibrated ones in 0..1)"

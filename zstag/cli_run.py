@@ -91,7 +91,7 @@ def run_search(query: str | None, inputs: list[str], *, progress: bool = True, f
         say(f"error: {ranked.error}")
         return 1
     text = search.render(ranked.records, fmt, query=ranked.about, model_id=ranked.model_id, output=output,
-                         width=_width(output))
+                         width=_width(output), score_note=ranked.score_note)
     if not write_output(text, output):
         return 1
     say(f"searched {len(library.tracks)} tracks ({library.cached} from the cache)"
@@ -120,13 +120,13 @@ def run_tag_set(folder: str, **options) -> int:
 
 def run_search_set(folder: str, query: str | None, **options) -> int:
     """`zstag search QUERY --embeddings DIR`: setquery.search (options: its keywords), written out; the exit code."""
-    from zstag import search, setquery
+    from zstag import scoring, search, setquery
 
     result = setquery.search(folder, query, **options)
     fmt, output = options.get("fmt", "table"), options.get("output")
     text = None if fmt == "parquet" else search.render(
         result.records, fmt, query={"labels": result.labels}, model_id=result.files.model_id, output=output,
-        width=_width(output))
+        width=_width(output), score_note=scoring.note(result.files.config, search.SEARCH_NOTE))
     return _set_output(result, text, output, f"searched {result.rows} tracks (from the embedding set {folder})",
                        empty="no tracks to search")
 

@@ -161,15 +161,6 @@ class TeacherHead(nn.Module):
         return torch.cat([self.joint(features[:, a:b]), teacher], dim=-1)
 
 
-class ScoreStats(nn.Module):
-    """The reference library's mean and covariance of [unit joint embedding, teacher values] (zstag/scoring.py)."""
-
-    def __init__(self, dim: int):
-        super().__init__()
-        self.register_buffer("mean", torch.zeros(dim, dtype=torch.float64))
-        self.register_buffer("cov", torch.eye(dim, dtype=torch.float64))
-
-
 def build_head(config: dict, in_dim: int, out_dim: int) -> nn.Module:
     kind = config.get("type", "linear")
     if kind == "identity":
@@ -213,7 +204,6 @@ class ZeroShotModel(nn.Module):
             if proj.get("type") == "teacher":
                 teacher = list(config["scores"]["teacher_words"])
                 self.audio_projection = TeacherHead(proj, teacher, embed_dim)
-                self.calibration = ScoreStats(embed_dim + len(teacher))
             else:
                 self.audio_projection = build_head(proj, int(audio["feature_dim"]), embed_dim)
         elif kind == "conse":
@@ -285,12 +275,6 @@ class ZeroShotModel(nn.Module):
         weights = {modelfile.LABEL_PREFIX + name: value.detach().cpu().numpy()
                    for name, value in self.label_projection.state_dict().items()}
         return modelfile.project_labels(self.config, weights, vectors)
-
-    @property
-    def score_tensors(self) -> dict[str, np.ndarray]:
-        """The calibrated scores' reference statistics (zstag/scoring.py), empty for cosine models."""
-        stats = getattr(self, "calibration", None)
-        return {} if stats is None else {f"calibration.{k}": v.detach().cpu().numpy() for k, v in stats.state_dict().items()}
 
     def scores(self, track_emb: np.ndarray, label_emb: np.ndarray) -> np.ndarray:
         """[N, M] scores of track and label embeddings (label_embeddings'): cosine, or calibrated (scoring.py)."""

@@ -107,12 +107,11 @@ def label_embeddings(model, words, labels: list[str]) -> np.ndarray:
 
     if not scoring.is_calibrated(model.config):
         return emb
-    # calibrated rows from what each label stands for; a denial is minus the row of what it denies
+    # calibrated rows from what each label stands for; a denial is minus the standard score of what it denies
     signs = np.array([found.get(label, (1, label))[0] for label in labels], dtype=np.float64)
     what = [found.get(label, (1, label))[1] for label in labels]
     weights = scoring.teacher_weights(model.config, words, what)
-    rows = scoring.calibrated_rows(model.config, model.score_tensors, signs[:, None] * emb, weights)
-    return (signs[:, None] * rows).astype(np.float32)
+    return scoring.calibrated_rows(model.config, signs[:, None] * emb, weights, signs)
 
 
 def train_labels(config: dict) -> list[str]:
@@ -213,7 +212,6 @@ class ModelFiles:
     weights_bytes: bytes = field(repr=False)
     model_id: str
     label_weights: dict[str, np.ndarray] = field(repr=False)
-    score_tensors: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     def embed_label_vectors(self, vectors: np.ndarray) -> np.ndarray:
         """[n, word_dim] → float32 [n, D], exactly as ``ZeroShotModel.embed_label_vectors``."""
@@ -236,10 +234,10 @@ def read_model(path_or_name: str | Path | None = None) -> ModelFiles:
         if not isinstance(config, dict):
             raise TypeError(f"{CONFIG_FILE} is not a JSON object")
         label_weights = _label_weights(config, weights_bytes)
-        score_tensors = _score_tensors(config, weights_bytes)
+        _check_scores(config)
     except (ModelError, KeyError, TypeError, ValueError) as exc:
         raise damaged(folder, exc) from None
-    return ModelFiles(folder, config, weights_bytes, model_id(config_bytes, weights_bytes), label_weights, score_tensors)
+    return ModelFiles(folder, config, weights_bytes, model_id(config_bytes, weights_bytes), label_weights)
 
 
 def damaged(folder: Path, exc: Exception) -> ModelError:
@@ -250,22 +248,12 @@ def damaged(folder: Path, exc: Exception) -> ModelError:
     return ModelError(f"{folder}: weights and config do not match (or are damaged): {first}")
 
 
-def _score_tensors(config: dict, weights_bytes: bytes) -> dict[str, np.ndarray]:
-    """A calibrated model's reference statistics (zstag/scoring.py), their shapes checked; {} for cosine models."""
-    from safetensors.numpy import load
-
+def _check_scores(config: dict) -> None:
+    """A calibrated model's score statistics (zstag/scoring.py) are usable: ValueError if not."""
     from zstag import scoring
 
-    if not scoring.is_calibrated(config):
-        return {}
-    tensors = load(weights_bytes)
-    dim = scoring.joint_dim(config) + len(config["scores"]["teacher_words"])
-    mean, cov = tensors.get(scoring.MEAN_KEY), tensors.get(scoring.COV_KEY)
-    if mean is None or cov is None or mean.shape != (dim,) or cov.shape != (dim, dim):
-        raise ValueError(f"no {scoring.MEAN_KEY} [{dim}] / {scoring.COV_KEY} [{dim}, {dim}]")
-    if not (np.isfinite(mean).all() and np.isfinite(cov).all()):
-        raise ValueError("non-finite score statistics")
-    return {scoring.MEAN_KEY: mean, scoring.COV_KEY: cov}
+    if scoring.is_calibrated(config):
+        scoring.joint_stats(config)
 
 
 def _label_weights(config: dict, weights_bytes: bytes) -> dict[str, np.ndarray]:

@@ -1,21 +1,25 @@
-"""Scores of (track, label) pairs, in numpy: the cosine, or the calibrated teacher + projection score.
+"""Scores of (track, label) pairs, in numpy: the cosine, or the calibrated teacher-or-joint score.
 
 Most models score by the cosine of the track and label embeddings. A model whose config has
-``"scores": {"type": "calibrated", ...}`` (the default model) scores by two paths, each standardised against a
-reference library of music (the recipe's training tracks), then combined:
+``"scores": {"type": "calibrated", ...}`` (the default model) scores each label by one of two paths, both as a
+standard score against a reference library of music (the recipe's training tracks):
 
-- **P**, the joint space: the cosine of the trained projections, as a z-score over the reference tracks;
-- **T**, the teachers: the musicnn taggers name ~80 label words themselves (zstag/teacher.py). The track side
-  of the embedding holds each teacher word's value standardised over the reference library (the raw taggers
-  favour "rock" or "piano" for most music); a label reaches those words through its word vector: a label that
-  *is* a teacher word (or one of its tag spellings: "singing" → vocals) takes that word, any other label the
-  ``k_nearest`` teacher words nearest its word vector, weighted by cosine.
+- **teacher words**: the musicnn taggers name ~70 label words themselves (zstag/teacher.py). The track side of
+  the embedding holds each such word's value standardised over the reference library (the raw taggers favour
+  "rock" or "piano" for most music); a label that *is* a teacher word, or one of its tag spellings ("singing" →
+  vocals), is scored by that value;
+- **every other label**: the joint space's cosine, standardised by one affine map shared by all labels (the
+  mean and spread of the cosines of the reference tracks with the model's training words), so that among such
+  labels the ranking is exactly the cosine's, trained label priors included.
 
-The score is the z-score of P/σ_P + T/σ_T against the reference library (the exact mean and standard deviation,
-from the reference's mean and covariance of [unit joint embedding, teacher values]), mapped through the normal
-CDF: a value in (0, 1), about the share of reference music that scores lower, comparable across labels, so one
-``--threshold`` means the same for every label. Both sides fold into one linear form: a track is
-``[unit(p), t, 1]`` and a label row ``[u / s, -u·m / s]``, so the score is one dot product per pair.
+The standard score z is reported as Φ(z) (the normal CDF), a value in (0, 1). For a teacher word it is about
+the share of the reference music that scores lower for that word; for another label, the share of all
+reference (track, training word) pairs whose cosine is lower. Both sides fold into one linear form: a track is
+``[unit(p), t, 1]`` and a label one row, so a score is one dot product per pair.
+
+Why this rule (models/default/EXPERIMENTS.md, "teacher words or the joint space"): per-label z-scores of the
+projection lose the trained label priors that seen words need, and a label's nearest teacher words carry little
+of a word the taggers do not know; the taggers' own standardised words are far better for the words they name.
 """
 
 from __future__ import annotations
@@ -23,13 +27,10 @@ from __future__ import annotations
 import numpy as np
 
 CALIBRATED = "calibrated"
-MEAN_KEY = "calibration.mean"  # [D + K]: reference mean of [unit joint embedding, teacher values]
-COV_KEY = "calibration.cov"  # [D + K, D + K]: their covariance (ddof 0)
-MIN_VAR = 1e-12
 
 
-CALIBRATED_NOTE = ("score: calibrated, 0..1: about the share of the reference music that scores lower for the label "
-                   "(the same scale for every label; not a probability)")
+CALIBRATED_NOTE = ("score: calibrated, 0..1: a standard score against a reference library of music, through the "
+                   "normal CDF (one scale for every label; not a probability)")
 
 
 def note(config: dict, cosine_note: str) -> str:
@@ -74,13 +75,14 @@ def teacher_spellings(config: dict) -> dict[str, str]:
 
 
 def teacher_weights(config: dict, words, labels: list[str]) -> np.ndarray:
-    """[M, K]: each label's weights over the teacher words (rows sum to 1; all zero for a label that is no
-    teacher word when ``k_nearest`` is 0)."""
+    """[M, K]: each label's weights over the teacher words: one-hot for a teacher word or tag spelling, all zero
+    for any other label (or, with ``k_nearest`` > 0, as experiments/teacher_hybrid.py measures, its k nearest
+    teacher words by word-vector cosine, weights ∝ cosine and summing to 1)."""
     from zstag.words import normalise_label
 
     spec = config["scores"]
     teacher = list(spec["teacher_words"])
-    k = int(spec.get("k_nearest", 3))
+    k = int(spec.get("k_nearest", 0))
     table = teacher_spellings(config)
     index = {w: j for j, w in enumerate(teacher)}
     sims = _unit(np.asarray(words.vectors(labels), np.float64)) @ _unit(np.asarray(words.vectors(teacher), np.float64)).T
@@ -98,21 +100,29 @@ def teacher_weights(config: dict, words, labels: list[str]) -> np.ndarray:
     return out
 
 
-def calibrated_rows(config: dict, tensors: dict[str, np.ndarray], joint: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """[M, D + K + 1] float32 label rows from the labels' joint embeddings [M, D] and teacher weights [M, K]."""
-    mean = np.asarray(tensors[MEAN_KEY], np.float64)
-    cov = np.asarray(tensors[COV_KEY], np.float64)
-    d = joint_dim(config)
-    p_part = np.concatenate([_unit(np.asarray(joint, np.float64)), np.zeros_like(weights)], axis=1)
-    t_part = np.concatenate([np.zeros((len(weights), d)), weights], axis=1)
+def joint_stats(config: dict) -> tuple[float, float]:
+    """(mean, standard deviation) of the reference cosines that put other labels on the standard-score scale;
+    ValueError if the config's values are missing, not finite or not a positive spread."""
+    spec = config["scores"]
+    mean, std = spec.get("joint_mean"), spec.get("joint_std")
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in (mean, std)) or std <= 0:
+        raise ValueError(f"scores.joint_mean / joint_std must be finite numbers, the spread positive (got {mean!r}, {std!r})")
+    return float(mean), float(std)
 
-    def scaled(u):
-        var = np.einsum("md,de,me->m", u, cov, u)
-        return u / np.sqrt(np.maximum(var, MIN_VAR))[:, None]
 
-    u = scaled(p_part) + scaled(t_part)
-    s = np.sqrt(np.maximum(np.einsum("md,de,me->m", u, cov, u), MIN_VAR))
-    rows = np.concatenate([u, -(u @ mean)[:, None]], axis=1) / s[:, None]
+def calibrated_rows(config: dict, joint: np.ndarray, weights: np.ndarray, signs: np.ndarray | None = None) -> np.ndarray:
+    """[M, D + K + 1] float32 label rows from the labels' joint embeddings [M, D], teacher weights [M, K]
+    (teacher_weights') and signs (-1 for a denial: minus the standard score of what it denies)."""
+    mean, std = joint_stats(config)
+    joint = np.asarray(joint, np.float64)
+    weights = np.asarray(weights, np.float64)
+    signs = np.ones(len(joint)) if signs is None else np.asarray(signs, np.float64)
+    teacher = weights.sum(axis=1) > 0
+    rows = np.zeros((len(joint), joint.shape[1] + weights.shape[1] + 1))
+    rows[:, : joint.shape[1]] = np.where(teacher[:, None], 0.0, _unit(joint) / std)
+    rows[:, -1] = np.where(teacher, 0.0, -mean / std)
+    rows[:, joint.shape[1]:-1] = weights
+    rows[:, :-1] *= signs[:, None]
     return rows.astype(np.float32)
 
 

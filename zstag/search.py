@@ -116,6 +116,7 @@ def _file_id(path: str):
 
 
 def render(records: list[dict], fmt: str, *, query: dict, model_id: str, output: str | None = None,
+           score_note: str = SEARCH_NOTE,
            width: int | None = None) -> str:
     """The ranked tracks in one of FORMATS; query: what was searched for (json's header). output: where
     an m3u8 playlist goes (its paths are relative to that folder where it holds the tracks)."""
@@ -129,7 +130,7 @@ def render(records: list[dict], fmt: str, *, query: dict, model_id: str, output:
     if fmt == "json":
         if "similar_to" in query:
             query = {"similar_to": valid_text(query["similar_to"])}
-        return json.dumps({"model": model_id, "query": query, "score": SEARCH_NOTE,
+        return json.dumps({"model": model_id, "query": query, "score": score_note,
                            "tracks": [portable(r) for r in records]}, indent=2, ensure_ascii=False) + "\n"
     if fmt == "jsonl":
         return "".join(json.dumps(portable(r), ensure_ascii=False) + "\n" for r in records)
@@ -137,11 +138,11 @@ def render(records: list[dict], fmt: str, *, query: dict, model_id: str, output:
         return csv_text(["rank", "path", "score", "duration_s"],
                         [[r["rank"], r["path"], r["score"], r["duration_s"]] for r in records])
     if fmt == "table":
-        return _table(records, query, width)
+        return _table(records, query, width, score_note)
     raise TagUsageError(f"unknown format {fmt!r} (choose from {', '.join(FORMATS)})")
 
 
-def _table(records: list[dict], query: dict, width: int | None) -> str:
+def _table(records: list[dict], query: dict, width: int | None, score_note: str = SEARCH_NOTE) -> str:
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
@@ -161,7 +162,7 @@ def _table(records: list[dict], query: dict, width: int | None) -> str:
         table.add_row(str(r["rank"]), Text(one_line(r["path"])), f"{r['score']:.{TABLE_DIGITS}f}", duration)
     console = Console(file=io.StringIO(), width=width or 120, color_system=None, highlight=False)
     console.print(table)
-    console.print(SEARCH_NOTE, soft_wrap=True)
+    console.print(score_note, soft_wrap=True)
     return console.file.getvalue()
 
 
@@ -178,6 +179,7 @@ class Ranked:
     model_id: str
     library: Library
     error: str | None = None
+    score_note: str = SEARCH_NOTE  # what the scores mean (a calibrated model's label queries: scoring.note)
 
 
 def search(query: str | None, inputs: list[str], *, labels: list[str] | None = None,
@@ -189,7 +191,7 @@ def search(query: str | None, inputs: list[str], *, labels: list[str] | None = N
     tracks ranked. fmt and output are checked here (output never over an input), written by the caller.
     TagUsageError (or DeviceError) for bad options, model, words or device, before any audio is read.
     sample_seconds: as tagger.prepare's."""
-    from zstag import modelfile
+    from zstag import modelfile, scoring
     from zstag.devices import target_of
     from zstag.tagger import Found, check_sampling, check_tag_output, find_audio_files, parse_extensions, parse_labels
     from zstag.words import VectorsError, load_words
@@ -236,5 +238,6 @@ def search(query: str | None, inputs: list[str], *, labels: list[str] | None = N
         if not head[0].ok:
             return Ranked([], about, files.model_id, library, head[0].error)
         query_emb, exclude = head[0].embedding, {_file_id(similar_to)}
+    note = SEARCH_NOTE if similar_to is not None else scoring.note(files.config, SEARCH_NOTE)
     return Ranked(rank(library.tracks, query_emb, limit, exclude, files.config, similar=similar_to is not None),
-                  about, files.model_id, library)
+                  about, files.model_id, library, score_note=note)

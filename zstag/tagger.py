@@ -6,15 +6,16 @@ Each file is embedded as a whole track: the mean of the embeddings of *all* its 
 (optionally within --offset/--max-seconds; with --sample-seconds N, of k whole segments at evenly
 spread places: windows.py), never a random crop, so two runs give identical scores.
 Each label goes through its word vector and the model's label branch. The score of (file, label) is
-the cosine similarity of the two embeddings, in [-1, 1]; higher means the track sits closer to the
-label. It is a similarity, not a probability: it ranks labels for a file (and files for a label),
-but its absolute level depends on the model and on the label, so 0.5 does not mean "50 %".
+the model's (scoring.py): the cosine similarity of the two embeddings, in [-1, 1], or for a calibrated
+model (the default) a standard score against a reference library through the normal CDF, in (0, 1).
+Higher means the track fits the label better. It is not a probability: a cosine's absolute level
+depends on the model and on the label; a calibrated score is on one scale for every label of its model.
 
-Multi-label output lists every label with its cosine score, best first (--top-k keeps the best k,
+Multi-label output lists every label with its score, best first (--top-k keeps the best k,
 --threshold drops scores below it). --single picks one label per file, the argmax, with a confidence
-softmax(cosine / SOFTMAX_TEMPERATURE) over the given labels: a share among the candidates that sums
+softmax(score / SOFTMAX_TEMPERATURE) over the given labels: a share among the candidates that sums
 to 1 over them, not a calibrated probability, and it changes when the label set changes. With
---single, --threshold leaves a file unlabelled (label null) when its best cosine is below it.
+--single, --threshold leaves a file unlabelled (label null) when its best score is below it.
 
 Files that fail (unreadable, corrupt, empty...) are left out of the output; each gets one line on
 stderr naming the file and the cause, and the exit code is 1.
@@ -37,11 +38,11 @@ from zstag.render import csv_text, portable
 from zstag.errors import UsageError
 
 FORMATS = ("table", "json", "jsonl", "csv")
-SOFTMAX_TEMPERATURE = 0.1  # cosine gaps of ~0.1 between labels become ~e:1 odds in --single confidence
+SOFTMAX_TEMPERATURE = 0.1  # score gaps of ~0.1 between labels become ~e:1 odds in --single confidence
 SCORE_DIGITS = 6  # decimals written to json/jsonl/csv
 TABLE_DIGITS = 3
 SCORE_NOTE = "score: cosine similarity of track and label embeddings, -1..1 (higher = closer; not a probability)"
-SINGLE_NOTE = f"confidence: softmax over the given labels of cosine / {SOFTMAX_TEMPERATURE} (relative, not calibrated)"
+SINGLE_NOTE = f"confidence: softmax over the given labels of score / {SOFTMAX_TEMPERATURE} (relative among them)"
 
 
 class TagUsageError(UsageError):
@@ -215,11 +216,11 @@ def render(
                         [[r["path"], rank, t["label"], t["score"]] for r in records
                          for rank, t in enumerate(r["tags"], 1)])
     if fmt == "table":
-        return _table(records, single, width)
+        return _table(records, single, width, score_note)
     raise TagUsageError(f"unknown format {fmt!r} (choose from {', '.join(FORMATS)})")
 
 
-def _table(records: list[dict], single: bool, width: int | None) -> str:
+def _table(records: list[dict], single: bool, width: int | None, score_note: str = SCORE_NOTE) -> str:
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
@@ -248,7 +249,7 @@ def _table(records: list[dict], single: bool, width: int | None) -> str:
     if root:
         console.print(Text(f"files in {one_line(root)}"), soft_wrap=True)
     console.print(table)
-    console.print(SCORE_NOTE + ("\n" + SINGLE_NOTE if single else ""), soft_wrap=True)
+    console.print(score_note + ("\n" + SINGLE_NOTE if single else ""), soft_wrap=True)
     return console.file.getvalue()
 
 
@@ -335,7 +336,7 @@ def prepare(
     if single and top_k is not None:
         raise TagUsageError("--top-k does not apply with --single (one label per file)")
     if threshold is not None and not (math.isfinite(threshold) and -1.0 <= threshold <= 1.0):  # 5 kept nothing
-        raise TagUsageError(f"--threshold {threshold}: need a number in -1..1 (scores are cosines)")
+        raise TagUsageError(f"--threshold {threshold}: need a number in -1..1 (cosine scores lie in -1..1, calibrated ones in 0..1)")
     if output is not None and (Path(output).is_dir() or not Path(output).absolute().parent.is_dir()):
         raise TagUsageError(f"{output}: --output must be a file in an existing folder")
     _check_write_options(write_tags, tag_field, append, dry_run)
