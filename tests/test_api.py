@@ -13,6 +13,8 @@ from typer.testing import CliRunner
 
 import zstag
 from zstag.cli import app
+from zstag.embedcache import CACHE_FILE
+from zstag.errors import ZstagWarning
 from zstag.words import UnknownLabelError
 
 from test_tag import write_music
@@ -81,6 +83,14 @@ def test_unknown_label_raises_before_any_decoding(folder, tiny_model_dir, forbid
     forbid_decoding(monkeypatch)
     with pytest.raises(UnknownLabelError, match="qwzxv"):
         zstag.tag(folder, ["jazz", "qwzxv"], model=tiny_model_dir, device="cpu")
+
+
+def test_a_notice_is_a_warning_and_nothing_is_printed(folder, tiny_model_dir, cache_dir, capfd):
+    # An embedding cache that cannot be opened: the CLI's "zstag: warning: ..." line is a ZstagWarning here.
+    (cache_dir / CACHE_FILE).mkdir(parents=True)
+    with pytest.warns(ZstagWarning, match="embedding cache .* unusable"):
+        records = zstag.embed(folder, tiny_model_dir, device="cpu", workers=0)
+    assert sum(r.embedding is not None for r in records) == 2 and capfd.readouterr().err == ""
 
 
 def test_import_zstag_loads_neither_numpy_nor_torch():

@@ -2,6 +2,7 @@
 and acoustic statistics (zstag.acoustics)."""
 
 import glob
+import json
 import os
 import shutil
 import signal
@@ -9,19 +10,24 @@ import sqlite3
 import subprocess
 import sys
 import time
+from concurrent.futures import Future
+from concurrent.futures.process import BrokenProcessPool
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from typer.testing import CliRunner
 
 import crashing_decoder  # tests/crashing_decoder.py
 from zstag import acoustics, audio, embedcache, embeddings, workers
 from zstag.audio import PAPER
+from zstag.cli import app
 from zstag.embedcache import CACHE_FILE, EmbeddingCache, content_digest
 from zstag.embeddings import embed_files
+from zstag.errors import ZstagWarning
 from zstag.model import ZeroShotModel, cnn1d_config, load_model, save_model
-from zstag.workers import CRASH_MESSAGE, decode_files
+from zstag.workers import CRASH_MESSAGE, NO_DECODERS, decode_files
 
 SR = 22050
 
@@ -43,6 +49,12 @@ def tracks(tmp_path):
     folder = tmp_path / "audio"
     folder.mkdir()
     return [write_tone(folder / f"t{i}.wav", seconds=2.0 + 2 * i, freq=300.0 * (i + 1)) for i in range(3)]
+
+
+def tag_cli(model_dir, paths, *options):
+    """`zstag tag PATHS` with the model in model_dir, run in this process: its notices are on result.stderr."""
+    return CliRunner().invoke(app, ["tag", *map(str, paths), "--labels", "rock,jazz", "--model", str(model_dir),
+                                    "--format", "json", *options])
 
 
 def direct_embedding(model, path, offset=0.0, duration=None):
@@ -315,10 +327,10 @@ def test_a_fifo_or_device_is_reported_not_hashed(model, tracks, cache_dir, tmp_p
 
 
 @pytest.mark.parametrize("damage", ["garbage", "schema", "tables"])
-def test_a_damaged_cache_is_moved_aside_with_one_warning(model, tracks, cache_dir, capsys, damage):
+def test_a_damaged_cache_is_moved_aside_with_one_warning(tiny_model_dir, tracks, cache_dir, damage):
     """A cache file SQLite calls corrupt or not a database: one warning for the run (not one per file), the
     file renamed to *.damaged, and the next run starts and fills a new cache."""
-    embed_files(model, tracks, workers=0, progress=False)
+    assert tag_cli(tiny_model_dir, tracks, "--workers", "0").exit_code == 0
     path = cache_dir / CACHE_FILE
     with sqlite3.connect(path) as db:
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -330,33 +342,78 @@ def test_a_damaged_cache_is_moved_aside_with_one_warning(model, tracks, cache_di
         assert len(data) > keep
         data[keep:] = bytes(len(data) - keep)
     path.write_bytes(bytes(data))
-    embedcache._warned.clear()
-    capsys.readouterr()
-    first = embed_files(model, tracks, workers=0, progress=False)
-    warnings = [line for line in capsys.readouterr().err.splitlines() if "embedding cache" in line]
-    assert all(r.ok for r in first) and len(warnings) == 1 and "damaged" in warnings[0], warnings
+    first = tag_cli(tiny_model_dir, tracks, "--workers", "0")
+    warnings = [line for line in first.stderr.splitlines() if "embedding cache" in line]
+    assert first.exit_code == 0 and len(json.loads(first.stdout)["files"]) == len(tracks), first.stderr
+    assert len(warnings) == 1 and warnings[0].startswith("zstag: warning: embedding cache") and "damaged" in warnings[0]
     assert (cache_dir / (CACHE_FILE + embedcache.DAMAGED_SUFFIX)).exists()
-    embed_files(model, tracks, workers=0, progress=False)
-    again = embed_files(model, tracks, workers=0, progress=False)
-    assert all(r.cached for r in again) and "embedding cache" not in capsys.readouterr().err
+    second = tag_cli(tiny_model_dir, tracks, "--workers", "0")
+    again = tag_cli(tiny_model_dir, tracks, "--workers", "0")
+    assert "tagged 3 of 3 files (3 from the cache)" in again.stderr
+    assert "embedding cache" not in second.stderr + again.stderr
 
 
-def test_a_damaged_cache_already_replaced_by_another_process_is_left_alone(model, tracks, cache_dir, capsys):
+def test_the_library_gives_its_notices_to_the_callback_and_prints_nothing(model, tracks, cache_dir, capfd):
+    """A damaged cache moved aside, an unusable one: notices to embed_files' notice callback, nothing on
+    stderr; without a callback, a ZstagWarning (the Python API's way)."""
+    cache_dir.mkdir()
+    path = cache_dir / CACHE_FILE
+    path.write_bytes(b"not a database at all " * 64)
+    notes = []
+    results = embed_files(model, tracks, workers=0, progress=False, notice=notes.append)
+    assert all(r.ok for r in results) and len(notes) == 1 and "is damaged" in notes[0], notes
+    assert (cache_dir / (CACHE_FILE + embedcache.DAMAGED_SUFFIX)).exists()
+    for part in cache_dir.glob(CACHE_FILE + "*"):
+        part.unlink()
+    path.mkdir()  # a folder where the database should be: unusable, not damaged
+    notes.clear()
+    results = embed_files(model, tracks, workers=0, progress=False, notice=notes.append)
+    assert all(r.ok and not r.cached for r in results) and len(notes) == 1 and "unusable" in notes[0], notes
+    assert capfd.readouterr().err == ""
+    with pytest.warns(ZstagWarning, match="embedding cache .* unusable"):
+        embed_files(model, tracks[:1], workers=0, progress=False)
+
+
+class _BrokenPool:
+    """A process pool whose workers cannot start: every task fails with BrokenProcessPool."""
+
+    def submit(self, *args, **kwargs):
+        future = Future()
+        future.set_exception(BrokenProcessPool("a worker could not start"))
+        return future
+
+    def shutdown(self, **kwargs):
+        pass
+
+
+def test_decoders_that_cannot_start_decode_here_with_one_notice(tracks, tiny_model_dir, monkeypatch, capfd):
+    """Worker processes that cannot start (a __main__ that cannot be re-imported): every file decoded in this
+    process, one notice to the callback (nothing on stderr); the CLI prints it as a warning."""
+    monkeypatch.setattr(workers, "decoder_pool", lambda n: _BrokenPool())
+    notes = []
+    outcomes = dict(decode_files(list(enumerate(tracks)), PAPER.to_dict(), 0.0, None, workers=2, notice=notes.append))
+    assert sorted(outcomes) == [0, 1, 2] and all(not isinstance(o, str) for o in outcomes.values())
+    assert notes == [NO_DECODERS] and capfd.readouterr().err == ""
+    result = tag_cli(tiny_model_dir, tracks, "--workers", "2", "--no-cache")
+    assert result.exit_code == 0 and len(json.loads(result.stdout)["files"]) == len(tracks), result.stderr
+    assert f"zstag: warning: {NO_DECODERS}" in result.stderr.splitlines()
+
+
+def test_a_damaged_cache_already_replaced_by_another_process_is_left_alone(model, tracks, cache_dir):
     """Two runs had the damaged cache open; the first moved it aside and a new cache started. The second,
     finding the damage later, must not move the new, healthy cache (its path no longer holds its file)."""
     embed_files(model, tracks, workers=0, progress=False)
-    old = EmbeddingCache(cache_dir / CACHE_FILE)  # the second run's connection, opened before the move
+    notes = []
+    old = EmbeddingCache(cache_dir / CACHE_FILE, notes.append)  # the second run's connection, opened before the move
     assert embedcache._move_aside(old.path)
     embed_files(model, tracks[:1], workers=0, progress=False)  # a new cache, in use
     fresh = (cache_dir / CACHE_FILE).read_bytes()
-    embedcache._warned.clear()
-    capsys.readouterr()
     embedcache._warn_cache(sqlite3.DatabaseError("database disk image is malformed"), old)  # no code: not damage
     assert not old.set_aside
     damage = sqlite3.DatabaseError("database disk image is malformed")
     damage.sqlite_errorcode = embedcache.SQLITE_CORRUPT
     embedcache._warn_cache(damage, old)
-    assert old.set_aside and "not moved" in capsys.readouterr().err
+    assert old.set_aside and len(notes) == 2 and "not moved" in notes[1], notes
     assert (cache_dir / CACHE_FILE).read_bytes() == fresh
     assert EmbeddingCache(cache_dir / CACHE_FILE).count() == 1
 
@@ -533,12 +590,12 @@ def test_error_line_names_the_file_once_as_given():
     assert acoustics.error_line("./a.wav", audio.AudioError("empty features")) == "./a.wav: empty features"
 
 
-def test_corrupt_cache_file_is_skipped_with_a_warning(model, tracks, cache_dir, capsys):
+def test_corrupt_cache_file_is_skipped_with_a_warning(tiny_model_dir, tracks, cache_dir):
     cache_dir.mkdir()
     (cache_dir / CACHE_FILE).write_bytes(b"this is not a database" * 100)
-    results = embed_files(model, tracks[:1], workers=0, progress=False)
-    assert results[0].ok
-    assert "embedding cache" in capsys.readouterr().err
+    result = tag_cli(tiny_model_dir, tracks[:1], "--workers", "0")
+    assert result.exit_code == 0 and len(json.loads(result.stdout)["files"]) == 1, result.stderr
+    assert "zstag: warning: embedding cache" in result.stderr
 
 
 def test_a_dying_worker_fails_only_its_file(tracks, tmp_path):

@@ -17,7 +17,7 @@ import torch
 from rich.console import Console
 from typer.testing import CliRunner
 
-from zstag import evaluate, metrics
+from zstag import evalrender, evaluate, metrics
 from zstag.audio import PAPER, track_segments
 from zstag.cli import app
 from zstag.corpora import open_corpus
@@ -246,7 +246,7 @@ def test_hand_written_stats_never_stop_an_evaluation(gtzan, tmp_path, stats):
     acoustics = report["transfer"]["acoustics"]
     assert acoustics["mean_embedding_cosine"] is None and acoustics["fields"]["duration_s"]["train"] is None
     console = Console(file=io.StringIO(), width=200)
-    evaluate.render(report, console)
+    evalrender.render(report, console)
     assert "training corpus hand" in console.file.getvalue()
 
 
@@ -355,7 +355,7 @@ def test_mtat_negated_tag_is_scored_as_the_opposite(tmp_path, model_dir, words):
     per_label = report["metrics"]["all"]["per_label"]
     assert report["labels"]["scored_as"] == {"no vocals": "-vocals"}
     console = Console(file=io.StringIO(), width=200)
-    evaluate.render(report, console)
+    evalrender.render(report, console)
     assert "scored as -vocals" in console.file.getvalue()
     negated = metrics.retrieval(truth[:, 1:], -naive[:, :1])["roc_auc"]
     assert per_label["no vocals"]["roc_auc"] == pytest.approx(negated)
@@ -392,7 +392,7 @@ def test_mtat_with_split(mtat, tmp_path, words):
     truth = np.array([[tag in t.labels for tag in ("female vocal", "techno")] for t in tracks])
     assert report["metrics"]["unseen"]["retrieval"]["roc_auc"] == pytest.approx(metrics.retrieval(truth, scores)["roc_auc"])
     console = Console(file=io.StringIO(), width=150)
-    evaluate.render(report, console)
+    evalrender.render(report, console)
     assert "the model's split" in console.file.getvalue() and "groups A 0, B 3, C 1" in console.file.getvalue()
 
 
@@ -678,15 +678,15 @@ def test_every_figure_is_printed_with_its_digits_at_any_width(mtat, model_dir, t
         if single:
             expected = {"accuracy": "accuracy", "mean recall": "mean_recall"}
             for name, key in expected.items():
-                assert rows[name] == [[evaluate._fmt(figures[s][key]) for s in ("seen", "unseen", "all")]]
+                assert rows[name] == [[evalrender.fmt(figures[s][key]) for s in ("seen", "unseen", "all")]]
         else:
             for name, (section, key) in {"retrieval ROC-AUC": ("retrieval", "roc_auc"), "P@1": ("top_k", "P@1"),
                                          "annotation AP": ("annotation", "average_precision")}.items():
-                assert rows[name] == [[evaluate._fmt(figures[s][section][key]) for s in ("seen", "unseen", "all")]]
+                assert rows[name] == [[evalrender.fmt(figures[s][section][key]) for s in ("seen", "unseen", "all")]]
         for label, f in figures["all"]["per_label"].items():
             [cells] = [r for r in rows[label] if r[0] in ("yes", "no")]
             numbers = [f["recall"]] if single else [f["roc_auc"], f["pr_auc"]]
-            assert all(evaluate._fmt(n) in cells[2:5] for n in numbers), (label, cells)
+            assert all(evalrender.fmt(n) in cells[2:5] for n in numbers), (label, cells)
         if single:  # each true label's counts, over the blocks in order
             confusion = figures["all"]["confusion"]
             for j, (label, counts) in enumerate(zip(confusion["labels"], confusion["matrix"])):

@@ -657,7 +657,8 @@ def test_train_labels_that_are_not_strings_are_no_training_labels(music, model_d
     # is ignored (the note about "drum" raised a TypeError on every run; "no vocals" did before it).
     import dataclasses
 
-    from zstag.modelfile import read_model, training_spellings
+    from zstag.labels import training_spellings
+    from zstag.modelfile import read_model, train_labels
     from zstag.words import load_words
 
     model_dir = shutil.copytree(model_dir, tmp_path / "m")
@@ -673,7 +674,7 @@ def test_train_labels_that_are_not_strings_are_no_training_labels(music, model_d
     np.testing.assert_array_equal(modelfile.label_embeddings(files, words, ["no vocals"]),
                                   modelfile.label_embeddings(plain, words, ["no vocals"]))
     text = dataclasses.replace(files, config={**files.config, "train_labels": "drums"})  # not a list: none
-    assert training_spellings(text, ["drum", "drums"]) == {}
+    assert training_spellings(train_labels(text.config), ["drum", "drums"]) == {}
 
 
 def test_a_label_in_another_number_than_a_training_label_gets_a_hint(music, tmp_path):
@@ -700,7 +701,8 @@ def test_a_label_in_another_number_than_a_training_label_gets_a_hint(music, tmp_
         f'zstag: note: "drum" is not among the model\'s training labels, "drums" is: use "without drums" if that is '
         f'what you mean by "without drum" {tail}',  # the word a negation denies
     ]  # not "vocal": "Vocals" is among the labels already
-    from zstag.modelfile import _inflections, read_model, training_spellings
+    from zstag.labels import inflections, training_spellings
+    from zstag.modelfile import read_model, train_labels
     from zstag.words import load_words
 
     files = read_model(folder)
@@ -711,23 +713,20 @@ def test_a_label_in_another_number_than_a_training_label_gets_a_hint(music, tmp_
     assert score["drum"] != trained_score["drums"] and score["female vocal"] != trained_score["female vocals"]
     np.testing.assert_array_equal(modelfile.label_embeddings(files, words, ["drum"]),
                                   files.embed_label_vectors(words.vectors(["drum"])))
-    assert training_spellings(files, ["blue", "jazzes", "piano", "drums", "no drums", "no vocal", "no vocals"]) == {
+    assert training_spellings(train_labels(files.config), ["blue", "jazzes", "piano", "drums", "no drums", "no vocal", "no vocals"]) == {
         "jazzes": ("jazzes", "jazz", "jazz")}  # "no vocal" beside "no vocals": both given already
-    assert {"melodies", "boxes", "strings"} <= set(_inflections("melody") + _inflections("box") + _inflections("string"))
-    assert "melody" in _inflections("melodies") and "female vocals" in _inflections("female vocal")
+    assert {"melodies", "boxes", "strings"} <= set(inflections("melody") + inflections("box") + inflections("string"))
+    assert "melody" in inflections("melodies") and "female vocals" in inflections("female vocal")
 
 
-def test_the_hint_for_a_long_label_costs_no_more_than_the_label(model_dir):
+def test_the_hint_for_a_long_label_costs_no_more_than_the_label():
     # Its inflections are one string of the label's length per word: a 20,000-word label took 4 GB and 20 s.
-    import dataclasses
     import tracemalloc
 
-    from zstag.modelfile import read_model, training_spellings
+    from zstag.labels import training_spellings
 
-    files = read_model(model_dir)
-    files = dataclasses.replace(files, config={**files.config, "train_labels": ["drums", "female vocals"]})
     tracemalloc.start()
-    assert training_spellings(files, ["jazz " * 3000 + "drum", "no " + "jazz " * 3000, "drum", "female vocal"]) == {
+    assert training_spellings(["drums", "female vocals"], ["jazz " * 3000 + "drum", "no " + "jazz " * 3000, "drum", "female vocal"]) == {
         "drum": ("drum", "drums", "drums"), "female vocal": ("female vocal", "female vocals", "female vocals")}
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()

@@ -3,6 +3,9 @@
 The same pipeline as the CLI (audio → segments → track embeddings → scores), without printing or
 exiting: results come back as records, a bad file as a record with its one-line ``error``, bad options
 (unknown labels, a missing model, an unusable device) as exceptions. Track embeddings share the CLI's cache.
+What a run goes on past (an unusable or damaged embedding cache, moved aside; decoding in this process when
+decoder processes cannot start) comes as a ``zstag.errors.ZstagWarning`` through the ``warnings`` module,
+where the CLI prints "zstag: warning: …": ``warnings.simplefilter("error", ZstagWarning)`` makes it raise.
 
     import zstag
     for r in zstag.tag(["song.mp3", "~/Music/album"], ["jazz", "lo-fi", "drum and bass"]):

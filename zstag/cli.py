@@ -47,7 +47,7 @@ def _root(
 
 # Set by the commands that leave nothing for the interpreter's teardown to finish (every file they write
 # is closed, the decoders and threads stopped): after one of them has imported torch, main() exits without
-# tearing down torch's modules, ~0.3 s of every cold `zstag tag` on this machine's CPU.
+# tearing down torch's modules, a sizeable part of a short run such as a cold `zstag tag`.
 _quick_exit = False
 
 
@@ -357,7 +357,7 @@ def eval_command(
     bf16: bool = typer.Option(False, "--bf16", help="As tag --bf16 (a CPU with AMX: ~2x faster embedding; the report says so)."),
 ) -> None:
     from zstag import evaluate
-    from zstag.cli_run import show_eval
+    from zstag.cli_run import show_eval, warner
     from zstag.corpora import KINDS
     from zstag.devices import Target
     from zstag.paths import check_distinct
@@ -385,7 +385,7 @@ def eval_command(
     with Bar("embedding") as bar:  # labels, options, the model and its word vectors: usage errors, as in tag
         result = evaluate.evaluate(
             corpus, root, model=model, split=split, labels=chosen, top_n=top_n, vectors=vectors, workers=workers,
-            use_cache=not no_cache, max_seconds=max_seconds, device=runs_on, progress=bar,
+            use_cache=not no_cache, max_seconds=max_seconds, device=runs_on, progress=bar, notice=warner(),
             outputs={"--out": out, "--plot": plot},  # refused if one would replace an input, before any decoding
         )
     show_eval(result, out, plot)

@@ -18,6 +18,18 @@ def say(line: str) -> None:
     print(f"zstag: {line}", file=sys.stderr)
 
 
+def warner():
+    """A run's notice callback (errors.notify): each distinct notice once, as "zstag: warning: …" on stderr."""
+    seen: set[str] = set()
+
+    def notice(text: str) -> None:
+        if text not in seen:
+            seen.add(text)
+            say(f"warning: {text}")
+
+    return notice
+
+
 def run_tag(inputs: list[str], *, workers: int | None = None, use_cache: bool = True, progress: bool = True,
             output: str | None = None, fmt: str = "table", labels_file: str | None = None,
             vectors: str | None = None, **options) -> int:
@@ -37,7 +49,7 @@ def run_tag(inputs: list[str], *, workers: int | None = None, use_cache: bool = 
     for line in found.problems:
         say(line)
     with Bar("embedding", progress) as bar:
-        done = tagger.tag(job, found, workers=workers, use_cache=use_cache, progress=bar)
+        done = tagger.tag(job, found, workers=workers, use_cache=use_cache, progress=bar, notice=warner())
     for line in done.failures:
         say(line)
     failures = found.problems + done.failures
@@ -83,7 +95,7 @@ def run_search(query: str | None, inputs: list[str], *, progress: bool = True, f
     from zstag import search
 
     with Bar("embedding", progress) as bar:
-        ranked = search.search(query, inputs, fmt=fmt, output=output, progress=bar, **options)
+        ranked = search.search(query, inputs, fmt=fmt, output=output, progress=bar, notice=warner(), **options)
     library = ranked.library
     for line in library.failures:
         say(line)
@@ -153,7 +165,7 @@ def run_embed(inputs: list[str], out: str, *, progress: bool = True, **options) 
     from zstag import embedset
 
     with Bar("embedding", progress) as bar:
-        done = embedset.run(inputs, out, progress=bar if progress else None, note=say, **options)
+        done = embedset.run(inputs, out, progress=bar if progress else None, note=say, notice=warner(), **options)
     say(f"{out}: embedded {done.embedded} of {done.embedded + done.failed} files"
         + (f" ({done.failed} failed: error rows)" if done.failed else "")
         + f"; {done.skipped} already there, {done.copied} copied from rows of the same content"
@@ -222,7 +234,7 @@ def show_eval(result, out, plot) -> None:
     import typer
     from rich.console import Console
 
-    from zstag import evaluate
+    from zstag import evaluate, evalrender
     from zstag.cli_options import _write_or_fail, fail
 
     report = result.report
@@ -231,7 +243,7 @@ def show_eval(result, out, plot) -> None:
     if out is not None:
         _write_or_fail(out, lambda: evaluate.write_report(report, out))
     if draw:
-        _write_or_fail(plot, lambda: evaluate.plot_confusion(report, plot))
+        _write_or_fail(plot, lambda: evalrender.plot_confusion(report, plot))
     if report["corpus"]["left_out"]:
         typer.echo(f"zstag: {report['corpus']['left_out']}", err=True)
     for failure in report["tracks"]["failed"]:
@@ -252,7 +264,7 @@ def show_eval(result, out, plot) -> None:
     if sys.stdout is None:  # started with descriptor 1 closed: the table has nowhere to go
         fail("cannot write the table to stdout: it is closed")
     try:
-        evaluate.render(report, Console())  # a pipe closed early (| head): rich sends the rest to /dev/null, exit 1
+        evalrender.render(report, Console())  # a pipe closed early (| head): rich sends the rest to /dev/null, exit 1
     except OSError as exc:  # a full disk, an I/O error
         fail(f"cannot write the table to stdout: {exc.strerror or exc}")
     if failed:  # as tag: the figures leave those tracks out

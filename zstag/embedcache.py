@@ -17,7 +17,8 @@ inode) → digest, so a warm run only stats its files; any write to a file chang
 a rehash. Because rows are keyed by content, a copied, renamed or touched file still hits the cache.
 
 A database SQLite calls corrupt is moved aside (*.damaged) and a new one started; any other cache error
-is one warning line, and the run goes on without the row (a cache problem never loses a run's results).
+is one notice (errors.notify: the caller's notice callback, else a ZstagWarning), once per cause and open
+cache, and the run goes on without the row (a cache problem never loses a run's results).
 """
 
 from __future__ import annotations
@@ -29,12 +30,12 @@ import os
 import shutil
 import sqlite3
 import stat
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
+from zstag.errors import Notice, notify
 from zstag.workers import default_workers
 
 CACHE_FILE = "embeddings.sqlite"
@@ -116,9 +117,12 @@ def stream_digest(handle, size: int) -> str:
 class EmbeddingCache:
     """The SQLite store of track embeddings and file digests (see the module docstring)."""
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, notice: Notice | None = None):
+        """notice: where this cache's errors during the run are reported (errors.notify)."""
         self.path = Path(path)
         self.set_aside = False  # move_aside has run
+        self.notice = notice
+        self.noticed: set[str] = set()  # each cause reported once, not once per file
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(self.path, timeout=SQLITE_TIMEOUT_S, isolation_level=None)
         try:
@@ -132,22 +136,22 @@ class EmbeddingCache:
             raise
 
     @classmethod
-    def open_default(cls) -> EmbeddingCache | None:
-        """The cache in ``cache_dir()``, or None (with a warning) when it cannot be used."""
+    def open_default(cls, notice: Notice | None = None) -> EmbeddingCache | None:
+        """The cache in ``cache_dir()``, or None (with a notice) when it cannot be used; a damaged one is moved
+        aside (with a notice) and a new one started."""
         from zstag.paths import cache_dir
 
         path = cache_dir() / CACHE_FILE
         for attempt in range(2):
             try:
-                return cls(path)
+                return cls(path, notice)
             except (OSError, sqlite3.Error) as exc:
                 cause = " ".join(str(exc).split())
                 if attempt == 0 and _damaged(exc) and _move_aside(path):
-                    print(f"zstag: warning: embedding cache {path} is damaged ({cause}); moved to "
-                          f"{path.name}{DAMAGED_SUFFIX}, starting a new one", file=sys.stderr)
+                    notify(notice, f"embedding cache {path} is damaged ({cause}); moved to "
+                                   f"{path.name}{DAMAGED_SUFFIX}, starting a new one")
                     continue
-                print(f"zstag: warning: embedding cache {path} unusable ({cause}); continuing without it",
-                      file=sys.stderr)
+                notify(notice, f"embedding cache {path} unusable ({cause}); continuing without it")
                 return None
         return None
 
@@ -278,13 +282,14 @@ def cache_id(model_id: str, bf16: bool = False, sample_seconds: float | None = N
     return model_id + (BF16_CACHE_SUFFIX if bf16 else "") + sampled
 
 
-def file_digests(paths: list[str], *, workers: int | None = None, use_cache: bool = True) -> list[str | None]:
+def file_digests(paths: list[str], *, workers: int | None = None, use_cache: bool = True,
+                 notice: Notice | None = None) -> list[str | None]:
     """Each file's content digest, as the cache keys its rows by (None: gone, not a regular file, unreadable
     or changed while hashed); remembered in the cache like embeddings.embed_files' digests, so a later
-    embed_files or cached_results of the same files only stats them."""
+    embed_files or cached_results of the same files only stats them. notice: the cache's (errors.notify)."""
     paths = [str(p) for p in paths]
     workers = default_workers() if workers is None else max(1, int(workers))
-    cache = EmbeddingCache.open_default() if use_cache else None
+    cache = EmbeddingCache.open_default(notice) if use_cache else None
     if cache is None:
         def digest(path: str) -> str | None:
             real = os.path.realpath(path)
@@ -360,7 +365,7 @@ def _lookup_digest(cache: EmbeddingCache, path: str, stamp: tuple) -> str | None
 
 def lookup(cache: EmbeddingCache, model_id, digest, offset, max_seconds) -> tuple | str | None:
     """A cache hit: (embedding, stats), or the cause stored for content that failed to decode (a str,
-    without the file's name); None for a miss. A damaged row or page is a miss (with a warning), not a crash."""
+    without the file's name); None for a miss. A damaged row or page is a miss (with a notice), not a crash."""
     try:
         hit = cache.get(model_id, digest, offset, max_seconds)
         return hit if hit is not None else cache.get_failure(model_id, digest, offset, max_seconds)
@@ -369,25 +374,22 @@ def lookup(cache: EmbeddingCache, model_id, digest, offset, max_seconds) -> tupl
         return None
 
 
-_warned: set[str] = set()  # each cache warning is printed once per run
-
-
-def _warn_cache(exc: Exception, cache: EmbeddingCache | None = None) -> None:
-    """One line on stderr, once per distinct cause. A damaged database file (SQLite says corrupt or not a
-    database) is moved aside, so that the next run starts a new cache instead of failing on every file."""
+def _warn_cache(exc: Exception, cache: EmbeddingCache) -> None:
+    """One notice to the cache's callback per distinct cause. A damaged database file (SQLite says corrupt or
+    not a database) is moved aside, so that the next run starts a new cache instead of failing on every file."""
     cause = " ".join(str(exc).split())
-    if cache is not None and cache.set_aside:
+    if cache.set_aside:
         return  # reported when it was moved aside; this run's other lookups fail the same way
-    if cache is not None and _damaged(exc):
+    if _damaged(exc):
         aside = cache.move_aside()
         text = f"embedding cache {cache.path} is damaged ({cause}); " + (
             f"moved to {aside.name}: the next run starts a new one" if aside
             else "not moved (another zstag process may have replaced it already; else delete it)")
     else:
         text = f"embedding cache: {cause}"
-    if text not in _warned:
-        _warned.add(text)
-        print(f"zstag: warning: {text}", file=sys.stderr)
+    if text not in cache.noticed:
+        cache.noticed.add(text)
+        notify(cache.notice, text)
 
 
 def _damaged(exc: Exception) -> bool:
@@ -398,7 +400,7 @@ def _damaged(exc: Exception) -> bool:
 
 def store(cache, model_id, digest, offset, max_seconds, outcome: np.ndarray | str, stats: dict | None) -> None:
     """outcome: the embedding, or the cause of a content failure (audio.ContentError) without the file's
-    name (the same bytes may have another name next time). A cache error is a warning, never raised."""
+    name (the same bytes may have another name next time). A cache error is a notice, never raised."""
     try:
         if isinstance(outcome, str):
             cache.put_failure(model_id, digest, offset, max_seconds, outcome)

@@ -33,6 +33,7 @@ import numpy as np
 from zstag import audio
 from zstag.acoustics import failure_line
 from zstag.embedcache import EmbeddingCache, cache_id, content_digests, file_stamp, lookup, store
+from zstag.errors import Notice
 from zstag.workers import ContentFailure, blas_limit, decode_files, default_workers
 
 QUEUED_PER_THREAD = 1  # decoded tracks per inference thread (heavy models) waiting, besides those being embedded
@@ -92,6 +93,7 @@ def embed_files(
     device="cpu",
     bf16: bool = False,
     sample_seconds: float | None = None,
+    notice: Notice | None = None,
 ) -> list[TrackResult]:
     """Embed each file as a whole track; results in input order. Never raises for a bad file.
 
@@ -104,7 +106,9 @@ def embed_files(
     when this returns. Cache rows do not depend on it (see devices.py). bf16: run the model's float32
     products in bfloat16 on a CPU that has it natively (devices.cpu_bfloat16; DeviceError otherwise, when
     the device is resolved); such rows are cached apart (cache_id). sample_seconds: embed only that much
-    audio of each track, in windows spread over it (windows.py); cached apart too.
+    audio of each track, in windows spread over it (windows.py); cached apart too. notice: notice(text) for
+    what the run goes on past (errors.notify: the cache's errors, decoding in this process when decoder
+    processes cannot start); a cache passed in reports to its own.
     """
     from zstag.devices import target_of
 
@@ -121,12 +125,12 @@ def embed_files(
     model_id = getattr(model, "model_id", "untrained")
     own_cache = use_cache and model_id != "untrained" and cache is None  # an unsaved model has no stable id
     if own_cache:
-        cache = EmbeddingCache.open_default()
+        cache = EmbeddingCache.open_default(notice)
     if not use_cache or model_id == "untrained":
         cache = None
     try:
         _embed(model, cache_id(model_id, target.bf16, sample_seconds), paths, results, cache, workers, offset,
-               max_seconds, _Count(len(paths), report), target, sample_seconds)
+               max_seconds, _Count(len(paths), report), target, sample_seconds, notice)
     finally:
         if own_cache and cache is not None:
             cache.close()
@@ -141,18 +145,20 @@ def cached_results(
     max_seconds: float | None = None,
     workers: int | None = None,
     cache: EmbeddingCache | None = None,
+    notice: Notice | None = None,
 ) -> list[TrackResult | None]:
     """Each file's cached outcome, without the model or any decoding: a TrackResult (cached=True) per
     hit, with its embedding or, for content that failed to decode before, its error line; None per miss
     (not cached, unreadable, gone, or changed while hashed). A miss is never dropped: the caller embeds
     it (embed_files). Digests of newly hashed files are remembered, so embed_files
-    does not hash them again. workers: hashing threads (None: all cores). cache: default cache_dir()'s.
+    does not hash them again. workers: hashing threads (None: all cores). cache: default cache_dir()'s,
+    opened with notice (as embed_files').
     """
     paths = [str(p) for p in paths]
     results: list[TrackResult | None] = [None] * len(paths)
     own_cache = cache is None
     if own_cache:
-        cache = EmbeddingCache.open_default()
+        cache = EmbeddingCache.open_default(notice)
         if cache is None:
             return results
     try:
@@ -175,7 +181,7 @@ def _fill_hits(cache, model_id, paths, digests, offset, max_seconds, results) ->
 
 
 def _embed(model, model_id, paths, results, cache, workers, offset, max_seconds, bar, target,
-           sample_seconds=None) -> None:
+           sample_seconds=None, notice=None) -> None:
     digests: dict[int, tuple[str, tuple]] = {}  # index → (content digest, stat stamp when hashed)
     if cache is not None:
         digests = content_digests(cache, paths, workers)
@@ -197,7 +203,7 @@ def _embed(model, model_id, paths, results, cache, workers, offset, max_seconds,
     if building and (workers == 0 or not todo):
         model, building = model.result().eval(), False  # decoding here would wait for the import anyway
     with contextlib.closing(decode_files(todo, model.front_end.to_dict(), offset, max_seconds, workers,
-                                         sample_seconds=sample_seconds)) as decoded:
+                                         sample_seconds=sample_seconds, notice=notice)) as decoded:
         early: deque = deque()
         if building:
             early = _decoded_while_building(model, decoded)

@@ -205,14 +205,15 @@ def embed_rows(sources: list[Source], embed_paths) -> list[dict]:
 # --- planning --------------------------------------------------------------------------------------
 
 
-def plan(folder, sources: list[Source], *, workers: int | None = None, use_cache: bool = True) -> Plan:
+def plan(folder, sources: list[Source], *, workers: int | None = None, use_cache: bool = True, notice=None) -> Plan:
     """Digest each source (local files: embedcache.file_digests, remembered in the SQLite cache; URIs:
     read through pyarrow.fs) and sort them against the set's rows: skipped, copied or to embed."""
     from zstag.embedcache import file_digests
 
     result = Plan()
     local = [s for s in sources if s.local is not None]
-    for source, digest in zip(local, file_digests([s.local for s in local], workers=workers, use_cache=use_cache)):
+    digests = file_digests([s.local for s in local], workers=workers, use_cache=use_cache, notice=notice)
+    for source, digest in zip(local, digests):
         source.digest = digest
         if digest is not None:
             try:
@@ -335,11 +336,11 @@ def chunks(items: list, size: int):
 
 def run(inputs: list[str], out: str, *, lists: list[str] = (), model: str = "default", extensions: str | None = None,
         engine: str = "local", part_files: int = PART_FILES, workers: int | None = None, use_cache: bool = True,
-        device="auto", progress=None, ray_options: dict | None = None, note=None) -> Embedded:
+        device="auto", progress=None, ray_options: dict | None = None, note=None, notice=None) -> Embedded:
     """`zstag embed`: embed the inputs into the set `out` (created or resumed). device: a devices.Target (its
     bf16: the set's precision). progress: the local engine's callback (embeddings.embed_files); with --engine
     ray, any progress shows Ray Data's bars. note(line): each input not read and each error row, as they come
-    (a run over millions of files keeps no list of them). EmbedUsageError (exit 2) before anything is written:
+    (a run over millions of files keeps no list of them). notice: as embeddings.embed_files. EmbedUsageError (exit 2) before anything is written:
     bad options, a model that cannot be used, an --out that holds an input or a set of another model."""
     from zstag import modelfile
     from zstag.devices import target_of
@@ -381,9 +382,9 @@ def run(inputs: list[str], out: str, *, lists: list[str] = (), model: str = "def
         batches = ray_batches(files, part_files, bf16=target.bf16, progress=progress is not None, **(ray_options or {}))
     else:
         batches = local_batches(files, part_files, workers=workers, use_cache=use_cache, device=target,
-                                progress=progress)
+                                progress=progress, notice=notice)
     Path(out).mkdir(parents=True, exist_ok=True)
-    todo = plan(out, sources, workers=workers, use_cache=use_cache)
+    todo = plan(out, sources, workers=workers, use_cache=use_cache, notice=notice)
     problems += todo.problems
     for line in problems:
         note(line)
@@ -402,12 +403,13 @@ def run(inputs: list[str], out: str, *, lists: list[str] = (), model: str = "def
                     duplicates)
 
 
-def local_batches(files, part_files: int, *, workers, use_cache, device, progress):
+def local_batches(files, part_files: int, *, workers, use_cache, device, progress, notice=None):
     """batches(sources) -> the rows of each part_files sources in turn, embedded by tagger.track_results."""
     from zstag.tagger import track_results
 
     def embed_paths(paths):
-        return track_results(files, paths, workers=workers, use_cache=use_cache, progress=progress, device=device)
+        return track_results(files, paths, workers=workers, use_cache=use_cache, progress=progress, device=device,
+                             notice=notice)
 
     def batches(sources):
         for chunk in chunks(sources, part_files):

@@ -1,13 +1,16 @@
-"""`zstag eval`'s report (evaluate.evaluate) as rich tables on a console, readable at any width.
+"""`zstag eval`'s report (evaluate.evaluate) as rich tables on a console, readable at any width, and its
+confusion matrix as a PNG (plot_confusion, --plot).
 
 Numbers are never cut ("0.…"): their columns do not wrap, and the text columns (labels, nearest training
-labels) fold instead. The summary has one row per figure and one column per label set (a row per set and
-a column per figure was 13 columns wide); the confusion matrix is printed in blocks of predicted columns
+labels) fold instead. The summary has one row per figure and one column per label set (a column per figure
+would make 13 columns); the confusion matrix is printed in blocks of predicted columns
 that fit; a table still wider than the console is laid out at the width it needs (the terminal wraps its
 lines) rather than cut.
 """
 
 from __future__ import annotations
+
+import os
 
 CLASSIFICATION_ROWS = (("accuracy", "accuracy"), ("mean recall", "mean_recall"))
 TEXT_MIN_WIDTH = 16  # a text column is not made narrower than its longest word up to this; longer words fold
@@ -165,3 +168,40 @@ def _distribution(summary: dict | None) -> str:
 
 def _num(value: float) -> str:
     return f"{value:.0f}" if abs(value) >= 100 else f"{value:.1f}" if abs(value) >= 1 else f"{value:.3g}"
+
+
+def plot_confusion(report: dict, path: str | os.PathLike, label_set: str = "all") -> None:
+    """The confusion matrix of a single-label report as a PNG (rows: true, colour: row share), atomically."""
+    import matplotlib
+    import numpy as np
+
+    from zstag.paths import atomic_write
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    confusion = report["metrics"][label_set]["confusion"]
+    names, counts = confusion["labels"], np.asarray(confusion["matrix"], dtype=np.float64)
+    shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    size = 2.0 + 0.45 * len(names)
+    fig = Figure(figsize=(size + 1.5, size))  # no pyplot: no global state, no GUI backend
+    ax = fig.add_subplot()
+    image = ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
+    ax.set_xticks(range(len(names)), names, rotation=90)
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(len(names)):
+        for j in range(len(names)):
+            if counts[i, j]:
+                ax.text(j, i, str(int(counts[i, j])), ha="center", va="center",
+                        color="white" if shares[i, j] > 0.5 else "black", fontsize=8)
+    accuracy = report["metrics"][label_set]["accuracy"]
+    ax.set_title(f"{report['corpus']['name']} ({label_set} labels), accuracy {fmt(accuracy)}")
+    fig.colorbar(image, ax=ax, label="share of the true label's tracks")
+    fig.tight_layout()
+    import io
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    atomic_write(path, buffer.getvalue(), follow_links=True)

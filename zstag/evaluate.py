@@ -46,8 +46,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from zstag.metrics import set_figures
-from zstag.evalrender import fmt as _fmt
-from zstag.evalrender import render  # noqa: F401  (the CLI's and tests' evaluate.render)
 from zstag.modelfile import label_embeddings, scored_as
 from zstag.paths import atomic_write, valid_text
 from zstag.transfer import (NO_STATS_NOTE, STATS_FILE, acoustic_transfer, label_overlap,  # noqa: F401
@@ -166,8 +164,9 @@ def evaluate(
     device="cpu",
     bf16: bool = False,
     outputs: dict | None = None,
+    notice=None,
 ) -> Evaluation:
-    """Evaluate a model on a corpus; see the module docstring. progress, device, bf16: as
+    """Evaluate a model on a corpus; see the module docstring. progress, device, bf16, notice: as
     embeddings.embed_files (bf16 is recorded in the report's model.bf16: its figures are of bfloat16
     embeddings). outputs: option → path the caller
     will write (--out, --plot), refused as check_outputs says once the corpus is read, before any decoding.
@@ -248,7 +247,7 @@ def evaluate(
         raise EvalError(f"{root}: no track to evaluate" + (" in the split's test partition" if the_split else ""))
 
     results = embed_files(net, [t.path for t in tracks], workers=workers, use_cache=use_cache,
-                          max_seconds=max_seconds, progress=progress, device=target)
+                          max_seconds=max_seconds, progress=progress, device=target, notice=notice)
     good = [(t, r) for t, r in zip(tracks, results) if r.ok]
     failed = [{"id": t.id, "error": r.error} for t, r in zip(tracks, results) if not r.ok]
     if not good:
@@ -333,37 +332,3 @@ def write_report(report: dict, path: str | os.PathLike) -> None:
     """The report as JSON (strict, 2-space indent), written atomically."""
     text = json.dumps(report, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
     atomic_write(path, text.encode("utf-8"), follow_links=True)  # a user's file: a link's target is replaced
-
-
-def plot_confusion(report: dict, path: str | os.PathLike, label_set: str = "all") -> None:
-    """The confusion matrix of a single-label report as a PNG (rows: true, colour: row share), atomically."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
-
-    confusion = report["metrics"][label_set]["confusion"]
-    names, counts = confusion["labels"], np.asarray(confusion["matrix"], dtype=np.float64)
-    shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
-    size = 2.0 + 0.45 * len(names)
-    fig = Figure(figsize=(size + 1.5, size))  # no pyplot: no global state, no GUI backend
-    ax = fig.add_subplot()
-    image = ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
-    ax.set_xticks(range(len(names)), names, rotation=90)
-    ax.set_yticks(range(len(names)), names)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    for i in range(len(names)):
-        for j in range(len(names)):
-            if counts[i, j]:
-                ax.text(j, i, str(int(counts[i, j])), ha="center", va="center",
-                        color="white" if shares[i, j] > 0.5 else "black", fontsize=8)
-    accuracy = report["metrics"][label_set]["accuracy"]
-    ax.set_title(f"{report['corpus']['name']} ({label_set} labels), accuracy {_fmt(accuracy)}")
-    fig.colorbar(image, ax=ax, label="share of the true label's tracks")
-    fig.tight_layout()
-    import io
-
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    atomic_write(path, buffer.getvalue(), follow_links=True)

@@ -15,11 +15,14 @@ import os
 import re
 import unicodedata
 from pathlib import Path
+from typing import Callable
 
 from zstag.errors import UsageError
 
 FUNCTION_WORDS = frozenset({"and", "of", "the", "a", "an", "in", "on", "with", "for", "to", "or"})
 NEGATIONS = frozenset({"no", "not", "without"})  # "no vocals" denies "vocals" (WordVectors.negated)
+# "not not sad" is "sad"; a longer run of negations is not language, and each one read costs a pass over the label.
+MAX_DENIALS = 4
 
 
 class LabelsError(UsageError, ValueError):
@@ -95,3 +98,60 @@ def parse_labels(values: list[str] | None, labels_file: str | os.PathLike | None
     if not unique:
         raise LabelsError("no labels: give --labels a,b,... and/or --labels-file FILE")
     return unique
+
+
+def undenied(label: str, negated: Callable[[str], str | None], trained: Callable[[str], bool]) -> tuple[int, str]:
+    """(sign, what): the label stands for sign × the label ``what``. negated(label): what a label denies, or
+    None (WordVectors.negated); trained(label): the model knows the label itself, so it is not undone ("no
+    vocals" as a training label). "no vocals" → (-1, "vocals"), "not not sad" → (1, "sad"). At most MAX_DENIALS
+    negations are undone: "not " * 1000 + "sad" would cost 1000 passes over 1000 words."""
+    sign = 1
+    for _ in range(MAX_DENIALS):
+        denied = negated(label)
+        if denied is None or trained(label):
+            break
+        sign, label = -sign, denied
+    return sign, label
+
+
+def training_spellings(train_labels: list[str], labels: list[str]) -> dict[str, tuple[str, str, str]]:
+    """label → (its untrained word, the training label that is its singular or plural, the label to type
+    instead), compared as normalised spellings: "vocal" → ("vocal", "vocals", "vocals"), "female vocal" →
+    ("female vocal", "female vocals", "female vocals"), and for a negation the word it denies: "no vocal" →
+    ("vocal", "vocals", "no vocals"). Only for labels not among train_labels (a model's: modelfile.train_labels).
+    A hint for the user (zstag tag prints it), never a substitution: "blue" is not "blues". The trained map
+    places such pairs far apart although their word vectors are close (MODEL_CARD.md: "vocal" and "vocals"
+    have cosine 0.80 in GloVe, 0.04 in the default model's joint space)."""
+    trained = {normalise_label(label): label for label in train_labels}
+    sizes = {len(norm.split()) for norm in trained}  # an inflection has as many words as the label
+    given = {label: normalise_label(label) for label in labels}
+    hints = {}
+    for label, norm in given.items():
+        words = norm.split()
+        negation = len(words) > 1 and words[0] in NEGATIONS and norm not in trained
+        head, rest = (words[0] + " ", " ".join(words[1:])) if negation else ("", norm)
+        if rest in trained or len(rest.split()) not in sizes:  # and a 20k-word label made 40k copies of itself
+            continue
+        variant = next((v for v in inflections(rest) if v in trained), None)
+        if variant is not None and head + variant not in given.values():  # "vocal" beside "vocals": both given
+            hints[label] = (rest, trained[variant], head + variant)
+    return hints
+
+
+def inflections(label: str) -> list[str]:
+    """The label with one of its words in the other number: "vocal" ↔ "vocals", "box" ↔ "boxes", "melody" ↔
+    "melodies" (English plural only; good enough for a hint)."""
+    words = label.split()
+    out = []
+    for i, word in enumerate(words):
+        forms = [word + "s", word + "es"]
+        if word.endswith("ies"):
+            forms.append(word[:-3] + "y")
+        if word.endswith("es"):
+            forms.append(word[:-2])
+        if word.endswith("s") and not word.endswith("ss"):
+            forms.append(word[:-1])
+        if word.endswith("y"):
+            forms.append(word[:-1] + "ies")
+        out += [" ".join(words[:i] + [form] + words[i + 1:]) for form in forms if form]
+    return out

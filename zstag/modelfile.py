@@ -28,8 +28,6 @@ WEIGHTS_FILE = "weights.safetensors"
 DEFAULT_MODEL = "default"
 LABEL_PREFIX = "label_projection."
 MLP_LAYERS = ("0", "3")  # nn.Sequential(Linear, ReLU, Dropout, Linear): the two Linear layers
-# "not not sad" is "sad"; a longer run of negations is not language, and each one read costs a pass over the label.
-MAX_DENIALS = 4
 
 
 class ModelError(UsageError):
@@ -124,74 +122,19 @@ def train_labels(config: dict) -> list[str]:
 def scored_as(model, words, labels: list[str]) -> dict[str, tuple[int, str]]:
     """label → (sign, what) for each label that label_embeddings scores as sign × another label ("no vocals"
     → (-1, "vocals")); labels scored as themselves are left out."""
+    from zstag.labels import undenied
     from zstag.words import vocabulary_keys
 
     denying = [label for label in labels if words.negated(label) is not None]
     if not denying:
         return {}
-    trained = set(vocabulary_keys(train_labels(model.config), words).values())
-    found = {label: undenied(words, label, trained) for label in denying}
+    keys = set(vocabulary_keys(train_labels(model.config), words).values())
+
+    def trained(label: str) -> bool:  # scored as trained, not undone: "no vocals" as a training label
+        return vocabulary_keys([label], words)[label] in keys
+
+    found = {label: undenied(label, words.negated, trained) for label in denying}
     return {label: (sign, what) for label, (sign, what) in found.items() if what != label}
-
-
-def training_spellings(model, labels: list[str]) -> dict[str, tuple[str, str, str]]:
-    """label → (its untrained word, the training label that is its singular or plural, the label to type
-    instead), compared as normalised spellings: "vocal" → ("vocal", "vocals", "vocals"), "female vocal" →
-    ("female vocal", "female vocals", "female vocals"), and for a negation the word it denies: "no vocal" →
-    ("vocal", "vocals", "no vocals"). Only for labels the model did not train on. A hint for the user (zstag
-    tag prints it), never a substitution: "blue" is not "blues". The trained map places such pairs far apart
-    although their word vectors are close (MODEL_CARD.md: "vocal" and "vocals" have cosine 0.80 in GloVe,
-    0.04 in the default model's joint space)."""
-    from zstag.labels import NEGATIONS, normalise_label
-
-    trained = {normalise_label(label): label for label in train_labels(model.config)}
-    sizes = {len(norm.split()) for norm in trained}  # an inflection has as many words as the label
-    given = {label: normalise_label(label) for label in labels}
-    hints = {}
-    for label, norm in given.items():
-        words = norm.split()
-        negation = len(words) > 1 and words[0] in NEGATIONS and norm not in trained
-        head, rest = (words[0] + " ", " ".join(words[1:])) if negation else ("", norm)
-        if rest in trained or len(rest.split()) not in sizes:  # and a 20k-word label made 40k copies of itself
-            continue
-        variant = next((v for v in _inflections(rest) if v in trained), None)
-        if variant is not None and head + variant not in given.values():  # "vocal" beside "vocals": both given
-            hints[label] = (rest, trained[variant], head + variant)
-    return hints
-
-
-def _inflections(label: str) -> list[str]:
-    """The label with one of its words in the other number: "vocal" ↔ "vocals", "box" ↔ "boxes", "melody" ↔
-    "melodies" (English plural only; good enough for a hint)."""
-    words = label.split()
-    out = []
-    for i, word in enumerate(words):
-        forms = [word + "s", word + "es"]
-        if word.endswith("ies"):
-            forms.append(word[:-3] + "y")
-        if word.endswith("es"):
-            forms.append(word[:-2])
-        if word.endswith("s") and not word.endswith("ss"):
-            forms.append(word[:-1])
-        if word.endswith("y"):
-            forms.append(word[:-1] + "ies")
-        out += [" ".join(words[:i] + [form] + words[i + 1:]) for form in forms if form]
-    return out
-
-
-def undenied(words, label: str, trained: set) -> tuple[int, str]:
-    """(sign, what): the label scores as sign × the label ``what``. "no vocals" → (-1, "vocals"), "not not sad"
-    → (1, "sad"); a label the model trained on (its vocabulary_keys in ``trained``) is scored as trained. At most
-    MAX_DENIALS negations are undone: "not " * 1000 + "sad" would cost 1000 passes over 1000 words."""
-    from zstag.words import vocabulary_keys
-
-    sign = 1
-    for _ in range(MAX_DENIALS):
-        denied = words.negated(label)
-        if denied is None or vocabulary_keys([label], words)[label] in trained:
-            break
-        sign, label = -sign, denied
-    return sign, label
 
 
 def cosine_scores(track_emb: np.ndarray, label_emb: np.ndarray) -> np.ndarray:

@@ -41,31 +41,33 @@ class Library:
 
 
 def load_library(files, found, *, first: list[str] = (), workers: int | None = None, use_cache: bool = True,
-                 progress=None, device="cpu", sample_seconds: float | None = None) -> tuple[Library, list]:
+                 progress=None, device="cpu", sample_seconds: float | None = None,
+                 notice=None) -> tuple[Library, list]:
     """(the library, the TrackResults of `first`): the files found (tagger.Found) under the PATHs, embedded
     where the cache misses them, or, found None, the cache's tracks (cached_library). first: files embedded
     in the same pass (similar's query track). files: modelfile.ModelFiles. sample_seconds: embeddings of
-    that much audio per track (windows.py), from the cache too: never ranked beside whole-track ones."""
+    that much audio per track (windows.py), from the cache too: never ranked beside whole-track ones.
+    notice: as embeddings.embed_files."""
     from zstag.embedcache import cache_id
     from zstag.tagger import track_results
 
     paths = list(first) + (found.files if found is not None else [])
     results = track_results(files, paths, workers=workers, use_cache=use_cache, progress=progress, device=device,
-                            sample_seconds=sample_seconds)
+                            sample_seconds=sample_seconds, notice=notice)
     head, rest = results[:len(first)], results[len(first):]
     if found is None:
-        return cached_library(cache_id(files.model_id, sample_seconds=sample_seconds), use_cache), head
+        return cached_library(cache_id(files.model_id, sample_seconds=sample_seconds), use_cache, notice), head
     library = Library([Track(r.path, r.embedding, r.stats) for r in rest if r.ok], list(found.problems),
                       sum(r.cached for r in rest if r.ok))
     library.failures += [r.error for r in rest if not r.ok]
     return library, head
 
 
-def cached_library(model_id: str, use_cache: bool = True) -> Library:
+def cached_library(model_id: str, use_cache: bool = True, notice=None) -> Library:
     """Every file the embedding cache holds a whole-track embedding of by model_id, still there unchanged."""
     from zstag.embedcache import EmbeddingCache, file_stamp
 
-    cache = EmbeddingCache.open_default() if use_cache else None
+    cache = EmbeddingCache.open_default(notice) if use_cache else None
     if cache is None:
         raise TagUsageError("no PATH given and no embedding cache to search: name the files or folders to search")
     try:
@@ -186,11 +188,11 @@ def search(query: str | None, inputs: list[str], *, labels: list[str] | None = N
            labels_file: str | None = None, similar_to: str | None = None, model: str = "default",
            vectors: str | None = None, extensions: str | None = None, limit: int | None = DEFAULT_LIMIT,
            fmt: str = "table", output: str | None = None, workers: int | None = None, use_cache: bool = True,
-           progress=None, device="cpu", sample_seconds: float | None = None) -> Ranked:
+           progress=None, device="cpu", sample_seconds: float | None = None, notice=None) -> Ranked:
     """`zstag search` (query text, or labels / labels_file) or, with similar_to, `zstag similar`: the
     tracks ranked. fmt and output are checked here (output never over an input), written by the caller.
     TagUsageError (or DeviceError) for bad options, model, words or device, before any audio is read.
-    sample_seconds: as tagger.prepare's."""
+    sample_seconds: as tagger.prepare's. progress, notice: as embeddings.embed_files."""
     from zstag import modelfile, scoring
     from zstag.devices import target_of
     from zstag.tagger import Found, check_sampling, check_tag_output, find_audio_files, parse_extensions, parse_labels
@@ -232,7 +234,7 @@ def search(query: str | None, inputs: list[str], *, labels: list[str] | None = N
         found.files = [p for p in found.files if _file_id(p) != query_id]
     library, head = load_library(files, found, first=[similar_to] if similar_to else [], workers=workers,
                                  use_cache=use_cache, progress=progress, device=target,
-                                 sample_seconds=sample_seconds)
+                                 sample_seconds=sample_seconds, notice=notice)
     exclude = None
     if similar_to is not None:
         if not head[0].ok:

@@ -305,11 +305,12 @@ def record_labels(record: dict) -> list[str]:
 
 
 def write_records(records: list[dict], model_id: str, digests: dict[str, str | None], *, field: str = ZSTAG_FIELD,
-                  append: bool = False, dry_run: bool = False, use_cache: bool = True) -> WriteReport:
+                  append: bool = False, dry_run: bool = False, use_cache: bool = True, notice=None) -> WriteReport:
     """Write each record's labels into its file (tagger.file_records' records, in order); a file that
     fails is one line in the report and the others go on. digests: path → the content digest its scores
     came from (embedcache.file_digests before embedding). With the cache, a rewritten file's embeddings
-    are kept under its new digest (the audio is the same), so it is not embedded again."""
+    are kept under its new digest (the audio is the same), so it is not embedded again. notice: where a cache
+    that cannot be opened is reported (embedcache.EmbeddingCache.open_default)."""
     from zstag.embedcache import EmbeddingCache, file_stamp
 
     report = WriteReport([], 0, [], [])
@@ -330,7 +331,7 @@ def write_records(records: list[dict], model_id: str, digests: dict[str, str | N
         if new_digest is not None:
             report.written += 1
             moved.append((digest, new_digest, os.path.realpath(path)))
-    cache = EmbeddingCache.open_default() if use_cache and moved else None
+    cache = EmbeddingCache.open_default(notice) if use_cache and moved else None
     if cache is not None:
         try:
             for old, new, real in moved:

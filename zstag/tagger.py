@@ -346,7 +346,9 @@ def prepare(
     from zstag.spelling import typo_note
 
     notes = [note for note in (typo_note(words, label) for label in label_list) if note]  # "jaz": "jazz"?
-    for label, (word, trained, instead) in modelfile.training_spellings(files, label_list).items():
+    from zstag.labels import training_spellings
+
+    for label, (word, trained, instead) in training_spellings(modelfile.train_labels(files.config), label_list).items():
         notes.append(f'"{word}" is not among the model\'s training labels, "{trained}" is: use "{instead}" if that '
                      f'is what you mean by "{label}" (a label the model never trained on scores less reliably)')
     return TagJob(files, label_list, label_emb, extension_set, target, notes, single, top_k, threshold, offset,
@@ -367,19 +369,20 @@ def _model_and_labels(model, vectors, label_list):
 
 
 def tag(job: TagJob, found: Found, *, workers: int | None = None, use_cache: bool = True,
-        progress=None) -> Tagged:
+        progress=None, notice=None) -> Tagged:
     """Embed the files found (track_results), score them against the job's labels and, with write_tags,
     write the chosen labels into them. A file that fails is a line in Tagged.failures; found.problems
-    are the caller's to report. progress: as embeddings.embed_files."""
+    are the caller's to report. progress, notice: as embeddings.embed_files."""
     from zstag import scoring
 
     if job.write_tags:  # the digests the scores come from: a file that changes before it is tagged is refused
         from zstag.embedcache import file_digests
 
-        digests = dict(zip(found.files, file_digests(found.files, workers=workers, use_cache=use_cache)))
+        digests = file_digests(found.files, workers=workers, use_cache=use_cache, notice=notice)
+        digests = dict(zip(found.files, digests))
     results = track_results(job.files, found.files, workers=workers, use_cache=use_cache, offset=job.offset,
                             max_seconds=job.max_seconds, progress=progress, device=job.target,
-                            sample_seconds=job.sample_seconds)
+                            sample_seconds=job.sample_seconds, notice=notice)
     good = [r for r in results if r.ok]
     if good:
         scores = scoring.scores(job.files.config, np.stack([r.embedding for r in good]), job.label_emb)
@@ -392,7 +395,7 @@ def tag(job: TagJob, found: Found, *, workers: int | None = None, use_cache: boo
         from zstag.tagfiles import write_records
 
         written = write_records(records, job.files.model_id, digests, field=job.tag_field, append=job.append,
-                                dry_run=job.dry_run, use_cache=use_cache)
+                                dry_run=job.dry_run, use_cache=use_cache, notice=notice)
     return Tagged(records, [r.error for r in results if not r.ok], sum(r.cached for r in good), written)
 
 
@@ -427,13 +430,13 @@ def check_tag_output(output: str, found: Found, labels_file, vectors, model_fold
 
 def track_results(files, paths: list[str], *, workers: int | None = None, use_cache: bool = True,
                   offset: float = 0.0, max_seconds: float | None = None, progress=None,
-                  device="cpu", bf16: bool = False, sample_seconds: float | None = None) -> list:
+                  device="cpu", bf16: bool = False, sample_seconds: float | None = None, notice=None) -> list:
     """A TrackResult per path, in order: all from the embedding cache when every file is there (no torch,
     no decoding); otherwise the model is built (torch) and ``embed_files`` embeds only the misses (their
     digests are remembered, not hashed again) on device. The device is checked and the model built on a
     thread while the first files decode, and so is bf16's need of a CPU with native bfloat16.
     files: modelfile.ModelFiles. device: a devices.Target, or its name with bf16. sample_seconds: embeddings
-    of that much audio per track (windows.py), cached apart."""
+    of that much audio per track (windows.py), cached apart. notice: as embeddings.embed_files."""
     from zstag.devices import DeviceError, target_of
     from zstag.embedcache import EmbeddingCache, cache_id
     from zstag.embeddings import ModelBuild, cached_results, embed_files
@@ -441,7 +444,7 @@ def track_results(files, paths: list[str], *, workers: int | None = None, use_ca
     from zstag.workers import start_decoders
 
     target = target_of(device, bf16)
-    cache = EmbeddingCache.open_default() if use_cache else None
+    cache = EmbeddingCache.open_default(notice) if use_cache else None
     try:
         if cache is not None:
             results = cached_results(cache_id(files.model_id, target.bf16, sample_seconds), paths, offset=offset, max_seconds=max_seconds, workers=workers,
@@ -458,7 +461,7 @@ def track_results(files, paths: list[str], *, workers: int | None = None, use_ca
         try:
             embedded = embed_files(net, [paths[i] for i in missing], workers=workers, use_cache=cache is not None,
                                    cache=cache, offset=offset, max_seconds=max_seconds, progress=progress,
-                                   device=target, sample_seconds=sample_seconds)
+                                   device=target, sample_seconds=sample_seconds, notice=notice)
         except (DeviceError, ModelError) as exc:
             raise TagUsageError(str(exc)) from None
         for i, result in zip(missing, embedded):

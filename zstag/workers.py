@@ -31,10 +31,12 @@ import numpy as np
 
 from zstag import audio, windows
 from zstag.acoustics import analyse_file, error_cause, error_line, failure_line
+from zstag.errors import Notice, notify
 
 IN_FLIGHT_PER_WORKER = 2  # decoded tracks waiting per worker: keeps workers busy, bounds memory
 PARENT_POLL_S = 0.5  # how often a worker checks that the main process still runs
 CRASH_MESSAGE = "the decoder process died (crash or out of memory)"
+NO_DECODERS = "decoder processes cannot start; decoding in this process"
 # The fork server starts with these, so every worker has them from the start (see _start_fork_server).
 WORKER_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 MALLOC_HEAP_MAX = 32 << 20  # workers: allocations up to this come from the heap, not mmap (glibc) ...
@@ -87,14 +89,15 @@ def decode_file(path: str, fe_dict: dict, offset: float = 0.0, max_seconds: floa
 
 def decode_files(
     jobs: list[tuple[int, str]], fe_dict: dict, offset: float, max_seconds: float | None, workers: int,
-    decode=decode_file, sample_seconds: float | None = None,
+    decode=decode_file, sample_seconds: float | None = None, notice: Notice | None = None,
 ):
     """Yield (index, decode(path, fe_dict, offset, max_seconds)) for each (index, path) job, in completion order;
     sample_seconds, when given, goes to decode too (decode_file's).
 
     At most IN_FLIGHT_PER_WORKER decoded tracks per worker wait for the consumer. If a worker dies
     (a decoder crash, the OOM killer), the files it may have held are retried one at a time in a
-    fresh pool; the one that kills its worker again is reported as failed, and the rest go on.
+    fresh pool; the one that kills its worker again is reported as failed, and the rest go on. If no
+    worker can start at all, the rest decode in this process, with one notice (errors.notify).
     """
     if sample_seconds is not None:
         decode = functools.partial(decode, sample_seconds=sample_seconds)  # pickles: decode is a module's function
@@ -133,7 +136,7 @@ def decode_files(
             if not _pool_starts():
                 # Workers cannot even start (e.g. the parent's __main__ cannot be re-imported, as
                 # for `python - < script`): decode the rest here rather than fail every file.
-                print("zstag: warning: decoder processes cannot start; decoding in this process", file=sys.stderr)
+                notify(notice, NO_DECODERS)
                 yield from _decode_here(sorted(lost) + list(suspects) + list(queue), decode, fe_dict, offset, max_seconds)
                 return
             if isolating and len(lost) == 1:

@@ -14,12 +14,10 @@ The reader imports numpy only, so the reference script can use it inside a Tenso
 
 from __future__ import annotations
 
-import argparse
 import ast
 import hashlib
 import json
 import struct
-import sys
 import zipfile
 from pathlib import Path
 
@@ -348,19 +346,3 @@ def convert(wheel_path: Path, out_dir: Path | None = None, models=MODELS) -> dic
             written[name] = path
     atomic_write(out_dir / "LICENSE", ISC_NOTICE.encode())
     return written
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("wheel", type=Path, help=f"path to {WHEEL_NAME} (pip download --no-deps musicnn==0.1.0)")
-    parser.add_argument("--out", type=Path, default=None, help="output folder (default: models/musicnn)")
-    args = parser.parse_args(argv)
-    try:
-        written = convert(args.wheel, args.out)
-    except (OSError, zipfile.BadZipFile, CheckpointError) as exc:
-        print(f"{args.wheel}: {exc}", file=sys.stderr)
-        return 1
-    for name, path in written.items():
-        print(f"{path}  {path.stat().st_size:,} bytes")
-    return 0
-

@@ -116,8 +116,8 @@ class MidEndBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.is_cuda and not torch.is_grad_enabled():
-            # cuDNN's deterministic algorithms run this conv as tiled FFTs, ~100× slower than a GEMM
-            # (H200: 270 ms per 30 s track against ~2 ms); cuBLAS GEMMs are deterministic as they are.
+            # cuDNN's deterministic algorithms run this conv as tiled FFTs, ~100× slower than a GEMM;
+            # cuBLAS GEMMs are deterministic as they are.
             return self.bn(F.relu(_conv1d_as_gemm(x, self.conv.weight, self.conv.bias, PAD)))
         return self.bn(F.relu(self.conv(x)))
 
