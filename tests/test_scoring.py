@@ -161,3 +161,19 @@ def test_a_calibrated_model_with_damaged_score_statistics_is_refused_in_one_line
     with pytest.raises(ModelError, match="joint_std") as err:
         read_model(folder)
     assert "\n" not in str(err.value)
+
+
+def test_labels_shows_which_path_a_calibrated_model_scores_each_label_by(calibrated_model_dir):
+    wide = {"COLUMNS": "250"}
+    shown = CliRunner().invoke(app, ["labels", "singing", "lullaby", "no piano", "--model", calibrated_model_dir, "-k", "0"],
+                               env=wide)
+    assert shown.exit_code == 0, shown.output
+    rows = {line.split("│")[1].strip(): line for line in shown.stdout.splitlines() if line.count("│") > 2}
+    assert "the taggers' \"vocals\"" in rows["singing"]  # a tag spelling takes its teacher word
+    assert "joint space" in rows["lullaby"]
+    assert "the taggers' \"piano\"" in rows["no piano"]  # a denial takes the path of what it denies
+    assert scoring.teacher_word({"scores": {"type": "cosine"}}, "piano") is None
+    # a cosine model has no such column; a model that cannot be read is a usage error
+    plain = CliRunner().invoke(app, ["labels", "piano", "--model", "conse", "-k", "0"], env=wide)
+    assert plain.exit_code == 0 and "scored by" not in plain.stdout
+    assert CliRunner().invoke(app, ["labels", "piano", "--model", "/nonexistent/model"]).exit_code == 2

@@ -88,11 +88,12 @@ def labels(
     vectors: Optional[Path] = typer.Option(
         None, "--vectors", help="Word vectors: GloVe text, word2vec text/binary or gensim .kv (default: GloVe 6B 50-d)."),
     nearest: int = typer.Option(5, "--nearest", "-k", min=0, help="How many nearest vocabulary words to show."),
+    model: str = typer.Option("default", "--model", "-m", help="Whose scoring to show: model name or folder."),
 ) -> None:
-    """Show how labels map to word vectors: normalised form, words used, nearest words."""
+    """Show how labels map to word vectors (normalised form, words used, nearest words) and how the model scores them."""
     from zstag.cli_run import show_labels
 
-    show_labels(names, vectors, nearest)
+    show_labels(names, vectors, nearest, model)
 
 
 # --- preprocess / train (features.py, train.py) ------------------------------

@@ -271,9 +271,9 @@ def show_eval(result, out, plot) -> None:
         raise typer.Exit(1)
 
 
-def show_labels(names: list[str], vectors, nearest: int) -> None:
-    """`zstag labels`: each label's normalised form, words used and nearest words, as a table; unknown labels
-    are one usage error after the table."""
+def show_labels(names: list[str], vectors, nearest: int, model: str = "default") -> None:
+    """`zstag labels`: each label's normalised form, words used and nearest words, and for a calibrated model
+    which path scores it (scoring.teacher_word), as a table; unknown labels are one usage error after the table."""
     import typer
 
     from zstag.cli_options import fail
@@ -284,9 +284,16 @@ def show_labels(names: list[str], vectors, nearest: int) -> None:
     from zstag.spelling import typo_note
     from zstag.words import UnknownLabelError, WordVectors
 
+    from zstag import modelfile, scoring
+
+    try:
+        config = modelfile.read_model(model).config
+    except modelfile.ModelError as exc:
+        fail(str(exc), 2)
+    calibrated = scoring.is_calibrated(config)
     wv = WordVectors.load(vectors)
     table = Table(title=f"labels in {wv.source} ({wv.dim}-d)")
-    for column in ("label", "normalised", "words used", "in vocabulary", "nearest words"):
+    for column in ("label", "normalised", "words used", "in vocabulary", "nearest words") + (("scored by",) if calibrated else ()):
         table.add_column(column)
     errors = []
     for name in names:
@@ -301,7 +308,11 @@ def show_labels(names: list[str], vectors, nearest: int) -> None:
         denied = wv.negated(name)
         if denied is not None:  # modelfile.label_embeddings
             how += f'; a model scores it as the opposite of "{denied}" (unless it trained on it)'
-        table.add_row(name, phrase.normalised, " + ".join(phrase.words), how, ", ".join(near))
+        row = [name, phrase.normalised, " + ".join(phrase.words), how, ", ".join(near)]
+        if calibrated:  # as modelfile.label_embeddings: a denial takes the path of what it denies
+            word = scoring.teacher_word(config, denied or name)
+            row.append(f'the taggers\' "{word}"' if word else "the joint space (cosine)")
+        table.add_row(*row)
         note = typo_note(wv, name)
         if note:
             typer.echo(f"zstag: note: {note}", err=True)

@@ -74,6 +74,13 @@ def teacher_spellings(config: dict) -> dict[str, str]:
     return table
 
 
+def teacher_word(config: dict, label: str) -> str | None:
+    """The teacher word a calibrated model scores a label by (itself or its tag spelling), None for the joint space."""
+    from zstag.words import normalise_label
+
+    return teacher_spellings(config).get(normalise_label(label)) if is_calibrated(config) else None
+
+
 def teacher_weights(config: dict, words, labels: list[str]) -> np.ndarray:
     """[M, K]: each label's weights over the teacher words: one-hot for a teacher word or tag spelling, all zero
     for any other label (or, with ``k_nearest`` > 0, as experiments/teacher_hybrid.py measures, its k nearest
