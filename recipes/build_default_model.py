@@ -22,7 +22,8 @@ final    The configuration chosen on the development sets (``choose``) is retrai
 Sets: ../shared/data/dance and ../shared/data/gcompris (team data, copyrighted / mixed licences: used for
 training and measurement, never shipped), and the game-music / sound sets that recipes/build_music_sets.py
 builds from installed Debian packages. ../shared/data/cc-examples is the acceptance test: extracted for
-the report, never trained on.
+the report, never trained on. The rendered instruments of recipes/build_rendered_instruments.py (SYNTHETIC_SETS)
+are read only by a configuration that trains on them (``--grid rendered``).
 """
 
 from __future__ import annotations
@@ -57,6 +58,11 @@ REQUIRED_SETS = SHARED_SETS
 # held-out instruments and teacher words: see MODEL_CARD.md): used only when --sets names them, so the default
 # recipe gives the shipped model.
 NOT_ADOPTED_SETS = ("tuxpaint-animals", "lincity", "drascula", "planetblupi")
+# Synthetic sets (recipes/build_rendered_instruments.py, in the same cache folder): labelled by what was rendered,
+# so ground truth only, and negatives among the set's own words (make_targets). Loaded only where a configuration
+# trains on them (ProjectionConfig.synthetic) or --grid rendered measures them; dev models never hear a held-out
+# word's instrument (synthetic_training).
+SYNTHETIC_SETS = ("rendered-instruments",)
 STAT_KEYS = ("native_sample_rate", "duration_s", "loudness_dbfs", "spectral_centroid_hz")
 
 
@@ -216,6 +222,7 @@ class TrackData:
     kind: str
     patches: dict[str, np.ndarray]  # "<backbone>.<output>" → [n_patches, dim] float32
     stats: dict
+    background: tuple[str, ...] = ()  # heard but not labelled (a rendered clip's accompaniment): never a negative
 
 
 def _synonyms() -> dict[str, str]:
@@ -241,8 +248,22 @@ def load_tracks(rows_by_set: dict[str, list[dict]]) -> list[TrackData]:
             if stats["native_sample_rate"] is not None:
                 stats["native_sample_rate"] = int(stats["native_sample_rate"])
             labels = list(dict.fromkeys(SYNONYMS.get(normalise_label(x), normalise_label(x)) for x in row["labels"]))
-            out.append(TrackData(set_name, row["id"], labels, row["artist"], row["kind"], patches, stats))
+            background = tuple(SYNONYMS.get(normalise_label(x), normalise_label(x)) for x in accompaniment(row["title"])) \
+                if set_name in SYNTHETIC_SETS else ()
+            out.append(TrackData(set_name, row["id"], labels, row["artist"], row["kind"], patches, stats, background))
     return out
+
+
+def accompaniment(title: str) -> list[str]:
+    """The label words of a rendered clip's accompaniment, from its title ("…, with finger bass at -10 dB")."""
+    import re
+
+    from build_rendered_instruments import INSTRUMENTS
+
+    found = re.search(r", with (.+) at -\d+ dB$", title)
+    if not found or found.group(1) not in INSTRUMENTS:
+        return []
+    return INSTRUMENTS[found.group(1)][0].split(";")
 
 
 def patch_inputs(track: TrackData, backbones, outputs) -> np.ndarray:
@@ -279,21 +300,31 @@ def make_targets(tracks: list[TrackData], vocab: list[str], top_k: int, pos_min:
     Positives: the track's ground-truth labels in vocab, and (music sets) its teacher words among the
     top_k with probability >= pos_min. Negatives: every other word, except teacher words the taggers
     are unsure about for this track (in their top 3·top_k or with probability >= pos_min / 2).
+    Synthetic sets: ground truth only, negatives among the synthetic sets' words only, never a background word;
+    a real music track never takes a word known only from synthetic sets as a negative (nothing says it is absent).
     """
     from zstag.backbones.musicnn import musicnn_tags
     from zstag.teacher import word_probabilities
 
     index = {w: i for i, w in enumerate(vocab)}
     probs = word_probabilities(track_taggrams(tracks), {b: musicnn_tags(b) for b in BACKBONES}, vocab)
+    synthetic = {index[w] for t in tracks if t.set in SYNTHETIC_SETS for w in t.labels if w in index}
+    synthetic_only = synthetic - {index[w] for t in tracks if t.set not in SYNTHETIC_SETS for w in t.labels if w in index}
+    synthetic_only -= {i for i, p in enumerate(probs.T) if np.isfinite(p).any()}  # teacher words are real-music words
     positives, negatives = [], []
     for t, p in zip(tracks, probs):
         pos = {index[w] for w in t.labels if w in index}
         unsure = set()
-        if t.set not in NON_MUSIC_SETS:
+        if t.set in SYNTHETIC_SETS:  # nor a word sharing a word with its labels: "piano" for an electric piano
+            named = {part for w in t.labels for part in w.split()}
+            unsure = (set(range(len(vocab))) - synthetic | {index[w] for w in t.background if w in index}
+                      | {i for i in synthetic if named & set(vocab[i].split())})
+        elif t.set not in NON_MUSIC_SETS:
+            unsure = set(synthetic_only)
             have = np.where(np.isfinite(p))[0]
             ranked = have[np.argsort(-p[have], kind="stable")]
             pos |= {int(i) for i in ranked[:top_k] if p[i] >= pos_min}
-            unsure = {int(i) for i in ranked[: 3 * top_k]} | {int(i) for i in have if p[i] >= pos_min / 2}
+            unsure |= {int(i) for i in ranked[: 3 * top_k]} | {int(i) for i in have if p[i] >= pos_min / 2}
         neg = sorted(set(range(len(vocab))) - pos - unsure)
         positives.append(np.array(sorted(pos), dtype=np.int64))
         negatives.append(np.array(neg, dtype=np.int64))
@@ -332,6 +363,10 @@ class ProjectionConfig:
     # label-map smoothness: weight of a loss keeping the joint-space cosine of each training word and its
     # SMOOTH_NEIGHBOURS nearest GloVe words (among the SMOOTH_VOCAB most frequent) at their GloVe cosine
     smooth: float = 0.0
+    # synthetic sets (SYNTHETIC_SETS) in the training data; synthetic_share: the probability that a sample is one of
+    # their clips (0: every training clip equally likely)
+    synthetic: bool = False
+    synthetic_share: float = 0.0
 
     def name(self) -> str:
         b = "+".join(x.split("_")[0] for x in self.backbones)
@@ -339,7 +374,8 @@ class ProjectionConfig:
                 f"/top{self.top_k}/label-{self.label}/center-{self.center}" + ("" if self.balance == "tracks" else f"/balance-{self.balance}")
                 + ("" if self.score == "cosine" else f"/score-{self.score}")
                 + ("" if self.embed_dim == 100 else f"/dim{self.embed_dim}")
-                + ("" if not self.smooth else f"/smooth{self.smooth:g}"))
+                + ("" if not self.smooth else f"/smooth{self.smooth:g}")
+                + ("" if not self.synthetic else f"/synthetic-{self.synthetic_share:g}" if self.synthetic_share else "/synthetic"))
 
 
 class Projection:
@@ -481,6 +517,11 @@ def train_projection(patches: list[np.ndarray], targets: Targets, word_vectors: 
         sizes = {g: sum(groups[i] == g for i in keep) for g in set(groups)}
         weights = np.array([1.0 / math.sqrt(sizes[groups[i]]) for i in keep])
     weights /= weights.sum()
+    synthetic = np.array([groups is not None and groups[i] in SYNTHETIC_SETS for i in keep])
+    shared = bool(config.synthetic_share) and synthetic.any() and not synthetic.all()
+    if shared:  # a fixed share of the samples from the synthetic clips, however many there are
+        weights = np.where(synthetic, config.synthetic_share * weights / weights[synthetic].sum(),
+                           (1.0 - config.synthetic_share) * weights / weights[~synthetic].sum())
     if config.balance == "labels":
         pairs = np.array([(r, p) for r in range(len(keep)) for p in pos[r]])
         counts = np.bincount(pairs[:, 1])
@@ -495,7 +536,8 @@ def train_projection(patches: list[np.ndarray], targets: Targets, word_vectors: 
             chosen = pairs[rng.choice(len(pairs), config.batch, p=pair_weights)]
             rows = chosen[:, 0]
         else:
-            rows = rng.choice(len(keep), config.batch, p=weights) if config.balance == "sets" else rng.integers(0, len(keep), config.batch)
+            rows = (rng.choice(len(keep), config.batch, p=weights) if config.balance == "sets" or shared
+                    else rng.integers(0, len(keep), config.batch))
         share = rng.uniform(0.5, 1.0, config.batch)
         mask = rng.random((config.batch, longest)) < share[:, None]
         mask &= np.arange(longest)[None, :] < lengths[rows][:, None]
@@ -689,9 +731,13 @@ def grid_configs(grid: str) -> list[ProjectionConfig]:
         return [replace(base, backbones=("MSD_musicnn",), smooth=w) for w in (0.0, 1.0, 0.1)]
     if grid == "dim":  # the shipped configuration against smaller joint spaces (MODEL_CARD.md)
         return [replace(base, backbones=("MSD_musicnn",), embed_dim=d) for d in (100, 64, 32)]
+    if grid == "rendered":  # the shipped configuration against training on the rendered instruments (EXPERIMENTS.md)
+        return [replace(base, backbones=("MSD_musicnn",))] + [replace(base, backbones=("MSD_musicnn",), synthetic=True,
+                                                                     synthetic_share=share) for share in RENDERED_SHARES]
     return configs[:3] if grid == "small" else configs
 
 
+RENDERED_SHARES = (0.25, 0.5, 0.0)  # --grid rendered: the rendered clips' share of the samples (0: as any track)
 CONSE_T = (1, 2, 3, 5, 10, 20, 50, 100)
 CENTERING = ("none", "audio", "both")
 SCORINGS = ("cosine", "center", "z", "csls")
@@ -720,8 +766,17 @@ def dev_fold(tracks: list[TrackData], split) -> tuple[dict[str, dict], list[int]
     sets = dev_sets(tracks, split)
     dance_train = set(split.tracks("train")) | set(split.tracks("validation"))
     train_idx = [i for i, t in enumerate(tracks)
-                 if t.set not in TEST_SETS + DEV_SETS and (t.set != "dance" or t.id in dance_train)]
+                 if t.set not in TEST_SETS + DEV_SETS + SYNTHETIC_SETS and (t.set != "dance" or t.id in dance_train)]
     return sets, train_idx
+
+
+def synthetic_training(tracks: list[TrackData], words, exclude: set[str]) -> list[int]:
+    """The synthetic clips a model with held-out labels exclude may train on: none with a label sharing a word
+    with a held-out label ("grand piano" when "piano" is held out), so no held-out instrument is heard under a
+    near name. (dev_fold leaves them out: a configuration adds them, ProjectionConfig.synthetic.)"""
+    held = {w for label in exclude for w in words.phrase(label).words}
+    return [i for i, t in enumerate(tracks) if t.set in SYNTHETIC_SETS
+            and not any(held & set(words.phrase(label).words) for label in t.labels)]
 
 
 def shipped_dev_models(words, seeds: int = 3):
@@ -800,12 +855,16 @@ def dev(rows_by_set: dict[str, list[dict]], seeds: int = 3, grid: str = "full", 
                                          for n in names) + f", mean {row['mean']:.3f}/{row['mean AUC']:.3f}")
 
     # (a) the trained projection
+    synthetic = synthetic_training(tracks, words, exclude)
     for config in grid_configs(grid):
         # one training, several ways of scoring: the centerings with cosine, and the calibrated scores uncentred
         variants = [replace(config, center=c) for c in CENTERING] + [replace(config, score=sc) for sc in SCORINGS[1:]]
         results = {v: {name: [] for name in names} for v in variants}
         started = time.time()
         for seed, ((sets, train_idx), vocab) in enumerate(zip(folds, vocabs)):
+            if config.synthetic:
+                train_idx = train_idx + synthetic
+                vocab = training_vocab(tracks, train_idx, exclude)
             targets = make_targets([tracks[i] for i in train_idx], vocab, config.top_k, config.pos_min)
             patches = [patch_inputs(tracks[i], config.backbones, config.outputs) for i in train_idx]
             smoothing = smoothing_pairs(words, vocab, exclude) if config.smooth else None
@@ -842,7 +901,7 @@ def complexity(config: dict) -> int:
     cosine scores)."""
     return ((config["center"] != "none") + (config["head"] != "linear") + (config["balance"] != "tracks")
             + (config["label"] != "trained") + len(config["backbones"]) - 1 + len(config["outputs"]) - 1
-            + (config.get("score", "cosine") != "cosine"))
+            + (config.get("score", "cosine") != "cosine") + bool(config.get("synthetic")))
 
 
 def choose(report: dict) -> dict:
@@ -1024,10 +1083,10 @@ def final(rows_by_set: dict[str, list[dict]], report: dict, models_dir: Path, lo
 
     words = WordVectors.load()
     tracks = load_tracks(rows_by_set)
-    train_idx = [i for i, t in enumerate(tracks) if t.set not in TEST_SETS]
-    vocab = training_vocab(tracks, train_idx, exclude=set())
     chosen = report["chosen"]["config"]
     config = ProjectionConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in chosen.items()})
+    train_idx = [i for i, t in enumerate(tracks) if t.set not in TEST_SETS and (config.synthetic or t.set not in SYNTHETIC_SETS)]
+    vocab = training_vocab(tracks, train_idx, exclude=set())
     targets = make_targets([tracks[i] for i in train_idx], vocab, config.top_k, config.pos_min)
     patches = [patch_inputs(tracks[i], config.backbones, config.outputs) for i in train_idx]
     log(f"final: {config.name()} on {len(train_idx)} tracks, {len(vocab)} words")
@@ -1117,7 +1176,8 @@ def main(argv=None) -> int:
     parser.add_argument("--music-sets", type=Path, default=None, help="recipes/build_music_sets.py --out folder")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--seeds", type=int, default=3, help="dev: training seeds per configuration")
-    parser.add_argument("--grid", default="full", choices=("full", "small", "calib", "balance", "ortho", "dim", "smooth"), help="dev: which grid")
+    parser.add_argument("--grid", default="full", choices=("full", "small", "calib", "balance", "ortho", "dim", "smooth", "rendered"),
+                        help="dev: which grid")
     parser.add_argument("--out", type=Path, default=ROOT / "models", help="final: the models folder")
     parser.add_argument("--report", type=Path, default=WORK / "dev.json",
                         help="dev: where the report goes (and its table, as .md beside it); final reads it")
@@ -1129,6 +1189,8 @@ def main(argv=None) -> int:
         sets = {k: v for k, v in sets.items() if k in wanted}
     else:
         sets = {k: v for k, v in sets.items() if k not in NOT_ADOPTED_SETS}
+        if not synthetic_wanted(args.stage, args.grid, args.report):  # else 25 min of extraction nothing uses
+            sets = {k: v for k, v in sets.items() if k not in SYNTHETIC_SETS}
     missing = missing_sets(sets)
     if missing and args.stage != "extract" and not args.sets:
         print(f"build_default_model: {missing_message(missing, args.music_sets)}", file=sys.stderr)
@@ -1183,11 +1245,20 @@ def find_sets(music_sets: Path | None = None) -> dict[str, Path]:
         if manifest.is_file():
             found[name] = manifest
     folder = music_sets or default_out()
-    for name in MUSIC_SETS:
+    for name in (*MUSIC_SETS, *SYNTHETIC_SETS):
         manifest = folder / name / "manifest.csv"
         if manifest.is_file():
             found[name] = manifest
     return found
+
+
+def synthetic_wanted(stage: str, grid: str, report: Path) -> bool:
+    """Whether a run needs the synthetic sets: a dev grid with a configuration trained on them, or a final stage whose
+    chosen configuration is."""
+    if stage in ("all", "dev"):
+        return any(c.synthetic for c in grid_configs(grid))
+    chosen = json.loads(report.read_text())["chosen"]["config"] if report.is_file() else {}
+    return bool(chosen.get("synthetic"))
 
 
 if __name__ == "__main__":
