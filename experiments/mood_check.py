@@ -148,7 +148,7 @@ def main() -> int:
     loaded = {n: load(B, n, cache_dir()) for n in MOOD_SETS}
     sets = {n: v[0] for n, v in loaded.items()}
     titled = {t.id for t in sets["moods-game-titles"]}
-    music = {k: v for k, v in B.find_sets().items() if k not in B.NOT_ADOPTED_SETS and k not in B.NON_MUSIC_SETS
+    music = {k: v for k, v in B.find_sets().items() if k not in B.NOT_ADOPTED_SETS + B.SYNTHETIC_SETS and k not in B.NON_MUSIC_SETS
              and k not in B.TEST_SETS}
     ref_rows = {n: B.extract_set(n, B.read_manifest(m), log=lambda *a: None) for n, m in music.items()}
     keys = [Path(r["features"]).name for rows in ref_rows.values() for r in rows]
@@ -162,7 +162,17 @@ def main() -> int:
     word_va = axes.coords(glove.vectors(list(QUADRANTS)))
     gates = moods.gate(axes.moodness(glove.vectors(list(QUADRANTS))))
     oracle_va = np.array([ORACLE[q] for q in QUADRANTS])
-    label_emb = modelfile.label_embeddings(model, glove, list(QUADRANTS))
+    label_emb = model.embed_label_vectors(glove.vectors(list(QUADRANTS)))  # the joint space's label side
+    shipped_rows = modelfile.label_embeddings(model, glove, list(QUADRANTS))  # the model's own scores (tag's)
+    encoder = model.config["audio_encoder"]
+    d = int(model.config["embed_dim"])
+
+    def embed(tracks):
+        """The model's track embeddings from cached patches, as `zstag tag` computes them (linear heads: the
+        mean of projections is the projection of the mean)."""
+        feats = np.stack([B.patch_inputs(t, encoder["backbones"], encoder["outputs"]).mean(axis=0) for t in tracks])
+        return model.project_features(feats)
+
     table = moods.track_matrix(words)
     tag_moods = moods.word_moods(glove, words, axes)  # the word side read on the teacher words themselves
     word_table = np.array([[m.gate * m.valence, m.gate * m.arousal] for m in tag_moods])
@@ -180,17 +190,16 @@ def main() -> int:
     print("teacher words voting by the word side: " + ", ".join(f"{m.label} {m.gate:.2f}" for m in tag_moods if m.gate > 0))
     results, axes_auc = {}, {}
     render_head = fit_on_renders(sets["moods-rendered-tune"], reference)
-    ref_feats = np.stack([t.patches["MSD_musicnn.penultimate"].mean(axis=0) for t in reference])
-    ref_joint = modelfile.cosine_scores(model.project_features(ref_feats), label_emb).astype(np.float64)
+    ref_joint = modelfile.cosine_scores(embed(reference)[:, :d], label_emb).astype(np.float64)
     joint_mu, joint_sd = ref_joint.mean(axis=0), ref_joint.std(axis=0)
     for name, tracks in sets.items():
         truth = [t.labels[0] for t in tracks]
-        feats = np.stack([t.patches["MSD_musicnn.penultimate"].mean(axis=0) for t in tracks])
-        joint = modelfile.cosine_scores(model.project_features(feats), label_emb)
+        emb = embed(tracks)
+        joint = modelfile.cosine_scores(emb[:, :d], label_emb)
         _, logits = teacher_word_logits(tracks)
         z = (logits - mu) / sigma
         loud = np.array([((t.stats["loudness_dbfs"] or loud_mu) - loud_mu) / loud_sd for t in tracks])
-        rows = {"shipped default model (cosine)": joint}
+        rows = {"shipped default model": model.scores(emb, shipped_rows), "its joint space alone (cosine)": joint}
         for rname, reader in read.items():
             va = reader(z)
             rows[f"mood path: tags by {rname}, words by seeds"] = moods.combine(joint, moods.mood_scores(va, word_va), gates)
@@ -238,7 +247,7 @@ def main() -> int:
         print(f"| {rname} | " + " | ".join(f"{cells[n][0]:.3f} / {cells[n][1]:.3f}" for n in MOOD_SETS) + " |")
     for name in MOOD_SETS:
         print(f"\n#### {name}: per word (recall = correct / clips of that quadrant; row: truth, columns: argmax)\n")
-        for method in ("shipped default model (cosine)", "mood path: tags by table, words by seeds",
+        for method in ("shipped default model", "its joint space alone (cosine)", "mood path: tags by table, words by seeds",
                        "  table, oracle words (track side alone)", "  mode descriptor valence + table arousal, words by seeds",
                        "  head fitted on rendered-tune quadrants, oracle words"):
             method_key = method if method in results[name] else None

@@ -65,7 +65,7 @@ def main() -> int:
     from zstag.paths import atomic_write
 
     done = json.loads(OUT.read_text()) if OUT.exists() else {}
-    music = {k: v for k, v in B.find_sets().items() if k not in B.NOT_ADOPTED_SETS and k not in B.NON_MUSIC_SETS
+    music = {k: v for k, v in B.find_sets().items() if k not in B.NOT_ADOPTED_SETS + B.SYNTHETIC_SETS and k not in B.NON_MUSIC_SETS
              and k not in B.TEST_SETS}
     started = time.time()
     sets = {n: B.extract_set(n, B.read_manifest(m), log=lambda *a: None) for n, m in music.items()}

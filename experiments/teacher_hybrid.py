@@ -175,7 +175,7 @@ def main() -> int:
 
     torch.set_num_threads(1)  # the heads are small: one thread is as fast and never stalls on a busy machine
     glove = WordVectors.load()
-    sets = {k: v for k, v in B.find_sets().items() if k not in B.NOT_ADOPTED_SETS}
+    sets = {k: v for k, v in B.find_sets().items() if k not in B.NOT_ADOPTED_SETS and k not in B.SYNTHETIC_SETS}
     if args.sets:
         sets = {k: v for k, v in sets.items() if k in args.sets.split(",")}
     tracks = B.load_tracks({n: B.extract_set(n, B.read_manifest(m), log=lambda *a: None) for n, m in sets.items()})
