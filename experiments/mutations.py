@@ -98,6 +98,21 @@ MUTATIONS = [
     ("musicnn: batch-norm epsilon 1e-5", "zstag/backbones/musicnn.py",
      "BN_EPS = 1e-3", "BN_EPS = 1e-5",
      ["tests/test_musicnn.py", "-k", "port_matches"]),
+    ("calibrated: no label takes the teacher path", "zstag/scoring.py",
+     "teacher = weights.sum(axis=1) > 0", "teacher = weights.sum(axis=1) > 1",
+     ["tests/test_scoring.py", "-k", "rows_score or labels_shows"]),
+    ("calibrated: the shared cosine offset added, not subtracted", "zstag/scoring.py",
+     "rows[:, -1] = np.where(teacher, 0.0, -mean / std)", "rows[:, -1] = np.where(teacher, 0.0, mean / std)",
+     ["tests/test_scoring.py", "-k", "rows_score"]),
+    ("calibrated: a denial scores as what it denies", "zstag/scoring.py",
+     "rows[:, :-1] *= signs[:, None]", "rows[:, :-1] *= 1.0",
+     ["tests/test_scoring.py", "-k", "rows_score or cold_and_warm"]),
+    ("calibrated: the outputs say cosine", "zstag/scoring.py",
+     "return CALIBRATED_NOTE if is_calibrated(config) else cosine_note", "return cosine_note",
+     ["tests/test_scoring.py", "-k", "cold_and_warm"]),
+    ("calibrated: a damaged spread accepted", "zstag/scoring.py",
+     "for v in (mean, std)) or std <= 0:", "for v in (mean, std)):",
+     ["tests/test_scoring.py", "-k", "joint_stats or damaged"]),
 ]
 
 
