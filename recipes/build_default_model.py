@@ -367,6 +367,9 @@ class ProjectionConfig:
     # their clips (0: every training clip equally likely)
     synthetic: bool = False
     synthetic_share: float = 0.0
+    # which synthetic clips: all | nonteacher (only clips none of whose labels is a teacher word or tag spelling: the
+    # default model scores those words by the taggers, zstag/scoring.py)
+    synthetic_words: str = "all"
 
     def name(self) -> str:
         b = "+".join(x.split("_")[0] for x in self.backbones)
@@ -375,7 +378,8 @@ class ProjectionConfig:
                 + ("" if self.score == "cosine" else f"/score-{self.score}")
                 + ("" if self.embed_dim == 100 else f"/dim{self.embed_dim}")
                 + ("" if not self.smooth else f"/smooth{self.smooth:g}")
-                + ("" if not self.synthetic else f"/synthetic-{self.synthetic_share:g}" if self.synthetic_share else "/synthetic"))
+                + ("" if not self.synthetic else f"/synthetic-{self.synthetic_share:g}" if self.synthetic_share else "/synthetic")
+                + ("" if not self.synthetic or self.synthetic_words == "all" else f"-{self.synthetic_words}"))
 
 
 class Projection:
@@ -734,6 +738,10 @@ def grid_configs(grid: str) -> list[ProjectionConfig]:
     if grid == "rendered":  # the shipped configuration against training on the rendered instruments (EXPERIMENTS.md)
         return [replace(base, backbones=("MSD_musicnn",))] + [replace(base, backbones=("MSD_musicnn",), synthetic=True,
                                                                      synthetic_share=share) for share in RENDERED_SHARES]
+    if grid == "rendered2":  # the same under the shipped scores: a smaller share, or only the taggers' unknown words
+        msd = replace(base, backbones=("MSD_musicnn",))
+        return [msd, replace(msd, synthetic=True, synthetic_share=0.1),
+                replace(msd, synthetic=True, synthetic_share=0.25, synthetic_words="nonteacher")]
     return configs[:3] if grid == "small" else configs
 
 
@@ -777,6 +785,22 @@ def synthetic_training(tracks: list[TrackData], words, exclude: set[str]) -> lis
     held = {w for label in exclude for w in words.phrase(label).words}
     return [i for i, t in enumerate(tracks) if t.set in SYNTHETIC_SETS
             and not any(held & set(words.phrase(label).words) for label in t.labels)]
+
+
+def synthetic_clips(tracks: list[TrackData], idx: list[int], config: ProjectionConfig) -> list[int]:
+    """The synthetic clips among idx that config trains on: none unless config.synthetic; with synthetic_words
+    "nonteacher", only clips none of whose labels is a teacher word or one's tag spelling (zstag.scoring)."""
+    if not config.synthetic:
+        return []
+    if config.synthetic_words == "all":
+        return list(idx)
+    if config.synthetic_words != "nonteacher":
+        raise ValueError(f"synthetic_words must be all or nonteacher, not {config.synthetic_words!r}")
+    from zstag.scoring import teacher_spellings
+    from zstag.teacher import teacher_words
+
+    known = teacher_spellings({"scores": {"teacher_words": teacher_words()}})
+    return [i for i in idx if not any(label in known for label in tracks[i].labels)]
 
 
 def shipped_dev_models(words, seeds: int = 3):
@@ -863,7 +887,7 @@ def dev(rows_by_set: dict[str, list[dict]], seeds: int = 3, grid: str = "full", 
         started = time.time()
         for seed, ((sets, train_idx), vocab) in enumerate(zip(folds, vocabs)):
             if config.synthetic:
-                train_idx = train_idx + synthetic
+                train_idx = train_idx + synthetic_clips(tracks, synthetic, config)
                 vocab = training_vocab(tracks, train_idx, exclude)
             targets = make_targets([tracks[i] for i in train_idx], vocab, config.top_k, config.pos_min)
             patches = [patch_inputs(tracks[i], config.backbones, config.outputs) for i in train_idx]
@@ -1086,7 +1110,8 @@ def final(rows_by_set: dict[str, list[dict]], report: dict, models_dir: Path, lo
     tracks = load_tracks(rows_by_set)
     chosen = report["chosen"]["config"]
     config = ProjectionConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in chosen.items()})
-    train_idx = [i for i, t in enumerate(tracks) if t.set not in TEST_SETS and (config.synthetic or t.set not in SYNTHETIC_SETS)]
+    synthetic = set(synthetic_clips(tracks, [i for i, t in enumerate(tracks) if t.set in SYNTHETIC_SETS], config))
+    train_idx = [i for i, t in enumerate(tracks) if t.set not in TEST_SETS + SYNTHETIC_SETS or i in synthetic]
     vocab = training_vocab(tracks, train_idx, exclude=set())
     targets = make_targets([tracks[i] for i in train_idx], vocab, config.top_k, config.pos_min)
     patches = [patch_inputs(tracks[i], config.backbones, config.outputs) for i in train_idx]
@@ -1177,7 +1202,7 @@ def main(argv=None) -> int:
     parser.add_argument("--music-sets", type=Path, default=None, help="recipes/build_music_sets.py --out folder")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--seeds", type=int, default=3, help="dev: training seeds per configuration")
-    parser.add_argument("--grid", default="full", choices=("full", "small", "calib", "balance", "ortho", "dim", "smooth", "rendered"),
+    parser.add_argument("--grid", default="full", choices=("full", "small", "calib", "balance", "ortho", "dim", "smooth", "rendered", "rendered2"),
                         help="dev: which grid")
     parser.add_argument("--out", type=Path, default=ROOT / "models", help="final: the models folder")
     parser.add_argument("--report", type=Path, default=WORK / "dev.json",

@@ -109,6 +109,28 @@ def test_dev_models_never_hear_a_held_out_instrument_under_a_near_name():
     assert recipe.grid_configs("rendered")[0].synthetic is False
 
 
+def test_the_nonteacher_variant_trains_only_on_clips_the_taggers_have_no_word_for():
+    from dataclasses import replace
+
+    recipe = _recipe()
+    rendered = recipe.SYNTHETIC_SETS[0]
+    # a teacher word (piano), a tag spelling of one ("singing" → vocals), a teacher word among other labels
+    # (strings), and two clips with no teacher word (organ; electric piano: only its words count, not "piano")
+    tracks = [_track(recipe, rendered, ["piano", "keyboard"]), _track(recipe, rendered, ["singing"]),
+              _track(recipe, rendered, ["viola", "strings"]), _track(recipe, rendered, ["organ", "church organ"]),
+              _track(recipe, rendered, ["electric piano", "keyboard"])]
+    idx = list(range(len(tracks)))
+    base = recipe.ProjectionConfig()
+    assert recipe.synthetic_clips(tracks, idx, base) == []
+    assert recipe.synthetic_clips(tracks, idx, replace(base, synthetic=True)) == idx
+    nonteacher = replace(base, synthetic=True, synthetic_share=0.25, synthetic_words="nonteacher")
+    assert recipe.synthetic_clips(tracks, idx, nonteacher) == [3, 4]
+    assert nonteacher.name().endswith("/synthetic-0.25-nonteacher")
+    assert [c.name() for c in recipe.grid_configs("rendered2")][1:] == [
+        replace(base, backbones=("MSD_musicnn",), synthetic=True, synthetic_share=s, synthetic_words=w).name()
+        for s, w in ((0.1, "all"), (0.25, "nonteacher"))]
+
+
 def test_a_rendered_clip_names_its_accompaniment_from_its_title():
     recipe = _recipe()
     assert recipe.accompaniment("grand piano, F minor, room, with finger bass at -10 dB") == \
