@@ -177,3 +177,17 @@ def test_labels_shows_which_path_a_calibrated_model_scores_each_label_by(calibra
     plain = CliRunner().invoke(app, ["labels", "piano", "--model", "conse", "-k", "0"], env=wide)
     assert plain.exit_code == 0 and "scored by" not in plain.stdout
     assert CliRunner().invoke(app, ["labels", "piano", "--model", "/nonexistent/model"]).exit_code == 2
+
+
+def test_a_label_takes_the_teacher_path_of_the_word_its_vector_resolves_to():
+    from zstag.teacher import teacher_words
+    from zstag.words import WordVectors
+
+    words = WordVectors.load()
+    config = {"scores": {"type": "calibrated", "teacher_words": teacher_words()}}
+    labels = ["hiphop", "Hip Hop", "rnb", "female vocalist", "lullaby"]
+    w = scoring.teacher_weights(config, words, labels)
+    named = [config["scores"]["teacher_words"][row.argmax()] if row.any() else None for row in w]
+    # GTZAN's "hiphop" and a typed "hip hop" are the word vector of "hip-hop" (words.phrase), so the taggers' word
+    assert named == ["hip-hop", "hip-hop", "r&b", "female vocals", None]
+    assert [scoring.teacher_word(config, label, words) for label in labels] == named

@@ -310,7 +310,7 @@ def show_labels(names: list[str], vectors, nearest: int, model: str = "default")
             how += f'; a model scores it as the opposite of "{denied}" (unless it trained on it)'
         row = [name, phrase.normalised, " + ".join(phrase.words), how, ", ".join(near)]
         if calibrated:  # as modelfile.label_embeddings: a denial takes the path of what it denies
-            word = scoring.teacher_word(config, denied or name)
+            word = scoring.teacher_word(config, denied or name, wv)
             row.append(f'the taggers\' "{word}"' if word else "the joint space (cosine)")
         table.add_row(*row)
         note = typo_note(wv, name)

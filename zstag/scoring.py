@@ -74,19 +74,28 @@ def teacher_spellings(config: dict) -> dict[str, str]:
     return table
 
 
-def teacher_word(config: dict, label: str) -> str | None:
-    """The teacher word a calibrated model scores a label by (itself or its tag spelling), None for the joint space."""
-    from zstag.words import normalise_label
+def teacher_word(config: dict, label: str, words=None, table: dict[str, str] | None = None) -> str | None:
+    """The teacher word a calibrated model scores a label by, None for the joint space: the label itself or a tag
+    spelling of it, or else the word its word vector resolves to (words.phrase: "hiphop", "hip hop" → hip-hop,
+    "rnb" → r&b), so that a label takes the same path as the word vector it is given."""
+    from zstag.words import UnknownLabelError, normalise_label
 
-    return teacher_spellings(config).get(normalise_label(label)) if is_calibrated(config) else None
+    if not is_calibrated(config):
+        return None
+    table = teacher_spellings(config) if table is None else table
+    found = table.get(normalise_label(label))
+    if found is None and hasattr(words, "phrase"):
+        try:
+            found = table.get(" ".join(words.phrase(label).words))
+        except UnknownLabelError:
+            return None
+    return found
 
 
 def teacher_weights(config: dict, words, labels: list[str]) -> np.ndarray:
-    """[M, K]: each label's weights over the teacher words: one-hot for a teacher word or tag spelling, all zero
-    for any other label (or, with ``k_nearest`` > 0, as experiments/teacher_hybrid.py measures, its k nearest
-    teacher words by word-vector cosine, weights ∝ cosine and summing to 1)."""
-    from zstag.words import normalise_label
-
+    """[M, K]: each label's weights over the teacher words: one-hot for the label's teacher_word, all zero for any
+    other label (or, with ``k_nearest`` > 0, as experiments/teacher_hybrid.py measures, its k nearest teacher
+    words by word-vector cosine, weights ∝ cosine and summing to 1)."""
     spec = config["scores"]
     teacher = list(spec["teacher_words"])
     k = int(spec.get("k_nearest", 0))
@@ -95,7 +104,7 @@ def teacher_weights(config: dict, words, labels: list[str]) -> np.ndarray:
     sims = _unit(np.asarray(words.vectors(labels), np.float64)) @ _unit(np.asarray(words.vectors(teacher), np.float64)).T
     out = np.zeros((len(labels), len(teacher)))
     for m, label in enumerate(labels):
-        exact = table.get(normalise_label(label))
+        exact = teacher_word(config, label, words, table)
         if exact is not None:
             out[m, index[exact]] = 1.0
             continue
