@@ -156,11 +156,12 @@ def test_a_calibrated_model_with_damaged_score_statistics_is_refused_in_one_line
     folder = tmp_path / "damaged"
     shutil.copytree(calibrated_model_dir, folder)
     config = json.loads((folder / "config.json").read_text())
-    config["scores"]["joint_std"] = -1
-    (folder / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ModelError, match="joint_std") as err:
-        read_model(folder)
-    assert "\n" not in str(err.value)
+    for key, bad in (("joint_std", -1), ("teacher_words", "rock")):
+        damaged = {**config, "scores": {**config["scores"], key: bad}}
+        (folder / "config.json").write_text(json.dumps(damaged))
+        with pytest.raises(ModelError, match=key) as err:
+            read_model(folder)
+        assert "\n" not in str(err.value)
 
 
 def test_labels_shows_which_path_a_calibrated_model_scores_each_label_by(calibrated_model_dir):

@@ -192,11 +192,14 @@ def damaged(folder: Path, exc: Exception) -> ModelError:
 
 
 def _check_scores(config: dict) -> None:
-    """A calibrated model's score statistics (zstag/scoring.py) are usable: ValueError if not."""
+    """A calibrated model's score statistics and teacher words (zstag/scoring.py) are usable: ValueError if not."""
     from zstag import scoring
 
     if scoring.is_calibrated(config):
         scoring.joint_stats(config)
+        words = config["scores"].get("teacher_words")
+        if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
+            raise ValueError(f"scores.teacher_words must be a list of words (got {words!r:.60})")
 
 
 def _label_weights(config: dict, weights_bytes: bytes) -> dict[str, np.ndarray]:

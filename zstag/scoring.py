@@ -101,7 +101,8 @@ def teacher_weights(config: dict, words, labels: list[str]) -> np.ndarray:
     k = int(spec.get("k_nearest", 0))
     table = teacher_spellings(config)
     index = {w: j for j, w in enumerate(teacher)}
-    sims = _unit(np.asarray(words.vectors(labels), np.float64)) @ _unit(np.asarray(words.vectors(teacher), np.float64)).T
+    if k:  # only the k-nearest rule needs every label's similarity to the teacher words
+        sims = _unit(np.asarray(words.vectors(labels), np.float64)) @ _unit(np.asarray(words.vectors(teacher), np.float64)).T
     out = np.zeros((len(labels), len(teacher)))
     for m, label in enumerate(labels):
         exact = teacher_word(config, label, words, table)
