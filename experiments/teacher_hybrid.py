@@ -39,7 +39,8 @@ words with the genre check of experiments/genre_proxy.py in the mean, mean hit@1
 less, and no seen set loses more than 0.05; zero-shot cannot move, since each keeps one affine map for the cosine):
 Yw (the cosine map's spread is one word's mean spread over the tracks, as a teacher word's is), YH (teacher words by
 H), Yr (median and IQR instead of mean and standard deviation, teacher words and cosine map alike), Yb (every
-reference set weighs the same).
+reference set weighs the same); after them, on the same rule, Yρ (a teacher word by z_T + ρ z_P, ρ the agreement of
+the two paths over the reference).
 
     python experiments/teacher_hybrid.py [--rendered] [--genres]  # needs build_default_model.py's cached features
 """
@@ -56,8 +57,8 @@ K_NEAREST = 3
 RENDERED_WORDS = ("piano", "organ", "violin", "cello", "guitar", "flute", "clarinet", "saxophone", "trumpet",
                   "trombone", "drums", "choir")
 RENDERED_PER_WORD = 6
-GENRE_BREAKDOWN = ("cosine", "P (z)", "Y T", "YH", "Yr", "Yb")  # per-genre counts of the genre check, on stderr
-SCORINGS = ("cosine", "P (z)", "T K=3", "T K=1", "H K=3", "H K=1", "H exact", "X T", "X H", "Y T", "Yw T", "YH", "Yr", "Yb")
+GENRE_BREAKDOWN = ("cosine", "P (z)", "Y T", "YH", "Yr", "Yb", "Yρ")  # per-genre counts of the genre check, on stderr
+SCORINGS = ("cosine", "P (z)", "T K=3", "T K=1", "H K=3", "H K=1", "H exact", "X T", "X H", "Y T", "Yw T", "YH", "Yr", "Yb", "Yρ")
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -121,6 +122,14 @@ class Reference:
         u = scaled(p_part) + scaled(t_part)
         s = np.sqrt(np.maximum(np.einsum("md,de,me->m", u, self.cov, u), 1e-12))
         return np.concatenate([u, -(u @ self.mean)[:, None]], axis=1) / s[:, None]
+
+    def agreement(self, label_emb: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """[M]: each label's correlation, over the reference, between its projection cosine and its teacher value."""
+        p_part = np.concatenate([unit(label_emb), np.zeros_like(weights)], axis=1)
+        t_part = np.concatenate([np.zeros((len(weights), label_emb.shape[1])), weights], axis=1)
+        cross = np.einsum("md,de,me->m", p_part, self.cov, t_part)
+        var = lambda u: np.maximum(np.einsum("md,de,me->m", u, self.cov, u), 1e-12)
+        return cross / np.sqrt(var(p_part) * var(t_part))
 
     def score(self, kind: str, proj_emb, logits, label_emb, weights) -> np.ndarray:
         """z-scores [N, M]: P (the projection alone), T (the teachers alone) or H (both)."""
@@ -274,6 +283,16 @@ def main() -> int:
                                               [tracks[i].set for i in music]))
                 # YH: teacher words by H (the projection's and the taggers' z-scores summed), others as Y
                 scored["YH"] = np.where(exact.sum(axis=1) > 0, scored["H exact"], scored["Y T"])
+                # Yρ: a teacher word by z_T + ρ z_P (ρ = how well the projection's cosine for the word agrees with
+                # the taggers' value over the reference, clipped at 0), standardised; other labels as Y
+                rho = ref.agreement(lab, exact)
+                a = np.clip(rho, 0.0, None)
+                z_t = ref.score("T", emb, lg, lab, exact)
+                z_p = ref.score("P", emb, lg, lab, np.zeros_like(exact))
+                mixed = (z_t + a * z_p) / np.sqrt(1.0 + a * a + 2.0 * a * rho)
+                scored["Yρ"] = np.where(exact.sum(axis=1) > 0, mixed, scored["Y T"])
+                if name == "genre check" and protocol == "seen words":
+                    print(f"seed {seed} ρ: " + ", ".join(f"{l} {r:.2f}" for l, r, e in zip(s["labels"], rho, exact.sum(axis=1)) if e > 0), file=sys.stderr)
                 if name == "genre check":
                     for kind in GENRE_BREAKDOWN:
                         top = np.argmax(scored[kind], axis=1)
