@@ -1,0 +1,142 @@
+"""Damaged files zstag reads back (embedding-set parts, a feature cache's index and shard tables) are one line
+or rebuilt, never a traceback nor trusted; outputs keep the permissions the user gave them."""
+
+import json
+import os
+import stat
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from test_features import write_corpus  # tests/test_features.py
+from test_tag import _fresh_cache, music  # noqa: F401 (fixtures; tests/test_tag.py)
+from zstag import embedset, modelfile
+from zstag.cli import app
+from zstag.features import INDEX_FILE, FeatureCache, FeatureCacheError, preprocess
+from zstag.audio import PAPER
+from zstag.setinputs import Source
+
+
+def cli(*args):
+    return CliRunner().invoke(app, [*map(str, args)])
+
+
+def flip(path, start: int, n: int = 4) -> None:
+    """Damage n bytes of a file in place from start, as a bad disk sector or a torn copy would."""
+    data = bytearray(path.read_bytes())
+    for i in range(start, start + n):
+        data[i] ^= 0x55
+    path.write_bytes(bytes(data))
+
+
+def column_chunk(part, name: str):
+    """(first byte of the column's data page, its last byte + 1) in a one-row-group part file."""
+    meta = pq.ParquetFile(part).metadata.row_group(0)
+    col = next(meta.column(i) for i in range(meta.num_columns) if meta.column(i).path_in_schema == name)
+    start = col.dictionary_page_offset or col.data_page_offset
+    return col.data_page_offset, start + col.total_compressed_size
+
+
+def one_line_naming(result, what) -> bool:
+    """The run ended by its exit code (no traceback) and one line of stderr names `what` as the error."""
+    clean = result.exception is None or isinstance(result.exception, SystemExit)
+    return clean and any(line.startswith("zstag: error: ") and str(what) in line for line in result.stderr.splitlines())
+
+
+# --- embedding sets: a damaged part -----------------------------------------------------------------
+
+
+def test_a_damaged_part_of_an_older_set_is_one_line_not_a_traceback(tiny_model_dir, music, tmp_path):
+    """A part written without page checksums (by an earlier zstag) whose path column is damaged: pyarrow raises
+    ArrowInvalid (a ValueError, no OSError) from its dictionary indices; both readers of a set say so in one line."""
+    files = modelfile.read_model(tiny_model_dir)
+    dim = embedset.model_dim(files)
+    rows = [embedset.row(Source(f"/music/song{i}.wav", None, f"{i:032x}", 1000 + i),
+                         np.random.default_rng(i).standard_normal(dim).astype(np.float32), None,
+                         {"duration_s": 3.0, "segments": 1}) for i in range(300)]
+    table = embedset.rows_table(rows, dim, files.model_id, "float32")
+    out = tmp_path / "set"
+    out.mkdir()
+    part = out / "part-000001-0badc0de.parquet"
+    pq.write_table(table, part, compression={f.name: "none" if f.name == "embedding" else "snappy" for f in table.schema},
+                   use_dictionary=[f.name for f in table.schema if f.name != "embedding"])
+    start, end = column_chunk(part, "path")
+    flip(part, start + int(0.9 * (end - start)))
+    with pytest.raises(pa.ArrowInvalid):  # what the damage is: no OSError
+        pq.read_table(part, columns=["path"])
+
+    tagged = cli("tag", "--embeddings", out, "-l", "rock", "-m", tiny_model_dir)
+    assert tagged.exit_code == 1 and one_line_naming(tagged, part), (tagged.exception, tagged.stderr)
+    embedded = cli("embed", music / "a.wav", "--out", out, "--model", tiny_model_dir, "--no-cache")
+    assert embedded.exit_code == 1 and one_line_naming(embedded, part), (embedded.exception, embedded.stderr)
+    assert sorted(out.iterdir()) == [part]  # nothing written beside the damaged part
+
+
+def test_a_part_whose_embeddings_were_damaged_is_refused_not_scored(tiny_model_dir, music, tmp_path):
+    """The embeddings are stored uncompressed: damaged bytes there still decode, as other numbers. A part
+    carries page checksums, so the query refuses it instead of ranking tracks by damaged vectors."""
+    out = tmp_path / "set"
+    assert cli("embed", music, "--out", out, "--model", tiny_model_dir, "--no-cache").exit_code == 0
+    (part,) = embedset.parts(out)
+    before = cli("tag", "--embeddings", out, "-l", "rock,jazz", "-m", tiny_model_dir, "-f", "json")
+    assert before.exit_code == 0, before.stderr
+    start, end = column_chunk(part, "embedding.list.element")
+    flip(part, (start + end) // 2)
+    after = cli("tag", "--embeddings", out, "-l", "rock,jazz", "-m", tiny_model_dir, "-f", "json")
+    assert after.exit_code == 1 and one_line_naming(after, part), (after.stdout, after.stderr)
+
+
+# --- a feature cache: a damaged index or shard table ---------------------------------------------------
+
+
+def test_a_damaged_feature_index_is_rebuilt_from_the_shard_tables(tmp_path):
+    """index.parquet only gathers the shard tables (a cut copy of a cache, a bad sector): the cache opens from
+    them, the same tracks, and the index is written again."""
+    tracks = write_corpus(tmp_path / "audio", n=5, bad=False)
+    preprocess(tracks, tmp_path / "cache", PAPER, shard_size=2, progress=False)
+    expected = FeatureCache.open(tmp_path / "cache").tracks
+    index = tmp_path / "cache" / INDEX_FILE
+    good = index.read_bytes()
+    index.write_bytes(good[: len(good) // 2])
+    assert FeatureCache.open(tmp_path / "cache").tracks == expected
+    assert pq.read_table(index).num_rows == len(expected)  # rebuilt
+
+
+def test_a_damaged_shard_table_is_one_line(tmp_path):
+    tracks = write_corpus(tmp_path / "audio", n=5, bad=False)
+    preprocess(tracks, tmp_path / "cache", PAPER, shard_size=2, progress=False)
+    (tmp_path / "cache" / INDEX_FILE).unlink()
+    table = tmp_path / "cache" / "shard-00001.json"
+    table.write_text(table.read_text()[:40])
+    with pytest.raises(FeatureCacheError, match="shard-00001.json: unreadable"):
+        FeatureCache.open(tmp_path / "cache")
+
+
+# --- outputs keep their permissions -------------------------------------------------------------------
+
+
+def test_an_output_keeps_its_mode_and_a_new_one_follows_the_umask(tiny_model_dir, music, tmp_path):
+    """-o replaces the file through a temporary copy: the user's 0600 stays 0600 (not world-readable), and a
+    new file gets the umask's permissions, as the shell's > would."""
+    private = tmp_path / "private.json"
+    private.write_text("{}")
+    os.chmod(private, 0o600)
+    result = cli("tag", music / "a.wav", "-l", "rock", "-m", tiny_model_dir, "-f", "json", "-o", private)
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(private.read_text())["files"] and stat.S_IMODE(os.stat(private).st_mode) == 0o600
+    old = os.umask(0o077)
+    try:
+        result = cli("tag", music / "a.wav", "-l", "rock", "-m", tiny_model_dir, "-f", "json", "-o", tmp_path / "new.json")
+    finally:
+        os.umask(old)
+    assert result.exit_code == 0, result.stderr
+    assert stat.S_IMODE(os.stat(tmp_path / "new.json").st_mode) == 0o600
+    old = os.umask(0o022)
+    try:
+        result = cli("tag", music / "a.wav", "-l", "rock", "-m", tiny_model_dir, "-f", "json", "-o", tmp_path / "n2.json")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(tmp_path / "n2.json").st_mode) == 0o644
