@@ -140,3 +140,33 @@ def test_an_output_keeps_its_mode_and_a_new_one_follows_the_umask(tiny_model_dir
     finally:
         os.umask(old)
     assert stat.S_IMODE(os.stat(tmp_path / "n2.json").st_mode) == 0o644
+
+
+# --- training checkpoints reach the disk before latest.json names them ---------------------------------
+
+
+def test_a_checkpoint_is_flushed_to_disk_before_it_is_named(tmp_path, monkeypatch):
+    """latest.json is fsynced: the epoch folder it names must be too (each file, the folder, its parent), or a
+    power cut can leave latest.json naming empty files, and the run cannot resume ("no usable checkpoint")."""
+    import torch
+
+    from zstag import checkpoints
+
+    synced, real = set(), os.fsync
+
+    def spy(fd):
+        st = os.fstat(fd)
+        synced.add((st.st_dev, st.st_ino))
+        return real(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.Adam(model.parameters())
+    model(torch.ones(1, 3)).sum().backward()
+    optimizer.step()
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer)
+    where = checkpoints.save_checkpoint(tmp_path, 1, model, optimizer, scheduler, {"best": 0.5})
+    needed = [where, where.parent, *where.iterdir()]
+    assert len(needed) == 5
+    unsynced = [p.name for p in needed if (os.stat(p).st_dev, os.stat(p).st_ino) not in synced]
+    assert not unsynced
