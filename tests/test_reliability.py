@@ -170,3 +170,61 @@ def test_a_checkpoint_is_flushed_to_disk_before_it_is_named(tmp_path, monkeypatc
     assert len(needed) == 5
     unsynced = [p.name for p in needed if (os.stat(p).st_dev, os.stat(p).st_ino) not in synced]
     assert not unsynced
+
+
+# --- SIGTERM (kill, timeout, systemd) cleans up as Ctrl-C does --------------------------------------------
+
+BLOCKING_TAGGER = """
+import os, time
+if os.environ.get("ZSTAG_TEST_BLOCKED"):
+    import zstag.tagfiles as tagfiles
+    real = tagfiles._apply
+    def _apply(cls, tmp, change):  # the tagged copy exists beside the file: the run hangs there
+        real(cls, tmp, change)
+        open(os.environ["ZSTAG_TEST_BLOCKED"], "a").close()
+        time.sleep(3600)
+    tagfiles._apply = _apply
+"""
+
+
+def test_sigterm_during_write_tags_leaves_the_file_and_no_copy(tiny_model_dir, tmp_path):
+    """`kill PID` (or `timeout`) while a file is being tagged: the original stays, the hidden tagged copy
+    beside it is removed (kill -9 alone may leave it), and the process still ends by SIGTERM."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import zstag
+    from test_tagfiles import write_track
+
+    folder = tmp_path / "music"
+    folder.mkdir()
+    song = write_track(folder / "song.flac")
+    before = song.read_bytes()
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(BLOCKING_TAGGER)
+    flag = tmp_path / "blocked"
+    env = {**os.environ, "ZSTAG_TEST_BLOCKED": str(flag), "ZSTAG_CACHE_DIR": str(tmp_path / "cache"),
+           "PYTHONPATH": os.pathsep.join([str(hook), str(Path(zstag.__file__).resolve().parents[1])])}
+    child = subprocess.Popen([sys.executable, "-m", "zstag", "tag", str(song), "-l", "rock", "-m", tiny_model_dir,
+                              "--write-tags", "--workers", "0"], env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 180  # a cold import of torch on a busy machine
+        while not flag.exists():
+            assert child.poll() is None, child.stderr.read().decode()[-2000:]
+            assert time.monotonic() < deadline, "the tag run never reached the write"
+            time.sleep(0.05)
+        assert any(p.name.startswith(".song.zstag-") for p in folder.iterdir())  # the copy the kill must not leave
+        child.send_signal(signal.SIGTERM)
+        child.wait(timeout=60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert child.returncode == -signal.SIGTERM, child.stderr.read().decode()[-2000:]
+    assert song.read_bytes() == before
+    assert [p.name for p in folder.iterdir()] == ["song.flac"]
