@@ -228,3 +228,26 @@ def test_sigterm_during_write_tags_leaves_the_file_and_no_copy(tiny_model_dir, t
     assert child.returncode == -signal.SIGTERM, child.stderr.read().decode()[-2000:]
     assert song.read_bytes() == before
     assert [p.name for p in folder.iterdir()] == ["song.flac"]
+
+
+# --- tag --write-tags keeps what the file system holds beside the bytes -------------------------------------
+
+
+@pytest.mark.skipif(not hasattr(os, "setxattr"), reason="extended attributes through os: Linux")
+def test_write_tags_keeps_the_files_extended_attributes(tmp_path):
+    """File managers keep the user's own tags and ratings in extended attributes (KDE: user.xdg.tags,
+    user.baloo.rating): the tagged copy renamed over the file must carry them, or they are lost."""
+    from test_tagfiles import read_field, write_track
+    from zstag import tagfiles
+    from zstag.embedcache import content_digest
+
+    song = write_track(tmp_path / "song.flac")
+    try:
+        os.setxattr(song, "user.xdg.tags", b"favourites,summer")
+        os.setxattr(song, "user.baloo.rating", b"10")
+    except OSError as exc:
+        pytest.skip(f"this file system keeps no user extended attributes: {exc}")
+    tagfiles.write(str(song), ["jazz"], "m1", digest=content_digest(song))
+    assert read_field(song, "ZSTAG") == ["jazz"]
+    assert {name: os.getxattr(song, name) for name in os.listxattr(song) if name.startswith("user.")} == \
+        {"user.xdg.tags": b"favourites,summer", "user.baloo.rating": b"10"}

@@ -11,8 +11,9 @@ adds nothing twice. A file whose fields already hold the new values is not rewri
 Safety: only the tags change, never the audio (mutagen rewrites the metadata blocks; the tests decode
 every format before and after). A file is never written in place: its bytes are copied to a hidden
 temporary file beside it (same folder: same file system), the copy is tagged, flushed to disk, given the
-original's mode and owner, and renamed over the original, then the folder is flushed. An error or kill
-at any point leaves the original as it was (a kill -9 may leave the hidden ``.NAME.zstag-*`` copy).
+original's owner, extended attributes (users' own tags in file managers, ACLs) and mode, and renamed over
+the original, then the folder is flushed. An error or kill at any point leaves the original as it was (a
+kill -9 may leave the hidden ``.NAME.zstag-*`` copy).
 Refused, one line each: read-only files, files with several hard links (the rename would split them),
 formats zstag does not tag (WAV, AIFF...), and files whose content is no longer what was embedded
 (their content digest differs from the one the embedding cache keyed the scores by).
@@ -20,6 +21,7 @@ formats zstag does not tag (WAV, AIFF...), and files whose content is no longer 
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import stat
@@ -208,9 +210,10 @@ def write(path: str, labels: list[str], model_id: str, *, digest: str | None, fi
         _apply(type(audio), tmp, change)
         with open(tmp, "rb+") as handle:
             _fsync(handle.fileno())
-        os.chmod(tmp, stat.S_IMODE(st.st_mode))
         if hasattr(os, "chown") and (os.stat(tmp).st_uid, os.stat(tmp).st_gid) != (st.st_uid, st.st_gid):
             os.chown(tmp, st.st_uid, st.st_gid)
+        _copy_xattrs(path, target, tmp)  # after chown, which may drop a file-capability attribute
+        os.chmod(tmp, stat.S_IMODE(st.st_mode))  # last: chown clears set-id bits, an ACL attribute sets the mode
         if _stamp(os.stat(target)) != _stamp(st):
             raise TagWriteError(f"{path}: changed while it was being tagged: not tagged; run the command again")
         new_digest = content_digest(tmp)
@@ -238,6 +241,28 @@ def _replaceable(path: str, target: str) -> os.stat_result:
     if st.st_nlink > 1:
         raise TagWriteError(f"{path}: has {st.st_nlink} hard links: replacing it would split them; not tagged")
     return st
+
+
+def _copy_xattrs(path: str, source: str, copy: str) -> None:
+    """The file's extended attributes onto its tagged copy: file managers keep users' own tags and ratings
+    there (KDE: user.xdg.tags, user.baloo.rating), and POSIX ACLs live there (system.posix_acl_*). One that
+    cannot be kept refuses the file (TagWriteError), except security.* labels, which the file system gives
+    a new file itself (SELinux). Linux only (os.listxattr)."""
+    if not hasattr(os, "listxattr"):
+        return
+    try:
+        names = os.listxattr(source)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+            return  # a file system without extended attributes: nothing to keep
+        raise
+    for name in names:
+        try:
+            os.setxattr(copy, name, os.getxattr(source, name))
+        except OSError as exc:
+            if not name.startswith("security."):
+                raise TagWriteError(f"{path}: cannot keep its extended attribute {name} on the tagged copy "
+                                    f"({_cause(exc)}): not tagged") from None
 
 
 def _apply(cls, tmp: str, change: Change) -> None:
