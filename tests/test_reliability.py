@@ -251,3 +251,20 @@ def test_write_tags_keeps_the_files_extended_attributes(tmp_path):
     assert read_field(song, "ZSTAG") == ["jazz"]
     assert {name: os.getxattr(song, name) for name in os.listxattr(song) if name.startswith("user.")} == \
         {"user.xdg.tags": b"favourites,summer", "user.baloo.rating": b"10"}
+
+
+# --- search / similar over the cache never write over a track they searched ----------------------------------
+
+
+def test_search_of_the_cache_never_writes_over_a_track_it_searched(music, tiny_model_dir):
+    """Without a PATH, search and similar read the cache's remembered tracks: -o naming one of them (a typo,
+    a shell completion) was written over the user's audio file. It is an input: refused, exit 2."""
+    assert cli("tag", music, "-l", "rock", "-m", tiny_model_dir).exit_code == 0  # the cache knows the tracks now
+    song = music / "a.wav"
+    before = song.read_bytes()
+    for args in (["search", "piano"], ["similar", music / "c.mp3"]):
+        result = cli(*args, "-m", tiny_model_dir, "-o", song)
+        assert result.exit_code == 2 and one_line_naming(result, song), (args, result.stderr)
+        assert song.read_bytes() == before
+    written = cli("search", "piano", "-m", tiny_model_dir, "-o", music / "found.txt")  # any other file is fine
+    assert written.exit_code == 0 and str(song) in (music / "found.txt").read_text()
