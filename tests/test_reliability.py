@@ -268,3 +268,14 @@ def test_search_of_the_cache_never_writes_over_a_track_it_searched(music, tiny_m
         assert song.read_bytes() == before
     written = cli("search", "piano", "-m", tiny_model_dir, "-o", music / "found.txt")  # any other file is fine
     assert written.exit_code == 0 and str(song) in (music / "found.txt").read_text()
+
+
+def test_embed_out_naming_a_file_is_one_line_before_any_work(music, tiny_model_dir, tmp_path, monkeypatch,
+                                                             forbid_decoding):
+    """--out is a set's folder: an existing file there was a FileExistsError traceback after embedding."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n")
+    forbid_decoding(monkeypatch)
+    result = cli("embed", music, "--out", notes, "--model", tiny_model_dir)
+    assert result.exit_code == 2 and one_line_naming(result, notes), (result.exception, result.stderr)
+    assert notes.read_text() == "my notes\n"

@@ -374,6 +374,8 @@ def run(inputs: list[str], out: str, *, lists: list[str] = (), model: str = "def
     if not items:
         raise EmbedUsageError("no inputs: give PATHs or --from-list FILE")
     precision = "bfloat16" if target.bf16 else "float32"
+    if os.path.lexists(out) and not Path(out).is_dir():
+        raise EmbedUsageError(f"{out}: --out is no folder; an embedding set is a folder of part files (give a new name)")
     there = set_model(out) if Path(out).is_dir() else None
     if there is not None and there[:2] != (files.model_id, precision):
         raise EmbedUsageError(f"{out}: holds embeddings of model {there[0]} ({there[1]}), not {files.model_id} "
