@@ -279,3 +279,29 @@ def test_embed_out_naming_a_file_is_one_line_before_any_work(music, tiny_model_d
     result = cli("embed", music, "--out", notes, "--model", tiny_model_dir)
     assert result.exit_code == 2 and one_line_naming(result, notes), (result.exception, result.stderr)
     assert notes.read_text() == "my notes\n"
+
+
+def test_tags_mutagen_cannot_parse_are_one_line_and_the_run_goes_on(tiny_model_dir, tmp_path, monkeypatch):
+    """mutagen raises IndexError (no MutagenError) on some damaged Ogg Vorbis comment headers (found by
+    fuzzing): a file damaged after it was embedded must be one line, not a traceback ending the run."""
+    from test_tagfiles import read_field, write_track
+    from zstag import tagfiles, tagger
+
+    folder = tmp_path / "music"
+    folder.mkdir()
+    good, bad = write_track(folder / "a.ogg", 0), write_track(folder / "b.ogg", 1)
+    tagfiles.write(str(bad), ["rock", "pop"], "m0", digest=None)  # the comment header as zstag leaves it
+    data = bytearray(bad.read_bytes())
+    last = data.index(b"ZSTAG_MODEL=m0")  # the last comment: its length now runs past the packet's end
+    data[last - 4:last] = (14 + 179 * 256).to_bytes(4, "little")
+    real_records = tagger.file_records
+
+    def records_then_damage(*args, **kwargs):  # the file is damaged after it was embedded
+        bad.write_bytes(bytes(data))
+        return real_records(*args, **kwargs)
+
+    monkeypatch.setattr(tagger, "file_records", records_then_damage)
+    result = cli("tag", folder, "-l", "rock,jazz", "-m", tiny_model_dir, "--write-tags")
+    assert result.exit_code == 1 and isinstance(result.exception, (SystemExit, type(None))), result.exception
+    assert any(line.startswith(f"zstag: {bad}: ") for line in result.stderr.splitlines()), result.stderr
+    assert read_field(good, "ZSTAG") and bad.read_bytes() == bytes(data)

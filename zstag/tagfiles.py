@@ -166,6 +166,8 @@ def plan(path: str, labels: list[str], model_id: str, *, field: str = ZSTAG_FIEL
         audio = mutagen.File(path)
     except (mutagen.MutagenError, OSError) as exc:
         raise TagWriteError(f"{path}: cannot read its tags: {_cause(exc)}") from None
+    except Exception as exc:  # damaged bytes can also end in IndexError, struct.error... inside mutagen
+        raise TagWriteError(f"{path}: cannot read its tags (damaged?): {type(exc).__name__}: {_cause(exc)}") from None
     if audio is None:
         raise TagWriteError(f"{path}: cannot tag this format (zstag writes tags to {TAGGED_FORMATS})")
     try:
