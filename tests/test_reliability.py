@@ -61,8 +61,8 @@ def test_a_damaged_part_of_an_older_set_is_one_line_not_a_traceback(tiny_model_d
     out = tmp_path / "set"
     out.mkdir()
     part = out / "part-000001-0badc0de.parquet"
-    pq.write_table(table, part, compression={f.name: "none" if f.name == "embedding" else "snappy" for f in table.schema},
-                   use_dictionary=[f.name for f in table.schema if f.name != "embedding"])
+    pq.write_table(table, part, use_dictionary=[f.name for f in table.schema if f.name != "embedding"],
+                   compression={f.name: "none" if f.name == "embedding" else "snappy" for f in table.schema})
     start, end = column_chunk(part, "path")
     flip(part, start + int(0.9 * (end - start)))
     with pytest.raises(pa.ArrowInvalid):  # what the damage is: no OSError
@@ -129,14 +129,16 @@ def test_an_output_keeps_its_mode_and_a_new_one_follows_the_umask(tiny_model_dir
     assert json.loads(private.read_text())["files"] and stat.S_IMODE(os.stat(private).st_mode) == 0o600
     old = os.umask(0o077)
     try:
-        result = cli("tag", music / "a.wav", "-l", "rock", "-m", tiny_model_dir, "-f", "json", "-o", tmp_path / "new.json")
+        result = cli("tag", music / "a.wav", "-l", "rock", "-m", tiny_model_dir, "-f", "json", "-o",
+                     tmp_path / "new.json")
     finally:
         os.umask(old)
     assert result.exit_code == 0, result.stderr
     assert stat.S_IMODE(os.stat(tmp_path / "new.json").st_mode) == 0o600
     old = os.umask(0o022)
     try:
-        result = cli("tag", music / "a.wav", "-l", "rock", "-m", tiny_model_dir, "-f", "json", "-o", tmp_path / "n2.json")
+        result = cli("tag", music / "a.wav", "-l", "rock", "-m", tiny_model_dir, "-f", "json", "-o",
+                     tmp_path / "n2.json")
     finally:
         os.umask(old)
     assert stat.S_IMODE(os.stat(tmp_path / "n2.json").st_mode) == 0o644
@@ -305,3 +307,20 @@ def test_tags_mutagen_cannot_parse_are_one_line_and_the_run_goes_on(tiny_model_d
     assert result.exit_code == 1 and isinstance(result.exception, (SystemExit, type(None))), result.exception
     assert any(line.startswith(f"zstag: {bad}: ") for line in result.stderr.splitlines()), result.stderr
     assert read_field(good, "ZSTAG") and bad.read_bytes() == bytes(data)
+
+
+def test_a_flac_whose_metadata_lengths_are_damaged_is_refused_not_rewritten(tmp_path):
+    """A FLAC metadata block whose length runs into the audio frames (found by fuzzing): mutagen rewrites the
+    block as it parsed it and the frames inside that length are gone. The tagged copy's audio stream is
+    compared with the original's, so such a file is refused, one line, and left as it was."""
+    from test_tagfiles import write_track
+    from zstag import tagfiles
+
+    song = write_track(tmp_path / "song.flac")
+    data = bytearray(song.read_bytes())
+    assert data[42] & 0x7F == 4  # the second block, VORBIS_COMMENT (after the 34-byte STREAMINFO)
+    data[43:46] = (26445).to_bytes(3, "big")  # its length now reaches far into the audio frames
+    song.write_bytes(bytes(data))
+    with pytest.raises(tagfiles.TagWriteError, match=f"{song}: "):
+        tagfiles.write(str(song), ["jazz"], "m1", digest=None)
+    assert song.read_bytes() == bytes(data) and os.listdir(tmp_path) == ["song.flac"]

@@ -8,12 +8,13 @@ a standard field instead (genre, mood, grouping, comment): replaced, or with ``a
 labels it does not hold yet (compared case-insensitively, across values split at ";"), so that a re-run
 adds nothing twice. A file whose fields already hold the new values is not rewritten.
 
-Safety: only the tags change, never the audio (mutagen rewrites the metadata blocks; the tests decode
-every format before and after). A file is never written in place: its bytes are copied to a hidden
-temporary file beside it (same folder: same file system), the copy is tagged, flushed to disk, given the
-original's owner, extended attributes (users' own tags in file managers, ACLs) and mode, and renamed over
-the original, then the folder is flushed. An error or kill at any point leaves the original as it was (a
-kill -9 may leave the hidden ``.NAME.zstag-*`` copy).
+Safety: only the tags change, never the audio: mutagen rewrites the metadata blocks, and the tagged copy's
+coded audio is compared with the original's (tagcheck.py), which refuses a damaged container whose
+"metadata" holds audio; the tests decode every format before and after. A file is never written in place:
+its bytes are copied to a hidden temporary file beside it (same folder: same file system), the copy is
+tagged, flushed to disk, given the original's owner, extended attributes (users' own tags in file
+managers, ACLs) and mode, and renamed over the original, then the folder is flushed. An error, Ctrl-C or
+kill at any point leaves the original as it was (only a kill -9 may leave the hidden ``.NAME.zstag-*`` copy).
 Refused, one line each: read-only files, files with several hard links (the rename would split them),
 formats zstag does not tag (WAV, AIFF...), and files whose content is no longer what was embedded
 (their content digest differs from the one the embedding cache keyed the scores by).
@@ -209,7 +210,10 @@ def write(path: str, labels: list[str], model_id: str, *, digest: str | None, fi
         if digest is not None and content_digest(tmp) != digest:
             raise TagWriteError(f"{path}: changed since it was embedded (its labels may not fit it): not tagged; "
                                 "run the command again")
+        kept = _audio_digest(path, tmp, type(audio).__name__)  # the copy's bytes are the original's
         _apply(type(audio), tmp, change)
+        if _audio_digest(path, tmp, type(audio).__name__) != kept:
+            raise TagWriteError(f"{path}: tagging would change its audio stream (a damaged container?): not tagged")
         with open(tmp, "rb+") as handle:
             _fsync(handle.fileno())
         if hasattr(os, "chown") and (os.stat(tmp).st_uid, os.stat(tmp).st_gid) != (st.st_uid, st.st_gid):
@@ -265,6 +269,16 @@ def _copy_xattrs(path: str, source: str, copy: str) -> None:
             if not name.startswith("security."):
                 raise TagWriteError(f"{path}: cannot keep its extended attribute {name} on the tagged copy "
                                     f"({_cause(exc)}): not tagged") from None
+
+
+def _audio_digest(path: str, copy: str, kind: str) -> str | None:
+    """tagcheck.audio_digest of the copy; TagWriteError when its container cannot be walked."""
+    from zstag.tagcheck import Unwalkable, audio_digest
+
+    try:
+        return audio_digest(copy, kind)
+    except Unwalkable as exc:
+        raise TagWriteError(f"{path}: damaged container ({exc}): not tagged") from None
 
 
 def _apply(cls, tmp: str, change: Change) -> None:
