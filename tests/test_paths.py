@@ -10,11 +10,17 @@ from zstag import paths
 
 def test_writes_bytes_and_text_as_ordinary_files(tmp_path):
     target = tmp_path / "sub" / "out.txt"
-    paths.atomic_write(target, "é\n")
+    old = os.umask(0o022)  # a new file: 0666 less the umask (the runner's own umask may be 002 or 077)
+    try:
+        paths.atomic_write(target, "é\n")
+    finally:
+        os.umask(old)
     assert target.read_bytes() == "é\n".encode()
-    paths.atomic_write(target, b"\x00\x01")
-    assert target.read_bytes() == b"\x00\x01"
     assert stat.S_IMODE(target.stat().st_mode) == 0o644
+    os.chmod(target, 0o640)
+    paths.atomic_write(target, b"\x00\x01")  # a file replaced keeps its permissions
+    assert target.read_bytes() == b"\x00\x01"
+    assert stat.S_IMODE(target.stat().st_mode) == 0o640
     assert os.listdir(target.parent) == ["out.txt"]
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from zstag.errors import ZstagError
-from zstag.paths import atomic_write
+from zstag.paths import _fsync, _fsync_folder, atomic_write
 
 CHECKPOINT_DIR = "checkpoints"
 LATEST_FILE = "latest.json"
@@ -62,18 +62,29 @@ def save_checkpoint(folder: Path, epoch: int, model, optimizer, scheduler, progr
     if torch.cuda.is_available():
         for i, rng in enumerate(torch.cuda.get_rng_state_all()):
             tensors[f"rng.cuda.{i}"] = rng
-    (tmp / "weights.safetensors").write_bytes(save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}))
-    (tmp / "state.safetensors").write_bytes(save(tensors))
+    _write_synced(tmp / "weights.safetensors",
+                  save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}))
+    _write_synced(tmp / "state.safetensors", save(tensors))
     meta = {"epoch": epoch, "optimizer": optimizer_meta, "scheduler": scheduler.state_dict(), **progress}
-    (tmp / "state.json").write_text(json.dumps(meta, indent=1))
+    _write_synced(tmp / "state.json", json.dumps(meta, indent=1).encode())
+    _fsync_folder(tmp)  # the files and their names on disk before the folder is renamed and latest.json names it
     shutil.rmtree(root / name, ignore_errors=True)
     os.replace(tmp, root / name)
+    _fsync_folder(root)
     atomic_write(root / LATEST_FILE, json.dumps({"epoch": epoch, "checkpoint": name}).encode())
     for old in sorted(root.glob("epoch-*"))[:-KEEP_CHECKPOINTS]:
         shutil.rmtree(old, ignore_errors=True)
     for stale in root.glob(".epoch-*.tmp"):
         shutil.rmtree(stale, ignore_errors=True)
     return root / name
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    """data into a new file, flushed to disk (a power cut after the rename must not leave it empty)."""
+    with open(path, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        _fsync(handle.fileno())
 
 
 def has_checkpoint(folder: str | Path) -> bool:

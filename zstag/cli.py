@@ -452,10 +452,14 @@ def similar_command(
 
 def main() -> None:
     global _quick_exit
+    from zstag import signals
+
     _quick_exit = False  # set again by the command, if it allows it
+    signals.install()  # SIGTERM cleans up as Ctrl-C does
     try:
         app()
     except SystemExit as exc:
+        signals.end_if_terminated()
         if not (_quick_exit and "torch" in sys.modules):
             raise
         _exit_now(exc.code)

@@ -140,7 +140,7 @@ def set_model(folder) -> tuple[str, str, int] | None:
         try:
             meta = pq.read_schema(part).metadata or {}
         except Exception as exc:  # pyarrow raises ArrowInvalid, OSError...: any unreadable part
-            raise EmbedSetError(f"{part}: unreadable part file: {' '.join(str(exc).split())}") from None
+            raise _damaged(part, exc) from None
         if meta.get(b"format") != FORMAT.encode():
             raise EmbedSetError(f"{part}: not a part of a zstag embedding set ({FORMAT})")
         found.add((meta[b"model_id"].decode(), meta[b"precision"].decode(), int(meta[b"dim"])))
@@ -151,13 +151,20 @@ def set_model(folder) -> tuple[str, str, int] | None:
 
 def iter_batches(folder, columns: list[str], batch_rows: int = 65536):
     """The set's rows as pyarrow RecordBatches of these columns, part after part (memory-mapped)."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     for part in parts(folder):
-        try:
-            yield from pq.ParquetFile(part, memory_map=True).iter_batches(batch_size=batch_rows, columns=columns)
-        except OSError as exc:
-            raise EmbedSetError(f"{part}: unreadable part file: {' '.join(str(exc).split())}") from None
+        try:  # damaged bytes: OSError (a checksum, a page header) or ArrowInvalid (a ValueError: values)
+            yield from pq.ParquetFile(part, memory_map=True, page_checksum_verification=True).iter_batches(
+                batch_size=batch_rows, columns=columns)
+        except (OSError, pa.ArrowException) as exc:
+            raise _damaged(part, exc) from None
+
+
+def _damaged(part: Path, exc: BaseException) -> EmbedSetError:
+    return EmbedSetError(f"{part}: unreadable part file: {' '.join(str(exc).split())} (move it away and run "
+                         "`zstag embed` again: its files are embedded anew)")
 
 
 def row_names(batch) -> list[str]:
@@ -272,11 +279,13 @@ def copied_rows(folder, copies: list[tuple[Source, Source]]) -> list[dict]:
 
 def write_part(table, sink) -> None:
     """A part's Parquet bytes: the embeddings uncompressed and without a dictionary (float vectors gain
-    nothing from either, and queries read them faster), the rest snappy."""
+    nothing from either, and queries read them faster), the rest snappy; every page with its CRC32, which
+    the readers check (iter_batches, drop_rows)."""
     import pyarrow.parquet as pq
 
     pq.write_table(table, sink, compression={f.name: "none" if f.name == "embedding" else "snappy" for f in table.schema},
-                   use_dictionary=[f.name for f in table.schema if f.name != "embedding"])
+                   use_dictionary=[f.name for f in table.schema if f.name != "embedding"],
+                   write_page_checksum=True)  # damaged bytes are an error when read, never other numbers
 
 
 class PartWriter:
@@ -317,7 +326,10 @@ def drop_rows(folder, stale: set) -> None:
     if not stale:
         return
     for part in parts(folder):
-        table = pq.read_table(part)
+        try:
+            table = pq.read_table(part, page_checksum_verification=True)
+        except (OSError, pa.ArrowException) as exc:
+            raise _damaged(part, exc) from None
         keep = [(name, digest) not in stale for name, digest in zip(row_names(table), table.column("digest").to_pylist())]
         if all(keep):
             continue
@@ -362,6 +374,8 @@ def run(inputs: list[str], out: str, *, lists: list[str] = (), model: str = "def
     if not items:
         raise EmbedUsageError("no inputs: give PATHs or --from-list FILE")
     precision = "bfloat16" if target.bf16 else "float32"
+    if os.path.lexists(out) and not Path(out).is_dir():
+        raise EmbedUsageError(f"{out}: --out is no folder; an embedding set is a folder of part files (give a new name)")
     there = set_model(out) if Path(out).is_dir() else None
     if there is not None and there[:2] != (files.model_id, precision):
         raise EmbedUsageError(f"{out}: holds embeddings of model {there[0]} ({there[1]}), not {files.model_id} "

@@ -351,7 +351,12 @@ def _entries_from_shard_tables(folder: Path, manifest: dict) -> list[CachedTrack
         path = folder / f"{SHARD_PATTERN.format(s)}.json"
         if not path.is_file():
             continue
-        for t in json.loads(path.read_text())["tracks"]:
+        try:
+            tracks = json.loads(path.read_text())["tracks"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:  # a cut copy of a shard, a bad sector
+            raise FeatureCacheError(f"{path}: unreadable: {' '.join(str(exc).split())}; rerun `zstag preprocess` "
+                                    "(or copy the shard again)") from None
+        for t in tracks:
             entries.append(CachedTrack(get_name(t, "id"), tuple(t["labels"]), t["artist"], s, t["offset"],
                                        t["n_frames"], t.get("stats"))
             )
@@ -381,10 +386,14 @@ class FeatureCache:
                 f"{folder}: {len(missing)} of {manifest['n_shards']} shards missing (first: {missing[0]}); "
                 "finish `zstag preprocess` (or copy in the other machines' shards)"
             )
-        if (folder / INDEX_FILE).is_file() and not missing:
-            entries = _entries_from_index(folder / INDEX_FILE)
-        else:
+        entries = _entries_from_index(folder / INDEX_FILE) if (folder / INDEX_FILE).is_file() and not missing else None
+        if entries is None:
             entries = _entries_from_shard_tables(folder, manifest)
+            if (folder / INDEX_FILE).is_file() and not missing:  # damaged: the tables it gathers are sound
+                try:
+                    write_index(folder)
+                except OSError:
+                    pass  # a read-only cache: read from the tables again next time
         if check_frames:
             _check_shard_files(folder, manifest, entries, sorted(set(range(manifest["n_shards"])) - set(missing)))
         return cls(folder, manifest, entries)
@@ -445,10 +454,15 @@ def _check_shard_files(folder: Path, manifest: dict, entries: list[CachedTrack],
             raise FeatureCacheError(f"{path}: {problem}; rerun `zstag preprocess`")
 
 
-def _entries_from_index(path: Path) -> list[CachedTrack]:
+def _entries_from_index(path: Path) -> list[CachedTrack] | None:
+    """The index's tracks; None when it is damaged (it only gathers the shard tables: rebuilt from them)."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pq.read_table(path).to_pydict()
+    try:
+        table = pq.read_table(path).to_pydict()
+    except (OSError, pa.ArrowException):
+        return None
     raw = table.get("id_bytes") or [None] * len(table["id"])  # no such column in an index before it came
     table["id"] = [i if b is None else name_from_bytes(b) for i, b in zip(table["id"], raw)]
     return [

@@ -52,10 +52,9 @@ def atomic_write(path: str | os.PathLike, data: bytes | str | list, follow_links
     redirection's own append or truncation is kept). follow_links (a user's output file): a symbolic link
     is followed and its final target replaced, the link stays; otherwise (the project's own files) the link
     itself is replaced, so a file shared through links elsewhere is never changed. str is UTF-8; a list
-    of bytes-like pieces is written one after the other (a large file, never joined in memory).
+    of bytes-like pieces is written one after the other (a large file, never joined in memory). A file
+    replaced keeps its permission bits; a new one gets 0666 less the umask.
     """
-    import tempfile
-
     path = Path(path)
     pieces = data if isinstance(data, list) else [data.encode("utf-8") if isinstance(data, str) else data]
     stream = _standard_stream(path)
@@ -71,19 +70,39 @@ def atomic_write(path: str | os.PathLike, data: bytes | str | list, follow_links
     else:
         target = path
         target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        kept = stat.S_IMODE(os.stat(target).st_mode) & 0o777  # a file replaced keeps its permissions (a private 0600)
+    except OSError:
+        kept = None  # a new file: 0666 less the umask, as the shell's > makes it
+    fd, tmp = _temp_file(target.parent, f".{target.name}.", ".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
             _write_pieces(handle, pieces)
             handle.flush()
             _fsync(handle.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; outputs, models and caches are ordinary files
+        if kept is not None:
+            os.chmod(tmp, kept)
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_folder(target.parent)
     return path
+
+
+def _temp_file(folder: Path, prefix: str, suffix: str) -> tuple[int, str]:
+    """(descriptor, path) of a new file in folder, created 0666 less the umask (mkstemp's 0600 would ignore the
+    umask; reading the umask means setting it, which no thread may do)."""
+    import secrets
+
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        name = os.path.join(folder, f"{prefix}{secrets.token_hex(6)}{suffix}")
+        try:
+            return os.open(name, flags, 0o666), name
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no free temporary name", str(folder))
 
 
 def _standard_stream(path: Path) -> int | None:

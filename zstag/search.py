@@ -235,6 +235,8 @@ def search(query: str | None, inputs: list[str], *, labels: list[str] | None = N
     library, head = load_library(files, found, first=[similar_to] if similar_to else [], workers=workers,
                                  use_cache=use_cache, progress=progress, device=target,
                                  sample_seconds=sample_seconds, notice=notice)
+    if output is not None and library.from_cache:  # the cache's tracks were read too: never written over
+        check_tag_output(output, Found([t.path for t in library.tracks], [], 0), labels_file, vectors, files.folder)
     exclude = None
     if similar_to is not None:
         if not head[0].ok:

@@ -8,11 +8,13 @@ a standard field instead (genre, mood, grouping, comment): replaced, or with ``a
 labels it does not hold yet (compared case-insensitively, across values split at ";"), so that a re-run
 adds nothing twice. A file whose fields already hold the new values is not rewritten.
 
-Safety: only the tags change, never the audio (mutagen rewrites the metadata blocks; the tests decode
-every format before and after). A file is never written in place: its bytes are copied to a hidden
-temporary file beside it (same folder: same file system), the copy is tagged, flushed to disk, given the
-original's mode and owner, and renamed over the original, then the folder is flushed. An error or kill
-at any point leaves the original as it was (a kill -9 may leave the hidden ``.NAME.zstag-*`` copy).
+Safety: only the tags change, never the audio: mutagen rewrites the metadata blocks, and the tagged copy's
+coded audio is compared with the original's (tagcheck.py), which refuses a damaged container whose
+"metadata" holds audio; the tests decode every format before and after. A file is never written in place:
+its bytes are copied to a hidden temporary file beside it (same folder: same file system), the copy is
+tagged, flushed to disk, given the original's owner, extended attributes (users' own tags in file
+managers, ACLs) and mode, and renamed over the original, then the folder is flushed. An error, Ctrl-C or
+kill at any point leaves the original as it was (only a kill -9 may leave the hidden ``.NAME.zstag-*`` copy).
 Refused, one line each: read-only files, files with several hard links (the rename would split them),
 formats zstag does not tag (WAV, AIFF...), and files whose content is no longer what was embedded
 (their content digest differs from the one the embedding cache keyed the scores by).
@@ -20,6 +22,7 @@ formats zstag does not tag (WAV, AIFF...), and files whose content is no longer 
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import stat
@@ -164,6 +167,8 @@ def plan(path: str, labels: list[str], model_id: str, *, field: str = ZSTAG_FIEL
         audio = mutagen.File(path)
     except (mutagen.MutagenError, OSError) as exc:
         raise TagWriteError(f"{path}: cannot read its tags: {_cause(exc)}") from None
+    except Exception as exc:  # damaged bytes can also end in IndexError, struct.error... inside mutagen
+        raise TagWriteError(f"{path}: cannot read its tags (damaged?): {type(exc).__name__}: {_cause(exc)}") from None
     if audio is None:
         raise TagWriteError(f"{path}: cannot tag this format (zstag writes tags to {TAGGED_FORMATS})")
     try:
@@ -205,12 +210,16 @@ def write(path: str, labels: list[str], model_id: str, *, digest: str | None, fi
         if digest is not None and content_digest(tmp) != digest:
             raise TagWriteError(f"{path}: changed since it was embedded (its labels may not fit it): not tagged; "
                                 "run the command again")
+        kept = _audio_digest(path, tmp, type(audio).__name__)  # the copy's bytes are the original's
         _apply(type(audio), tmp, change)
+        if _audio_digest(path, tmp, type(audio).__name__) != kept:
+            raise TagWriteError(f"{path}: tagging would change its audio stream (a damaged container?): not tagged")
         with open(tmp, "rb+") as handle:
             _fsync(handle.fileno())
-        os.chmod(tmp, stat.S_IMODE(st.st_mode))
         if hasattr(os, "chown") and (os.stat(tmp).st_uid, os.stat(tmp).st_gid) != (st.st_uid, st.st_gid):
             os.chown(tmp, st.st_uid, st.st_gid)
+        _copy_xattrs(path, target, tmp)  # after chown, which may drop a file-capability attribute
+        os.chmod(tmp, stat.S_IMODE(st.st_mode))  # last: chown clears set-id bits, an ACL attribute sets the mode
         if _stamp(os.stat(target)) != _stamp(st):
             raise TagWriteError(f"{path}: changed while it was being tagged: not tagged; run the command again")
         new_digest = content_digest(tmp)
@@ -238,6 +247,38 @@ def _replaceable(path: str, target: str) -> os.stat_result:
     if st.st_nlink > 1:
         raise TagWriteError(f"{path}: has {st.st_nlink} hard links: replacing it would split them; not tagged")
     return st
+
+
+def _copy_xattrs(path: str, source: str, copy: str) -> None:
+    """The file's extended attributes onto its tagged copy: file managers keep users' own tags and ratings
+    there (KDE: user.xdg.tags, user.baloo.rating), and POSIX ACLs live there (system.posix_acl_*). One that
+    cannot be kept refuses the file (TagWriteError), except security.* labels, which the file system gives
+    a new file itself (SELinux). Linux only (os.listxattr)."""
+    if not hasattr(os, "listxattr"):
+        return
+    try:
+        names = os.listxattr(source)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+            return  # a file system without extended attributes: nothing to keep
+        raise
+    for name in names:
+        try:
+            os.setxattr(copy, name, os.getxattr(source, name))
+        except OSError as exc:
+            if not name.startswith("security."):
+                raise TagWriteError(f"{path}: cannot keep its extended attribute {name} on the tagged copy "
+                                    f"({_cause(exc)}): not tagged") from None
+
+
+def _audio_digest(path: str, copy: str, kind: str) -> str | None:
+    """tagcheck.audio_digest of the copy; TagWriteError when its container cannot be walked."""
+    from zstag.tagcheck import Unwalkable, audio_digest
+
+    try:
+        return audio_digest(copy, kind)
+    except Unwalkable as exc:
+        raise TagWriteError(f"{path}: damaged container ({exc}): not tagged") from None
 
 
 def _apply(cls, tmp: str, change: Change) -> None:
