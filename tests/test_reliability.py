@@ -324,3 +324,57 @@ def test_a_flac_whose_metadata_lengths_are_damaged_is_refused_not_rewritten(tmp_
     with pytest.raises(tagfiles.TagWriteError, match=f"{song}: "):
         tagfiles.write(str(song), ["jazz"], "m1", digest=None)
     assert song.read_bytes() == bytes(data) and os.listdir(tmp_path) == ["song.flac"]
+
+
+# --- tag --write-tags keeps an ID3 tag's version ------------------------------------------------------------
+
+
+def id3_mp3(path, version: int):
+    """An mp3 whose ID3v2.<version> tag holds a title and a date as that version spells it (v2.3: TYER + TDAT,
+    with a TSIZ frame, which v2.4 dropped; v2.4: TDRC)."""
+    from mutagen.id3 import ID3, TDAT, TDRC, TIT2, TSIZ, TYER
+    from test_tagfiles import write_track
+
+    write_track(path)
+    tags = ID3()
+    tags.add(TIT2(encoding=1, text="My Song"))
+    if version == 3:
+        for frame, text in ((TYER, "1999"), (TDAT, "0304"), (TSIZ, "123456")):
+            tags.add(frame(encoding=0, text=text))
+    else:
+        tags.add(TDRC(encoding=3, text="1999-04-03"))
+    tags.save(path, v2_version=version)
+    return path
+
+
+def test_write_tags_keeps_an_id3v23_tag_v23_with_its_frames(tiny_model_dir, tmp_path):
+    """Older players (Windows Explorer before 10, car stereos) read no ID3v2.4: a v2.3 tag stays v2.3, its
+    date frames (TYER, TDAT) and TSIZ as they were; mood, which v2.3 has no frame for, is TXXX:MOOD (as
+    Picard writes it). A v2.4 tag stays v2.4 (mood: TMOO). The coded audio is unchanged."""
+    from mutagen.id3 import ID3
+    from test_tagfiles import audio_bytes, decoded
+
+    folder = tmp_path / "music"
+    folder.mkdir()
+    v23, v24 = id3_mp3(folder / "old.mp3", 3), id3_mp3(folder / "new.mp3", 4)
+    kept = {song: (audio_bytes(song), decoded(song)) for song in (v23, v24)}
+    for field in ("zstag", "mood", "genre", "grouping", "comment"):
+        result = cli("tag", folder, "-l", "jazz,rock", "--top-k", "2", "-m", tiny_model_dir, "--write-tags",
+                     "--tag-field", field)
+        assert result.exit_code == 0, result.stderr
+    old, new = ID3(v23, translate=False), ID3(v24, translate=False)
+    assert old.version == (2, 3, 0) and v23.read_bytes()[3] == 3
+    assert [(key, old[key].text) for key in ("TIT2", "TYER", "TDAT", "TSIZ")] == \
+        [("TIT2", ["My Song"]), ("TYER", ["1999"]), ("TDAT", ["0304"]), ("TSIZ", ["123456"])]
+    assert not {"TDRC", "TMOO"} & {frame.FrameID for frame in old.values()}
+    labels = old["TXXX:ZSTAG"].text
+    assert len(labels) == 1 and sorted(labels[0].split("; ")) == ["jazz", "rock"]
+    assert [old[key].text for key in ("TXXX:MOOD", "TCON", "TIT1", "COMM::eng")] == [labels] * 4
+    assert new.version == (2, 4, 0) and str(new["TDRC"].text[0]) == "1999-04-03"
+    assert [new[key].text for key in ("TXXX:ZSTAG", "TMOO", "TCON")] == [labels] * 3 and "TXXX:MOOD" not in new
+    for song, (payload, samples) in kept.items():
+        assert audio_bytes(song) == payload and np.array_equal(decoded(song), samples)
+    again = cli("tag", folder, "-l", "jazz,rock", "--top-k", "2", "-m", tiny_model_dir, "--write-tags",
+                "--tag-field", "mood", "--dry-run")  # the v2.3 file's mood is found where it was written
+    assert again.exit_code == 0 and "TXXX:MOOD: " in again.stdout + again.stderr and "unchanged" in again.stdout + \
+        again.stderr, again.stdout
