@@ -378,3 +378,42 @@ def test_write_tags_keeps_an_id3v23_tag_v23_with_its_frames(tiny_model_dir, tmp_
                 "--tag-field", "mood", "--dry-run")  # the v2.3 file's mood is found where it was written
     assert again.exit_code == 0 and "TXXX:MOOD: " in again.stdout + again.stderr and "unchanged" in again.stdout + \
         again.stderr, again.stdout
+
+
+# --- the embedding cache: a damaged row ----------------------------------------------------------------------
+
+
+def test_a_stored_embedding_with_a_flipped_byte_is_embedded_again_not_scored(tiny_model_dir, music, cache_dir):
+    """SQLite keeps no checksums of its pages: a byte flipped inside a stored vector (a bad sector) was read
+    back as a valid embedding and scored. Each row carries a checksum: the row is a miss, with one notice, the
+    file is embedded again (its scores as before) and its row rewritten; search over the cache leaves it out."""
+    import sqlite3
+
+    from zstag.embedcache import CACHE_FILE, content_digest
+
+    args = ["tag", music, "-l", "rock,jazz,piano", "-m", tiny_model_dir, "-f", "json", "--workers", "0"]
+    first = cli(*args)
+    assert first.exit_code == 0, first.stderr
+    song = music / "c.mp3"
+    path = cache_dir / CACHE_FILE
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # every row in the database file itself
+        (vector,), = db.execute("SELECT vector FROM embeddings WHERE digest=?", (content_digest(song),)).fetchall()
+    data = bytearray(path.read_bytes())
+    at = data.find(vector[:32])
+    assert at > 0 and data.count(vector[:32]) == 1
+    data[at + 7] ^= 0x55  # the high byte of the second float: its exponent and sign change
+    path.write_bytes(bytes(data))
+
+    search = cli("search", "piano", "-m", tiny_model_dir, "-f", "json")  # the cache's tracks: the damaged one left out
+    assert search.exit_code == 0, search.stderr
+    assert str(song) not in search.stdout and str(music / "a.wav") in search.stdout, search.stdout
+    assert sum("damaged" in line for line in search.stderr.splitlines()) == 1, search.stderr
+
+    second = cli(*args)
+    notices = [line for line in second.stderr.splitlines() if line.startswith("zstag: warning: embedding cache")]
+    assert second.exit_code == 0 and len(notices) == 1 and "damaged" in notices[0], second.stderr
+    assert "(2 from the cache)" in second.stderr
+    assert json.loads(second.stdout)["files"] == json.loads(first.stdout)["files"]  # the same pipeline, re-run
+    third = cli(*args)
+    assert "(3 from the cache)" in third.stderr and "warning" not in third.stderr, third.stderr
