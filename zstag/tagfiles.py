@@ -35,7 +35,7 @@ import stat
 import tempfile
 from dataclasses import dataclass
 
-from zstag.paths import _fsync, _fsync_folder
+from zstag.paths import _fsync, _fsync_folder, read_only
 from zstag.errors import ZstagError
 
 ZSTAG_FIELD = "zstag"
@@ -253,7 +253,7 @@ def _replaceable(path: str, target: str) -> os.stat_result:
         st = os.stat(target)
     except OSError as exc:
         raise TagWriteError(f"{path}: cannot read: {_cause(exc)}") from None
-    if not st.st_mode & 0o222 or not os.access(target, os.W_OK):  # the bits too: root may write anything
+    if read_only(st, target):
         raise TagWriteError(f"{path}: read-only file: not tagged")
     if st.st_nlink > 1:
         raise TagWriteError(f"{path}: has {st.st_nlink} hard links: replacing it would split them; not tagged")
