@@ -167,6 +167,34 @@ def test_tag_output_naming_the_labels_file_the_vectors_or_the_model_is_refused(c
     assert snapshot(labels, vectors, weights) == before
 
 
+def test_an_output_the_user_made_read_only_is_refused_before_any_work(corpus, model, tmp_path, monkeypatch,
+                                                                       forbid_decoding):
+    """`chmod a-w` on an output: the shell's > refuses to replace it, and so do tag, search and eval (--out,
+    --plot), through a link too: one line naming it, exit 2, before any decoding; the file stays as it was.
+    atomic_write refuses it too for a user's file (a file made read-only during the run), not for zstag's own."""
+    from zstag.paths import atomic_write
+
+    audio = corpus / "audio" / "a.wav"
+    locked = tmp_path / "locked.json"
+    locked.write_text("mine\n")
+    os.chmod(locked, 0o444)
+    link = tmp_path / "link.json"
+    link.symlink_to(locked)
+    forbid_decoding(monkeypatch)
+    eval_args = ["eval", "--corpus", "csv", "--root", corpus, "--workers", 0]
+    for args, option, out in ((["tag", audio, "-l", "jazz"], "--output", locked),
+                              (["tag", audio, "-l", "jazz"], "--output", link),
+                              (["search", "jazz", corpus], "--output", locked),
+                              (eval_args, "--out", locked), (eval_args, "--plot", link)):
+        result = cli(*args, "--model", model, option, out)
+        assert_refused(result, f"{out}: {option} is read-only (chmod u+w it to let zstag replace it)")
+    with pytest.raises(PermissionError, match="read-only"):
+        atomic_write(link, b"new\n", follow_links=True)
+    assert locked.read_text() == "mine\n" and os.stat(locked).st_mode & 0o777 == 0o444 and link.is_symlink()
+    atomic_write(locked, b"zstag's own\n")  # a cache file: replaced as before
+    assert locked.read_text() == "zstag's own\n"
+
+
 def test_a_tag_run_that_tags_nothing_leaves_the_previous_output(model, tmp_path):
     previous = tmp_path / "k.json"
     previous.write_text("x\n")

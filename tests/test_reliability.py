@@ -324,3 +324,96 @@ def test_a_flac_whose_metadata_lengths_are_damaged_is_refused_not_rewritten(tmp_
     with pytest.raises(tagfiles.TagWriteError, match=f"{song}: "):
         tagfiles.write(str(song), ["jazz"], "m1", digest=None)
     assert song.read_bytes() == bytes(data) and os.listdir(tmp_path) == ["song.flac"]
+
+
+# --- tag --write-tags keeps an ID3 tag's version ------------------------------------------------------------
+
+
+def id3_mp3(path, version: int):
+    """An mp3 whose ID3v2.<version> tag holds a title and a date as that version spells it (v2.3: TYER + TDAT,
+    with a TSIZ frame, which v2.4 dropped; v2.4: TDRC)."""
+    from mutagen.id3 import ID3, TDAT, TDRC, TIT2, TSIZ, TYER
+    from test_tagfiles import write_track
+
+    write_track(path)
+    tags = ID3()
+    tags.add(TIT2(encoding=1, text="My Song"))
+    if version == 3:
+        for frame, text in ((TYER, "1999"), (TDAT, "0304"), (TSIZ, "123456")):
+            tags.add(frame(encoding=0, text=text))
+    else:
+        tags.add(TDRC(encoding=3, text="1999-04-03"))
+    tags.save(path, v2_version=version)
+    return path
+
+
+def test_write_tags_keeps_an_id3v23_tag_v23_with_its_frames(tiny_model_dir, tmp_path):
+    """Older players (Windows Explorer before 10, car stereos) read no ID3v2.4: a v2.3 tag stays v2.3, its
+    date frames (TYER, TDAT) and TSIZ as they were; mood, which v2.3 has no frame for, is TXXX:MOOD (as
+    Picard writes it). A v2.4 tag stays v2.4 (mood: TMOO). The coded audio is unchanged."""
+    from mutagen.id3 import ID3
+    from test_tagfiles import audio_bytes, decoded
+
+    folder = tmp_path / "music"
+    folder.mkdir()
+    v23, v24 = id3_mp3(folder / "old.mp3", 3), id3_mp3(folder / "new.mp3", 4)
+    kept = {song: (audio_bytes(song), decoded(song)) for song in (v23, v24)}
+    for field in ("zstag", "mood", "genre", "grouping", "comment"):
+        result = cli("tag", folder, "-l", "jazz,rock", "--top-k", "2", "-m", tiny_model_dir, "--write-tags",
+                     "--tag-field", field)
+        assert result.exit_code == 0, result.stderr
+    old, new = ID3(v23, translate=False), ID3(v24, translate=False)
+    assert old.version == (2, 3, 0) and v23.read_bytes()[3] == 3
+    assert [(key, old[key].text) for key in ("TIT2", "TYER", "TDAT", "TSIZ")] == \
+        [("TIT2", ["My Song"]), ("TYER", ["1999"]), ("TDAT", ["0304"]), ("TSIZ", ["123456"])]
+    assert not {"TDRC", "TMOO"} & {frame.FrameID for frame in old.values()}
+    labels = old["TXXX:ZSTAG"].text
+    assert len(labels) == 1 and sorted(labels[0].split("; ")) == ["jazz", "rock"]
+    assert [old[key].text for key in ("TXXX:MOOD", "TCON", "TIT1", "COMM::eng")] == [labels] * 4
+    assert new.version == (2, 4, 0) and str(new["TDRC"].text[0]) == "1999-04-03"
+    assert [new[key].text for key in ("TXXX:ZSTAG", "TMOO", "TCON")] == [labels] * 3 and "TXXX:MOOD" not in new
+    for song, (payload, samples) in kept.items():
+        assert audio_bytes(song) == payload and np.array_equal(decoded(song), samples)
+    again = cli("tag", folder, "-l", "jazz,rock", "--top-k", "2", "-m", tiny_model_dir, "--write-tags",
+                "--tag-field", "mood", "--dry-run")  # the v2.3 file's mood is found where it was written
+    assert again.exit_code == 0 and "TXXX:MOOD: " in again.stdout + again.stderr and "unchanged" in again.stdout + \
+        again.stderr, again.stdout
+
+
+# --- the embedding cache: a damaged row ----------------------------------------------------------------------
+
+
+def test_a_stored_embedding_with_a_flipped_byte_is_embedded_again_not_scored(tiny_model_dir, music, cache_dir):
+    """SQLite keeps no checksums of its pages: a byte flipped inside a stored vector (a bad sector) was read
+    back as a valid embedding and scored. Each row carries a checksum: the row is a miss, with one notice, the
+    file is embedded again (its scores as before) and its row rewritten; search over the cache leaves it out."""
+    import sqlite3
+
+    from zstag.embedcache import CACHE_FILE, content_digest
+
+    args = ["tag", music, "-l", "rock,jazz,piano", "-m", tiny_model_dir, "-f", "json", "--workers", "0"]
+    first = cli(*args)
+    assert first.exit_code == 0, first.stderr
+    song = music / "c.mp3"
+    path = cache_dir / CACHE_FILE
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # every row in the database file itself
+        (vector,), = db.execute("SELECT vector FROM embeddings WHERE digest=?", (content_digest(song),)).fetchall()
+    data = bytearray(path.read_bytes())
+    at = data.find(vector[:32])
+    assert at > 0 and data.count(vector[:32]) == 1
+    data[at + 7] ^= 0x55  # the high byte of the second float: its exponent and sign change
+    path.write_bytes(bytes(data))
+
+    search = cli("search", "piano", "-m", tiny_model_dir, "-f", "json")  # the cache's tracks: the damaged one left out
+    assert search.exit_code == 0, search.stderr
+    assert str(song) not in search.stdout and str(music / "a.wav") in search.stdout, search.stdout
+    assert sum("damaged" in line for line in search.stderr.splitlines()) == 1, search.stderr
+
+    second = cli(*args)
+    notices = [line for line in second.stderr.splitlines() if line.startswith("zstag: warning: embedding cache")]
+    assert second.exit_code == 0 and len(notices) == 1 and "damaged" in notices[0], second.stderr
+    assert "(2 from the cache)" in second.stderr
+    assert json.loads(second.stdout)["files"] == json.loads(first.stdout)["files"]  # the same pipeline, re-run
+    third = cli(*args)
+    assert "(3 from the cache)" in third.stderr and "warning" not in third.stderr, third.stderr

@@ -2,7 +2,11 @@
 
 One SQLite file, ``cache_dir()/embeddings.sqlite`` in WAL mode. A row is keyed by (cache id: the model
 id, + "+bf16" for bfloat16 rows; content digest, offset, max_seconds, pipeline version) and holds the
-float32 joint-space embedding and the statistics as JSON. Each file's row is committed on its own, so a
+float32 joint-space embedding and the statistics as JSON. SQLite keeps no checksums of its pages, so a
+byte flipped on disk inside a vector would read back as a valid embedding: each row's vector blob ends
+with a CRC-32 of the row (`_check`), verified on every read; a row that fails it is a miss (the file is
+embedded again and its row rewritten), with one notice. A row without one (written by an older zstag)
+is a miss too, silently. Each file's row is committed on its own, so a
 killed run loses at most the files in flight and leaves the cache readable. A file whose bytes cannot
 give audio (audio.ContentError: empty, corrupt, not audio, no samples, silent, too short) gets a row of
 the same key in a second table, its error line without the path and keyed by the decoders too
@@ -30,6 +34,7 @@ import os
 import shutil
 import sqlite3
 import stat
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -49,6 +54,8 @@ HASH_CHUNK = 1 << 20
 SQLITE_TIMEOUT_S = 30.0  # wait this long for another zstag process holding the write lock
 BF16_CACHE_SUFFIX = "+bf16"  # appended to a model id in the cache: bfloat16 rows are other numbers (--bf16)
 SAMPLE_CACHE_SUFFIX = "+sample="  # ... and this with N: embeddings of N seconds' windows (--sample-seconds N)
+CHECK_BYTES = 4  # the CRC-32 after a row's float32 vector in its blob (_check)
+DAMAGED_ROW = "a stored embedding is damaged (its checksum does not match)"
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS digests (
@@ -193,16 +200,18 @@ class EmbeddingCache:
         row = self.db.execute(
             f"SELECT dim, vector, stats FROM embeddings WHERE {KEY_MATCH}", _key(model_id, digest, offset, max_seconds)
         ).fetchone()
-        if row is None or len(row[1]) != 4 * row[0]:
+        vector = _row_vector(*row) if row is not None else None  # DamagedRow: lookup's miss with a notice
+        if vector is None:
             return None
-        return np.frombuffer(row[1], dtype="<f4").copy(), (json.loads(row[2]) if row[2] else None)
+        return vector, (json.loads(row[2]) if row[2] else None)
 
     def put(self, model_id, digest, offset, max_seconds, embedding: np.ndarray, stats: dict | None) -> None:
-        vector = np.ascontiguousarray(embedding, dtype="<f4")
+        vector = np.ascontiguousarray(embedding, dtype="<f4").tobytes()
+        text = json.dumps(stats) if stats is not None else None
+        dim = len(vector) // 4
         self.db.execute(
             "INSERT OR REPLACE INTO embeddings VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (*_key(model_id, digest, offset, max_seconds), vector.size, vector.tobytes(),
-             json.dumps(stats) if stats is not None else None),
+            (*_key(model_id, digest, offset, max_seconds), dim, vector + _check(dim, vector, text), text),
         )
 
     def get_failure(self, model_id: str, digest: str, offset: float, max_seconds: float | None) -> str | None:
@@ -234,14 +243,45 @@ class EmbeddingCache:
             "SELECT d.path, d.size, d.mtime_ns, d.ctime_ns, d.inode, e.dim, e.vector, e.stats FROM digests d "
             "JOIN embeddings e ON e.digest = d.digest WHERE e.model_id=? AND e.start_s=? AND e.max_s=? AND "
             "e.version=? ORDER BY d.path", (model_id, 0.0, _max_key(None), PIPELINE_VERSION)).fetchall()
-        return [(os.fsdecode(path) if isinstance(path, bytes) else path, tuple(stamp),
-                 np.frombuffer(vector, dtype="<f4").copy(), json.loads(stats) if stats else None)
-                for path, *stamp, dim, vector, stats in rows if len(vector) == 4 * dim]
+        tracks = []
+        for path, *stamp, dim, blob, stats in rows:
+            try:
+                vector = _row_vector(dim, blob, stats)
+            except DamagedRow:
+                _notice_once(self, f"embedding cache {self.path}: {DAMAGED_ROW}; its file is left out (tag it to "
+                                   "embed it again)")
+                continue
+            if vector is not None:
+                tracks.append((os.fsdecode(path) if isinstance(path, bytes) else path, tuple(stamp), vector,
+                               json.loads(stats) if stats else None))
+        return tracks
 
     def count(self, model_id: str | None = None) -> int:
         if model_id is None:
             return self.db.execute("SELECT COUNT(*) FROM embeddings").fetchone()[0]
         return self.db.execute("SELECT COUNT(*) FROM embeddings WHERE model_id=?", (model_id,)).fetchone()[0]
+
+
+class DamagedRow(ValueError):
+    """A row whose checksum does not match its bytes: never scored."""
+
+
+def _check(dim: int, vector: bytes, stats: str | None) -> bytes:
+    """The CRC-32 (4 bytes) that ends a row's vector blob: of its dim, vector bytes and stats text. Not of
+    its key: copy_rows copies a row under another digest as it is."""
+    crc = zlib.crc32(vector, zlib.crc32(int(dim).to_bytes(4, "little")))
+    return zlib.crc32((stats or "").encode("utf-8"), crc).to_bytes(CHECK_BYTES, "little")
+
+
+def _row_vector(dim: int, blob: bytes, stats: str | None) -> np.ndarray | None:
+    """A row's float32 embedding, its checksum verified; None for a row without one (an older zstag's:
+    a miss, rewritten when its file is embedded again); DamagedRow when the checksum does not match."""
+    size = 4 * dim
+    if len(blob) == size:
+        return None
+    if len(blob) != size + CHECK_BYTES or blob[size:] != _check(dim, blob[:size], stats):
+        raise DamagedRow(DAMAGED_ROW)
+    return np.frombuffer(blob, dtype="<f4", count=dim).copy()
 
 
 def _move_aside(path: Path) -> bool:
@@ -369,6 +409,9 @@ def lookup(cache: EmbeddingCache, model_id, digest, offset, max_seconds) -> tupl
     try:
         hit = cache.get(model_id, digest, offset, max_seconds)
         return hit if hit is not None else cache.get_failure(model_id, digest, offset, max_seconds)
+    except DamagedRow:
+        _notice_once(cache, f"embedding cache {cache.path}: {DAMAGED_ROW}; embedding its file again")
+        return None
     except (sqlite3.Error, ValueError) as exc:
         _warn_cache(exc, cache)
         return None
@@ -387,6 +430,10 @@ def _warn_cache(exc: Exception, cache: EmbeddingCache) -> None:
             else "not moved (another zstag process may have replaced it already; else delete it)")
     else:
         text = f"embedding cache: {cause}"
+    _notice_once(cache, text)
+
+
+def _notice_once(cache: EmbeddingCache, text: str) -> None:
     if text not in cache.noticed:
         cache.noticed.add(text)
         notify(cache.notice, text)

@@ -130,7 +130,7 @@ def check_outputs(outputs: dict, corpus, model_folder, vectors, split) -> None:
 
     from zstag.corpora import corpus_inputs
     from zstag.modelfile import CONFIG_FILE, WEIGHTS_FILE
-    from zstag.paths import Input, OutputIsInputError, check_output
+    from zstag.paths import Input, OutputError, check_output
 
     named = (("the split file", split), ("the word-vector file", vectors))
     inputs = corpus_inputs(corpus) + [Input(what, path) for what, path in named if path is not None]
@@ -141,7 +141,7 @@ def check_outputs(outputs: dict, corpus, model_folder, vectors, split) -> None:
         for option, path in outputs.items():
             if path is not None:
                 check_output(path, option, inputs)
-    except OutputIsInputError as exc:
+    except OutputError as exc:
         raise EvalUsageError(str(exc)) from None
 
 

@@ -51,9 +51,10 @@ def atomic_write(path: str | os.PathLike, data: bytes | str | list, follow_links
     directly, and so is the file this process's stdout or stderr goes to (``-o /dev/stdout >> log``: the
     redirection's own append or truncation is kept). follow_links (a user's output file): a symbolic link
     is followed and its final target replaced, the link stays; otherwise (the project's own files) the link
-    itself is replaced, so a file shared through links elsewhere is never changed. str is UTF-8; a list
-    of bytes-like pieces is written one after the other (a large file, never joined in memory). A file
-    replaced keeps its permission bits; a new one gets 0666 less the umask.
+    itself is replaced, so a file shared through links elsewhere is never changed. A user's file made
+    read-only (follow_links; see read_only) is refused, as the shell's > refuses it: PermissionError. str is
+    UTF-8; a list of bytes-like pieces is written one after the other (a large file, never joined in memory).
+    A file replaced keeps its permission bits; a new one gets 0666 less the umask.
     """
     path = Path(path)
     pieces = data if isinstance(data, list) else [data.encode("utf-8") if isinstance(data, str) else data]
@@ -71,9 +72,13 @@ def atomic_write(path: str | os.PathLike, data: bytes | str | list, follow_links
         target = path
         target.parent.mkdir(parents=True, exist_ok=True)
     try:
-        kept = stat.S_IMODE(os.stat(target).st_mode) & 0o777  # a file replaced keeps its permissions (a private 0600)
+        st = os.stat(target)
     except OSError:
-        kept = None  # a new file: 0666 less the umask, as the shell's > makes it
+        st = None
+    if follow_links and st is not None and read_only(st, target):
+        raise PermissionError(errno.EACCES, "it is read-only", str(path))
+    # A file replaced keeps its permissions (a private 0600); a new one gets 0666 less the umask, as from >.
+    kept = stat.S_IMODE(st.st_mode) & 0o777 if st is not None else None
     fd, tmp = _temp_file(target.parent, f".{target.name}.", ".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -88,6 +93,12 @@ def atomic_write(path: str | os.PathLike, data: bytes | str | list, follow_links
         raise
     _fsync_folder(target.parent)
     return path
+
+
+def read_only(st: os.stat_result, path: str | os.PathLike) -> bool:
+    """A regular file (st: its os.stat) that zstag must not replace: no write bit (chmod a-w), or not writable
+    by this process. The bits count for root too, who may write anything: they say the user wants it kept."""
+    return stat.S_ISREG(st.st_mode) and (not st.st_mode & 0o222 or not os.access(path, os.W_OK))
 
 
 def _temp_file(folder: Path, prefix: str, suffix: str) -> tuple[int, str]:
@@ -172,8 +183,16 @@ def npy_bytes(array) -> bytes:
 # --- outputs that would replace inputs ----------------------------------------------------------
 
 
-class OutputIsInputError(UsageError, ValueError):
+class OutputError(UsageError, ValueError):
+    """An output check_output refuses; str(e) is one line naming it."""
+
+
+class OutputIsInputError(OutputError):
     """An output that would replace one of the run's inputs; str(e) is one line naming both paths."""
+
+
+class ReadOnlyOutputError(OutputError):
+    """An output file the user made read-only (read_only): the shell's > would refuse to replace it too."""
 
 
 @dataclass(frozen=True)
@@ -188,7 +207,8 @@ class Input:
 
 def check_output(output: str | os.PathLike, option: str, inputs: Iterable[Input], *, folder: bool = False,
                  allowed: Iterable[str | os.PathLike] = ()) -> None:
-    """OutputIsInputError when writing `output` (given as `option`) could replace one of `inputs`.
+    """OutputIsInputError when writing `output` (given as `option`) could replace one of `inputs`;
+    ReadOnlyOutputError when it is a file the user made read-only (not for folder outputs).
 
     A file output is refused when it is an input, however spelled: a symbolic link to it, a hard link, a
     path through other folders (compared by os.stat's st_dev and st_ino, so an output that does not exist
@@ -229,6 +249,10 @@ def check_output(output: str | os.PathLike, option: str, inputs: Iterable[Input]
             if _inside(where, root) and where not in exempt and os.path.lexists(where):  # "random:50:0" is no file
                 raise OutputIsInputError(f"{output}: {option} holds {item.what} {item.path} "
                                          "(the command writes its own files there)")
+    # Checked up front as atomic_write checks it at the end (the file this process's stdout goes to is written
+    # through that descriptor, not replaced).
+    if not folder and st is not None and read_only(st, output) and _standard_stream(Path(output)) is None:
+        raise ReadOnlyOutputError(f"{output}: {option} is read-only (chmod u+w it to let zstag replace it)")
 
 
 def check_distinct(outputs: dict[str, str | os.PathLike | None]) -> None:

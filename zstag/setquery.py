@@ -86,7 +86,7 @@ def _labels(files, labels, labels_file, vectors):
 
 
 def _check_output(output, fmt, folder, labels_file, vectors, files):
-    from zstag.paths import Input, OutputIsInputError, check_output
+    from zstag.paths import Input, OutputError, check_output
 
     if fmt == "parquet" and output is None:
         raise TagUsageError("-f parquet needs --output FILE")
@@ -100,7 +100,7 @@ def _check_output(output, fmt, folder, labels_file, vectors, files):
     read += [Input("the model file", os.path.join(files.folder, name)) for name in ("config.json", "weights.safetensors")]
     try:
         check_output(output, "--output", read)
-    except OutputIsInputError as exc:
+    except OutputError as exc:
         raise TagUsageError(str(exc)) from None
 
 

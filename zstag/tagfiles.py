@@ -1,12 +1,18 @@
 """Write chosen labels into audio files' own tags (`zstag tag --write-tags`), with mutagen.
 
 Fields: by default zstag's own, which no other tool writes, so the user's tags are never clobbered:
-the Vorbis comment ``ZSTAG`` (Ogg Vorbis, Opus, FLAC), the ID3v2.4 frame ``TXXX:ZSTAG`` (mp3) and the MP4
+the Vorbis comment ``ZSTAG`` (Ogg Vorbis, Opus, FLAC), the ID3 frame ``TXXX:ZSTAG`` (mp3) and the MP4
 freeform atom ``----:com.zstag:ZSTAG`` (m4a), holding the labels best first, joined by "; ". ``ZSTAG_MODEL``
 beside it holds the model id, so that labels from another model are recognisable. ``--tag-field`` writes
 a standard field instead (genre, mood, grouping, comment): replaced, or with ``append`` extended by the
 labels it does not hold yet (compared case-insensitively, across values split at ";"), so that a re-run
 adds nothing twice. A file whose fields already hold the new values is not rewritten.
+
+ID3 versions: an mp3's tag keeps its version, since older players (Windows Explorer before 10, car stereos)
+read no ID3v2.4. A v2.3 tag is rewritten as v2.3 with the user's frames as they were (mutagen's default
+reading would merge TYER/TDAT into v2.4's TDRC and drop TSIZ, TRDA...); mood, which v2.3 has no frame for, is
+``TXXX:MOOD`` there (as Picard writes it). A v2.2 tag, which mutagen cannot write, becomes v2.3; a v2.4 tag
+stays v2.4, and a file without a tag gets v2.4.
 
 Safety: only the tags change, never the audio: mutagen rewrites the metadata blocks, and the tagged copy's
 coded audio is compared with the original's (tagcheck.py), which refuses a damaged container whose
@@ -29,7 +35,7 @@ import stat
 import tempfile
 from dataclasses import dataclass
 
-from zstag.paths import _fsync, _fsync_folder
+from zstag.paths import _fsync, _fsync_folder, read_only
 from zstag.errors import ZstagError
 
 ZSTAG_FIELD = "zstag"
@@ -37,9 +43,11 @@ FIELDS = (ZSTAG_FIELD, "genre", "mood", "grouping", "comment")
 SEPARATOR = "; "
 ZSTAG_NAME, MODEL_NAME = "ZSTAG", "ZSTAG_MODEL"
 MP4_ZSTAG_MEAN = "com.zstag"
-# Standard fields as Picard and beets map them: Vorbis comment names, ID3v2.4 frames, MP4 atoms.
+# Standard fields as Picard and beets map them: Vorbis comment names, ID3v2.4 frames (v2.3: TXXX:MOOD for
+# mood), MP4 atoms.
 VORBIS_NAMES = {"genre": "GENRE", "mood": "MOOD", "grouping": "GROUPING", "comment": "COMMENT"}
 ID3_FRAMES = {"genre": "TCON", "mood": "TMOO", "grouping": "TIT1"}  # comment: COMM with an empty description
+ID3V23_FRAMES = {**ID3_FRAMES, "mood": "TXXX:MOOD"}
 MP4_ATOMS = {"genre": "\xa9gen", "mood": "----:com.apple.iTunes:MOOD", "grouping": "\xa9grp", "comment": "\xa9cmt"}
 TAGGED_FORMATS = "mp3, ogg, opus, flac, m4a"
 
@@ -63,7 +71,8 @@ class Change:
 
 
 def _container(audio) -> str:
-    """ "id3", "vorbis" or "mp4" for the mutagen file types zstag tags; TagWriteError otherwise."""
+    """ "id3" (saved as ID3v2.4), "id3v23" (a tag older than v2.4: saved as v2.3), "vorbis" or "mp4" for the
+    mutagen file types zstag tags; TagWriteError otherwise."""
     from mutagen.flac import FLAC
     from mutagen.mp3 import MP3
     from mutagen.mp4 import MP4
@@ -72,7 +81,7 @@ def _container(audio) -> str:
     from mutagen.oggvorbis import OggVorbis
 
     if isinstance(audio, MP3):
-        return "id3"
+        return "id3v23" if audio.tags is not None and audio.tags.version < (2, 4, 0) else "id3"
     if isinstance(audio, (OggVorbis, OggOpus, FLAC, OggFLAC)):
         return "vorbis"
     if isinstance(audio, MP4):
@@ -84,9 +93,9 @@ def _name(kind: str, field: str) -> str:
     """The field's name in the file: what the dry run shows and the Change is keyed by."""
     if kind == "vorbis":
         return {ZSTAG_FIELD: ZSTAG_NAME, "model": MODEL_NAME}.get(field) or VORBIS_NAMES[field]
-    if kind == "id3":
+    if kind in ("id3", "id3v23"):
         own = {ZSTAG_FIELD: f"TXXX:{ZSTAG_NAME}", "model": f"TXXX:{MODEL_NAME}", "comment": "COMM"}
-        return own.get(field) or ID3_FRAMES[field]
+        return own.get(field) or (ID3_FRAMES if kind == "id3" else ID3V23_FRAMES)[field]
     own = {ZSTAG_FIELD: f"----:{MP4_ZSTAG_MEAN}:{ZSTAG_NAME}", "model": f"----:{MP4_ZSTAG_MEAN}:{MODEL_NAME}"}
     return own.get(field) or MP4_ATOMS[field]
 
@@ -96,7 +105,7 @@ def _get(tags, kind: str, name: str) -> list[str]:
         return []
     if kind == "vorbis":
         return list(tags.get(name, []))
-    if kind == "id3":
+    if kind in ("id3", "id3v23"):
         if name == "COMM":
             return [t for frame in tags.getall("COMM") if frame.desc == "" for t in frame.text]
         frames = tags.getall(name)
@@ -113,9 +122,11 @@ def _set(tags, kind: str, name: str, values: list[str]) -> None:
             tags[name] = values
         elif name in tags:
             del tags[name]
-    elif kind == "id3":
+    elif kind in ("id3", "id3v23"):
         from mutagen import id3
 
+        if kind == "id3v23" and len(values) > 1:  # v2.3 has one text per frame: joined as zstag joins labels
+            values = [SEPARATOR.join(values)]
         if name == "COMM":
             for key in [k for k in tags.keys() if k.startswith("COMM:") and tags[k].desc == ""]:
                 del tags[key]
@@ -242,7 +253,7 @@ def _replaceable(path: str, target: str) -> os.stat_result:
         st = os.stat(target)
     except OSError as exc:
         raise TagWriteError(f"{path}: cannot read: {_cause(exc)}") from None
-    if not st.st_mode & 0o222 or not os.access(target, os.W_OK):  # the bits too: root may write anything
+    if read_only(st, target):
         raise TagWriteError(f"{path}: read-only file: not tagged")
     if st.st_nlink > 1:
         raise TagWriteError(f"{path}: has {st.st_nlink} hard links: replacing it would split them; not tagged")
@@ -282,7 +293,7 @@ def _audio_digest(path: str, copy: str, kind: str) -> str | None:
 
 
 def _apply(cls, tmp: str, change: Change) -> None:
-    audio = cls(tmp)
+    audio = _load(cls, tmp)
     kind = _container(audio)
     if audio.tags is None:
         audio.add_tags()
@@ -290,8 +301,25 @@ def _apply(cls, tmp: str, change: Change) -> None:
         _set(audio.tags, kind, name, new)
     if kind == "id3":
         audio.save(v2_version=4)
+    elif kind == "id3v23":
+        audio.save(v2_version=3, v23_sep=None)  # sep None: others' multi-value frames are written as read
     else:
         audio.save()
+
+
+def _load(cls, tmp: str):
+    """The copy as mutagen reads it to rewrite its tags. ID3 is read untranslated, then brought to the version
+    it is saved as: a v2.3 tag's frames stay as they were (see the module docstring)."""
+    from mutagen.mp3 import MP3
+
+    if not issubclass(cls, MP3):
+        return cls(tmp)
+    audio = cls(tmp, translate=False)
+    if audio.tags is not None and audio.tags.version >= (2, 4, 0):
+        audio.tags.update_to_v24()  # what mutagen's default reading does
+    elif audio.tags is not None and audio.tags.version < (2, 3, 0):
+        audio.tags.update_to_v23()  # v2.2 frames (already renamed on reading) made valid v2.3
+    return audio
 
 
 def _stamp(st: os.stat_result) -> tuple:

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from zstag.paths import Input, OutputIsInputError, check_output, one_line, walk
+from zstag.paths import Input, OutputError, check_output, one_line, walk
 from zstag.render import csv_text, portable
 from zstag.errors import UsageError
 
@@ -424,7 +424,7 @@ def check_tag_output(output: str, found: Found, labels_file, vectors, model_fold
     inputs += [Input("the model file", Path(model_folder) / name) for name in (CONFIG_FILE, WEIGHTS_FILE)]
     try:
         check_output(output, "--output", inputs)
-    except OutputIsInputError as exc:
+    except OutputError as exc:
         raise TagUsageError(str(exc)) from None
 
 
