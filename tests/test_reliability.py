@@ -417,3 +417,23 @@ def test_a_stored_embedding_with_a_flipped_byte_is_embedded_again_not_scored(tin
     assert json.loads(second.stdout)["files"] == json.loads(first.stdout)["files"]  # the same pipeline, re-run
     third = cli(*args)
     assert "(3 from the cache)" in third.stderr and "warning" not in third.stderr, third.stderr
+
+
+def test_rows_an_older_zstag_wrote_without_a_checksum_are_still_read(tiny_model_dir, music, cache_dir):
+    """Rows from before the row checksum hold the bare vector: they are read as they were then (an upgrade must
+    not re-embed a whole library), scored as before, with no warning; search over the cache still finds them."""
+    import sqlite3
+
+    from zstag.embedcache import CACHE_FILE, CHECK_BYTES
+
+    args = ["tag", music, "-l", "rock,jazz,piano", "-m", tiny_model_dir, "-f", "json", "--workers", "0"]
+    first = cli(*args)
+    assert first.exit_code == 0, first.stderr
+    with sqlite3.connect(cache_dir / CACHE_FILE) as db:  # as an older zstag wrote them: no checksum bytes
+        db.execute("UPDATE embeddings SET vector = substr(vector, 1, length(vector) - ?)", (CHECK_BYTES,))
+        assert {n % 4 for (n,) in db.execute("SELECT length(vector) FROM embeddings")} == {0}
+    again = cli(*args)
+    assert again.exit_code == 0 and "(3 from the cache)" in again.stderr and "warning" not in again.stderr, again.stderr
+    assert json.loads(again.stdout)["files"] == json.loads(first.stdout)["files"]
+    search = cli("search", "piano", "-m", tiny_model_dir, "-f", "json")
+    assert search.exit_code == 0 and str(music / "c.mp3") in search.stdout, search.stderr

@@ -273,12 +273,13 @@ def _check(dim: int, vector: bytes, stats: str | None) -> bytes:
     return zlib.crc32((stats or "").encode("utf-8"), crc).to_bytes(CHECK_BYTES, "little")
 
 
-def _row_vector(dim: int, blob: bytes, stats: str | None) -> np.ndarray | None:
-    """A row's float32 embedding, its checksum verified; None for a row without one (an older zstag's:
-    a miss, rewritten when its file is embedded again); DamagedRow when the checksum does not match."""
+def _row_vector(dim: int, blob: bytes, stats: str | None) -> np.ndarray:
+    """A row's float32 embedding, its checksum verified; DamagedRow when the checksum does not match. A row
+    without one (written by an older zstag) is read as it was then, unchecked: an upgrade must not re-embed a
+    whole library; the row gets its checksum when its file is embedded again."""
     size = 4 * dim
     if len(blob) == size:
-        return None
+        return np.frombuffer(blob, dtype="<f4", count=dim).copy()
     if len(blob) != size + CHECK_BYTES or blob[size:] != _check(dim, blob[:size], stats):
         raise DamagedRow(DAMAGED_ROW)
     return np.frombuffer(blob, dtype="<f4", count=dim).copy()
