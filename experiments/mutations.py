@@ -116,6 +116,20 @@ MUTATIONS = [
     ("calibrated: a damaged spread accepted", "zstag/scoring.py",
      "for v in (mean, std)) or std <= 0:", "for v in (mean, std)):",
      ["tests/test_scoring.py", "-k", "joint_stats or damaged"]),
+    ("--write-tags keeps a copy whose audio changed", "zstag/tagfiles.py",
+     "if _audio_digest(path, tmp, type(audio).__name__) != kept:", "if False:",
+     ["tests/test_reliability.py", "-k", "flac_whose_metadata"]),
+    ("embedding-cache row checksum not checked", "zstag/embedcache.py",
+     "if len(blob) != size + CHECK_BYTES or blob[size:] != _check(dim, blob[:size], stats):",
+     "if len(blob) != size + CHECK_BYTES:",
+     ["tests/test_reliability.py", "-k", "flipped_byte"]),
+    ("a read-only output replaced", "zstag/paths.py",
+     "if not folder and st is not None and read_only(st, output) and _standard_stream(Path(output)) is None:",
+     "if False:",
+     ["tests/test_no_overwrite.py", "-k", "read_only"]),
+    ("a replaced output loses its mode", "zstag/paths.py",
+     "            os.chmod(tmp, kept)", "            os.chmod(tmp, 0o644)",
+     ["tests/test_reliability.py", "-k", "mode"]),
 ]
 
 
