@@ -326,6 +326,32 @@ def test_a_flac_whose_metadata_lengths_are_damaged_is_refused_not_rewritten(tmp_
     assert song.read_bytes() == bytes(data) and os.listdir(tmp_path) == ["song.flac"]
 
 
+@pytest.mark.parametrize("suffix", [".flac", ".ogg", ".mp3"])
+def test_a_tag_write_that_changed_the_audio_is_refused(tmp_path, monkeypatch, suffix):
+    """Whatever the container walk accepts, the copy's coded audio after tagging must equal the original's: a tag
+    writer that changed one byte of the audio (simulated here after mutagen's own save) is refused, one line,
+    and the file is left as it was, with no copy beside it."""
+    from test_tagfiles import write_track
+    from zstag import tagfiles
+
+    song = write_track(tmp_path / f"song{suffix}")
+    before = song.read_bytes()
+    real = tagfiles._apply
+
+    def apply_then_damage(cls, tmp, change):
+        real(cls, tmp, change)
+        with open(tmp, "r+b") as handle:  # a byte of the last audio frame or packet, not of the tags
+            handle.seek(-40, os.SEEK_END)
+            byte = handle.read(1)
+            handle.seek(-40, os.SEEK_END)
+            handle.write(bytes([byte[0] ^ 0x01]))
+
+    monkeypatch.setattr(tagfiles, "_apply", apply_then_damage)
+    with pytest.raises(tagfiles.TagWriteError, match=f"{song}: .*audio"):
+        tagfiles.write(str(song), ["jazz"], "m1", digest=None)
+    assert song.read_bytes() == before and os.listdir(tmp_path) == [song.name]
+
+
 # --- tag --write-tags keeps an ID3 tag's version ------------------------------------------------------------
 
 
