@@ -156,13 +156,18 @@ def on_cosine_scale(ref, model, glove, vocab, emb, lg, lab, exact, ref_emb, ref_
     from zstag import scoring
 
     g = unit(ref_emb) @ unit(model.embed_words(glove.vectors(vocab))).T
-    x = np.concatenate([ref.features(emb, lg), np.ones((len(emb), 1))], axis=1)
+
+    def y(t_mean, t_std, g_mean, g_spread) -> np.ndarray:
+        """The shipped rule's standard scores (before its normal CDF) under the given reference statistics."""
+        config = {"scores": {"type": scoring.CALIBRATED, "joint_mean": float(g_mean), "joint_std": float(g_spread)}}
+        rows = scoring.calibrated_rows(config, lab, exact).astype(np.float64)
+        return np.concatenate([unit(emb), (lg - t_mean) / t_std, np.ones((len(emb), 1))], axis=1) @ rows.T
+
     # Y: the spread of all (track, word) cosines; Yw: the mean spread of one word's cosines over the tracks, which
     # is what a teacher word's unit spread is (the words' different means are left out of it)
-    for kind, spread in (("Y T", g.std()), ("Yw T", np.sqrt(g.var(axis=0).mean()))):
-        config = {"scores": {"type": scoring.CALIBRATED, "joint_mean": float(g.mean()), "joint_std": float(spread)}}
-        rows = scoring.calibrated_rows(config, lab, exact).astype(np.float64)  # the rule, before its normal CDF
-        out[kind] = x @ rows.T
+    out["Y T"] = y(ref.mu, ref.sigma, g.mean(), g.std())
+    out["Yw T"] = y(ref.mu, ref.sigma, g.mean(), np.sqrt(g.var(axis=0).mean()))
+
     # Yr: Y with robust statistics (median, IQR / 1.349) for both the teacher words and the shared cosine map:
     # a tag's positives are a minority mode whose size follows the library's make-up (many country songs in the
     # reference inflate "country"'s spread), the bulk of the library is not
@@ -170,23 +175,15 @@ def on_cosine_scale(ref, model, glove, vocab, emb, lg, lab, exact, ref_emb, ref_
         q1, med, q3 = np.percentile(v, [25, 50, 75], axis=axis)
         return med, np.maximum((q3 - q1) / 1.349, 1e-6)
 
-    t_med, t_iqr = robust(ref_logits, axis=0)
-    g_med, g_iqr = robust(g)
-    config = {"scores": {"type": scoring.CALIBRATED, "joint_mean": float(g_med), "joint_std": float(g_iqr)}}
-    rows = scoring.calibrated_rows(config, lab, exact).astype(np.float64)
-    xr = np.concatenate([unit(emb), (lg - t_med) / t_iqr, np.ones((len(emb), 1))], axis=1)
-    out["Yr"] = xr @ rows.T
+    out["Yr"] = y(*robust(ref_logits, axis=0), *robust(g))
     if ref_sets is not None:  # Yb: Y with every reference set weighing the same (no one source sets the scale)
-        names, inverse = np.unique(np.asarray(ref_sets), return_inverse=True)
+        _, inverse = np.unique(np.asarray(ref_sets), return_inverse=True)
         w = 1.0 / np.bincount(inverse)[inverse]
         w /= w.sum()
         t_mean = w @ ref_logits
-        t_std = np.maximum(np.sqrt(w @ (ref_logits - t_mean) ** 2), 1e-6)
         g_mean = float(w @ g.mean(axis=1))
-        g_std = float(np.sqrt(w @ ((g - g_mean) ** 2).mean(axis=1)))
-        config = {"scores": {"type": scoring.CALIBRATED, "joint_mean": g_mean, "joint_std": g_std}}
-        rows = scoring.calibrated_rows(config, lab, exact).astype(np.float64)
-        out["Yb"] = np.concatenate([unit(emb), (lg - t_mean) / t_std, np.ones((len(emb), 1))], axis=1) @ rows.T
+        out["Yb"] = y(t_mean, np.maximum(np.sqrt(w @ (ref_logits - t_mean) ** 2), 1e-6),
+                      g_mean, np.sqrt(w @ ((g - g_mean) ** 2).mean(axis=1)))
     return out
 
 

@@ -127,21 +127,15 @@ def test_an_output_keeps_its_mode_and_a_new_one_follows_the_umask(tiny_model_dir
     result = cli("tag", music / "a.wav", "-l", "rock", "-m", tiny_model_dir, "-f", "json", "-o", private)
     assert result.exit_code == 0, result.stderr
     assert json.loads(private.read_text())["files"] and stat.S_IMODE(os.stat(private).st_mode) == 0o600
-    old = os.umask(0o077)
-    try:
-        result = cli("tag", music / "a.wav", "-l", "rock", "-m", tiny_model_dir, "-f", "json", "-o",
-                     tmp_path / "new.json")
-    finally:
-        os.umask(old)
-    assert result.exit_code == 0, result.stderr
-    assert stat.S_IMODE(os.stat(tmp_path / "new.json").st_mode) == 0o600
-    old = os.umask(0o022)
-    try:
-        result = cli("tag", music / "a.wav", "-l", "rock", "-m", tiny_model_dir, "-f", "json", "-o",
-                     tmp_path / "n2.json")
-    finally:
-        os.umask(old)
-    assert stat.S_IMODE(os.stat(tmp_path / "n2.json").st_mode) == 0o644
+    for umask, mode in ((0o077, 0o600), (0o022, 0o644)):
+        new = tmp_path / f"new-{umask:o}.json"
+        old = os.umask(umask)
+        try:
+            result = cli("tag", music / "a.wav", "-l", "rock", "-m", tiny_model_dir, "-f", "json", "-o", new)
+        finally:
+            os.umask(old)
+        assert result.exit_code == 0, result.stderr
+        assert stat.S_IMODE(os.stat(new).st_mode) == mode
 
 
 # --- training checkpoints reach the disk before latest.json names them ---------------------------------

@@ -6,7 +6,7 @@ float32 joint-space embedding and the statistics as JSON. SQLite keeps no checks
 byte flipped on disk inside a vector would read back as a valid embedding: each row's vector blob ends
 with a CRC-32 of the row (`_check`), verified on every read; a row that fails it is a miss (the file is
 embedded again and its row rewritten), with one notice. A row without one (written by an older zstag)
-is a miss too, silently. Each file's row is committed on its own, so a
+is read unchecked, as it was then. Each file's row is committed on its own, so a
 killed run loses at most the files in flight and leaves the cache readable. A file whose bytes cannot
 give audio (audio.ContentError: empty, corrupt, not audio, no samples, silent, too short) gets a row of
 the same key in a second table, its error line without the path and keyed by the decoders too
@@ -200,10 +200,9 @@ class EmbeddingCache:
         row = self.db.execute(
             f"SELECT dim, vector, stats FROM embeddings WHERE {KEY_MATCH}", _key(model_id, digest, offset, max_seconds)
         ).fetchone()
-        vector = _row_vector(*row) if row is not None else None  # DamagedRow: lookup's miss with a notice
-        if vector is None:
+        if row is None:
             return None
-        return vector, (json.loads(row[2]) if row[2] else None)
+        return _row_vector(*row), (json.loads(row[2]) if row[2] else None)  # DamagedRow: lookup's miss, noticed
 
     def put(self, model_id, digest, offset, max_seconds, embedding: np.ndarray, stats: dict | None) -> None:
         vector = np.ascontiguousarray(embedding, dtype="<f4").tobytes()
@@ -251,9 +250,8 @@ class EmbeddingCache:
                 _notice_once(self, f"embedding cache {self.path}: {DAMAGED_ROW}; its file is left out (tag it to "
                                    "embed it again)")
                 continue
-            if vector is not None:
-                tracks.append((os.fsdecode(path) if isinstance(path, bytes) else path, tuple(stamp), vector,
-                               json.loads(stats) if stats else None))
+            tracks.append((os.fsdecode(path) if isinstance(path, bytes) else path, tuple(stamp), vector,
+                           json.loads(stats) if stats else None))
         return tracks
 
     def count(self, model_id: str | None = None) -> int:
@@ -278,9 +276,7 @@ def _row_vector(dim: int, blob: bytes, stats: str | None) -> np.ndarray:
     without one (written by an older zstag) is read as it was then, unchecked: an upgrade must not re-embed a
     whole library; the row gets its checksum when its file is embedded again."""
     size = 4 * dim
-    if len(blob) == size:
-        return np.frombuffer(blob, dtype="<f4", count=dim).copy()
-    if len(blob) != size + CHECK_BYTES or blob[size:] != _check(dim, blob[:size], stats):
+    if len(blob) != size and (len(blob) != size + CHECK_BYTES or blob[size:] != _check(dim, blob[:size], stats)):
         raise DamagedRow(DAMAGED_ROW)
     return np.frombuffer(blob, dtype="<f4", count=dim).copy()
 
